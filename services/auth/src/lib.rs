@@ -1,0 +1,16 @@
+//! Bearer-token authentication for Touchstone services: JWT verification against a JWKS
+//! (RS256 and ES256 only), the verified [`Caller`] with its roles and agency scope, a tonic
+//! interceptor that puts the caller into each request, and the development signing key used
+//! by `touchstone up` and `touchstone token`.
+
+mod caller;
+mod devkey;
+mod error;
+mod interceptor;
+mod verifier;
+
+pub use caller::{AgencyScope, Caller, Role};
+pub use devkey::{DevKey, TokenRequest};
+pub use error::AuthError;
+pub use interceptor::{AuthInterceptor, ERROR_DOMAIN};
+pub use verifier::{AuthConfig, Verifier};

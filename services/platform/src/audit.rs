@@ -1,0 +1,173 @@
+//! Audit records: every read or change of personal data is recorded (who,
+//! what, when, agency, request id) in the same transaction as the access.
+
+use crate::db::Tx;
+use touchstone_list::{Field, FieldType, ListQuery, Schema};
+
+/// One access to record.
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'a> {
+    /// The agency whose data was touched.
+    pub agency: &'a str,
+    /// Token subject of the caller.
+    pub actor: &'a str,
+    /// Method name, e.g. "GetClient".
+    pub action: &'a str,
+    /// Resource name touched.
+    pub resource: &'a str,
+    /// The caller's request id, or "".
+    pub request_id: &'a str,
+}
+
+/// Writes one audit record.
+pub async fn record(tx: &mut Tx, access: Access<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_records (agency, id, actor, action, resource, request_id, time) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(access.agency)
+    .bind(crate::names::new_id())
+    .bind(access.actor)
+    .bind(access.action)
+    .bind(access.resource)
+    .bind(access.request_id)
+    .bind(crate::times::now_millis())
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// A stored audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// Agency.
+    pub agency: String,
+    /// Id.
+    pub id: String,
+    /// Token subject.
+    pub actor: String,
+    /// Method name.
+    pub action: String,
+    /// Resource name.
+    pub resource: String,
+    /// Request id or "".
+    pub request_id: String,
+    /// Milliseconds since the epoch.
+    pub time: i64,
+}
+
+/// Fields of audit records that lists may filter and order on.
+pub static AUDIT_SCHEMA: Schema = Schema {
+    fields: &[
+        Field {
+            name: "actor",
+            column: "actor",
+            ty: FieldType::Text,
+            sortable: false,
+            nullable: false,
+        },
+        Field {
+            name: "action",
+            column: "action",
+            ty: FieldType::Text,
+            sortable: false,
+            nullable: false,
+        },
+        Field {
+            name: "resource",
+            column: "resource",
+            ty: FieldType::Text,
+            sortable: false,
+            nullable: false,
+        },
+        Field {
+            name: "time",
+            column: "time",
+            ty: FieldType::Timestamp,
+            sortable: true,
+            nullable: false,
+        },
+    ],
+    id_column: "id",
+    default_order: "time desc",
+};
+
+/// One page of an agency's audit records.
+pub async fn list(
+    tx: &mut Tx,
+    agency: &str,
+    query: &ListQuery,
+) -> Result<(Vec<AuditRow>, String), sqlx::Error> {
+    let sql = format!(
+        "SELECT agency, id, actor, action, resource, request_id, time FROM audit_records \
+         WHERE agency = $1 AND ({}) ORDER BY {} LIMIT {}",
+        query.where_sql(),
+        query.order_sql(),
+        query.fetch_limit()
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
+    for p in query.params() {
+        q = crate::list_bind(q, p);
+    }
+    let mut rows = q.fetch_all(tx.conn()).await?;
+    let next = query.finish(&mut rows)?;
+    let out = rows
+        .iter()
+        .map(AuditRow::from_any)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((out, next))
+}
+
+/// Every audit record about one resource (or its children), oldest first.
+pub async fn for_resource(
+    tx: &mut Tx,
+    agency: &str,
+    resource: &str,
+) -> Result<Vec<AuditRow>, sqlx::Error> {
+    // Resource names hold only a-z, 0-9, '-' and '/', so the prefix needs no
+    // LIKE escaping.
+    let rows = sqlx::query(
+        "SELECT agency, id, actor, action, resource, request_id, time FROM audit_records \
+         WHERE agency = $1 AND (resource = $2 OR resource LIKE $3) ORDER BY time, id",
+    )
+    .bind(agency)
+    .bind(resource)
+    .bind(format!("{resource}/%"))
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter().map(AuditRow::from_any).collect()
+}
+
+impl AuditRow {
+    fn from_any(row: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(AuditRow {
+            agency: row.try_get("agency")?,
+            id: row.try_get("id")?,
+            actor: row.try_get("actor")?,
+            action: row.try_get("action")?,
+            resource: row.try_get("resource")?,
+            request_id: row.try_get("request_id")?,
+            time: row.try_get("time")?,
+        })
+    }
+}
+
+/// Writes one audit record per resource, e.g. for each client a list showed.
+pub async fn record_each(
+    tx: &mut Tx,
+    template: Access<'_>,
+    resources: &[String],
+) -> Result<(), sqlx::Error> {
+    for resource in resources {
+        record(
+            tx,
+            Access {
+                resource,
+                ..template
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! Configuration: built-in defaults, then an optional TOML file, then
+//! `TOUCHSTONE_*` environment variables (nested keys joined with `__`, e.g.
+//! `TOUCHSTONE_REGISTER__LISTEN`). Start-up stops on a bad value with a
+//! message naming the setting. Every setting is documented in
+//! docs/configuration.md.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (the default; what log shippers want).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// How callers are authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// Required `aud` claim.
+    pub audience: String,
+    /// JWKS file with the token signing keys.
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS URL with the token signing keys (refreshed on an unknown key id).
+    pub jwks_url: Option<String>,
+    /// Allowed clock skew in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            issuer: touchstone_auth::DevKey::ISSUER.to_string(),
+            audience: touchstone_auth::DevKey::AUDIENCE.to_string(),
+            jwks_file: None,
+            jwks_url: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+/// Where one service listens and keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// gRPC (and gRPC-Web, /metrics) address.
+    pub listen: SocketAddr,
+    /// `sqlite://path?mode=rwc` or `postgres://…`; empty means
+    /// `<data_dir>/<service>.db`.
+    pub database_url: Option<String>,
+    /// URL of a role that owns the tables, used only to migrate
+    /// (PostgreSQL); empty means `database_url`.
+    pub migration_url: Option<String>,
+    /// PostgreSQL role that the service connects as, granted table access
+    /// after migrations.
+    pub app_role: Option<String>,
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+impl ServiceSettings {
+    fn on_port(port: u16) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            database_url: None,
+            migration_url: None,
+            app_role: None,
+            max_connections: 8,
+        }
+    }
+
+    /// The database URL, defaulting to a SQLite file in `data_dir`.
+    pub fn database_url(&self, data_dir: &Path, service: &str) -> String {
+        match &self.database_url {
+            Some(url) if !url.is_empty() => url.clone(),
+            _ => crate::db::sqlite_url(&data_dir.join(format!("{service}.db"))),
+        }
+    }
+}
+
+/// Every setting of the `touchstone` binary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Directory for SQLite files and development keys.
+    pub data_dir: PathBuf,
+    /// `json` or `text`.
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `touchstone_register=debug,info`.
+    pub log_level: String,
+    /// OTLP/gRPC endpoint for traces, e.g. `http://otel-collector:4317`.
+    pub otlp_endpoint: Option<String>,
+    /// Base64 of the 32-byte master key that wraps agency data keys.
+    pub master_key: Option<String>,
+    /// Requests in flight per connection before new ones are shed.
+    pub max_concurrent_per_connection: usize,
+    /// Seconds to let in-flight calls finish on shutdown.
+    pub shutdown_grace_secs: u64,
+    /// Token verification.
+    pub auth: AuthSettings,
+    /// The client register service.
+    pub register: ServiceSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            log_format: LogFormat::Json,
+            log_level: "info".to_string(),
+            otlp_endpoint: None,
+            master_key: None,
+            max_concurrent_per_connection: 256,
+            shutdown_grace_secs: 20,
+            auth: AuthSettings::default(),
+            register: ServiceSettings::on_port(50051),
+        }
+    }
+}
+
+/// A setting that is present but wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Parsing failed; figment's message names the key and its source.
+    #[error("configuration: {0}")]
+    Parse(Box<figment::Error>),
+    /// A value parsed but is not acceptable.
+    #[error("configuration: setting `{setting}` {problem}")]
+    Invalid {
+        /// Dotted setting name, e.g. `register.database_url`.
+        setting: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if given; it must exist), then the
+    /// environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let env = Env::prefixed("TOUCHSTONE_").split("__");
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid {
+                    setting: "config".into(),
+                    problem: format!("names a file that does not exist: {}", path.display()),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let env = env.ignore(&["config", "test_pg_url"]);
+        let settings: Settings = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting: &str, problem: &str| ConfigError::Invalid {
+            setting: setting.to_string(),
+            problem: problem.to_string(),
+        };
+        if let Some(key) = self.master_key.as_deref().filter(|k| !k.is_empty()) {
+            touchstone_crypto::MasterKey::from_base64(key)
+                .map_err(|_| invalid("master_key", "must be the base64 of 32 random bytes"))?;
+        }
+        if let Some(url) = self
+            .register
+            .database_url
+            .as_deref()
+            .filter(|u| !u.is_empty())
+        {
+            check_db_url(url).map_err(|p| invalid("register.database_url", p))?;
+        }
+        if let Some(url) = self
+            .register
+            .migration_url
+            .as_deref()
+            .filter(|u| !u.is_empty())
+        {
+            check_db_url(url).map_err(|p| invalid("register.migration_url", p))?;
+        }
+        if self.register.max_connections == 0 {
+            return Err(invalid("register.max_connections", "must be at least 1"));
+        }
+        if self.max_concurrent_per_connection == 0 {
+            return Err(invalid(
+                "max_concurrent_per_connection",
+                "must be at least 1",
+            ));
+        }
+        if self.auth.issuer.is_empty() {
+            return Err(invalid("auth.issuer", "must not be empty"));
+        }
+        if self.auth.audience.is_empty() {
+            return Err(invalid("auth.audience", "must not be empty"));
+        }
+        if let Some(url) = self.otlp_endpoint.as_deref().filter(|u| !u.is_empty()) {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "otlp_endpoint",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_db_url(url: &str) -> Result<(), &'static str> {
+    if url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
+        Ok(())
+    } else {
+        Err("must start with sqlite: or postgres://")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn with_env(vars: &[(&str, &str)]) -> Result<Settings, String> {
+        let mut out = Err(String::new());
+        Jail::expect_with(|jail| {
+            for (k, v) in vars {
+                jail.set_env(format!("TOUCHSTONE_{k}"), v);
+            }
+            out = Settings::load(None).map_err(|e| e.to_string());
+            Ok(())
+        });
+        out
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = with_env(&[]).expect("defaults");
+        assert_eq!(s.register.listen.port(), 50051);
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn nested_values_override() {
+        let s = with_env(&[
+            ("REGISTER__LISTEN", "127.0.0.1:6000"),
+            ("LOG_FORMAT", "text"),
+            ("OTLP_ENDPOINT", "http://collector:4317"),
+        ])
+        .expect("valid");
+        assert_eq!(s.register.listen.port(), 6000);
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.otlp_endpoint.as_deref(), Some("http://collector:4317"));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let e = with_env(&[("REGISTER__LISTEN", "nowhere")]).expect_err("bad address");
+        assert!(e.contains("register.listen"), "{e}");
+        let e = with_env(&[("MASTER_KEY", "short")]).expect_err("bad key");
+        assert!(e.contains("master_key"), "{e}");
+        let e = with_env(&[("REGISTER__DATABASE_URL", "mysql://x")]).expect_err("bad url");
+        assert!(e.contains("register.database_url"), "{e}");
+        let e = with_env(&[("LOG_FORMAT", "xml")]).expect_err("bad format");
+        assert!(e.contains("log_format"), "{e}");
+        let e = with_env(&[("REGISTER__MAX_CONNECTIONS", "lots")]).expect_err("bad number");
+        assert!(e.contains("register.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn files_are_read_and_checked() {
+        Jail::expect_with(|jail| {
+            let e = Settings::load(Some(Path::new("/nonexistent/touchstone.toml")))
+                .expect_err("missing file");
+            assert!(e.to_string().contains("config"), "{e}");
+            jail.create_file(
+                "t.toml",
+                "log_level = \"debug\"\n[register]\nmax_connections = 3\n",
+            )?;
+            let s = Settings::load(Some(Path::new("t.toml"))).expect("load");
+            assert_eq!(s.log_level, "debug");
+            assert_eq!(s.register.max_connections, 3);
+            jail.set_env("TOUCHSTONE_REGISTER__MAX_CONNECTIONS", "5");
+            let s = Settings::load(Some(Path::new("t.toml"))).expect("load");
+            assert_eq!(s.register.max_connections, 5, "environment beats the file");
+            jail.create_file("typo.toml", "[register]\nmax_connectoins = 3\n")?;
+            let e = Settings::load(Some(Path::new("typo.toml"))).expect_err("typo");
+            assert!(e.to_string().contains("max_connectoins"), "{e}");
+            Ok(())
+        });
+    }
+}

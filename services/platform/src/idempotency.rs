@@ -1,0 +1,154 @@
+//! AIP-155 request ids. A state-changing call claims its `request_id` as the
+//! first statement of its write transaction and stores its response before
+//! committing, so a retry, even one racing the first call, gets the first
+//! response and changes nothing.
+
+use crate::db::Tx;
+use prost::Message;
+use touchstone_crypto::DataKey;
+
+/// How long a request id is remembered.
+pub const RETENTION_MILLIS: i64 = 7 * 24 * 3600 * 1000;
+
+/// What claiming a request id found.
+#[derive(Debug)]
+pub enum Claim<R> {
+    /// First time: go ahead, then call `complete` before committing.
+    Fresh,
+    /// Seen before with the same request: return this response.
+    Replay(R),
+    /// Seen before with a different request body.
+    Mismatch,
+    /// Seen before, but what it created was since erased: the stored
+    /// response (personal data) is gone and must not be recreated.
+    Forgotten,
+    /// No request id was given: no replay protection.
+    None,
+}
+
+/// Claims `request_id` for `method` in `agency`. `fingerprint` identifies the
+/// request's content (e.g. a hash of its encoded form) so that reuse of an id
+/// for a different request is refused instead of silently replayed.
+pub async fn claim<R: Message + Default>(
+    tx: &mut Tx,
+    key: &DataKey,
+    agency: &str,
+    method: &str,
+    request_id: &str,
+    fingerprint: &str,
+) -> Result<Claim<R>, sqlx::Error> {
+    if request_id.is_empty() {
+        return Ok(Claim::None);
+    }
+    // On PostgreSQL a concurrent duplicate blocks here on the primary key
+    // until the first transaction ends, then sees its row.
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency (agency, method, request_id, fingerprint, resource, response, create_time) \
+         VALUES ($1, $2, $3, $4, '', NULL, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(agency)
+    .bind(method)
+    .bind(request_id)
+    .bind(fingerprint)
+    .bind(crate::times::now_millis())
+    .execute(tx.conn())
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Claim::Fresh);
+    }
+    let row: Option<(String, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT fingerprint, response FROM idempotency \
+         WHERE agency = $1 AND method = $2 AND request_id = $3",
+    )
+    .bind(agency)
+    .bind(method)
+    .bind(request_id)
+    .fetch_optional(tx.conn())
+    .await?;
+    match row {
+        Some((fp, Some(sealed))) if fp == fingerprint => {
+            let aad = aad(agency, method, request_id);
+            Ok(key
+                .open(aad.as_bytes(), &sealed)
+                .ok()
+                .and_then(|bytes| R::decode(bytes.as_slice()).ok())
+                .map(Claim::Replay)
+                .unwrap_or(Claim::Mismatch))
+        }
+        Some((fp, None)) if fp == fingerprint => Ok(Claim::Forgotten),
+        _ => Ok(Claim::Mismatch),
+    }
+}
+
+/// Stores the response of a fresh claim, in the same transaction as the change.
+/// `resource` names what the response is about (e.g. the client), so that
+/// erasing it can also remove the stored response.
+pub async fn complete<R: Message>(
+    tx: &mut Tx,
+    key: &DataKey,
+    agency: &str,
+    method: &str,
+    request_id: &str,
+    resource: &str,
+    response: &R,
+) -> Result<(), sqlx::Error> {
+    if request_id.is_empty() {
+        return Ok(());
+    }
+    let sealed = key.seal(
+        aad(agency, method, request_id).as_bytes(),
+        &response.encode_to_vec(),
+    );
+    sqlx::query(
+        "UPDATE idempotency SET response = $1, resource = $2 \
+         WHERE agency = $3 AND method = $4 AND request_id = $5",
+    )
+    .bind(sealed)
+    .bind(resource)
+    .bind(agency)
+    .bind(method)
+    .bind(request_id)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// A stable fingerprint of a request message.
+pub fn fingerprint<M: Message>(request: &M) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(request.encode_to_vec());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+fn aad(agency: &str, method: &str, request_id: &str) -> String {
+    format!("idempotency/{agency}/{method}/{request_id}")
+}
+
+/// Drops the stored responses about `resource` and its children (erasure),
+/// keeping the request ids so that a late retry cannot recreate the data.
+pub async fn forget_resource(tx: &mut Tx, agency: &str, resource: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE idempotency SET response = NULL \
+         WHERE agency = $1 AND (resource = $2 OR resource LIKE $3)",
+    )
+    .bind(agency)
+    .bind(resource)
+    .bind(format!("{resource}/%"))
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Removes request ids older than the retention period, in every agency
+/// the transaction can see.
+pub async fn purge_expired(tx: &mut Tx) -> Result<u64, sqlx::Error> {
+    let cutoff = crate::times::now_millis() - RETENTION_MILLIS;
+    Ok(
+        sqlx::query("DELETE FROM idempotency WHERE create_time < $1")
+            .bind(cutoff)
+            .execute(tx.conn())
+            .await?
+            .rows_affected(),
+    )
+}

@@ -1,0 +1,91 @@
+//! Fresh databases for tests: a SQLite file in a temporary directory, or,
+//! when `TOUCHSTONE_TEST_PG_URL` points at a PostgreSQL server, a new
+//! database and a new login role (no superuser, no BYPASSRLS) made for this
+//! test alone, migrated by the admin connection, with the service connected
+//! as the new role so that row-level security is really in force.
+
+use crate::db::{Db, MigrationSet};
+use sqlx::ConnectOptions;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// The environment variable CI sets to run store tests on PostgreSQL.
+pub const PG_URL_VAR: &str = "TOUCHSTONE_TEST_PG_URL";
+
+/// A migrated, empty database for one test.
+#[derive(Debug)]
+pub struct TestDb {
+    /// The service's connection (the application role on PostgreSQL).
+    pub db: Db,
+    /// The SQLite file, when on SQLite.
+    pub sqlite_path: Option<PathBuf>,
+    /// An admin connection to the same database, when on PostgreSQL.
+    pub admin: Option<Db>,
+    /// The application role's name, when on PostgreSQL.
+    pub app_role: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Creates a fresh database with `sets` migrated. Panics (the test fails
+/// loudly) when `TOUCHSTONE_TEST_PG_URL` is set but the server cannot be used.
+pub async fn fresh(sets: &[&MigrationSet]) -> TestDb {
+    match std::env::var(PG_URL_VAR) {
+        Ok(url) if !url.is_empty() => fresh_postgres(&url, sets).await,
+        _ => fresh_sqlite(sets).await,
+    }
+}
+
+async fn fresh_sqlite(sets: &[&MigrationSet]) -> TestDb {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("test.db");
+    let db = Db::connect(&crate::db::sqlite_url(&path), 4)
+        .await
+        .expect("open SQLite");
+    db.migrate(sets, None).await.expect("migrate SQLite");
+    TestDb {
+        db,
+        sqlite_path: Some(path),
+        admin: None,
+        app_role: None,
+        _dir: Some(dir),
+    }
+}
+
+async fn fresh_postgres(url: &str, sets: &[&MigrationSet]) -> TestDb {
+    let name = format!("tst_{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
+    let server = Db::connect(url, 1)
+        .await
+        .unwrap_or_else(|e| panic!("{PG_URL_VAR} is set but PostgreSQL is unreachable: {e}"));
+    for stmt in [
+        format!("CREATE ROLE {name} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(stmt))
+            .execute(server.pool())
+            .await
+            .unwrap_or_else(|e| panic!("cannot create the test database: {e}"));
+    }
+    server.close().await;
+    let base = sqlx::postgres::PgConnectOptions::from_str(url).expect("a PostgreSQL URL");
+    let admin_url = base.clone().database(&name).to_url_lossy().to_string();
+    let app_url = base
+        .database(&name)
+        .username(&name)
+        .to_url_lossy()
+        .to_string();
+    let admin = Db::connect(&admin_url, 2).await.expect("connect as admin");
+    admin
+        .migrate(sets, Some(&name))
+        .await
+        .expect("migrate PostgreSQL");
+    let db = Db::connect(&app_url, 4)
+        .await
+        .expect("connect as the app role");
+    TestDb {
+        db,
+        sqlite_path: None,
+        admin: Some(admin),
+        app_role: Some(name),
+        _dir: None,
+    }
+}

@@ -1,0 +1,119 @@
+//! Per-connection load shedding: beyond a fixed number of in-flight requests on one connection,
+//! a request is refused at once with RESOURCE_EXHAUSTED instead of waiting in a queue.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+/// ErrorInfo reason on a shed request, so clients can tell overload from other exhaustion.
+const REASON: &str = "CONCURRENCY_LIMIT_EXCEEDED";
+
+/// Built once per connection: the semaphore is the connection's budget.
+#[derive(Clone, Debug)]
+pub(crate) struct Shed<S> {
+    permits: Arc<Semaphore>,
+    limit: usize,
+    domain: Arc<str>,
+    inner: S,
+}
+
+impl<S> Shed<S> {
+    pub(crate) fn new(inner: S, limit: usize, domain: Arc<str>) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            domain,
+            inner,
+        }
+    }
+
+    fn refusal(&self) -> Response<Body> {
+        let details = ErrorDetails::with_error_info(
+            REASON,
+            &*self.domain,
+            HashMap::from([("limit".to_owned(), self.limit.to_string())]),
+        );
+        Status::with_error_details(
+            Code::ResourceExhausted,
+            "too many concurrent requests on this connection; retry with backoff",
+            details,
+        )
+        .into_http()
+    }
+}
+
+impl<S> tower::Service<Request<Body>> for Shed<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            tracing::debug!(
+                limit = self.limit,
+                "connection at its concurrency limit; shedding"
+            );
+            return Box::pin(std::future::ready(Ok(self.refusal())));
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let Ok(response) = response.await;
+            // A streaming response keeps doing work until its body ends, so it keeps the permit.
+            Ok(response.map(|body| {
+                Body::new(PermitBody {
+                    inner: body,
+                    _permit: permit,
+                })
+            }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct PermitBody<B> {
+        #[pin]
+        inner: B,
+        _permit: OwnedSemaphorePermit,
+    }
+}
+
+impl<B> http_body::Body for PermitBody<B>
+where
+    B: http_body::Body,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,127 @@
+//! The `touchstone` binary: run every service locally (`up`), run one for
+//! Kubernetes (`serve`), migrate, mint development tokens, import and export
+//! clients, and generate load for benchmarks.
+
+mod clients;
+mod run;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+use touchstone_auth::{DevKey, Role, TokenRequest};
+use touchstone_platform::config::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "touchstone",
+    version,
+    about = "Client service quality for public-sector agencies"
+)]
+struct Cli {
+    /// Configuration file (TOML); environment variables TOUCHSTONE_* override it.
+    #[arg(long, global = true, env = "TOUCHSTONE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every service on the embedded SQLite default, with development keys.
+    Up,
+    /// Run one service (for Kubernetes): needs a master key and a JWKS source.
+    Serve {
+        /// The service to run.
+        #[arg(value_enum)]
+        service: run::ServiceName,
+    },
+    /// Apply database migrations of every service (or one) and exit.
+    Migrate {
+        /// Only this service.
+        #[arg(value_enum)]
+        service: Option<run::ServiceName>,
+    },
+    /// Mint a development token signed by the local development key.
+    Token(TokenArgs),
+    /// Import or export clients of the register.
+    #[command(subcommand)]
+    Clients(clients::ClientsCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// The caller's agency (tenant).
+    #[arg(long)]
+    agency: Option<String>,
+    /// Extra agencies a hub role may act for; "*" for all.
+    #[arg(long, value_delimiter = ',')]
+    agencies: Vec<String>,
+    /// Roles: officer, senior_officer, analyst, agency_admin, intake, hub_admin, service.
+    #[arg(long = "role", required = true, value_parser = parse_role)]
+    roles: Vec<Role>,
+    /// Token subject.
+    #[arg(long, default_value = "dev-user")]
+    subject: String,
+    /// Lifetime in hours.
+    #[arg(long, default_value_t = 12)]
+    hours: u64,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| {
+        format!("unknown role {s:?}; one of officer, senior_officer, analyst, agency_admin, intake, hub_admin, service")
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("touchstone: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("touchstone: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, settings)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("touchstone: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Up => run::up(settings).await,
+        Command::Serve { service } => run::serve(settings, service).await,
+        Command::Migrate { service } => run::migrate(settings, service).await,
+        Command::Token(args) => {
+            let key = DevKey::load_or_create(&settings.data_dir)
+                .context("loading the development signing key")?;
+            let token = key.mint(&TokenRequest {
+                subject: args.subject,
+                agency: args.agency,
+                agencies: (!args.agencies.is_empty()).then_some(args.agencies),
+                roles: args.roles,
+                ttl: Duration::from_secs(args.hours * 3600),
+                issuer: settings.auth.issuer.clone(),
+                audience: settings.auth.audience.clone(),
+            })?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Clients(cmd) => clients::run(cmd, &settings).await,
+    }
+}
