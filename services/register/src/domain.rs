@@ -312,10 +312,9 @@ impl ClientFields {
             text(v, &f("postal_address.locality"), &a.locality, 100);
             text(v, &f("postal_address.region"), &a.region, 100);
             text(v, &f("postal_address.postal_code"), &a.postal_code, 16);
-            if !a.region_code.is_empty()
-                && !(a.region_code.len() == 2
-                    && a.region_code.bytes().all(|b| b.is_ascii_uppercase()))
-            {
+            let code_ok =
+                a.region_code.len() == 2 && a.region_code.bytes().all(|b| b.is_ascii_uppercase());
+            if !a.region_code.is_empty() && !code_ok {
                 v.add(
                     f("postal_address.region_code"),
                     "must be a two-letter CLDR region code, e.g. AU",
