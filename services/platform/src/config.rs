@@ -242,7 +242,8 @@ mod tests {
             for (k, v) in vars {
                 jail.set_env(format!("TOUCHSTONE_{k}"), v);
             }
-            out = Settings::load(None).map_err(|e| e.to_string());
+            // figment names environment keys in upper case.
+            out = Settings::load(None).map_err(|e| e.to_string().to_lowercase());
             Ok(())
         });
         out
