@@ -196,23 +196,83 @@ fn access<'a>(
     }
 }
 
-/// Claims a request id; returns the earlier response on a replay.
-async fn claim<R: prost::Message + Default>(
-    tx: &mut Tx,
-    key: &DataKey,
-    agency: &str,
-    method: &str,
-    request_id: &str,
-    fingerprint: &str,
-) -> Result<Option<R>, Error> {
-    match idempotency::claim::<R>(tx, key, agency, method, request_id, fingerprint).await? {
-        Claim::Replay(r) => Ok(Some(r)),
-        Claim::Mismatch => Err(Error::RequestIdReused),
-        Claim::Forgotten => Err(Error::FailedPrecondition {
-            reason: "CLIENT_ERASED",
-            message: "what this request changed belongs to a client that was since erased",
-        }),
-        Claim::Fresh | Claim::None => Ok(None),
+/// A state-changing call in progress: its write transaction, the agency's
+/// data key, and what its audit and idempotency records will say.
+struct Change<'a> {
+    tx: Tx,
+    key: Arc<DataKey>,
+    caller: &'a Caller,
+    agency: &'a str,
+    method: &'static str,
+    request_id: &'a str,
+}
+
+/// What starting a state-changing call found.
+enum Begun<'a, R> {
+    /// A new request: go ahead.
+    Fresh(Change<'a>),
+    /// A retry: here is the first response.
+    Replay(R),
+}
+
+impl Register {
+    /// Opens the write transaction of a state-changing call and claims its
+    /// request id.
+    async fn begin<'a, R: prost::Message + Default>(
+        &self,
+        caller: &'a Caller,
+        agency: &'a str,
+        method: &'static str,
+        request_id: &'a str,
+        fingerprint: String,
+    ) -> Result<Begun<'a, R>, Error> {
+        check_request_id(request_id)?;
+        let key = self.key(agency).await?;
+        let mut tx = self.db.write(Scope::Agency(agency)).await?;
+        match idempotency::claim::<R>(&mut tx, &key, agency, method, request_id, &fingerprint)
+            .await?
+        {
+            Claim::Replay(r) => Ok(Begun::Replay(r)),
+            Claim::Mismatch => Err(Error::RequestIdReused),
+            Claim::Forgotten => Err(Error::FailedPrecondition {
+                reason: "CLIENT_ERASED",
+                message: "what this request changed belongs to a client that was since erased",
+            }),
+            Claim::Fresh | Claim::None => Ok(Begun::Fresh(Change {
+                tx,
+                key,
+                caller,
+                agency,
+                method,
+                request_id,
+            })),
+        }
+    }
+}
+
+impl Change<'_> {
+    /// Writes the audit record and the stored response, and commits.
+    async fn finish<R: prost::Message>(mut self, resource: &str, response: R) -> Result<R, Error> {
+        let access = Access {
+            agency: self.agency,
+            actor: &self.caller.subject,
+            action: self.method,
+            resource,
+            request_id: self.request_id,
+        };
+        audit::record(&mut self.tx, access).await?;
+        idempotency::complete(
+            &mut self.tx,
+            &self.key,
+            self.agency,
+            self.method,
+            self.request_id,
+            resource,
+            &response,
+        )
+        .await?;
+        self.tx.commit().await?;
+        Ok(response)
     }
 }
 
@@ -275,7 +335,7 @@ impl Register {
         caller: &Caller,
         req: &ConsentRequest<'_>,
         granted: bool,
-        method: &str,
+        method: &'static str,
     ) -> Result<pb::Client, Error> {
         let [agency, id] = parse_name("name", "agencies/{}/clients/{}", req.name)?[..] else {
             return Err(Error::invalid(
@@ -288,39 +348,37 @@ impl Register {
         if req.source.chars().count() > 100 {
             return Err(Error::invalid("source", "at most 100 characters"));
         }
-        check_request_id(req.request_id)?;
         authorize(caller, Action::Write, agency, true)?;
-        let key = self.key(agency).await?;
-        let mut tx = self.db.write(Scope::Agency(agency)).await?;
-        if let Some(r) = claim(
-            &mut tx,
-            &key,
-            agency,
-            method,
-            req.request_id,
-            &req.fingerprint,
-        )
-        .await?
+        let mut change = match self
+            .begin(
+                caller,
+                agency,
+                method,
+                req.request_id,
+                req.fingerprint.clone(),
+            )
+            .await?
         {
-            return Ok(r);
-        }
-        let mut record = load_client(&mut tx, &key, agency, id).await?;
+            Begun::Replay(r) => return Ok(r),
+            Begun::Fresh(c) => c,
+        };
+        let mut record = load_client(&mut change.tx, &change.key, agency, id).await?;
         not_erased(&record)?;
         let now = times::now_millis();
-        let change = ConsentChange {
+        let consent = ConsentChange {
             purpose,
             granted,
             change_time: now,
             actor: caller.subject.clone(),
             source: req.source.trim().to_string(),
         };
-        store::insert_consent_change(&mut tx, agency, id, &change).await?;
-        store::touch_client(&mut tx, agency, id, now).await?;
+        store::insert_consent_change(&mut change.tx, agency, id, &consent).await?;
+        store::touch_client(&mut change.tx, agency, id, now).await?;
         record.revision += 1;
         record.update_time = now;
         let name = record.name();
         outbox::append(
-            &mut tx,
+            &mut change.tx,
             agency,
             &name,
             &pb::ConsentChanged {
@@ -330,25 +388,9 @@ impl Register {
             },
         )
         .await?;
-        audit::record(
-            &mut tx,
-            access(caller, agency, method, &name, req.request_id),
-        )
-        .await?;
-        let history = history_of(&mut tx, agency, id).await?;
+        let history = history_of(&mut change.tx, agency, id).await?;
         let response = client_to_proto(&record, &history);
-        idempotency::complete(
-            &mut tx,
-            &key,
-            agency,
-            method,
-            req.request_id,
-            &name,
-            &response,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(response)
+        change.finish(&name, response).await
     }
 }
 
@@ -374,33 +416,31 @@ impl RegisterService for Register {
             };
             let fields = ClientFields::parse(client, "client")?;
             let id = chosen_id("client_id", &req.client_id)?;
-            check_request_id(&req.request_id)?;
-            let key = self.key(agency).await?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
-            let fingerprint = idempotency::fingerprint(&req);
-            if let Some(r) = claim(
-                &mut tx,
-                &key,
-                agency,
-                "CreateClient",
-                &req.request_id,
-                &fingerprint,
-            )
-            .await?
+            let mut change = match self
+                .begin(
+                    &caller,
+                    agency,
+                    "CreateClient",
+                    &req.request_id,
+                    idempotency::fingerprint(&req),
+                )
+                .await?
             {
-                return Ok(r);
-            }
-            let record =
-                store::insert_client(&mut tx, &key, agency, &id, &fields, times::now_millis())
-                    .await?;
-            let name = record.name();
-            audit::record(
-                &mut tx,
-                access(&caller, agency, "CreateClient", &name, &req.request_id),
+                Begun::Replay(r) => return Ok(r),
+                Begun::Fresh(c) => c,
+            };
+            let record = store::insert_client(
+                &mut change.tx,
+                &change.key,
+                agency,
+                &id,
+                &fields,
+                times::now_millis(),
             )
             .await?;
+            let name = record.name();
             outbox::append(
-                &mut tx,
+                &mut change.tx,
                 agency,
                 &name,
                 &pb::ClientCreated {
@@ -409,18 +449,7 @@ impl RegisterService for Register {
             )
             .await?;
             let response = client_to_proto(&record, &[]);
-            idempotency::complete(
-                &mut tx,
-                &key,
-                agency,
-                "CreateClient",
-                &req.request_id,
-                &name,
-                &response,
-            )
-            .await?;
-            tx.commit().await?;
-            Ok::<_, Error>(response)
+            change.finish(&name, response).await
         };
         Ok(Response::new(run.await?))
     }
@@ -464,24 +493,21 @@ impl RegisterService for Register {
                     "must have the form agencies/{a}/clients/{c}",
                 ));
             };
-            check_request_id(&req.request_id)?;
             authorize(&caller, Action::Write, agency, true)?;
-            let key = self.key(agency).await?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
-            let fingerprint = idempotency::fingerprint(&req);
-            if let Some(r) = claim(
-                &mut tx,
-                &key,
-                agency,
-                "UpdateClient",
-                &req.request_id,
-                &fingerprint,
-            )
-            .await?
+            let mut change = match self
+                .begin(
+                    &caller,
+                    agency,
+                    "UpdateClient",
+                    &req.request_id,
+                    idempotency::fingerprint(&req),
+                )
+                .await?
             {
-                return Ok(r);
-            }
-            let record = load_client(&mut tx, &key, agency, id).await?;
+                Begun::Replay(r) => return Ok(r),
+                Begun::Fresh(c) => c,
+            };
+            let record = load_client(&mut change.tx, &change.key, agency, id).await?;
             not_erased(&record)?;
             check_etag(&patch.etag, record.revision)?;
             let mask = req
@@ -491,7 +517,7 @@ impl RegisterService for Register {
                 .unwrap_or_default();
             let (fields, paths) = record.fields.apply_mask(patch, &mask)?;
             let now = times::now_millis();
-            if !store::update_client(&mut tx, &key, &record, &fields, now).await? {
+            if !store::update_client(&mut change.tx, &change.key, &record, &fields, now).await? {
                 return Err(Error::StaleEtag);
             }
             let updated = ClientRecord {
@@ -501,13 +527,8 @@ impl RegisterService for Register {
                 ..record
             };
             let name = updated.name();
-            audit::record(
-                &mut tx,
-                access(&caller, agency, "UpdateClient", &name, &req.request_id),
-            )
-            .await?;
             outbox::append(
-                &mut tx,
+                &mut change.tx,
                 agency,
                 &name,
                 &pb::ClientUpdated {
@@ -516,20 +537,9 @@ impl RegisterService for Register {
                 },
             )
             .await?;
-            let history = history_of(&mut tx, agency, id).await?;
+            let history = history_of(&mut change.tx, agency, id).await?;
             let response = client_to_proto(&updated, &history);
-            idempotency::complete(
-                &mut tx,
-                &key,
-                agency,
-                "UpdateClient",
-                &req.request_id,
-                &name,
-                &response,
-            )
-            .await?;
-            tx.commit().await?;
-            Ok::<_, Error>(response)
+            change.finish(&name, response).await
         };
         Ok(Response::new(run.await?))
     }
@@ -652,29 +662,26 @@ impl RegisterService for Register {
                     "must have the form agencies/{a}/clients/{c}",
                 ));
             };
-            check_request_id(&req.request_id)?;
             authorize(&caller, Action::Erase, agency, true)?;
-            let key = self.key(agency).await?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
-            let fingerprint = idempotency::fingerprint(&req);
-            if let Some(r) = claim(
-                &mut tx,
-                &key,
-                agency,
-                "EraseClient",
-                &req.request_id,
-                &fingerprint,
-            )
-            .await?
+            let mut change = match self
+                .begin(
+                    &caller,
+                    agency,
+                    "EraseClient",
+                    &req.request_id,
+                    idempotency::fingerprint(&req),
+                )
+                .await?
             {
-                return Ok(r);
-            }
-            load_client(&mut tx, &key, agency, id).await?;
+                Begun::Replay(r) => return Ok(r),
+                Begun::Fresh(c) => c,
+            };
+            load_client(&mut change.tx, &change.key, agency, id).await?;
             let now = times::now_millis();
-            if store::erase_client(&mut tx, agency, id, now).await? {
-                idempotency::forget_resource(&mut tx, agency, &req.name).await?;
+            if store::erase_client(&mut change.tx, agency, id, now).await? {
+                idempotency::forget_resource(&mut change.tx, agency, &req.name).await?;
                 outbox::append(
-                    &mut tx,
+                    &mut change.tx,
                     agency,
                     &req.name,
                     &pb::ClientErased {
@@ -684,26 +691,10 @@ impl RegisterService for Register {
                 )
                 .await?;
             }
-            audit::record(
-                &mut tx,
-                access(&caller, agency, "EraseClient", &req.name, &req.request_id),
-            )
-            .await?;
-            let erased = load_client(&mut tx, &key, agency, id).await?;
-            let history = history_of(&mut tx, agency, id).await?;
+            let erased = load_client(&mut change.tx, &change.key, agency, id).await?;
+            let history = history_of(&mut change.tx, agency, id).await?;
             let response = client_to_proto(&erased, &history);
-            idempotency::complete(
-                &mut tx,
-                &key,
-                agency,
-                "EraseClient",
-                &req.request_id,
-                "",
-                &response,
-            )
-            .await?;
-            tx.commit().await?;
-            Ok::<_, Error>(response)
+            change.finish(&req.name, response).await
         };
         Ok(Response::new(run.await?))
     }
@@ -811,27 +802,24 @@ impl RegisterService for Register {
             };
             let fields = NeedFields::parse(need, "need")?;
             let id = chosen_id("need_id", &req.need_id)?;
-            check_request_id(&req.request_id)?;
-            let key = self.key(agency).await?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
-            let fingerprint = idempotency::fingerprint(&req);
-            if let Some(r) = claim(
-                &mut tx,
-                &key,
-                agency,
-                "CreateNeed",
-                &req.request_id,
-                &fingerprint,
-            )
-            .await?
+            let mut change = match self
+                .begin(
+                    &caller,
+                    agency,
+                    "CreateNeed",
+                    &req.request_id,
+                    idempotency::fingerprint(&req),
+                )
+                .await?
             {
-                return Ok(r);
-            }
-            let client = load_client(&mut tx, &key, agency, client_id).await?;
+                Begun::Replay(r) => return Ok(r),
+                Begun::Fresh(c) => c,
+            };
+            let client = load_client(&mut change.tx, &change.key, agency, client_id).await?;
             not_erased(&client)?;
             let record = store::insert_need(
-                &mut tx,
-                &key,
+                &mut change.tx,
+                &change.key,
                 agency,
                 client_id,
                 &id,
@@ -840,24 +828,7 @@ impl RegisterService for Register {
             )
             .await?;
             let name = record.name();
-            audit::record(
-                &mut tx,
-                access(&caller, agency, "CreateNeed", &name, &req.request_id),
-            )
-            .await?;
-            let response = need_to_proto(&record);
-            idempotency::complete(
-                &mut tx,
-                &key,
-                agency,
-                "CreateNeed",
-                &req.request_id,
-                &name,
-                &response,
-            )
-            .await?;
-            tx.commit().await?;
-            Ok::<_, Error>(response)
+            change.finish(&name, need_to_proto(&record)).await
         };
         Ok(Response::new(run.await?))
     }
@@ -904,24 +875,21 @@ impl RegisterService for Register {
                     "must have the form agencies/{a}/clients/{c}/needs/{n}",
                 ));
             };
-            check_request_id(&req.request_id)?;
             authorize(&caller, Action::Write, agency, true)?;
-            let key = self.key(agency).await?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
-            let fingerprint = idempotency::fingerprint(&req);
-            if let Some(r) = claim(
-                &mut tx,
-                &key,
-                agency,
-                "UpdateNeed",
-                &req.request_id,
-                &fingerprint,
-            )
-            .await?
+            let mut change = match self
+                .begin(
+                    &caller,
+                    agency,
+                    "UpdateNeed",
+                    &req.request_id,
+                    idempotency::fingerprint(&req),
+                )
+                .await?
             {
-                return Ok(r);
-            }
-            let record = store::get_need(&mut tx, &key, agency, client_id, id)
+                Begun::Replay(r) => return Ok(r),
+                Begun::Fresh(c) => c,
+            };
+            let record = store::get_need(&mut change.tx, &change.key, agency, client_id, id)
                 .await?
                 .ok_or(Error::NotFound("need"))?;
             check_etag(&patch.etag, record.revision)?;
@@ -932,7 +900,7 @@ impl RegisterService for Register {
                 .unwrap_or_default();
             let fields = record.fields.apply_mask(patch, &mask)?;
             let now = times::now_millis();
-            if !store::update_need(&mut tx, &key, &record, &fields, now).await? {
+            if !store::update_need(&mut change.tx, &change.key, &record, &fields, now).await? {
                 return Err(Error::StaleEtag);
             }
             let updated = NeedRecord {
@@ -942,24 +910,7 @@ impl RegisterService for Register {
                 ..record
             };
             let name = updated.name();
-            audit::record(
-                &mut tx,
-                access(&caller, agency, "UpdateNeed", &name, &req.request_id),
-            )
-            .await?;
-            let response = need_to_proto(&updated);
-            idempotency::complete(
-                &mut tx,
-                &key,
-                agency,
-                "UpdateNeed",
-                &req.request_id,
-                &name,
-                &response,
-            )
-            .await?;
-            tx.commit().await?;
-            Ok::<_, Error>(response)
+            change.finish(&name, need_to_proto(&updated)).await
         };
         Ok(Response::new(run.await?))
     }
