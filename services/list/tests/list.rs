@@ -1,4 +1,6 @@
-//! End-to-end keyset pagination against an in-memory SQLite through the sqlx `Any` driver.
+//! End-to-end keyset pagination through the sqlx `Any` driver: against an in-memory SQLite,
+//! or, when `TOUCHSTONE_TEST_PG_URL` is set, against PostgreSQL (a temporary table, so
+//! nothing outlives the test's connection).
 
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
@@ -97,31 +99,46 @@ fn items() -> Vec<Item> {
         .collect()
 }
 
+fn postgres_url() -> Option<String> {
+    std::env::var("TOUCHSTONE_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
 async fn pool() -> AnyPool {
     sqlx::any::install_default_drivers();
+    let pg = postgres_url();
+    // One connection, so the temporary table (PostgreSQL) or the in-memory database
+    // (SQLite) is the same for every query of the test.
     let pool = AnyPoolOptions::new()
         .max_connections(1)
-        .connect("sqlite::memory:")
+        .connect(pg.as_deref().unwrap_or("sqlite::memory:"))
         .await
-        .expect("connect");
-    // Booleans are declared INTEGER: the Any driver cannot map SQLite's BOOLEAN affinity type
-    // when the value is NULL.
-    sqlx::query(
-        "CREATE TABLE items (
+        .expect("connect (TOUCHSTONE_TEST_PG_URL set but PostgreSQL unreachable?)");
+    // Booleans are INTEGER on SQLite: the Any driver cannot map SQLite's BOOLEAN affinity type
+    // when the value is NULL. PostgreSQL has a real BOOLEAN.
+    let (temp, boolean) = if pg.is_some() {
+        ("TEMPORARY ", "BOOLEAN")
+    } else {
+        ("", "INTEGER")
+    };
+    let ddl = format!(
+        "CREATE {temp}TABLE items (
             id TEXT PRIMARY KEY NOT NULL,
             tenant TEXT NOT NULL,
             create_time BIGINT NOT NULL,
             priority BIGINT,
             title TEXT,
             kind BIGINT NOT NULL,
-            active INTEGER NOT NULL,
-            urgent INTEGER,
+            active {boolean} NOT NULL,
+            urgent {boolean},
             due_date BIGINT
-        )",
-    )
-    .execute(&pool)
-    .await
-    .expect("create");
+        )"
+    );
+    sqlx::query(AssertSqlSafe(ddl))
+        .execute(&pool)
+        .await
+        .expect("create");
     for it in items() {
         sqlx::query("INSERT INTO items VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(it.id)
@@ -418,10 +435,15 @@ async fn first_page(pool: &AnyPool, order_by: &str) -> Result<String, sqlx::Erro
 async fn qualified_columns_and_null_in_non_nullable_key() {
     let pool = pool().await;
     assert!(!first_page(&pool, "").await.expect("page").is_empty());
-    // SQLite sorts NULLs first ascending, so the last row of the first page has a NULL
-    // priority; without COALESCE that key would break the keyset condition, so finish refuses
-    // it rather than hand out a token that loses rows.
-    let err = first_page(&pool, "priority asc")
+    // SQLite sorts NULLs first ascending (PostgreSQL: first descending), so the last row of
+    // the first page has a NULL priority; without COALESCE that key would break the keyset
+    // condition, so finish refuses it rather than hand out a token that loses rows.
+    let order = if postgres_url().is_some() {
+        "priority desc"
+    } else {
+        "priority asc"
+    };
+    let err = first_page(&pool, order)
         .await
         .map(|_| ())
         .map_or_else(|e| e.to_string(), |()| String::new());
