@@ -140,15 +140,30 @@ pub async fn forget_resource(tx: &mut Tx, agency: &str, resource: &str) -> Resul
     Ok(())
 }
 
-/// Removes request ids older than the retention period, in every agency
-/// the transaction can see.
-pub async fn purge_expired(tx: &mut Tx) -> Result<u64, sqlx::Error> {
-    let cutoff = crate::times::now_millis() - RETENTION_MILLIS;
-    Ok(
-        sqlx::query("DELETE FROM idempotency WHERE create_time < $1")
-            .bind(cutoff)
-            .execute(tx.conn())
-            .await?
-            .rows_affected(),
-    )
+/// Removes request ids older than `retention_millis`, in every agency.
+pub async fn purge_expired(db: &crate::db::Db, retention_millis: i64) -> Result<u64, sqlx::Error> {
+    let cutoff = crate::times::now_millis() - retention_millis;
+    let mut tx = db.write(crate::db::Scope::AllAgencies).await?;
+    let n = sqlx::query("DELETE FROM idempotency WHERE create_time < $1")
+        .bind(cutoff)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Purges expired request ids now and then every hour, for as long as the
+/// returned task runs (abort it on shutdown).
+pub fn spawn_purger(db: crate::db::Db) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            match purge_expired(&db, RETENTION_MILLIS).await {
+                Ok(n) => tracing::debug!(purged = n, "expired request ids purged"),
+                Err(e) => tracing::warn!(error = %e, "purging expired request ids failed"),
+            }
+        }
+    })
 }

@@ -575,6 +575,12 @@ async fn request_ids_make_creates_idempotent_even_concurrently() {
         .expect_err("reused id");
     assert_eq!(e.code(), Code::InvalidArgument);
     assert_eq!(reason(&e), "REQUEST_ID_REUSED");
+    // Once expired and purged (across agencies, as the hourly purger does), an id is free.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let purged = touchstone_platform::idempotency::purge_expired(&h.store.db, 0)
+        .await
+        .expect("purge");
+    assert_eq!(purged, 1, "the one request id used");
     h.stop().await;
 }
 

@@ -57,6 +57,12 @@ ALTER TABLE idempotency FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant ON idempotency
     USING (agency = current_setting('touchstone.agency', true))
     WITH CHECK (agency = current_setting('touchstone.agency', true));
+-- The hourly purge of expired request ids runs across agencies (a DELETE with
+-- a WHERE clause must also pass a SELECT policy).
+CREATE POLICY purge_read ON idempotency FOR SELECT
+    USING (current_setting('touchstone.agency', true) = '*');
+CREATE POLICY purge ON idempotency FOR DELETE
+    USING (current_setting('touchstone.agency', true) = '*');
 
 ALTER TABLE agency_keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE agency_keys FORCE ROW LEVEL SECURITY;
