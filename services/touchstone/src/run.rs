@@ -150,12 +150,14 @@ async fn start_register(
         readiness_interval: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
     };
+    let purger = touchstone_platform::idempotency::spawn_purger(db.clone());
     let task = tokio::spawn(async move {
         let mut rx = shutdown;
         let stop = async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let served = touchstone_server::serve(listener, routes, opts, readiness, stop).await;
+        purger.abort();
         db.close().await;
         served.context("serving register")
     });
