@@ -114,6 +114,9 @@ impl Verifier {
                 // Refreshes are spawned from `verify`, which may run outside the runtime.
                 let runtime = tokio::runtime::Handle::try_current()
                     .map_err(|_| AuthError::Config("a JWKS URL needs a Tokio runtime".into()))?;
+                // reqwest is built without a TLS provider of its own; ring is the
+                // process-wide one (a second install is a harmless no-op).
+                let _ = rustls::crypto::ring::default_provider().install_default();
                 let client = reqwest::Client::builder()
                     .timeout(FETCH_TIMEOUT)
                     .build()
