@@ -1,1 +1,733 @@
+//! End-to-end tests: each starts the real `touchstone` binary as a child
+//! process with its own data directory and port, and drives it the way an
+//! operator or another service would (gRPC, HTTP, the command line, signals).
 
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use touchstone_api::register::v1 as pb;
+use touchstone_api::register::v1::register_service_client::RegisterServiceClient;
+use touchstone_e2e::{
+    AGENCY, COMMAND_TIMEOUT, Finished, REGISTER_SERVICE, Up, free_port, http_get, run, run_ok,
+    touchstone, touchstone_bin, within,
+};
+
+/// No test may take longer than this, start-up included.
+const TEST_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// How long `touchstone up` may take to stop after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The columns of the import format (services/touchstone/src/clients.rs COLUMNS).
+const COLUMNS: &[&str] = &[
+    "client_id",
+    "kind",
+    "given_names",
+    "family_name",
+    "preferred_name",
+    "organisation_name",
+    "email",
+    "phone",
+    "preferred_language",
+    "preferred_channel",
+    "interpreter_needed",
+    "accessibility_needs",
+    "external_system",
+    "external_id",
+    "address_line1",
+    "address_line2",
+    "locality",
+    "region",
+    "postal_code",
+    "region_code",
+];
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("touchstone-e2e-")
+        .tempdir()
+        .expect("creating a temporary directory")
+}
+
+/// Mints a token with `touchstone token` against the data directory's development key.
+async fn mint_token(data_dir: &Path, role: &str) -> String {
+    let mut cmd = touchstone(data_dir);
+    cmd.args(["token", "--agency", AGENCY, "--role", role]);
+    let done = run_ok(cmd).await;
+    let token = done.stdout.trim().to_string();
+    assert!(
+        token.split('.').count() == 3,
+        "`touchstone token` did not print a JWT\n{}",
+        done.report
+    );
+    token
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    let bearer: MetadataValue<_> = format!("Bearer {token}")
+        .parse()
+        .expect("a token is header text");
+    req.metadata_mut().insert("authorization", bearer);
+    req.set_timeout(Duration::from_secs(30));
+    req
+}
+
+/// Every line of a log stream is a JSON object (banner lines on stdout aside).
+fn assert_json_logs(stream: &str, text: &str, allow_banner: bool) -> usize {
+    let banner = |line: &str| {
+        allow_banner
+            && (line.starts_with("Touchstone is up")
+                || line.starts_with("  ")
+                || line.starts_with("Development token")
+                || line.starts_with("Try it:")
+                || line.starts_with("Mint other tokens"))
+    };
+    let mut json = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if banner(line) {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("{stream} line is not JSON ({e}): {line:?}\n{text}"));
+        assert!(
+            value.is_object(),
+            "{stream} line is not a JSON object: {line:?}"
+        );
+        json += 1;
+    }
+    json
+}
+
+/// `touchstone up` end to end: health, banner, reflection, tokens, the
+/// register API, metrics, authentication, SIGTERM, and the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_the_register_end_to_end() {
+    touchstone_bin();
+    within(TEST_TIMEOUT, "up end to end", async {
+        let dir = tempdir();
+        let mut up = Up::start(dir.path()).await;
+
+        // The banner names the address and a ready-to-use token.
+        up.proc
+            .wait_for_stdout(Duration::from_secs(30), |out| {
+                out.contains("Stop with Ctrl-C")
+            })
+            .await;
+        let banner = up.proc.stdout();
+        assert!(
+            banner.contains(&format!("127.0.0.1:{}", up.port)),
+            "the banner does not show the address\n{banner}"
+        );
+        assert!(
+            banner
+                .lines()
+                .any(|l| l.trim_start().starts_with("export TOKEN=ey")),
+            "the banner has no `export TOKEN=` line\n{banner}"
+        );
+
+        // Server reflection lists the register.
+        let channel = up.channel().await;
+        let mut reflection = ServerReflectionClient::new(channel.clone());
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = reflection
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .expect("ServerReflectionInfo")
+            .into_inner();
+        let response = responses
+            .message()
+            .await
+            .expect("a reflection response")
+            .expect("a reflection response, not the end of the stream");
+        let services: Vec<String> = match response.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                list.service.into_iter().map(|s| s.name).collect()
+            }
+            other => panic!("unexpected reflection response: {other:?}"),
+        };
+        assert!(
+            services.iter().any(|s| s == REGISTER_SERVICE),
+            "reflection does not list {REGISTER_SERVICE}: {services:?}"
+        );
+        drop(responses);
+
+        // A token minted by the CLI works for CreateClient and GetClient.
+        let token = mint_token(dir.path(), "officer").await;
+        let mut register = RegisterServiceClient::new(channel.clone());
+        let given = "Marama";
+        let family = "Testfamily-e2e-7731";
+        let email = "marama.e2e-7731@example.org";
+        let created = register
+            .create_client(with_token(
+                pb::CreateClientRequest {
+                    parent: format!("agencies/{AGENCY}"),
+                    client: Some(pb::Client {
+                        kind: pb::ClientKind::Person as i32,
+                        given_names: given.into(),
+                        family_name: family.into(),
+                        email: email.into(),
+                        preferred_language: "mi".into(),
+                        ..Default::default()
+                    }),
+                    client_id: String::new(),
+                    request_id: "e2e-create-1".into(),
+                },
+                &token,
+            ))
+            .await
+            .expect("CreateClient")
+            .into_inner();
+        assert!(
+            created
+                .name
+                .starts_with(&format!("agencies/{AGENCY}/clients/")),
+            "unexpected name {:?}",
+            created.name
+        );
+        let fetched = register
+            .get_client(with_token(
+                pb::GetClientRequest {
+                    name: created.name.clone(),
+                },
+                &token,
+            ))
+            .await
+            .expect("GetClient")
+            .into_inner();
+        assert_eq!(fetched.name, created.name);
+        assert_eq!(fetched.kind, pb::ClientKind::Person as i32);
+        assert_eq!(fetched.given_names, given);
+        assert_eq!(fetched.family_name, family);
+        assert_eq!(fetched.email, email);
+        assert_eq!(fetched.preferred_language, "mi");
+        assert_eq!(fetched.etag, created.etag);
+
+        // /metrics on the same port counts the call.
+        let (status, metrics) = http_get(up.port, "/metrics").await;
+        assert!(status.contains(" 200"), "GET /metrics: {status}\n{metrics}");
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("touchstone_grpc_requests_total{")
+                    && l.contains("method=\"CreateClient\"")),
+            "no touchstone_grpc_requests_total for CreateClient in /metrics:\n{metrics}"
+        );
+
+        // Without a token, or with a bad one, the register refuses.
+        let mut anonymous = RegisterServiceClient::new(channel.clone());
+        let refused = anonymous
+            .get_client(pb::GetClientRequest {
+                name: created.name.clone(),
+            })
+            .await
+            .expect_err("GetClient without a token must fail");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+        let refused = anonymous
+            .list_clients(with_token(
+                pb::ListClientsRequest {
+                    parent: format!("agencies/{AGENCY}"),
+                    ..Default::default()
+                },
+                "not-a-token",
+            ))
+            .await
+            .expect_err("ListClients with a bad token must fail");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+        drop((reflection, register, anonymous, channel));
+
+        // SIGTERM stops it cleanly.
+        up.proc.terminate();
+        let Some(exit) = up.proc.wait(STOP_TIMEOUT).await else {
+            panic!(
+                "`touchstone up` did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}",
+                up.proc.output_report()
+            );
+        };
+        assert!(
+            exit.success(),
+            "`touchstone up` exited with {exit} after SIGTERM\n{}",
+            up.proc.output_report()
+        );
+
+        // Logs are JSON lines without the client's personal data.
+        let (stdout, stderr) = (up.proc.stdout(), up.proc.stderr());
+        let json_lines =
+            assert_json_logs("stdout", &stdout, true) + assert_json_logs("stderr", &stderr, false);
+        assert!(
+            json_lines > 0,
+            "no JSON log lines at all\n{}",
+            up.proc.output_report()
+        );
+        assert!(
+            stdout.contains("shutting down") || stderr.contains("shutting down"),
+            "the shutdown was not logged\n{}",
+            up.proc.output_report()
+        );
+        for secret in [given, family, email] {
+            assert!(
+                !stdout.contains(secret) && !stderr.contains(secret),
+                "the logs contain personal data {secret:?}\n{}",
+                up.proc.output_report()
+            );
+        }
+    })
+    .await;
+}
+
+struct Row<'a> {
+    client_id: &'a str,
+    kind: &'a str,
+    given_names: &'a str,
+    family_name: &'a str,
+    organisation_name: &'a str,
+    email: &'a str,
+    phone: &'a str,
+    preferred_channel: &'a str,
+    interpreter_needed: &'a str,
+    accessibility_needs: &'a str,
+    external_id: &'a str,
+    locality: &'a str,
+}
+
+const EMPTY: Row<'static> = Row {
+    client_id: "",
+    kind: "person",
+    given_names: "",
+    family_name: "",
+    organisation_name: "",
+    email: "",
+    phone: "",
+    preferred_channel: "",
+    interpreter_needed: "",
+    accessibility_needs: "",
+    external_id: "",
+    locality: "",
+};
+
+impl Row<'_> {
+    fn record(&self) -> Vec<String> {
+        COLUMNS
+            .iter()
+            .map(|column| {
+                match *column {
+                    "client_id" => self.client_id,
+                    "kind" => self.kind,
+                    "given_names" => self.given_names,
+                    "family_name" => self.family_name,
+                    "organisation_name" => self.organisation_name,
+                    "email" => self.email,
+                    "phone" => self.phone,
+                    "preferred_channel" => self.preferred_channel,
+                    "interpreter_needed" => self.interpreter_needed,
+                    "accessibility_needs" => self.accessibility_needs,
+                    "external_system" if !self.external_id.is_empty() => "legacy-crm",
+                    "external_id" => self.external_id,
+                    "locality" => self.locality,
+                    "region_code" if !self.locality.is_empty() => "AU",
+                    _ => "",
+                }
+                .to_string()
+            })
+            .collect()
+    }
+}
+
+/// The rows of the import file: five good, two bad (lines 4 and 7 of the file).
+fn import_rows() -> Vec<Row<'static>> {
+    vec![
+        Row {
+            given_names: "Ana",
+            family_name: "Lopez",
+            email: "ana.lopez@example.org",
+            phone: "+61 2 5550 0101",
+            preferred_channel: "email",
+            interpreter_needed: "yes",
+            accessibility_needs: "large_print;hearing_loop",
+            external_id: "C-1001",
+            locality: "Sydney",
+            ..EMPTY
+        },
+        Row {
+            given_names: "Ben",
+            family_name: "Ng",
+            email: "ben.ng@example.org",
+            ..EMPTY
+        },
+        Row {
+            given_names: "Cara",
+            family_name: "Bad-email",
+            email: "not-an-email",
+            ..EMPTY
+        },
+        Row {
+            kind: "organisation",
+            organisation_name: "Harbour Community Group",
+            email: "info@harbour.example.org",
+            preferred_channel: "letter",
+            ..EMPTY
+        },
+        Row {
+            given_names: "Dev",
+            family_name: "Patel",
+            email: "dev.patel@example.org",
+            preferred_channel: "in person",
+            ..EMPTY
+        },
+        Row {
+            kind: "robot",
+            given_names: "R2",
+            family_name: "Unit",
+            email: "r2.unit@example.org",
+            ..EMPTY
+        },
+        Row {
+            client_id: "e2e-jo-smith",
+            kind: "Person",
+            family_name: "Smith",
+            email: "jo.smith@example.org",
+            ..EMPTY
+        },
+    ]
+}
+
+const GOOD_EMAILS: [&str; 5] = [
+    "ana.lopez@example.org",
+    "ben.ng@example.org",
+    "info@harbour.example.org",
+    "dev.patel@example.org",
+    "jo.smith@example.org",
+];
+
+fn import_cmd(dir: &Path, file: &Path, up: &Up) -> std::process::Command {
+    let mut cmd = touchstone(dir);
+    cmd.args(["clients", "import"])
+        .arg(file)
+        .args(["--agency", AGENCY, "--addr", &up.url()]);
+    cmd
+}
+
+/// Checks a failed import: non-zero, and the error report names exactly the
+/// two bad rows and their fields.
+fn check_failed_import(done: &Finished, errors_path: &Path) {
+    assert!(
+        !done.status.success(),
+        "an import with bad rows must exit non-zero\n{}",
+        done.report
+    );
+    let mut reader = csv::Reader::from_path(errors_path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}\n{}", errors_path.display(), done.report));
+    let headers = reader.headers().expect("error report header").clone();
+    assert_eq!(
+        headers.iter().collect::<Vec<_>>(),
+        ["row", "field", "error"],
+        "error report header"
+    );
+    let rows: Vec<(String, String, String)> = reader
+        .records()
+        .map(|r| {
+            let r = r.expect("an error report row");
+            (r[0].to_string(), r[1].to_string(), r[2].to_string())
+        })
+        .collect();
+    let found: BTreeSet<(&str, &str)> = rows
+        .iter()
+        .map(|(row, field, _)| (row.as_str(), field.as_str()))
+        .collect();
+    let expected: BTreeSet<(&str, &str)> = [("4", "email"), ("7", "kind")].into();
+    assert_eq!(
+        found, expected,
+        "error report rows: {rows:?}\n{}",
+        done.report
+    );
+    assert!(
+        rows.iter().all(|(_, _, message)| !message.is_empty()),
+        "every error has a message: {rows:?}"
+    );
+}
+
+async fn list_emails(up: &Up, token: &str) -> Vec<String> {
+    let mut register = RegisterServiceClient::new(up.channel().await);
+    let mut emails = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = register
+            .list_clients(with_token(
+                pb::ListClientsRequest {
+                    parent: format!("agencies/{AGENCY}"),
+                    page_size: 100,
+                    page_token: page_token.clone(),
+                    filter: String::new(),
+                    order_by: String::new(),
+                },
+                token,
+            ))
+            .await
+            .expect("ListClients")
+            .into_inner();
+        emails.extend(page.clients.into_iter().map(|c| c.email));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    emails.sort();
+    emails
+}
+
+/// `clients import` reports bad rows, re-running it creates nothing twice,
+/// and `clients export` writes what was imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_import_and_export() {
+    touchstone_bin();
+    within(TEST_TIMEOUT, "clients import and export", async {
+        let dir = tempdir();
+        let up = Up::start(dir.path()).await;
+
+        let file = dir.path().join("clients.csv");
+        {
+            let mut w = csv::Writer::from_path(&file).expect("creating the CSV");
+            w.write_record(COLUMNS).expect("header");
+            for row in import_rows() {
+                w.write_record(row.record()).expect("row");
+            }
+            w.flush().expect("flushing the CSV");
+        }
+        let errors_path = dir.path().join("clients.csv.errors.csv");
+
+        let first = run(import_cmd(dir.path(), &file, &up), COMMAND_TIMEOUT).await;
+        check_failed_import(&first, &errors_path);
+        assert!(
+            first.stdout.contains("imported 5"),
+            "the summary counts 5 imported clients\n{}",
+            first.report
+        );
+
+        let token = mint_token(dir.path(), "officer").await;
+        let mut expected: Vec<String> = GOOD_EMAILS.iter().map(|e| e.to_string()).collect();
+        expected.sort();
+        assert_eq!(
+            list_emails(&up, &token).await,
+            expected,
+            "after the first import"
+        );
+
+        // Re-running the same file creates nothing twice.
+        std::fs::remove_file(&errors_path).expect("removing the error report");
+        let second = run(import_cmd(dir.path(), &file, &up), COMMAND_TIMEOUT).await;
+        check_failed_import(&second, &errors_path);
+        assert_eq!(list_emails(&up, &token).await, expected, "after the re-run");
+
+        // Export writes the five clients in the import format.
+        let out = dir.path().join("out.csv");
+        let mut cmd = touchstone(dir.path());
+        cmd.args(["clients", "export", "--agency", AGENCY, "--addr", &up.url()])
+            .arg("--out")
+            .arg(&out);
+        let done = run_ok(cmd).await;
+        let mut reader = csv::Reader::from_path(&out)
+            .unwrap_or_else(|e| panic!("reading {}: {e}\n{}", out.display(), done.report));
+        let headers = reader.headers().expect("export header").clone();
+        for column in COLUMNS.iter().chain(&["name"]) {
+            assert!(
+                headers.iter().any(|h| h == *column),
+                "export has no column {column}: {headers:?}"
+            );
+        }
+        let col = |name: &str| {
+            headers
+                .iter()
+                .position(|h| h == name)
+                .expect("a known column")
+        };
+        let records: Vec<csv::StringRecord> = reader
+            .records()
+            .map(|r| r.expect("an export row"))
+            .collect();
+        assert_eq!(records.len(), 5, "export rows: {records:?}");
+        let mut emails: Vec<String> = records
+            .iter()
+            .map(|r| r[col("email")].to_string())
+            .collect();
+        emails.sort();
+        assert_eq!(emails, expected);
+        let ana = records
+            .iter()
+            .find(|r| &r[col("email")] == "ana.lopez@example.org")
+            .expect("Ana's row");
+        assert_eq!(&ana[col("kind")], "person");
+        assert_eq!(&ana[col("family_name")], "Lopez");
+        assert_eq!(&ana[col("preferred_channel")], "email");
+        assert_eq!(&ana[col("external_system")], "legacy-crm");
+        assert_eq!(&ana[col("external_id")], "C-1001");
+        assert_eq!(&ana[col("locality")], "Sydney");
+        assert_eq!(&ana[col("region_code")], "AU");
+        let jo = records
+            .iter()
+            .find(|r| &r[col("email")] == "jo.smith@example.org")
+            .expect("Jo's row");
+        assert_eq!(&jo[col("client_id")], "e2e-jo-smith");
+        assert_eq!(
+            &jo[col("name")],
+            format!("agencies/{AGENCY}/clients/e2e-jo-smith").as_str()
+        );
+        let harbour = records
+            .iter()
+            .find(|r| &r[col("email")] == "info@harbour.example.org")
+            .expect("the organisation's row");
+        assert_eq!(&harbour[col("kind")], "organisation");
+        assert_eq!(
+            &harbour[col("organisation_name")],
+            "Harbour Community Group"
+        );
+    })
+    .await;
+}
+
+/// Runs `touchstone up` with `vars` and expects it to refuse to start with a
+/// message naming `setting`.
+async fn expect_refused(args: &[&str], vars: &[(&str, String)], setting: &str) {
+    let dir = tempdir();
+    let mut cmd = touchstone(dir.path());
+    cmd.args(args);
+    for (key, value) in vars {
+        cmd.env(key, value);
+    }
+    let done = run(cmd, COMMAND_TIMEOUT).await;
+    assert!(
+        !done.status.success(),
+        "{args:?} with {vars:?} must fail\n{}",
+        done.report
+    );
+    assert!(
+        done.stderr.to_lowercase().contains(setting),
+        "the error for {vars:?} does not name {setting}\n{}",
+        done.report
+    );
+}
+
+/// A bad setting stops start-up with a message naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_names_the_setting() {
+    touchstone_bin();
+    within(TEST_TIMEOUT, "bad configuration", async {
+        let listen = || {
+            (
+                "TOUCHSTONE_REGISTER__LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+        };
+        expect_refused(
+            &["up"],
+            &[("TOUCHSTONE_REGISTER__LISTEN", "nowhere".into())],
+            "register.listen",
+        )
+        .await;
+        expect_refused(
+            &["up"],
+            &[listen(), ("TOUCHSTONE_MASTER_KEY", "short".into())],
+            "master_key",
+        )
+        .await;
+        expect_refused(
+            &["up"],
+            &[listen(), ("TOUCHSTONE_LOG_FORMAT", "xml".into())],
+            "log_format",
+        )
+        .await;
+        expect_refused(
+            &["up"],
+            &[
+                listen(),
+                ("TOUCHSTONE_REGISTER__DATABASE_URL", "mysql://db/x".into()),
+            ],
+            "register.database_url",
+        )
+        .await;
+
+        // A port that is already taken is reported against register.listen too.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a port");
+        let port = taken.local_addr().expect("local address").port();
+        expect_refused(
+            &["up"],
+            &[("TOUCHSTONE_REGISTER__LISTEN", format!("127.0.0.1:{port}"))],
+            "register.listen",
+        )
+        .await;
+        drop(taken);
+    })
+    .await;
+}
+
+/// `serve` refuses to run without production settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_requires_a_master_key() {
+    touchstone_bin();
+    within(TEST_TIMEOUT, "serve without a master key", async {
+        let listen = (
+            "TOUCHSTONE_REGISTER__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        );
+        expect_refused(
+            &["serve", "register"],
+            std::slice::from_ref(&listen),
+            "master_key",
+        )
+        .await;
+
+        // With a master key, the JWKS source is the next thing it asks for.
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_string();
+        expect_refused(
+            &["serve", "register"],
+            &[listen, ("TOUCHSTONE_MASTER_KEY", key)],
+            "auth.jwks",
+        )
+        .await;
+    })
+    .await;
+}
+
+/// `migrate` creates the databases in a fresh data directory and can run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_repeatable() {
+    touchstone_bin();
+    within(TEST_TIMEOUT, "migrate", async {
+        let dir = tempdir();
+        let data = dir.path().join("fresh");
+        for attempt in 1..=2 {
+            let mut cmd = touchstone(&data);
+            cmd.current_dir(dir.path()).arg("migrate");
+            let done = run(cmd, COMMAND_TIMEOUT).await;
+            assert!(
+                done.status.success(),
+                "migrate run {attempt} failed\n{}",
+                done.report
+            );
+            assert!(
+                done.stdout.contains("register: migrated"),
+                "migrate run {attempt} did not report the register\n{}",
+                done.report
+            );
+            assert!(
+                data.join("register.db").is_file(),
+                "migrate run {attempt} left no register.db in {}\n{}",
+                data.display(),
+                done.report
+            );
+        }
+        let mut cmd = touchstone(&data);
+        cmd.current_dir(dir.path()).args(["migrate", "register"]);
+        run_ok(cmd).await;
+    })
+    .await;
+}

@@ -369,16 +369,22 @@ async fn import(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    failures.sort_by_key(|f| f.row);
     let failed_rows = {
         let mut rows: Vec<usize> = failures.iter().map(|f| f.row).collect();
         rows.dedup();
         rows.len()
     };
     if failures.is_empty() {
+        // A report left by an earlier run would suggest rows still fail.
+        match std::fs::remove_file(errors_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("could not remove the old report {}: {e}", errors_path.display()),
+        }
         println!("imported {imported} clients from {}", file.display());
         return Ok(());
     }
-    failures.sort_by_key(|f| f.row);
     let mut w = csv::Writer::from_path(errors_path)
         .with_context(|| format!("writing {}", errors_path.display()))?;
     w.write_record(["row", "field", "error"])?;
