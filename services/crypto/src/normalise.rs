@@ -35,7 +35,9 @@ pub fn full_name(s: &str) -> String {
 /// `system` trimmed and lowercased, `:`, then `id` trimmed. The id keeps its case because
 /// other systems' identifiers may be case-sensitive.
 pub fn external_reference(system: &str, id: &str) -> String {
-    format!("{}:{}", system.trim().to_lowercase(), id.trim())
+    // Length-prefixed, so ("a:b", "c") and ("a", "b:c") cannot collide.
+    let system = system.trim().to_lowercase();
+    format!("{}:{}:{}", system.len(), system, id.trim())
 }
 
 #[cfg(test)]
@@ -76,7 +78,11 @@ mod tests {
     fn external_references() {
         assert_eq!(
             external_reference(" CRM ", "  AbC-123 "),
-            "crm:AbC-123".to_string()
+            "3:crm:AbC-123".to_string()
+        );
+        assert_ne!(
+            external_reference("a:b", "c"),
+            external_reference("a", "b:c")
         );
         assert_ne!(
             external_reference("crm", "abc"),

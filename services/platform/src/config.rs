@@ -65,6 +65,10 @@ pub struct ServiceSettings {
     pub app_role: Option<String>,
     /// Pool size.
     pub max_connections: u32,
+    /// Whether `serve` and `up` apply migrations at start. Turn it off when a
+    /// separate `touchstone migrate` job does it and the service's role may
+    /// not change the schema.
+    pub migrate_on_start: bool,
 }
 
 impl ServiceSettings {
@@ -75,6 +79,7 @@ impl ServiceSettings {
             migration_url: None,
             app_role: None,
             max_connections: 8,
+            migrate_on_start: true,
         }
     }
 
@@ -86,6 +91,19 @@ impl ServiceSettings {
         }
     }
 }
+
+/// The top-level settings, as named in files and environment variables.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "data_dir",
+    "log_format",
+    "log_level",
+    "otlp_endpoint",
+    "master_key",
+    "max_concurrent_per_connection",
+    "shutdown_grace_secs",
+    "auth",
+    "register",
+];
 
 /// Every setting of the `touchstone` binary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,7 +165,16 @@ impl Settings {
     /// Loads defaults, then `file` (if given; it must exist), then the
     /// environment, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        let env = Env::prefixed("TOUCHSTONE_").split("__");
+        // Only keys whose first part is a setting: Kubernetes adds variables such
+        // as TOUCHSTONE_REGISTER_SERVICE_HOST for a Service named touchstone-register,
+        // which must not stop start-up. Typos below a known key are still errors.
+        let env = Env::prefixed("TOUCHSTONE_").split("__").filter(|key| {
+            // figment filters before it maps `__` to `.`; accept either form.
+            let raw = key.as_str();
+            let first = raw.split("__").next().unwrap_or(raw);
+            let first = first.split('.').next().unwrap_or(first);
+            TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(first))
+        });
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = file {
             if !path.is_file() {
@@ -267,6 +294,20 @@ mod tests {
         assert_eq!(s.register.listen.port(), 6000);
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.otlp_endpoint.as_deref(), Some("http://collector:4317"));
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_ignored() {
+        let s = with_env(&[
+            ("REGISTER_SERVICE_HOST", "10.0.0.1"),
+            ("REGISTER_PORT", "tcp://10.0.0.1:50051"),
+            ("REGISTER__MIGRATE_ON_START", "false"),
+        ])
+        .expect("service links do not stop start-up");
+        assert!(!s.register.migrate_on_start);
+        let e =
+            with_env(&[("REGISTER__LISTN", "127.0.0.1:1")]).expect_err("typo below a known key");
+        assert!(e.contains("listn"), "{e}");
     }
 
     #[test]

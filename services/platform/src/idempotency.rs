@@ -69,12 +69,14 @@ pub async fn claim<R: Message + Default>(
     match row {
         Some((fp, Some(sealed))) if fp == fingerprint => {
             let aad = aad(agency, method, request_id);
-            Ok(key
+            // An unreadable stored response is a server fault (corruption or a
+            // different master key), not the caller's.
+            let bytes = key
                 .open(aad.as_bytes(), &sealed)
-                .ok()
-                .and_then(|bytes| R::decode(bytes.as_slice()).ok())
-                .map(Claim::Replay)
-                .unwrap_or(Claim::Mismatch))
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            let response =
+                R::decode(bytes.as_slice()).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            Ok(Claim::Replay(response))
         }
         Some((fp, None)) if fp == fingerprint => Ok(Claim::Forgotten),
         _ => Ok(Claim::Mismatch),
@@ -144,11 +146,16 @@ pub async fn forget_resource(tx: &mut Tx, agency: &str, resource: &str) -> Resul
 pub async fn purge_expired(db: &crate::db::Db, retention_millis: i64) -> Result<u64, sqlx::Error> {
     let cutoff = crate::times::now_millis() - retention_millis;
     let mut tx = db.write(crate::db::Scope::AllAgencies).await?;
-    let n = sqlx::query("DELETE FROM idempotency WHERE create_time < $1")
-        .bind(cutoff)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
+    // Markers of erased resources (response gone, resource named) are kept, so
+    // a very late retry still cannot recreate an erased client.
+    let n = sqlx::query(
+        "DELETE FROM idempotency WHERE create_time < $1 \
+         AND NOT (response IS NULL AND resource <> '')",
+    )
+    .bind(cutoff)
+    .execute(tx.conn())
+    .await?
+    .rows_affected();
     tx.commit().await?;
     Ok(n)
 }

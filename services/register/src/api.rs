@@ -207,6 +207,23 @@ struct Change<'a> {
     request_id: &'a str,
 }
 
+/// A response that names the resource it is about.
+trait Named {
+    fn resource_name(&self) -> &str;
+}
+
+impl Named for pb::Client {
+    fn resource_name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Named for pb::Need {
+    fn resource_name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// What starting a state-changing call found.
 enum Begun<'a, R> {
     /// A new request: go ahead.
@@ -218,7 +235,7 @@ enum Begun<'a, R> {
 impl Register {
     /// Opens the write transaction of a state-changing call and claims its
     /// request id.
-    async fn begin<'a, R: prost::Message + Default>(
+    async fn begin<'a, R: prost::Message + Default + Named>(
         &self,
         caller: &'a Caller,
         agency: &'a str,
@@ -229,10 +246,25 @@ impl Register {
         check_request_id(request_id)?;
         let key = self.key(agency).await?;
         let mut tx = self.db.write(Scope::Agency(agency)).await?;
+        // Keyed, so a stored fingerprint cannot be used to test guesses of the
+        // personal data in a request.
+        let fingerprint = key.blind_index("request-fingerprint", &fingerprint);
         match idempotency::claim::<R>(&mut tx, &key, agency, method, request_id, &fingerprint)
             .await?
         {
-            Claim::Replay(r) => Ok(Begun::Replay(r)),
+            Claim::Replay(r) => {
+                // A replay hands out personal data again: audit it like a read.
+                let access = Access {
+                    agency,
+                    actor: &caller.subject,
+                    action: method,
+                    resource: r.resource_name(),
+                    request_id,
+                };
+                audit::record(&mut tx, access).await?;
+                tx.commit().await?;
+                Ok(Begun::Replay(r))
+            }
             Claim::Mismatch => Err(Error::RequestIdReused),
             Claim::Forgotten => Err(Error::FailedPrecondition {
                 reason: "CLIENT_ERASED",
@@ -274,6 +306,19 @@ impl Change<'_> {
         self.tx.commit().await?;
         Ok(response)
     }
+}
+
+/// Loads a client for a change, locking its row until commit (PostgreSQL) so
+/// that a concurrent erasure cannot interleave with the change.
+async fn lock_client(
+    tx: &mut Tx,
+    key: &DataKey,
+    agency: &str,
+    id: &str,
+) -> Result<ClientRecord, Error> {
+    store::get_client_for_update(tx, key, agency, id)
+        .await?
+        .ok_or(Error::NotFound("client"))
 }
 
 async fn load_client(
@@ -362,7 +407,7 @@ impl Register {
             Begun::Replay(r) => return Ok(r),
             Begun::Fresh(c) => c,
         };
-        let mut record = load_client(&mut change.tx, &change.key, agency, id).await?;
+        let mut record = lock_client(&mut change.tx, &change.key, agency, id).await?;
         not_erased(&record)?;
         let now = times::now_millis();
         let consent = ConsentChange {
@@ -507,7 +552,7 @@ impl RegisterService for Register {
                 Begun::Replay(r) => return Ok(r),
                 Begun::Fresh(c) => c,
             };
-            let record = load_client(&mut change.tx, &change.key, agency, id).await?;
+            let record = lock_client(&mut change.tx, &change.key, agency, id).await?;
             not_erased(&record)?;
             check_etag(&patch.etag, record.revision)?;
             let mask = req
@@ -676,7 +721,7 @@ impl RegisterService for Register {
                 Begun::Replay(r) => return Ok(r),
                 Begun::Fresh(c) => c,
             };
-            load_client(&mut change.tx, &change.key, agency, id).await?;
+            lock_client(&mut change.tx, &change.key, agency, id).await?;
             let now = times::now_millis();
             if store::erase_client(&mut change.tx, agency, id, now).await? {
                 idempotency::forget_resource(&mut change.tx, agency, &req.name).await?;
@@ -815,7 +860,7 @@ impl RegisterService for Register {
                 Begun::Replay(r) => return Ok(r),
                 Begun::Fresh(c) => c,
             };
-            let client = load_client(&mut change.tx, &change.key, agency, client_id).await?;
+            let client = lock_client(&mut change.tx, &change.key, agency, client_id).await?;
             not_erased(&client)?;
             let record = store::insert_need(
                 &mut change.tx,
@@ -889,6 +934,8 @@ impl RegisterService for Register {
                 Begun::Replay(r) => return Ok(r),
                 Begun::Fresh(c) => c,
             };
+            let client = lock_client(&mut change.tx, &change.key, agency, client_id).await?;
+            not_erased(&client)?;
             let record = store::get_need(&mut change.tx, &change.key, agency, client_id, id)
                 .await?
                 .ok_or(Error::NotFound("need"))?;

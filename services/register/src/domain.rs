@@ -573,7 +573,23 @@ impl NeedFields {
     pub fn apply_mask(&self, patch: &pb::Need, mask: &[String]) -> Result<NeedFields, Violations> {
         let mut v = Violations::new();
         let incoming = Self::unchecked(patch, "need", &mut v);
-        let paths: Vec<String> = if mask.is_empty() || mask.iter().any(|p| p == "*") {
+        let paths: Vec<String> = if mask.is_empty() {
+            // AIP-134: no mask means the fields the request sets.
+            [
+                (!patch.category.is_empty(), "category"),
+                (!patch.description.is_empty(), "description"),
+                (
+                    !patch.agreed_service_option.is_empty(),
+                    "agreed_service_option",
+                ),
+                (patch.status != 0, "status"),
+                (patch.next_review_date.is_some(), "next_review_date"),
+            ]
+            .into_iter()
+            .filter(|(set, _)| *set)
+            .map(|(_, name)| name.to_string())
+            .collect()
+        } else if mask.iter().any(|p| p == "*") {
             NEED_MASK_FIELDS.iter().map(|s| s.to_string()).collect()
         } else {
             mask.to_vec()

@@ -9,7 +9,7 @@ use sqlx::any::AnyRow;
 use std::collections::HashMap;
 use touchstone_crypto::DataKey;
 use touchstone_list::{Field, FieldType, ListQuery, Schema};
-use touchstone_platform::db::Tx;
+use touchstone_platform::db::{Backend, Tx};
 use touchstone_platform::{list_bind, row_bool};
 
 const CLIENT_COLUMNS: &str = "agency, id, kind, preferred_channel, preferred_language, \
@@ -299,7 +299,33 @@ pub async fn get_client(
     agency: &str,
     id: &str,
 ) -> Result<Option<ClientRecord>, Error> {
-    let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE agency = $1 AND id = $2");
+    select_client(tx, key, agency, id, "").await
+}
+
+/// A client, or None, its row locked until commit on PostgreSQL (SQLite's
+/// single writer needs no lock).
+pub async fn get_client_for_update(
+    tx: &mut Tx,
+    key: &DataKey,
+    agency: &str,
+    id: &str,
+) -> Result<Option<ClientRecord>, Error> {
+    let lock = if tx.backend() == Backend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    select_client(tx, key, agency, id, lock).await
+}
+
+async fn select_client(
+    tx: &mut Tx,
+    key: &DataKey,
+    agency: &str,
+    id: &str,
+    lock: &str,
+) -> Result<Option<ClientRecord>, Error> {
+    let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE agency = $1 AND id = $2{lock}");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(agency)
         .bind(id)
@@ -417,6 +443,12 @@ pub async fn erase_client(tx: &mut Tx, agency: &str, id: &str, now: i64) -> Resu
     .await?
     .rows_affected();
     sqlx::query("DELETE FROM client_lookup WHERE agency = $1 AND client_id = $2")
+        .bind(agency)
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+    // How consent was given is free text and may name people.
+    sqlx::query("UPDATE consent_changes SET source = '' WHERE agency = $1 AND client_id = $2")
         .bind(agency)
         .bind(id)
         .execute(tx.conn())

@@ -545,6 +545,24 @@ async fn request_ids_make_creates_idempotent_even_concurrently() {
         .expect("retry")
         .into_inner();
     results.push(again);
+    let admin = h.token("dia", ADMIN);
+    let audits = c
+        .list_audit_records(req(
+            pb::ListAuditRecordsRequest {
+                parent: "agencies/dia".into(),
+                filter: "action = \"CreateClient\"".into(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .expect("audit")
+        .into_inner();
+    assert_eq!(
+        audits.audit_records.len(),
+        9,
+        "the first call and every replay are audited"
+    );
     assert!(
         results.iter().all(|r| *r == results[0]),
         "every retry gets the first response"
@@ -1437,6 +1455,22 @@ async fn needs_consents_export_and_audit() {
         ))
         .await
         .expect_err("erased");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = c
+        .update_need(req(
+            pb::UpdateNeedRequest {
+                need: Some(pb::Need {
+                    name: needs[1].name.clone(),
+                    description: "new personal detail".into(),
+                    ..Default::default()
+                }),
+                update_mask: None,
+                request_id: String::new(),
+            },
+            &t,
+        ))
+        .await
+        .expect_err("an erased client's need takes no new personal data");
     assert_eq!(e.code(), Code::FailedPrecondition);
     h.stop().await;
 }

@@ -380,7 +380,10 @@ async fn import(
         match std::fs::remove_file(errors_path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => eprintln!("could not remove the old report {}: {e}", errors_path.display()),
+            Err(e) => eprintln!(
+                "could not remove the old report {}: {e}",
+                errors_path.display()
+            ),
         }
         println!("imported {imported} clients from {}", file.display());
         return Ok(());

@@ -89,9 +89,11 @@ async fn open_db(
     svc: &ServiceSettings,
     name: &str,
     sets: &[&touchstone_platform::db::MigrationSet],
+    migrate: bool,
 ) -> anyhow::Result<Db> {
     let url = svc.database_url(&settings.data_dir, name);
-    if let Some(owner_url) = svc.migration_url.as_deref().filter(|u| !u.is_empty()) {
+    let owner_url = svc.migration_url.as_deref().filter(|u| !u.is_empty());
+    if let Some(owner_url) = owner_url.filter(|_| migrate) {
         let owner = Db::connect(owner_url, 1)
             .await
             .with_context(|| format!("connecting with setting {name}.migration_url"))?;
@@ -104,7 +106,7 @@ async fn open_db(
     let db = Db::connect(&url, svc.max_connections)
         .await
         .with_context(|| format!("connecting with setting {name}.database_url"))?;
-    if svc.migration_url.as_deref().is_none_or(str::is_empty) {
+    if migrate && owner_url.is_none() {
         db.migrate(sets, svc.app_role.as_deref())
             .await
             .with_context(|| format!("migrating the {name} database"))?;
@@ -131,6 +133,7 @@ async fn start_register(
         svc,
         "register",
         &touchstone_register::migration_sets(),
+        svc.migrate_on_start,
     )
     .await?;
     let listener = tokio::net::TcpListener::bind(svc.listen)
@@ -283,6 +286,7 @@ pub(crate) async fn migrate(settings: Settings, only: Option<ServiceName>) -> an
             &settings.register,
             "register",
             &touchstone_register::migration_sets(),
+            true,
         )
         .await?;
         db.close().await;
