@@ -2,6 +2,7 @@
 //! Kubernetes (`serve`), migrate, mint development tokens, import and export
 //! clients, and generate load for benchmarks.
 
+mod bench;
 mod clients;
 mod run;
 
@@ -47,6 +48,9 @@ enum Command {
     /// Import or export clients of the register.
     #[command(subcommand)]
     Clients(clients::ClientsCommand),
+    /// Generate load against a fresh register and a bare tonic echo server in
+    /// this process, and report req/s, latency percentiles and ratios.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,8 +67,8 @@ struct TokenArgs {
     /// Token subject.
     #[arg(long, default_value = "dev-user")]
     subject: String,
-    /// Lifetime in hours.
-    #[arg(long, default_value_t = 12)]
+    /// Lifetime in hours (at most a year).
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=8760))]
     hours: u64,
 }
 
@@ -123,5 +127,6 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Clients(cmd) => clients::run(cmd, &settings).await,
+        Command::Bench(args) => bench::run(args, &settings).await,
     }
 }

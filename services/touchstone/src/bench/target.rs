@@ -1,0 +1,249 @@
+//! The system under test: the register on a fresh database, served through
+//! `touchstone_server::serve` as in production, plus the raw-insert baseline
+//! on the same database.
+
+use anyhow::Context;
+use sqlx::ConnectOptions as _;
+use std::net::SocketAddr;
+use std::str::FromStr as _;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use touchstone_auth::{AuthConfig, DevKey, Verifier};
+use touchstone_crypto::MasterKey;
+use touchstone_platform::db::{Backend, Db};
+use touchstone_platform::keyring::Keyring;
+
+/// A fresh, migrated database that is removed again by `cleanup`.
+pub(super) struct FreshDb {
+    /// The service's pool (on PostgreSQL: a role that owns no table, so
+    /// row-level security is in force, as in production).
+    pub(super) db: Db,
+    /// What to tell the reader about where the data lives.
+    pub(super) description: String,
+    postgres: Option<PgScratch>,
+}
+
+struct PgScratch {
+    server_url: String,
+    name: String,
+    admin: Db,
+}
+
+/// The scratch table of the raw-insert baseline: the same columns, SQL types,
+/// primary key and indexes as the register's `clients` table.
+const RAW_TABLE_SQLITE: &str = "\
+CREATE TABLE bench_raw_clients (
+    agency TEXT NOT NULL, id TEXT NOT NULL, kind INTEGER NOT NULL,
+    preferred_channel INTEGER NOT NULL, preferred_language TEXT NOT NULL,
+    interpreter_needed INTEGER NOT NULL, accessibility_needs TEXT NOT NULL, personal BLOB,
+    erased INTEGER NOT NULL DEFAULT FALSE, erase_time INTEGER, create_time INTEGER NOT NULL,
+    update_time INTEGER NOT NULL, revision INTEGER NOT NULL, PRIMARY KEY (agency, id));
+CREATE INDEX bench_raw_clients_by_create_time ON bench_raw_clients (agency, create_time, id);
+CREATE INDEX bench_raw_clients_by_update_time ON bench_raw_clients (agency, update_time, id);";
+
+const RAW_TABLE_POSTGRES: &str = "\
+CREATE TABLE bench_raw_clients (
+    agency TEXT NOT NULL, id TEXT NOT NULL, kind BIGINT NOT NULL,
+    preferred_channel BIGINT NOT NULL, preferred_language TEXT NOT NULL,
+    interpreter_needed BOOLEAN NOT NULL, accessibility_needs TEXT NOT NULL, personal BYTEA,
+    erased BOOLEAN NOT NULL DEFAULT FALSE, erase_time BIGINT, create_time BIGINT NOT NULL,
+    update_time BIGINT NOT NULL, revision BIGINT NOT NULL, PRIMARY KEY (agency, id));
+CREATE INDEX bench_raw_clients_by_create_time ON bench_raw_clients (agency, create_time, id);
+CREATE INDEX bench_raw_clients_by_update_time ON bench_raw_clients (agency, update_time, id);";
+
+/// The statement the register uses to insert a client, aimed at the scratch table.
+pub(super) const RAW_INSERT: &str = "\
+INSERT INTO bench_raw_clients (agency, id, kind, preferred_channel, preferred_language, \
+interpreter_needed, accessibility_needs, personal, erased, erase_time, create_time, \
+update_time, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, FALSE, NULL, $9, $9, 1)";
+
+/// A SQLite file in `dir`, migrated, with the scratch table.
+pub(super) async fn fresh_sqlite(dir: &std::path::Path, pool: u32) -> anyhow::Result<FreshDb> {
+    let path = dir.join("register.db");
+    let db = Db::connect(&touchstone_platform::db::sqlite_url(&path), pool)
+        .await
+        .context("opening the SQLite database")?;
+    db.migrate(&touchstone_register::migration_sets(), None)
+        .await
+        .context("migrating the SQLite database")?;
+    sqlx::raw_sql(RAW_TABLE_SQLITE)
+        .execute(db.pool())
+        .await
+        .context("creating the raw-insert table")?;
+    Ok(FreshDb {
+        db,
+        description: format!("SQLite file {} (WAL, synchronous=NORMAL)", path.display()),
+        postgres: None,
+    })
+}
+
+/// A new database and a new login role on the server at `url` (which must be
+/// allowed to create both), migrated by the admin connection, with the
+/// service connected as the new role.
+pub(super) async fn fresh_postgres(url: &str, pool: u32) -> anyhow::Result<FreshDb> {
+    let name = format!("bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    let server = Db::connect(url, 1)
+        .await
+        .context("connecting to PostgreSQL (--pg-url / TOUCHSTONE_TEST_PG_URL)")?;
+    for stmt in [
+        format!(
+            "CREATE ROLE {name} LOGIN PASSWORD '{password}' NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
+        ),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(stmt))
+            .execute(server.pool())
+            .await
+            .context("creating the benchmark database and role")?;
+    }
+    server.close().await;
+    let base = sqlx::postgres::PgConnectOptions::from_str(url).context("a PostgreSQL URL")?;
+    let admin_url = base.clone().database(&name).to_url_lossy().to_string();
+    let app_url = base
+        .clone()
+        .database(&name)
+        .username(&name)
+        .password(&password)
+        .to_url_lossy()
+        .to_string();
+    let scratch = PgScratch {
+        server_url: url.to_string(),
+        name: name.clone(),
+        admin: Db::connect(&admin_url, 1)
+            .await
+            .context("connecting to the benchmark database")?,
+    };
+    let prepared = async {
+        scratch
+            .admin
+            .migrate(&touchstone_register::migration_sets(), Some(&name))
+            .await
+            .context("migrating the benchmark database")?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "{RAW_TABLE_POSTGRES}\nGRANT SELECT, INSERT ON bench_raw_clients TO {name};"
+        )))
+        .execute(scratch.admin.pool())
+        .await
+        .context("creating the raw-insert table")?;
+        Db::connect(&app_url, pool)
+            .await
+            .context("connecting as the benchmark role")
+    }
+    .await;
+    let db = match prepared {
+        Ok(db) => db,
+        Err(e) => {
+            scratch.drop_all().await;
+            return Err(e);
+        }
+    };
+    Ok(FreshDb {
+        db,
+        description: format!(
+            "PostgreSQL database {name} on {}:{} as role {name} (row-level security in force)",
+            base.get_host(),
+            base.get_port()
+        ),
+        postgres: Some(scratch),
+    })
+}
+
+impl PgScratch {
+    async fn drop_all(self) {
+        self.admin.close().await;
+        let dropped = async {
+            let server = Db::connect(&self.server_url, 1).await?;
+            for stmt in [
+                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+                format!("DROP ROLE IF EXISTS {}", self.name),
+            ] {
+                sqlx::query(sqlx::AssertSqlSafe(stmt))
+                    .execute(server.pool())
+                    .await?;
+            }
+            server.close().await;
+            Ok::<_, touchstone_platform::db::DbError>(())
+        }
+        .await;
+        if let Err(e) = dropped {
+            eprintln!(
+                "touchstone bench: could not drop database and role {}: {e}",
+                self.name
+            );
+        }
+    }
+}
+
+impl FreshDb {
+    /// Closes the pools and, on PostgreSQL, drops the database and the role.
+    pub(super) async fn cleanup(self) {
+        self.db.close().await;
+        if let Some(pg) = self.postgres {
+            pg.drop_all().await;
+        }
+    }
+
+    pub(super) fn backend(&self) -> Backend {
+        self.db.backend()
+    }
+}
+
+/// The register served as in production: auth interceptor, health,
+/// reflection, metrics, per-connection shedding, deadlines.
+pub(super) struct Register {
+    pub(super) addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<Result<(), touchstone_server::ServeError>>,
+}
+
+impl Register {
+    pub(super) async fn start(
+        db: Db,
+        dev: &DevKey,
+        max_concurrent_per_connection: usize,
+    ) -> anyhow::Result<Register> {
+        let verifier = Verifier::from_jwks_json(
+            AuthConfig {
+                issuer: DevKey::ISSUER.into(),
+                audience: DevKey::AUDIENCE.into(),
+                jwks_file: None,
+                jwks_url: None,
+                leeway_secs: 30,
+            },
+            &dev.jwks_json(),
+        )?;
+        let keys = Arc::new(Keyring::new(MasterKey::generate()));
+        let routes = touchstone_register::routes(db.clone(), keys, verifier);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let readiness: touchstone_server::Readiness = Arc::new(move || {
+            let db = db.clone();
+            Box::pin(async move { db.ping().await })
+        });
+        let opts = touchstone_server::ServeOptions {
+            service: "register",
+            grpc_services: vec![touchstone_register::SERVICE_NAME],
+            max_concurrent_per_connection,
+            readiness_interval: touchstone_server::ServeOptions::DEFAULT_READINESS_INTERVAL,
+            shutdown_grace: Duration::from_secs(5),
+        };
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(touchstone_server::serve(
+            listener,
+            routes,
+            opts,
+            readiness,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Ok(Register { addr, stop, task })
+    }
+
+    pub(super) async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
