@@ -73,7 +73,14 @@ pub struct Verifier {
     // Swapped as a whole on refresh so that readers never see a half-updated set.
     keys: Arc<RwLock<Arc<KeyMap>>>,
     refresher: Option<Refresher>,
+    // Tokens already verified, by SHA-256 of the token, with their expiry: a
+    // caller sends the same token on every call, and checking an ES256 or RS256
+    // signature costs far more than the call itself. Cleared when keys change.
+    verified: Arc<Mutex<HashMap<[u8; 32], (Caller, u64)>>>,
 }
+
+/// Most verified tokens remembered; past it the cache starts afresh.
+const VERIFIED_CACHE_MAX: usize = 10_000;
 
 struct Refresher {
     url: String,
@@ -157,6 +164,7 @@ impl Verifier {
             leeway: cfg.leeway_secs.min(MAX_LEEWAY_SECS),
             keys: Arc::new(RwLock::new(Arc::new(keys))),
             refresher,
+            verified: Arc::new(Mutex::new(HashMap::new())),
         }))
     }
 
@@ -168,6 +176,13 @@ impl Verifier {
         }
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed);
+        }
+        let digest: [u8; 32] = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(token.as_bytes()).into()
+        };
+        if let Some(caller) = self.cached(&digest) {
+            return Ok(caller);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         // RFC 7515 requires refusing critical extensions we do not implement (all of them).
@@ -196,7 +211,37 @@ impl Verifier {
 
         let data = jsonwebtoken::decode::<TokenClaims>(token, &entry.key, &validation)
             .map_err(|e| map_jwt_error(e.kind()))?;
-        data.claims.into_caller()
+        let exp = data
+            .claims
+            .exp
+            .as_ref()
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let caller = data.claims.into_caller()?;
+        let mut cache = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= VERIFIED_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(digest, (caller.clone(), exp));
+        Ok(caller)
+    }
+
+    /// A token verified before and not yet expired (without leeway: a cached
+    /// entry never outlives the token's own `exp`).
+    fn cached(&self, digest: &[u8; 32]) -> Option<Caller> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        let mut cache = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        match cache.get(digest) {
+            Some((caller, exp)) if *exp > now => Some(caller.clone()),
+            Some(_) => {
+                cache.remove(digest);
+                None
+            }
+            None => None,
+        }
     }
 
     fn current_keys(&self) -> Arc<KeyMap> {
@@ -220,11 +265,16 @@ impl Verifier {
         let client = r.client.clone();
         let url = r.url.clone();
         let keys = Arc::clone(&self.keys);
+        let verified = Arc::clone(&self.verified);
         r.runtime.spawn(async move {
             match fetch_jwks(&client, &url).await.and_then(|j| parse_jwks(&j)) {
                 Ok(map) => {
                     let count = map.len();
                     *keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(map);
+                    verified
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clear();
                     tracing::info!(keys = count, "refreshed JWKS");
                 }
                 Err(e) => {
@@ -399,6 +449,10 @@ fn map_jwt_error(kind: &ErrorKind) -> AuthError {
 /// The claims Touchstone reads; `exp`, `iss`, `aud` and `nbf` are checked by the library.
 #[derive(Deserialize)]
 struct TokenClaims {
+    // Checked by jsonwebtoken (required, not past; a non-number counts as
+    // missing); kept to bound the cache entry.
+    #[serde(default)]
+    exp: Option<serde_json::Value>,
     #[serde(default)]
     sub: Option<String>,
     #[serde(default)]

@@ -739,3 +739,32 @@ fn caller_absent_without_interceptor() {
     let status = Caller::from_request(&req).unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
 }
+
+#[test]
+fn a_remembered_token_still_expires() {
+    let d = dev();
+    let verifier = Verifier::from_jwks_json(
+        AuthConfig {
+            leeway_secs: 0,
+            ..AuthConfig::dev(d._dir.path())
+        },
+        &d.key.jwks_json(),
+    )
+    .unwrap();
+    let mut t = officer();
+    t.ttl = std::time::Duration::from_secs(1);
+    let token = d.key.mint(&t).unwrap();
+    let first = verifier.verify(&token).unwrap();
+    let again = verifier.verify(&token).unwrap();
+    assert_eq!(first.subject, again.subject);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let err = verifier.verify(&token).unwrap_err();
+    assert!(matches!(err, AuthError::Expired), "{err}");
+    // A tampered copy of a remembered token is still checked in full.
+    let fresh = d.key.mint(&officer()).unwrap();
+    verifier.verify(&fresh).unwrap();
+    let mut tampered = fresh.clone();
+    tampered.pop();
+    tampered.push(if fresh.ends_with('A') { 'B' } else { 'A' });
+    assert!(verifier.verify(&tampered).is_err());
+}
