@@ -76,8 +76,11 @@ pub struct Verifier {
     // Tokens already verified, by SHA-256 of the token, with their expiry: a
     // caller sends the same token on every call, and checking an ES256 or RS256
     // signature costs far more than the call itself. Cleared when keys change.
-    verified: Arc<Mutex<HashMap<[u8; 32], (Caller, u64)>>>,
+    verified: Arc<Mutex<VerifiedTokens>>,
 }
+
+/// Verified tokens by SHA-256, with the caller and the `exp` they carry.
+type VerifiedTokens = HashMap<[u8; 32], (Caller, u64)>;
 
 /// Most verified tokens remembered; past it the cache starts afresh.
 const VERIFIED_CACHE_MAX: usize = 10_000;
