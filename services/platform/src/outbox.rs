@@ -17,12 +17,41 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Events read per query while replaying.
 const BATCH: i64 = 500;
 
+/// An encoded event payload with its type, to append later in the
+/// transaction.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    type_name: String,
+    payload: Vec<u8>,
+}
+
+impl Pending {
+    /// Encodes `payload`.
+    pub fn new<M: prost::Name>(payload: &M) -> Self {
+        Self {
+            type_name: M::full_name(),
+            payload: payload.encode_to_vec(),
+        }
+    }
+}
+
 /// Appends an event about resource `name` in `agency`.
 pub async fn append<M: prost::Name>(
     tx: &mut Tx,
     agency: &str,
     name: &str,
     payload: &M,
+) -> Result<(), sqlx::Error> {
+    append_pending(tx, agency, name, &Pending::new(payload)).await
+}
+
+/// Appends an event encoded earlier. Call it as late in the transaction as
+/// possible: on PostgreSQL it takes a lock that is held until commit.
+pub async fn append_pending(
+    tx: &mut Tx,
+    agency: &str,
+    name: &str,
+    event: &Pending,
 ) -> Result<(), sqlx::Error> {
     if tx.backend() == Backend::Postgres {
         // Identity values are taken in insert order but become visible in
@@ -36,10 +65,10 @@ pub async fn append<M: prost::Name>(
         "INSERT INTO events (agency, type, name, occurred_time, payload) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(agency)
-    .bind(M::full_name())
+    .bind(event.type_name.as_str())
     .bind(name)
     .bind(crate::times::now_millis())
-    .bind(payload.encode_to_vec())
+    .bind(event.payload.as_slice())
     .execute(tx.conn())
     .await?;
     tx.mark_events_appended();

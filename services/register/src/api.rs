@@ -200,6 +200,9 @@ fn access<'a>(
 /// data key, and what its audit and idempotency records will say.
 struct Change<'a> {
     tx: Tx,
+    /// Outbox events, appended last, just before commit: on PostgreSQL the
+    /// outbox's ordering lock is then held for as short a time as possible.
+    events: Vec<(String, outbox::Pending)>,
     key: Arc<DataKey>,
     caller: &'a Caller,
     agency: &'a str,
@@ -272,6 +275,7 @@ impl Register {
             }),
             Claim::Fresh | Claim::None => Ok(Begun::Fresh(Change {
                 tx,
+                events: Vec::new(),
                 key,
                 caller,
                 agency,
@@ -303,8 +307,17 @@ impl Change<'_> {
             &response,
         )
         .await?;
+        for (name, event) in &self.events {
+            outbox::append_pending(&mut self.tx, self.agency, name, event).await?;
+        }
         self.tx.commit().await?;
         Ok(response)
+    }
+
+    /// Queues an outbox event about `name`, written with the change.
+    fn event<M: prost::Name>(&mut self, name: &str, payload: &M) {
+        self.events
+            .push((name.to_string(), outbox::Pending::new(payload)));
     }
 }
 
@@ -422,17 +435,14 @@ impl Register {
         record.revision += 1;
         record.update_time = now;
         let name = record.name();
-        outbox::append(
-            &mut change.tx,
-            agency,
+        change.event(
             &name,
             &pb::ConsentChanged {
                 client: name.clone(),
                 purpose,
                 granted,
             },
-        )
-        .await?;
+        );
         let history = history_of(&mut change.tx, agency, id).await?;
         let response = client_to_proto(&record, &history);
         change.finish(&name, response).await
@@ -484,15 +494,12 @@ impl RegisterService for Register {
             )
             .await?;
             let name = record.name();
-            outbox::append(
-                &mut change.tx,
-                agency,
+            change.event(
                 &name,
                 &pb::ClientCreated {
                     client: name.clone(),
                 },
-            )
-            .await?;
+            );
             let response = client_to_proto(&record, &[]);
             change.finish(&name, response).await
         };
@@ -572,16 +579,13 @@ impl RegisterService for Register {
                 ..record
             };
             let name = updated.name();
-            outbox::append(
-                &mut change.tx,
-                agency,
+            change.event(
                 &name,
                 &pb::ClientUpdated {
                     client: name.clone(),
                     fields: paths,
                 },
-            )
-            .await?;
+            );
             let history = history_of(&mut change.tx, agency, id).await?;
             let response = client_to_proto(&updated, &history);
             change.finish(&name, response).await
@@ -725,16 +729,13 @@ impl RegisterService for Register {
             let now = times::now_millis();
             if store::erase_client(&mut change.tx, agency, id, now).await? {
                 idempotency::forget_resource(&mut change.tx, agency, &req.name).await?;
-                outbox::append(
-                    &mut change.tx,
-                    agency,
+                change.event(
                     &req.name,
                     &pb::ClientErased {
                         client: req.name.clone(),
                         erase_time: Some(times::timestamp(now)),
                     },
-                )
-                .await?;
+                );
             }
             let erased = load_client(&mut change.tx, &change.key, agency, id).await?;
             let history = history_of(&mut change.tx, agency, id).await?;
