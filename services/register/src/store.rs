@@ -223,25 +223,42 @@ async fn replace_lookups(
     key: &DataKey,
     agency: &str,
     id: &str,
-    fields: Option<&ClientFields>,
+    fields: &ClientFields,
 ) -> Result<(), Error> {
     sqlx::query("DELETE FROM client_lookup WHERE agency = $1 AND client_id = $2")
         .bind(agency)
         .bind(id)
         .execute(tx.conn())
         .await?;
-    for (kind, value) in fields.map(ClientFields::search_keys).unwrap_or_default() {
-        sqlx::query(
-            "INSERT INTO client_lookup (agency, kind, digest, client_id) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(agency)
-        .bind(kind)
-        .bind(key.blind_index(kind, &value))
-        .bind(id)
-        .execute(tx.conn())
-        .await?;
+    insert_lookups(tx, key, agency, id, fields).await
+}
+
+/// Writes a client's search digests in one statement (each statement is a
+/// round trip made while SQLite's writer waits).
+async fn insert_lookups(
+    tx: &mut Tx,
+    key: &DataKey,
+    agency: &str,
+    id: &str,
+    fields: &ClientFields,
+) -> Result<(), Error> {
+    let keys = fields.search_keys();
+    if keys.is_empty() {
+        return Ok(());
     }
+    let rows: Vec<String> = (0..keys.len())
+        .map(|i| format!("($1, ${}, ${}, $2)", 3 + 2 * i, 4 + 2 * i))
+        .collect();
+    let sql = format!(
+        "INSERT INTO client_lookup (agency, kind, digest, client_id) VALUES {} \
+         ON CONFLICT DO NOTHING",
+        rows.join(", ")
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency).bind(id);
+    for (kind, value) in &keys {
+        q = q.bind(*kind).bind(key.blind_index(kind, value));
+    }
+    q.execute(tx.conn()).await?;
     Ok(())
 }
 
@@ -279,7 +296,7 @@ pub async fn insert_client(
             other?;
         }
     }
-    replace_lookups(tx, key, agency, id, Some(fields)).await?;
+    insert_lookups(tx, key, agency, id, fields).await?;
     Ok(ClientRecord {
         agency: agency.to_string(),
         id: id.to_string(),
@@ -369,7 +386,7 @@ pub async fn update_client(
     .await?
     .rows_affected();
     if n == 1 {
-        replace_lookups(tx, key, &record.agency, &record.id, Some(fields)).await?;
+        replace_lookups(tx, key, &record.agency, &record.id, fields).await?;
     }
     Ok(n == 1)
 }

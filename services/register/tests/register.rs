@@ -291,6 +291,72 @@ async fn crud_with_masks_and_etags() {
     assert_eq!(bad_mask.code(), Code::InvalidArgument);
     assert_eq!(violations(&bad_mask), vec!["update_mask"]);
 
+    // Exact search by each kind of key, after normalisation.
+    use pb::search_clients_request::Query;
+    let with_ref = pb::Client {
+        external_references: vec![pb::ExternalReference {
+            system: "CMS".into(),
+            id: "A-17".into(),
+        }],
+        ..person("Wiremu", "Tane", "wiremu@example.org")
+    };
+    let other = create(&mut c, &t, "dia", with_ref).await.expect("create");
+    for (query, want) in [
+        (
+            Query::Email(" ARoha.Ngata@Example.org ".into()),
+            &created.name,
+        ),
+        (Query::FullName("  aroha   NGATA ".into()), &created.name),
+        (
+            Query::ExternalReference(pb::ExternalReference {
+                system: "cms".into(),
+                id: "A-17".into(),
+            }),
+            &other.name,
+        ),
+    ] {
+        let found = c
+            .search_clients(req(
+                pb::SearchClientsRequest {
+                    parent: "agencies/dia".into(),
+                    query: Some(query.clone()),
+                },
+                &t,
+            ))
+            .await
+            .expect("search")
+            .into_inner();
+        let names: Vec<String> = found.clients.into_iter().map(|c| c.name).collect();
+        assert_eq!(names, vec![want.clone()], "{query:?}");
+    }
+    let by_phone = c
+        .search_clients(req(
+            pb::SearchClientsRequest {
+                parent: "agencies/dia".into(),
+                query: Some(Query::Phone("+61 (2) 6123-4567".into())),
+            },
+            &t,
+        ))
+        .await
+        .expect("search")
+        .into_inner();
+    assert_eq!(by_phone.clients.len(), 2, "both share the phone number");
+    let none = c
+        .search_clients(req(
+            pb::SearchClientsRequest {
+                parent: "agencies/dia".into(),
+                query: Some(Query::Email("aroha@example.org".into())),
+            },
+            &t,
+        ))
+        .await
+        .expect("search")
+        .into_inner();
+    assert!(
+        none.clients.is_empty(),
+        "the old email no longer finds the client"
+    );
+
     let missing = c
         .get_client(req(
             pb::GetClientRequest {
