@@ -23,7 +23,44 @@ pub struct TestDb {
     pub admin: Option<Db>,
     /// The application role's name, when on PostgreSQL.
     pub app_role: Option<String>,
+    server_url: Option<String>,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for TestDb {
+    /// Drops the PostgreSQL database and role made for the test, so a server
+    /// that outlives test runs does not fill up. Best effort: CI also sweeps
+    /// leftovers (prefix `tst_`).
+    fn drop(&mut self) {
+        let (Some(url), Some(name)) = (self.server_url.take(), self.app_role.clone()) else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot be blocked on; a
+        // thread with its own small runtime does the work.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(server) = Db::connect(&url, 1).await else {
+                    return;
+                };
+                for stmt in [
+                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    format!("DROP ROLE IF EXISTS {name}"),
+                ] {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(stmt))
+                        .execute(server.pool())
+                        .await;
+                }
+                server.close().await;
+            });
+        });
+        let _ = cleanup.join();
+    }
 }
 
 /// Creates a fresh database with `sets` migrated. Panics (the test fails
@@ -47,6 +84,7 @@ async fn fresh_sqlite(sets: &[&MigrationSet]) -> TestDb {
         sqlite_path: Some(path),
         admin: None,
         app_role: None,
+        server_url: None,
         _dir: Some(dir),
     }
 }
@@ -86,6 +124,7 @@ async fn fresh_postgres(url: &str, sets: &[&MigrationSet]) -> TestDb {
         sqlite_path: None,
         admin: Some(admin),
         app_role: Some(name),
+        server_url: Some(url.to_string()),
         _dir: None,
     }
 }
