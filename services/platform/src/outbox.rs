@@ -35,16 +35,6 @@ impl Pending {
     }
 }
 
-/// Appends an event about resource `name` in `agency`.
-pub async fn append<M: prost::Name>(
-    tx: &mut Tx,
-    agency: &str,
-    name: &str,
-    payload: &M,
-) -> Result<(), sqlx::Error> {
-    append_pending(tx, agency, name, &Pending::new(payload)).await
-}
-
 /// Appends an event encoded earlier. Call it as late in the transaction as
 /// possible: on PostgreSQL it takes a lock that is held until commit.
 pub async fn append_pending(

@@ -323,6 +323,19 @@ impl Change<'_> {
 
 /// Loads a client for a change, locking its row until commit (PostgreSQL) so
 /// that a concurrent erasure cannot interleave with the change.
+/// Loads and locks a client that a change may still touch: erased clients
+/// take no new personal data.
+async fn lock_live_client(
+    tx: &mut Tx,
+    key: &DataKey,
+    agency: &str,
+    id: &str,
+) -> Result<ClientRecord, Error> {
+    let client = lock_client(tx, key, agency, id).await?;
+    not_erased(&client)?;
+    Ok(client)
+}
+
 async fn lock_client(
     tx: &mut Tx,
     key: &DataKey,
@@ -420,8 +433,7 @@ impl Register {
             Begun::Replay(r) => return Ok(r),
             Begun::Fresh(c) => c,
         };
-        let mut record = lock_client(&mut change.tx, &change.key, agency, id).await?;
-        not_erased(&record)?;
+        let mut record = lock_live_client(&mut change.tx, &change.key, agency, id).await?;
         let now = times::now_millis();
         let consent = ConsentChange {
             purpose,
@@ -559,8 +571,7 @@ impl RegisterService for Register {
                 Begun::Replay(r) => return Ok(r),
                 Begun::Fresh(c) => c,
             };
-            let record = lock_client(&mut change.tx, &change.key, agency, id).await?;
-            not_erased(&record)?;
+            let record = lock_live_client(&mut change.tx, &change.key, agency, id).await?;
             check_etag(&patch.etag, record.revision)?;
             let mask = req
                 .update_mask
@@ -861,8 +872,7 @@ impl RegisterService for Register {
                 Begun::Replay(r) => return Ok(r),
                 Begun::Fresh(c) => c,
             };
-            let client = lock_client(&mut change.tx, &change.key, agency, client_id).await?;
-            not_erased(&client)?;
+            lock_live_client(&mut change.tx, &change.key, agency, client_id).await?;
             let record = store::insert_need(
                 &mut change.tx,
                 &change.key,
@@ -935,8 +945,7 @@ impl RegisterService for Register {
                 Begun::Replay(r) => return Ok(r),
                 Begun::Fresh(c) => c,
             };
-            let client = lock_client(&mut change.tx, &change.key, agency, client_id).await?;
-            not_erased(&client)?;
+            lock_live_client(&mut change.tx, &change.key, agency, client_id).await?;
             let record = store::get_need(&mut change.tx, &change.key, agency, client_id, id)
                 .await?
                 .ok_or(Error::NotFound("need"))?;
