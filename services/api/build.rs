@@ -7,6 +7,8 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "touchstone/common/v1/common.proto",
     "touchstone/register/v1/register.proto",
+    "touchstone/complaints/v1/complaints.proto",
+    "touchstone/feedback/v1/feedback.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

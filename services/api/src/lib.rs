@@ -23,3 +23,35 @@ pub mod register {
         include!(concat!(env!("OUT_DIR"), "/touchstone.register.v1.rs"));
     }
 }
+
+pub mod complaints {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/touchstone.complaints.v1.rs"));
+    }
+}
+
+pub mod feedback {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/touchstone.feedback.v1.rs"));
+    }
+}
+
+/// A response that names the resource it is about, so that the replay of a
+/// stored response can be audited against it and erasure can forget it.
+pub trait Named {
+    /// The resource's name, e.g. `agencies/a/complaints/c`.
+    fn resource_name(&self) -> &str;
+}
+
+/// Implements [`Named`] for messages whose `name` field is their resource name.
+macro_rules! named {
+    ($($t:ty),* $(,)?) => {
+        $(impl Named for $t {
+            fn resource_name(&self) -> &str {
+                &self.name
+            }
+        })*
+    };
+}
+
+named!(register::v1::Client, register::v1::Need);

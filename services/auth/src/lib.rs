@@ -7,10 +7,12 @@ mod caller;
 mod devkey;
 mod error;
 mod interceptor;
+mod service_token;
 mod verifier;
 
 pub use caller::{AgencyScope, Caller, Role};
 pub use devkey::{DevKey, TokenRequest};
 pub use error::AuthError;
 pub use interceptor::{AuthInterceptor, ERROR_DOMAIN};
+pub use service_token::ServiceToken;
 pub use verifier::{AuthConfig, Verifier};

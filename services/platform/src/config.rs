@@ -102,8 +102,35 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_concurrent_per_connection",
     "shutdown_grace_secs",
     "auth",
+    "service_token_file",
+    "peers",
     "register",
+    "complaints",
+    "feedback",
 ];
+
+/// Where each service is reached by the others (Kubernetes: the Service's
+/// DNS name). `up` runs them all on loopback at these defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Peers {
+    /// The client register, e.g. `http://touchstone-register:50051`.
+    pub register: String,
+    /// The complaints service.
+    pub complaints: String,
+    /// The feedback service.
+    pub feedback: String,
+}
+
+impl Default for Peers {
+    fn default() -> Self {
+        Self {
+            register: "http://127.0.0.1:50051".into(),
+            complaints: "http://127.0.0.1:50052".into(),
+            feedback: "http://127.0.0.1:50053".into(),
+        }
+    }
+}
 
 /// Every setting of the `touchstone` binary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,8 +152,17 @@ pub struct Settings {
     pub shutdown_grace_secs: u64,
     /// Token verification.
     pub auth: AuthSettings,
+    /// File holding the token a service presents when it calls another on
+    /// its own behalf (change feeds, background checks); `up` mints one.
+    pub service_token_file: Option<PathBuf>,
+    /// Addresses of the services, for the calls between them.
+    pub peers: Peers,
     /// The client register service.
     pub register: ServiceSettings,
+    /// The complaints service.
+    pub complaints: ServiceSettings,
+    /// The feedback service.
+    pub feedback: ServiceSettings,
 }
 
 impl Default for Settings {
@@ -140,7 +176,11 @@ impl Default for Settings {
             max_concurrent_per_connection: 256,
             shutdown_grace_secs: 20,
             auth: AuthSettings::default(),
+            service_token_file: None,
+            peers: Peers::default(),
             register: ServiceSettings::on_port(50051),
+            complaints: ServiceSettings::on_port(50052),
+            feedback: ServiceSettings::on_port(50053),
         }
     }
 }
@@ -203,24 +243,32 @@ impl Settings {
             touchstone_crypto::MasterKey::from_base64(key)
                 .map_err(|_| invalid("master_key", "must be the base64 of 32 random bytes"))?;
         }
-        if let Some(url) = self
-            .register
-            .database_url
-            .as_deref()
-            .filter(|u| !u.is_empty())
-        {
-            check_db_url(url).map_err(|p| invalid("register.database_url", p))?;
+        for (name, svc) in [
+            ("register", &self.register),
+            ("complaints", &self.complaints),
+            ("feedback", &self.feedback),
+        ] {
+            if let Some(url) = svc.database_url.as_deref().filter(|u| !u.is_empty()) {
+                check_db_url(url).map_err(|p| invalid(&format!("{name}.database_url"), p))?;
+            }
+            if let Some(url) = svc.migration_url.as_deref().filter(|u| !u.is_empty()) {
+                check_db_url(url).map_err(|p| invalid(&format!("{name}.migration_url"), p))?;
+            }
+            if svc.max_connections == 0 {
+                return Err(invalid(
+                    &format!("{name}.max_connections"),
+                    "must be at least 1",
+                ));
+            }
         }
-        if let Some(url) = self
-            .register
-            .migration_url
-            .as_deref()
-            .filter(|u| !u.is_empty())
-        {
-            check_db_url(url).map_err(|p| invalid("register.migration_url", p))?;
-        }
-        if self.register.max_connections == 0 {
-            return Err(invalid("register.max_connections", "must be at least 1"));
+        for (name, url) in [
+            ("peers.register", &self.peers.register),
+            ("peers.complaints", &self.peers.complaints),
+            ("peers.feedback", &self.peers.feedback),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(name, "must be an http:// or https:// URL"));
+            }
         }
         if self.max_concurrent_per_connection == 0 {
             return Err(invalid(

@@ -296,16 +296,30 @@ pub struct MigrationSet {
 /// The platform's own tables: outbox, idempotency records, data keys, audit.
 pub static PLATFORM_MIGRATIONS: MigrationSet = MigrationSet {
     component: "platform",
-    sqlite: &[Migration {
-        version: 1,
-        name: "platform",
-        sql: include_str!("../migrations/sqlite/0001_platform.sql"),
-    }],
-    postgres: &[Migration {
-        version: 1,
-        name: "platform",
-        sql: include_str!("../migrations/postgres/0001_platform.sql"),
-    }],
+    sqlite: &[
+        Migration {
+            version: 1,
+            name: "platform",
+            sql: include_str!("../migrations/sqlite/0001_platform.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "feed cursors",
+            sql: include_str!("../migrations/sqlite/0002_feed_cursors.sql"),
+        },
+    ],
+    postgres: &[
+        Migration {
+            version: 1,
+            name: "platform",
+            sql: include_str!("../migrations/postgres/0001_platform.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "feed cursors",
+            sql: include_str!("../migrations/postgres/0002_feed_cursors.sql"),
+        },
+    ],
 };
 
 fn checksum(sql: &str) -> String {

@@ -4,7 +4,9 @@
 //! resource names and times.
 
 pub mod audit;
+pub mod change;
 pub mod config;
+pub mod consumer;
 pub mod db;
 pub mod error;
 pub mod idempotency;

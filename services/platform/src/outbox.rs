@@ -83,6 +83,27 @@ impl FeedScope {
     }
 }
 
+/// Whose events `caller` may read: every agency's for a `service` caller
+/// whose token is for all agencies, else the caller's own agency's.
+/// `allowed` is whether the caller's roles may read the feed at all.
+pub fn feed_scope(
+    caller: &touchstone_auth::Caller,
+    allowed: bool,
+) -> Result<FeedScope, &'static str> {
+    use touchstone_auth::{AgencyScope, Role};
+    if !allowed {
+        return Err("the change feed needs the service or agency_admin role");
+    }
+    if caller.has_role(Role::Service) && caller.agencies == AgencyScope::All {
+        return Ok(FeedScope::All);
+    }
+    caller
+        .agency
+        .clone()
+        .map(FeedScope::Agency)
+        .ok_or("the token names no agency")
+}
+
 /// Up to `limit` events after `after_sequence`, in sequence order.
 pub async fn list(
     db: &Db,

@@ -11,24 +11,24 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+use touchstone_api::Named;
 use touchstone_api::common::v1::Event;
 use touchstone_api::register::v1 as pb;
 use touchstone_api::register::v1::register_service_server::RegisterService;
-use touchstone_auth::{AgencyScope, Caller, Role};
+use touchstone_auth::Caller;
 use touchstone_crypto::{DataKey, normalise};
 use touchstone_list::{ListError, ListParams, ListQuery};
 use touchstone_platform::audit::{self, Access};
+use touchstone_platform::change::{self, Begun};
 use touchstone_platform::db::{Db, Scope, Tx};
 use touchstone_platform::error::FieldViolation;
-use touchstone_platform::idempotency::{self, Claim};
+use touchstone_platform::idempotency;
 use touchstone_platform::keyring::Keyring;
 use touchstone_platform::outbox::{self, FeedScope};
 use touchstone_platform::{names, times};
 
 /// Most results of one search.
 const SEARCH_LIMIT: i64 = 100;
-/// Longest request id.
-const MAX_REQUEST_ID: usize = 100;
 
 /// The register service.
 #[derive(Debug, Clone)]
@@ -58,16 +58,6 @@ fn parse_name<'a>(field: &str, pattern: &str, value: &'a str) -> Result<Vec<&'a 
 
 fn parse_agency<'a>(field: &str, parent: &'a str) -> Result<&'a str, Error> {
     Ok(parse_name(field, "agencies/{}", parent)?[0])
-}
-
-fn check_request_id(request_id: &str) -> Result<(), Error> {
-    if request_id.len() > MAX_REQUEST_ID || request_id.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "request_id",
-            "at most 100 printable characters",
-        ));
-    }
-    Ok(())
 }
 
 fn chosen_id(field: &str, id: &str) -> Result<String, Error> {
@@ -196,45 +186,6 @@ fn access<'a>(
     }
 }
 
-/// A state-changing call in progress: its write transaction, the agency's
-/// data key, and what its audit and idempotency records will say.
-struct Change<'a> {
-    tx: Tx,
-    /// Outbox events, appended last, just before commit: on PostgreSQL the
-    /// outbox's ordering lock is then held for as short a time as possible.
-    events: Vec<(String, outbox::Pending)>,
-    key: Arc<DataKey>,
-    caller: &'a Caller,
-    agency: &'a str,
-    method: &'static str,
-    request_id: &'a str,
-}
-
-/// A response that names the resource it is about.
-trait Named {
-    fn resource_name(&self) -> &str;
-}
-
-impl Named for pb::Client {
-    fn resource_name(&self) -> &str {
-        &self.name
-    }
-}
-
-impl Named for pb::Need {
-    fn resource_name(&self) -> &str {
-        &self.name
-    }
-}
-
-/// What starting a state-changing call found.
-enum Begun<'a, R> {
-    /// A new request: go ahead.
-    Fresh(Change<'a>),
-    /// A retry: here is the first response.
-    Replay(R),
-}
-
 impl Register {
     /// Opens the write transaction of a state-changing call and claims its
     /// request id.
@@ -246,78 +197,16 @@ impl Register {
         request_id: &'a str,
         fingerprint: String,
     ) -> Result<Begun<'a, R>, Error> {
-        check_request_id(request_id)?;
-        let key = self.key(agency).await?;
-        let mut tx = self.db.write(Scope::Agency(agency)).await?;
-        // Keyed, so a stored fingerprint cannot be used to test guesses of the
-        // personal data in a request.
-        let fingerprint = key.blind_index("request-fingerprint", &fingerprint);
-        match idempotency::claim::<R>(&mut tx, &key, agency, method, request_id, &fingerprint)
-            .await?
-        {
-            Claim::Replay(r) => {
-                // A replay hands out personal data again: audit it like a read.
-                let access = Access {
-                    agency,
-                    actor: &caller.subject,
-                    action: method,
-                    resource: r.resource_name(),
-                    request_id,
-                };
-                audit::record(&mut tx, access).await?;
-                tx.commit().await?;
-                Ok(Begun::Replay(r))
-            }
-            Claim::Mismatch => Err(Error::RequestIdReused),
-            Claim::Forgotten => Err(Error::FailedPrecondition {
-                reason: "CLIENT_ERASED",
-                message: "what this request changed belongs to a client that was since erased",
-            }),
-            Claim::Fresh | Claim::None => Ok(Begun::Fresh(Change {
-                tx,
-                events: Vec::new(),
-                key,
-                caller,
-                agency,
-                method,
-                request_id,
-            })),
-        }
-    }
-}
-
-impl Change<'_> {
-    /// Writes the audit record and the stored response, and commits.
-    async fn finish<R: prost::Message>(mut self, resource: &str, response: R) -> Result<R, Error> {
-        let access = Access {
-            agency: self.agency,
-            actor: &self.caller.subject,
-            action: self.method,
-            resource,
-            request_id: self.request_id,
-        };
-        audit::record(&mut self.tx, access).await?;
-        idempotency::complete(
-            &mut self.tx,
-            &self.key,
-            self.agency,
-            self.method,
-            self.request_id,
-            resource,
-            &response,
+        Ok(change::begin(
+            &self.db,
+            &self.keys,
+            caller,
+            agency,
+            method,
+            request_id,
+            fingerprint,
         )
-        .await?;
-        for (name, event) in &self.events {
-            outbox::append_pending(&mut self.tx, self.agency, name, event).await?;
-        }
-        self.tx.commit().await?;
-        Ok(response)
-    }
-
-    /// Queues an outbox event about `name`, written with the change.
-    fn event<M: prost::Name>(&mut self, name: &str, payload: &M) {
-        self.events
-            .push((name.to_string(), outbox::Pending::new(payload)));
+        .await?)
     }
 }
 
@@ -383,19 +272,7 @@ fn not_erased(r: &ClientRecord) -> Result<(), Error> {
 }
 
 fn feed_scope(caller: &Caller) -> Result<FeedScope, Error> {
-    if !Action::Feed.allowed(caller) {
-        return Err(Error::PermissionDenied(
-            "the change feed needs the service or agency_admin role",
-        ));
-    }
-    if caller.has_role(Role::Service) && caller.agencies == AgencyScope::All {
-        return Ok(FeedScope::All);
-    }
-    caller
-        .agency
-        .clone()
-        .map(FeedScope::Agency)
-        .ok_or(Error::PermissionDenied("the token names no agency"))
+    outbox::feed_scope(caller, Action::Feed.allowed(caller)).map_err(Error::PermissionDenied)
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -457,7 +334,7 @@ impl Register {
         );
         let history = history_of(&mut change.tx, agency, id).await?;
         let response = client_to_proto(&record, &history);
-        change.finish(&name, response).await
+        Ok(change.finish(&name, response).await?)
     }
 }
 
@@ -513,7 +390,7 @@ impl RegisterService for Register {
                 },
             );
             let response = client_to_proto(&record, &[]);
-            change.finish(&name, response).await
+            Ok(change.finish(&name, response).await?)
         };
         Ok(Response::new(run.await?))
     }
@@ -599,7 +476,7 @@ impl RegisterService for Register {
             );
             let history = history_of(&mut change.tx, agency, id).await?;
             let response = client_to_proto(&updated, &history);
-            change.finish(&name, response).await
+            Ok(change.finish(&name, response).await?)
         };
         Ok(Response::new(run.await?))
     }
@@ -751,7 +628,7 @@ impl RegisterService for Register {
             let erased = load_client(&mut change.tx, &change.key, agency, id).await?;
             let history = history_of(&mut change.tx, agency, id).await?;
             let response = client_to_proto(&erased, &history);
-            change.finish(&req.name, response).await
+            Ok(change.finish(&req.name, response).await?)
         };
         Ok(Response::new(run.await?))
     }
@@ -884,7 +761,7 @@ impl RegisterService for Register {
             )
             .await?;
             let name = record.name();
-            change.finish(&name, need_to_proto(&record)).await
+            Ok(change.finish(&name, need_to_proto(&record)).await?)
         };
         Ok(Response::new(run.await?))
     }
@@ -967,7 +844,7 @@ impl RegisterService for Register {
                 ..record
             };
             let name = updated.name();
-            change.finish(&name, need_to_proto(&updated)).await
+            Ok(change.finish(&name, need_to_proto(&updated)).await?)
         };
         Ok(Response::new(run.await?))
     }

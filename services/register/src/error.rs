@@ -1,6 +1,7 @@
 //! The register's one error type and its one mapping to `tonic::Status`.
 
 use tonic::{Code, Status};
+use touchstone_platform::change::BeginError;
 use touchstone_platform::error::{self, FieldViolation, Violations};
 use touchstone_platform::keyring::KeyError;
 
@@ -45,6 +46,21 @@ pub enum Error {
     /// Stored data did not decrypt or decode.
     #[error("stored data is unreadable: {0}")]
     Corrupt(&'static str),
+}
+
+impl From<BeginError> for Error {
+    fn from(e: BeginError) -> Self {
+        match e {
+            BeginError::BadRequestId(v) => Error::InvalidArgument(vec![v]),
+            BeginError::RequestIdReused => Error::RequestIdReused,
+            BeginError::Forgotten => Error::FailedPrecondition {
+                reason: "CLIENT_ERASED",
+                message: "what this request changed belongs to a client that was since erased",
+            },
+            BeginError::Database(e) => Error::Database(e),
+            BeginError::Keys(e) => Error::Keys(e),
+        }
+    }
 }
 
 impl From<Violations> for Error {

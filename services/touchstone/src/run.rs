@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use touchstone_auth::{AuthConfig, DevKey, Role, TokenRequest, Verifier};
+use touchstone_auth::{AuthConfig, DevKey, Role, ServiceToken, TokenRequest, Verifier};
 use touchstone_crypto::MasterKey;
-use touchstone_platform::config::{LogFormat, ServiceSettings, Settings};
-use touchstone_platform::db::Db;
+use touchstone_platform::config::{LogFormat, Peers, ServiceSettings, Settings};
+use touchstone_platform::db::{Db, MigrationSet};
 use touchstone_platform::keyring::Keyring;
 use touchstone_server::{Readiness, ServeOptions};
 
@@ -20,6 +20,19 @@ use touchstone_server::{Readiness, ServeOptions};
 pub(crate) enum ServiceName {
     /// The client register.
     Register,
+    /// Complaints, calendars and the learning register.
+    Complaints,
+    /// Surveys, responses and follow-ups.
+    Feedback,
+}
+
+impl ServiceName {
+    /// Every service, in start order.
+    pub(crate) const ALL: [ServiceName; 3] = [
+        ServiceName::Register,
+        ServiceName::Complaints,
+        ServiceName::Feedback,
+    ];
 }
 
 /// The agency `up` mints its ready-to-use token for.
@@ -121,54 +134,139 @@ struct Running {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
-async fn start_register(
+/// What every service is started with.
+#[derive(Clone)]
+pub(crate) struct Env {
+    pub(crate) keys: Arc<Keyring>,
+    pub(crate) verifier: Arc<Verifier>,
+    /// The token a service presents when it calls another on its own behalf.
+    pub(crate) service_token: ServiceToken,
+    pub(crate) peers: Peers,
+}
+
+/// A service's gRPC routes and the background tasks that run beside it
+/// (aborted on shutdown).
+pub(crate) struct Parts {
+    routes: tonic::service::Routes,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ServiceName {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            ServiceName::Register => "register",
+            ServiceName::Complaints => "complaints",
+            ServiceName::Feedback => "feedback",
+        }
+    }
+
+    fn grpc_name(self) -> &'static str {
+        match self {
+            ServiceName::Register => touchstone_register::SERVICE_NAME,
+            ServiceName::Complaints => touchstone_complaints::SERVICE_NAME,
+            ServiceName::Feedback => touchstone_feedback::SERVICE_NAME,
+        }
+    }
+
+    fn settings(self, settings: &Settings) -> &ServiceSettings {
+        match self {
+            ServiceName::Register => &settings.register,
+            ServiceName::Complaints => &settings.complaints,
+            ServiceName::Feedback => &settings.feedback,
+        }
+    }
+
+    pub(crate) fn migration_sets(self) -> Vec<&'static MigrationSet> {
+        match self {
+            ServiceName::Register => touchstone_register::migration_sets().to_vec(),
+            ServiceName::Complaints => touchstone_complaints::migration_sets().to_vec(),
+            ServiceName::Feedback => touchstone_feedback::migration_sets().to_vec(),
+        }
+    }
+
+    fn parts(self, db: &Db, env: &Env) -> anyhow::Result<Parts> {
+        let purger = touchstone_platform::idempotency::spawn_purger(db.clone());
+        let (routes, mut tasks) = match self {
+            ServiceName::Register => (
+                touchstone_register::routes(db.clone(), env.keys.clone(), env.verifier.clone()),
+                Vec::new(),
+            ),
+            ServiceName::Complaints => {
+                let peers = touchstone_complaints::Peers::connect(
+                    &env.peers.register,
+                    env.service_token.clone(),
+                )?;
+                touchstone_complaints::start(
+                    db.clone(),
+                    env.keys.clone(),
+                    env.verifier.clone(),
+                    peers,
+                )
+            }
+            ServiceName::Feedback => {
+                let peers = touchstone_feedback::Peers::connect(
+                    &env.peers.register,
+                    env.service_token.clone(),
+                )?;
+                touchstone_feedback::start(
+                    db.clone(),
+                    env.keys.clone(),
+                    env.verifier.clone(),
+                    peers,
+                )
+            }
+        };
+        tasks.push(purger);
+        Ok(Parts { routes, tasks })
+    }
+}
+
+async fn start_service(
     settings: &Settings,
-    keys: Arc<Keyring>,
-    verifier: Arc<Verifier>,
+    service: ServiceName,
+    env: &Env,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Running> {
-    let svc = &settings.register;
+    let name = service.label();
+    let svc = service.settings(settings);
     let db = open_db(
         settings,
         svc,
-        "register",
-        &touchstone_register::migration_sets(),
+        name,
+        &service.migration_sets(),
         svc.migrate_on_start,
     )
     .await?;
     let listener = tokio::net::TcpListener::bind(svc.listen)
         .await
-        .with_context(|| format!("listening on {} (setting register.listen)", svc.listen))?;
+        .with_context(|| format!("listening on {} (setting {name}.listen)", svc.listen))?;
     let addr = listener.local_addr()?;
-    let routes = touchstone_register::routes(db.clone(), keys, verifier);
+    let Parts { routes, tasks } = service.parts(&db, env)?;
     let probe_db = db.clone();
     let readiness: Readiness = Arc::new(move || {
         let db = probe_db.clone();
         Box::pin(async move { db.ping().await })
     });
     let opts = ServeOptions {
-        service: "register",
-        grpc_services: vec![touchstone_register::SERVICE_NAME],
+        service: name,
+        grpc_services: vec![service.grpc_name()],
         max_concurrent_per_connection: settings.max_concurrent_per_connection,
         readiness_interval: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
     };
-    let purger = touchstone_platform::idempotency::spawn_purger(db.clone());
     let task = tokio::spawn(async move {
         let mut rx = shutdown;
         let stop = async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let served = touchstone_server::serve(listener, routes, opts, readiness, stop).await;
-        purger.abort();
+        for t in tasks {
+            t.abort();
+        }
         db.close().await;
-        served.context("serving register")
+        served.with_context(|| format!("serving {name}"))
     });
-    Ok(Running {
-        name: "register",
-        addr,
-        task,
-    })
+    Ok(Running { name, addr, task })
 }
 
 async fn wait_all(running: Vec<Running>, stop: watch::Sender<bool>) -> anyhow::Result<()> {
@@ -207,10 +305,27 @@ pub(crate) async fn up(mut settings: Settings) -> anyhow::Result<()> {
     {
         settings.auth.jwks_file = Some(DevKey::jwks_path(&settings.data_dir));
     }
-    let keys = Arc::new(Keyring::new(dev_master_key(&settings)?));
-    let verifier = verifier(&settings).await?;
+    let dev = Arc::new(dev);
+    let service_token = match &settings.service_token_file {
+        Some(path) => ServiceToken::File(path.clone()),
+        None => ServiceToken::Dev {
+            key: dev.clone(),
+            issuer: settings.auth.issuer.clone(),
+            audience: settings.auth.audience.clone(),
+            subject: "touchstone".into(),
+        },
+    };
+    let env = Env {
+        keys: Arc::new(Keyring::new(dev_master_key(&settings)?)),
+        verifier: verifier(&settings).await?,
+        service_token,
+        peers: settings.peers.clone(),
+    };
     let (stop, rx) = watch::channel(false);
-    let running = vec![start_register(&settings, keys, verifier, rx).await?];
+    let mut running = Vec::new();
+    for service in ServiceName::ALL {
+        running.push(start_service(&settings, service, &env, rx.clone()).await?);
+    }
     let token = dev.mint(&TokenRequest {
         subject: "dev-user".into(),
         agency: Some(DEV_AGENCY.into()),
@@ -258,39 +373,42 @@ pub(crate) async fn serve(settings: Settings, service: ServiceName) -> anyhow::R
     {
         bail!("setting `auth.jwks_file` or `auth.jwks_url` is required by `serve`");
     }
-    let _telemetry = init_telemetry(&settings, &format!("touchstone-{}", service_label(service)))?;
-    let keys = Arc::new(Keyring::new(MasterKey::from_base64(master)?));
-    let verifier = verifier(&settings).await?;
-    let (stop, rx) = watch::channel(false);
-    let running = match service {
-        ServiceName::Register => vec![start_register(&settings, keys, verifier, rx).await?],
+    let _telemetry = init_telemetry(&settings, &format!("touchstone-{}", service.label()))?;
+    let env = Env {
+        keys: Arc::new(Keyring::new(MasterKey::from_base64(master)?)),
+        verifier: verifier(&settings).await?,
+        service_token: settings
+            .service_token_file
+            .clone()
+            .map_or(ServiceToken::None, ServiceToken::File),
+        peers: settings.peers.clone(),
     };
+    let (stop, rx) = watch::channel(false);
+    let running = vec![start_service(&settings, service, &env, rx).await?];
     for r in &running {
         tracing::info!(service = r.name, addr = %r.addr, "serving");
     }
     wait_all(running, stop).await
 }
 
-fn service_label(s: ServiceName) -> &'static str {
-    match s {
-        ServiceName::Register => "register",
-    }
-}
-
 /// `touchstone migrate`: applies migrations and exits.
 pub(crate) async fn migrate(settings: Settings, only: Option<ServiceName>) -> anyhow::Result<()> {
     let _telemetry = init_telemetry(&settings, "touchstone-migrate")?;
-    if only.is_none_or(|s| s == ServiceName::Register) {
+    for service in ServiceName::ALL {
+        if only.is_some_and(|s| s != service) {
+            continue;
+        }
+        let name = service.label();
         let db = open_db(
             &settings,
-            &settings.register,
-            "register",
-            &touchstone_register::migration_sets(),
+            service.settings(&settings),
+            name,
+            &service.migration_sets(),
             true,
         )
         .await?;
         db.close().await;
-        println!("register: migrated");
+        println!("{name}: migrated");
     }
     Ok(())
 }

@@ -1,0 +1,2 @@
+-- The complaints service's tables.
+CREATE TABLE complaints_placeholder (agency TEXT NOT NULL PRIMARY KEY);
