@@ -55,3 +55,9 @@ macro_rules! named {
 }
 
 named!(register::v1::Client, register::v1::Need);
+
+named!(
+    complaints::v1::Complaint,
+    complaints::v1::Contact,
+    complaints::v1::Issue,
+);

@@ -70,6 +70,10 @@ const MIN_MILLIS: i64 = -62_135_510_400_000;
 /// Latest instant used for conversions: 9999-12-30T00:00:00Z (local day <= 9999-12-30 in any zone).
 const MAX_MILLIS: i64 = 253_402_128_000_000;
 
+/// The first and last valid `yyyymmdd` days.
+const FIRST_DAY: i64 = 10101;
+const LAST_DAY: i64 = 99991231;
+
 /// The IANA database compiled into the binary; lookups never touch the file system.
 static TZDB: LazyLock<TimeZoneDatabase> = LazyLock::new(TimeZoneDatabase::bundled);
 
@@ -185,6 +189,19 @@ impl Calendar {
     /// the month's length, year to 1 ..= 9999).
     pub fn end_of_day(&self, day: i64) -> i64 {
         self.end_of_date(constrain_day(day))
+    }
+
+    /// The instant (millis UTC) at which `day` starts locally. An invalid `day` is
+    /// constrained as in [`Calendar::end_of_day`].
+    pub fn start_of_day(&self, day: i64) -> i64 {
+        self.start_of_date(constrain_day(day))
+    }
+
+    /// The instant from which a clock whose due day is `due_day` counts as
+    /// overdue: the start of the first working day after it, when one more
+    /// working day is counted (rule 7).
+    pub fn overdue_from(&self, due_day: i64) -> i64 {
+        self.start_of_day(self.add_working_days(due_day, 1))
     }
 
     /// The `n`-th working day strictly after `day` (`n >= 1`); `n <= 0` returns `day` unchanged.
@@ -420,7 +437,7 @@ fn clamp_instant(millis: i64) -> Timestamp {
 
 /// `yyyymmdd` → date, if it is a valid date in years 1 ..= 9999.
 fn parse_day(day: i64) -> Option<Date> {
-    if !(1_01_01..=9999_12_31).contains(&day) {
+    if !(FIRST_DAY..=LAST_DAY).contains(&day) {
         return None;
     }
     let year = i16::try_from(day / 10_000).ok()?;
@@ -433,10 +450,10 @@ fn parse_day(day: i64) -> Option<Date> {
 fn constrain_day(day: i64) -> Date {
     const FIRST: Date = Date::constant(1, 1, 1);
     const LAST: Date = Date::constant(9999, 12, 31);
-    if day < 1_01_01 {
+    if day < FIRST_DAY {
         return FIRST;
     }
-    if day > 9999_12_31 {
+    if day > LAST_DAY {
         return LAST;
     }
     // In range, so these conversions cannot fail; the fallbacks only keep this total.
@@ -452,4 +469,619 @@ fn constrain_day(day: i64) -> Date {
 /// Date → `yyyymmdd`.
 fn day_value(d: Date) -> i64 {
     i64::from(d.year()) * 10_000 + i64::from(d.month()) * 100 + i64::from(d.day())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SAT_SUN: &[u8] = &[6, 7];
+
+    /// Millis of an RFC 3339 instant with an explicit offset: independent of the tz database, so
+    /// it checks the calendar's conversions rather than repeating them.
+    fn at(s: &str) -> i64 {
+        s.parse::<Timestamp>().unwrap().as_millisecond()
+    }
+
+    /// Brisbane: UTC+10 all year (no daylight saving), Saturday/Sunday weekend.
+    fn brisbane(holidays: &[i64]) -> Calendar {
+        Calendar::new("Australia/Brisbane", SAT_SUN, holidays, None).unwrap()
+    }
+
+    fn open(cal: &Calendar, start: i64, pauses: &[Pause], now: i64, allowed: i64) -> Clock {
+        clock(cal, start, pauses, None, now, allowed)
+    }
+
+    #[test]
+    fn bounds_constants_match_their_dates() {
+        assert_eq!(MIN_MILLIS, at("0001-01-02T00:00:00Z"));
+        assert_eq!(MAX_MILLIS, at("9999-12-30T00:00:00Z"));
+    }
+
+    #[test]
+    fn plain_weekdays() {
+        // June 2026: Mon 1, Tue 2, Wed 3, Thu 4, Fri 5, Sat 6, Sun 7, Mon 8, Tue 9.
+        // Received Mon 1 10:00 → R = Mon 1. Day 1 Tue 2, 2 Wed 3, 3 Thu 4, 4 Fri 5, 5 Mon 8.
+        // due_time = end of Mon 8 = 2026-06-09T00:00+10:00.
+        let cal = brisbane(&[]);
+        let start = at("2026-06-01T10:00:00+10:00");
+        let due_time = at("2026-06-09T00:00:00+10:00");
+
+        let c = open(&cal, start, &[], start, 5);
+        assert_eq!(
+            c,
+            Clock {
+                used: 0,
+                remaining: 5,
+                due_day: Some(20260608),
+                due_time: Some(due_time),
+                stopped: false,
+                breached: false,
+                completed: false,
+            }
+        );
+        // Same day, late: R never counts.
+        assert_eq!(
+            open(&cal, start, &[], at("2026-06-01T23:59:00+10:00"), 5).used,
+            0
+        );
+        // Tue 2 09:00: Tue counts while running → used 1; 4 more from Tue: W, T, F, M 8.
+        let c = open(&cal, start, &[], at("2026-06-02T09:00:00+10:00"), 5);
+        assert_eq!((c.used, c.remaining, c.due_day), (1, 4, Some(20260608)));
+        // Fri 5 23:59: Tue..Fri = 4.
+        assert_eq!(
+            open(&cal, start, &[], at("2026-06-05T23:59:00+10:00"), 5).used,
+            4
+        );
+        // Sat 6 noon: weekend adds nothing.
+        let c = open(&cal, start, &[], at("2026-06-06T12:00:00+10:00"), 5);
+        assert_eq!((c.used, c.due_day), (4, Some(20260608)));
+        // Mon 8 08:00: used 5 = allowed, on time; the count reached 5 on Mon 8.
+        let c = open(&cal, start, &[], at("2026-06-08T08:00:00+10:00"), 5);
+        assert_eq!((c.used, c.remaining, c.breached), (5, 0, false));
+        assert_eq!(c.due_day, Some(20260608));
+        // Tue 9 08:00: used 6 > 5 → breached; due day stays Mon 8, now >= due_time.
+        let now = at("2026-06-09T08:00:00+10:00");
+        let c = open(&cal, start, &[], now, 5);
+        assert_eq!((c.used, c.remaining, c.breached), (6, 0, true));
+        assert_eq!(c.due_day, Some(20260608));
+        assert!(now >= c.due_time.unwrap());
+    }
+
+    #[test]
+    fn received_friday_day_one_is_monday() {
+        // Received Fri 5 June 15:00 → R Fri 5; Sat 6, Sun 7 skipped; day 1 Mon 8, day 2 Tue 9.
+        let cal = brisbane(&[]);
+        let start = at("2026-06-05T15:00:00+10:00");
+        let c = open(&cal, start, &[], at("2026-06-07T20:00:00+10:00"), 2);
+        assert_eq!((c.used, c.due_day), (0, Some(20260609)));
+        let c = open(&cal, start, &[], at("2026-06-08T10:00:00+10:00"), 2);
+        assert_eq!((c.used, c.remaining, c.due_day), (1, 1, Some(20260609)));
+    }
+
+    #[test]
+    fn received_saturday_day_one_is_monday() {
+        // Received Sat 6 June 11:00 → R Sat 6; Sun 7 not working; day 1 Mon 8.
+        let cal = brisbane(&[]);
+        let start = at("2026-06-06T11:00:00+10:00");
+        let c = open(&cal, start, &[], start, 1);
+        assert_eq!(c.due_day, Some(20260608));
+        assert_eq!(cal.add_working_days(20260606, 1), 20260608);
+        let c = open(&cal, start, &[], at("2026-06-08T12:00:00+10:00"), 1);
+        assert_eq!((c.used, c.breached, c.due_day), (1, false, Some(20260608)));
+    }
+
+    #[test]
+    fn holiday_shifts_due_day() {
+        // Holiday Wed 3 June. Received Mon 1 10:00: day 1 Tue 2, Wed 3 holiday, 2 Thu 4,
+        // 3 Fri 5, 4 Mon 8, 5 Tue 9 → due Tue 9 (one later than without the holiday).
+        let cal = brisbane(&[20260603]);
+        assert!(!cal.is_working_day(20260603));
+        assert!(cal.is_working_day(20260604));
+        let start = at("2026-06-01T10:00:00+10:00");
+        let c = open(&cal, start, &[], start, 5);
+        assert_eq!(c.due_day, Some(20260609));
+        // Thu 4 noon: Tue 2 + Thu 4 = 2.
+        let c = open(&cal, start, &[], at("2026-06-04T12:00:00+10:00"), 5);
+        assert_eq!((c.used, c.due_day), (2, Some(20260609)));
+    }
+
+    #[test]
+    fn pause_over_holiday_and_weekend() {
+        // Holiday Fri 12 June. Received Mon 1 10:00, allowed 10. Without a pause:
+        // Tue 2 (1), Wed 3 (2), Thu 4 (3), Fri 5 (4), Mon 8 (5), Tue 9 (6), Wed 10 (7),
+        // Thu 11 (8), [Fri 12 holiday], Mon 15 (9), Tue 16 (10) → due Tue 16.
+        // Pause Thu 11 14:00 → Tue 16 10:00 stops days Thu 11 .. Mon 15 (paused at their ends):
+        // working days lost Thu 11 and Mon 15 (Fri 12 is a holiday, Sat/Sun weekend).
+        let cal = brisbane(&[20260612]);
+        let start = at("2026-06-01T10:00:00+10:00");
+        assert_eq!(open(&cal, start, &[], start, 10).due_day, Some(20260616));
+
+        let resume = at("2026-06-16T10:00:00+10:00");
+        let closed = [Pause {
+            from: at("2026-06-11T14:00:00+10:00"),
+            to: Some(resume),
+        }];
+        let still_open = [Pause {
+            from: closed[0].from,
+            to: None,
+        }];
+
+        // Thu 11 15:00, paused: Thu 11 not counted; used = Tue 2 .. Wed 10 = 7; no due day.
+        let c = open(
+            &cal,
+            start,
+            &still_open,
+            at("2026-06-11T15:00:00+10:00"),
+            10,
+        );
+        assert_eq!(
+            (c.used, c.remaining, c.due_day, c.due_time, c.stopped),
+            (7, 3, None, None, true)
+        );
+        // Mon 15 noon, still paused: unchanged.
+        let c = open(
+            &cal,
+            start,
+            &still_open,
+            at("2026-06-15T12:00:00+10:00"),
+            10,
+        );
+        assert_eq!((c.used, c.due_day, c.stopped), (7, None, true));
+        // Resumed Tue 16 10:00 (to == now: running): Tue 16 counts → 8; 2 more: Wed 17, Thu 18.
+        let c = open(&cal, start, &closed, resume, 10);
+        assert_eq!((c.used, c.remaining, c.stopped), (8, 2, false));
+        assert_eq!(c.due_day, Some(20260618));
+        assert_eq!(c.due_time, Some(at("2026-06-19T00:00:00+10:00")));
+        // Thu 18 17:00: 10 used, on time. Fri 19 09:00: 11 → breached.
+        let c = open(&cal, start, &closed, at("2026-06-18T17:00:00+10:00"), 10);
+        assert_eq!((c.used, c.breached, c.due_day), (10, false, Some(20260618)));
+        let c = open(&cal, start, &closed, at("2026-06-19T09:00:00+10:00"), 10);
+        assert_eq!((c.used, c.breached, c.due_day), (11, true, Some(20260618)));
+    }
+
+    #[test]
+    fn same_day_pause_does_not_stop_the_day() {
+        // Received Mon 1 10:00, allowed 5, due Mon 8. Pause Wed 3 11:00 → 15:00.
+        let cal = brisbane(&[]);
+        let start = at("2026-06-01T10:00:00+10:00");
+        let pause = Pause {
+            from: at("2026-06-03T11:00:00+10:00"),
+            to: Some(at("2026-06-03T15:00:00+10:00")),
+        };
+        // Wed 12:00, inside the pause: stopped now, so Wed not (yet) counted: used 1 (Tue).
+        let c = open(&cal, start, &[pause], at("2026-06-03T12:00:00+10:00"), 5);
+        assert_eq!((c.used, c.stopped, c.due_day), (1, true, None));
+        // Wed 16:00, resumed: Tue + Wed = 2, due back to Mon 8.
+        let c = open(&cal, start, &[pause], at("2026-06-03T16:00:00+10:00"), 5);
+        assert_eq!((c.used, c.stopped, c.due_day), (2, false, Some(20260608)));
+        // Thu 12:00: Tue, Wed, Thu = 3; the pause cost nothing.
+        let c = open(&cal, start, &[pause], at("2026-06-04T12:00:00+10:00"), 5);
+        assert_eq!((c.used, c.due_day), (3, Some(20260608)));
+    }
+
+    #[test]
+    fn pause_ending_at_midnight_stops_the_day_before_only() {
+        // Pause Tue 2 09:00 → Wed 3 00:00: paused at the last millisecond of Tue, so Tue is
+        // lost; Wed counts. Received Mon 1 10:00; Thu 4 noon → Wed, Thu = 2.
+        let cal = brisbane(&[]);
+        let start = at("2026-06-01T10:00:00+10:00");
+        let pause = Pause {
+            from: at("2026-06-02T09:00:00+10:00"),
+            to: Some(at("2026-06-03T00:00:00+10:00")),
+        };
+        let c = open(&cal, start, &[pause], at("2026-06-04T12:00:00+10:00"), 5);
+        assert_eq!((c.used, c.due_day), (2, Some(20260609)));
+    }
+
+    #[test]
+    fn year_end_with_observed_holidays() {
+        // Auckland, holidays Fri 25 Dec, Mon 28 Dec (Boxing Day observed), Fri 1 Jan,
+        // Mon 4 Jan (2 Jan observed). Received Wed 23 Dec 2026 10:00 NZDT (+13).
+        // 1 Thu 24, [Fri 25 hol, Sat 26, Sun 27, Mon 28 hol], 2 Tue 29, 3 Wed 30, 4 Thu 31,
+        // [Fri 1 hol, Sat 2, Sun 3, Mon 4 hol], 5 Tue 5 Jan → due 20270105.
+        // Continuing: 6 Wed 6, 7 Thu 7, 8 Fri 8, 9 Mon 11, 10 Tue 12, 11 Wed 13, 12 Thu 14,
+        // 13 Fri 15, 14 Mon 18, 15 Tue 19, 16 Wed 20, 17 Thu 21, 18 Fri 22, 19 Mon 25,
+        // 20 Tue 26 → due 20270126.
+        let cal = Calendar::new(
+            "Pacific/Auckland",
+            SAT_SUN,
+            &[20261225, 20261228, 20270101, 20270104],
+            None,
+        )
+        .unwrap();
+        let start = at("2026-12-23T10:00:00+13:00");
+        let c5 = open(&cal, start, &[], start, 5);
+        assert_eq!(c5.due_day, Some(20270105));
+        assert_eq!(c5.due_time, Some(at("2027-01-06T00:00:00+13:00")));
+        assert_eq!(open(&cal, start, &[], start, 20).due_day, Some(20270126));
+        assert_eq!(cal.add_working_days(20261223, 5), 20270105);
+        assert_eq!(cal.add_working_days(20261223, 20), 20270126);
+        // Thu 31 Dec noon: Thu 24, Tue 29, Wed 30, Thu 31 = 4.
+        assert_eq!(
+            open(&cal, start, &[], at("2026-12-31T12:00:00+13:00"), 5).used,
+            4
+        );
+    }
+
+    #[test]
+    fn received_after_close_counts_from_next_day() {
+        // Close 17:00. Received Mon 1 17:30 → R Tue 2 → day 1 Wed 3.
+        let cal = Calendar::new("Australia/Brisbane", SAT_SUN, &[], Some(17 * 60)).unwrap();
+        let late = at("2026-06-01T17:30:00+10:00");
+        assert_eq!(open(&cal, late, &[], late, 1).due_day, Some(20260603));
+        // Tue noon: Tue is R, not counted.
+        assert_eq!(
+            open(&cal, late, &[], at("2026-06-02T12:00:00+10:00"), 1).used,
+            0
+        );
+        // Exactly 17:00 is "at or after": R Tue 2 as well.
+        let at_close = at("2026-06-01T17:00:00+10:00");
+        assert_eq!(
+            open(&cal, at_close, &[], at_close, 1).due_day,
+            Some(20260603)
+        );
+        // 16:59 is before: R Mon 1, day 1 Tue 2.
+        let before = at("2026-06-01T16:59:00+10:00");
+        assert_eq!(open(&cal, before, &[], before, 1).due_day, Some(20260602));
+        // Received Fri 5 18:00 → R Sat 6 → day 1 Mon 8.
+        let fri = at("2026-06-05T18:00:00+10:00");
+        assert_eq!(open(&cal, fri, &[], fri, 1).due_day, Some(20260608));
+    }
+
+    #[test]
+    fn two_time_zones_same_instant() {
+        // 2026-11-23T12:00Z is Tue 24 01:00 in Auckland (NZDT +13) and Mon 23 07:00 in
+        // New York (EST -5).
+        // New York: R Mon 23 → Tue 24, Wed 25, Thu 26, Fri 27, Mon 30 → due 20261130.
+        // Auckland: R Tue 24 → Wed 25, Thu 26, Fri 27, Mon 30, Tue 1 Dec → due 20261201.
+        let akl = Calendar::new("Pacific/Auckland", SAT_SUN, &[], None).unwrap();
+        let nyc = Calendar::new("america/new_york", SAT_SUN, &[], None).unwrap();
+        assert_eq!(nyc.time_zone(), "America/New_York");
+        let t = at("2026-11-23T12:00:00Z");
+        assert_eq!(akl.local_day(t), 20261124);
+        assert_eq!(nyc.local_day(t), 20261123);
+        let a = open(&akl, t, &[], t, 5);
+        let n = open(&nyc, t, &[], t, 5);
+        assert_eq!(n.due_day, Some(20261130));
+        assert_eq!(n.due_time, Some(at("2026-12-01T00:00:00-05:00")));
+        assert_eq!(a.due_day, Some(20261201));
+        assert_eq!(a.due_time, Some(at("2026-12-02T00:00:00+13:00")));
+    }
+
+    #[test]
+    fn dst_days_last_23_or_25_hours() {
+        const HOUR: i64 = 3_600_000;
+        let nyc = Calendar::new("America/New_York", SAT_SUN, &[], None).unwrap();
+        // Spring forward Sun 8 Mar 2026: Sat 7 ends at 00:00 EST (05:00Z), Sun 8 ends at
+        // 00:00 EDT on Mon 9 (04:00Z): 23 hours.
+        assert_eq!(nyc.end_of_day(20260307), at("2026-03-08T05:00:00Z"));
+        assert_eq!(nyc.end_of_day(20260308), at("2026-03-09T04:00:00Z"));
+        assert_eq!(
+            nyc.end_of_day(20260308) - nyc.end_of_day(20260307),
+            23 * HOUR
+        );
+        // Fall back Sun 1 Nov 2026: 04:00Z → 05:00Z on Mon 2: 25 hours.
+        assert_eq!(
+            nyc.end_of_day(20261101) - nyc.end_of_day(20261031),
+            25 * HOUR
+        );
+        assert_eq!(nyc.end_of_day(20261101), at("2026-11-02T05:00:00Z"));
+        // Auckland DST ends Sun 5 Apr 2026 (+13 → +12): 25 hours.
+        let akl = Calendar::new("Pacific/Auckland", SAT_SUN, &[], None).unwrap();
+        assert_eq!(akl.end_of_day(20260404), at("2026-04-04T11:00:00Z"));
+        assert_eq!(akl.end_of_day(20260405), at("2026-04-05T12:00:00Z"));
+
+        // A clock across the spring-forward: received Fri 6 Mar 10:00 EST, allowed 3:
+        // Mon 9 (1), Tue 10 (2), Wed 11 (3) → due Wed 11, ending 2026-03-12T00:00-04:00
+        // = 04:00Z (a fixed 24h-per-day count from EST would wrongly say 05:00Z).
+        let start = at("2026-03-06T10:00:00-05:00");
+        let c = open(&nyc, start, &[], start, 3);
+        assert_eq!(c.due_day, Some(20260311));
+        assert_eq!(c.due_time, Some(at("2026-03-12T04:00:00Z")));
+        let just_before = at("2026-03-12T03:59:59.999Z");
+        let c = open(&nyc, start, &[], just_before, 3);
+        assert_eq!((c.used, c.breached), (3, false));
+        let c = open(&nyc, start, &[], at("2026-03-12T04:00:00Z"), 3);
+        assert_eq!((c.used, c.breached), (4, true));
+    }
+
+    #[test]
+    fn completion_decides_breach() {
+        // Received Mon 1 June 10:00, allowed 5 → due Mon 8 (see plain_weekdays).
+        let cal = brisbane(&[]);
+        let start = at("2026-06-01T10:00:00+10:00");
+        let later = at("2026-07-01T10:00:00+10:00"); // `now` is irrelevant once completed
+        // Responded Mon 8 16:00: Tue..Fri + Mon = 5 → on time.
+        let c = clock(
+            &cal,
+            start,
+            &[],
+            Some(at("2026-06-08T16:00:00+10:00")),
+            later,
+            5,
+        );
+        assert_eq!((c.used, c.breached, c.completed), (5, false, true));
+        assert_eq!(c.due_day, Some(20260608));
+        // Responded Tue 9 10:00: 6 → breached.
+        let c = clock(
+            &cal,
+            start,
+            &[],
+            Some(at("2026-06-09T10:00:00+10:00")),
+            later,
+            5,
+        );
+        assert_eq!((c.used, c.breached), (6, true));
+        // Allowed 4 → due Fri 5. Responded Sat 6 10:00: still 4 → not breached.
+        let c = clock(
+            &cal,
+            start,
+            &[],
+            Some(at("2026-06-06T10:00:00+10:00")),
+            later,
+            4,
+        );
+        assert_eq!((c.used, c.breached, c.due_day), (4, false, Some(20260605)));
+        // Rule 7: running, now (Sat) past due_time (end of Fri), used == allowed, not breached.
+        let sat = at("2026-06-06T10:00:00+10:00");
+        let c = open(&cal, start, &[], sat, 4);
+        assert!(sat >= c.due_time.unwrap());
+        assert_eq!((c.used, c.breached, c.stopped), (4, false, false));
+    }
+
+    #[test]
+    fn clocks_never_negative() {
+        let cal = brisbane(&[]);
+        let start = at("2026-06-10T10:00:00+10:00");
+        let before = at("2026-06-01T10:00:00+10:00");
+        // Completed before start: window empty.
+        let c = clock(&cal, start, &[], Some(before), start, 5);
+        assert_eq!((c.used, c.remaining, c.breached), (0, 5, false));
+        // now before start: likewise; the due day is still the natural one (Wed 10 → Wed 17).
+        let c = open(&cal, start, &[], before, 5);
+        assert_eq!((c.used, c.remaining, c.due_day), (0, 5, Some(20260617)));
+        // Negative allowed is 0: due on R, nothing remaining; next working day breaches.
+        let c = open(&cal, start, &[], start, -3);
+        assert_eq!((c.used, c.remaining, c.due_day), (0, 0, Some(20260610)));
+        let c = open(&cal, start, &[], at("2026-06-11T09:00:00+10:00"), -3);
+        assert_eq!((c.used, c.remaining, c.breached), (1, 0, true));
+    }
+
+    #[test]
+    fn extreme_inputs_do_not_panic() {
+        let cals = [
+            brisbane(&[20260603]),
+            Calendar::new("Pacific/Kiritimati", &[], &[], Some(1439)).unwrap(),
+            Calendar::new("Etc/GMT+12", &[1, 2, 3, 4, 5, 6], &[], Some(1)).unwrap(),
+        ];
+        let instants = [
+            i64::MIN,
+            i64::MIN + 1,
+            MIN_MILLIS - 1,
+            -1,
+            0,
+            1,
+            MAX_MILLIS + 1,
+            i64::MAX,
+        ];
+        let alloweds = [i64::MIN, -1, 0, 1, 5, i64::MAX];
+        let days = [
+            i64::MIN,
+            -1,
+            0,
+            1,
+            10101,
+            20260230,
+            20261399,
+            99991231,
+            100000101,
+            i64::MAX,
+        ];
+        for cal in &cals {
+            for &t in &instants {
+                let d = cal.local_day(t);
+                assert!((FIRST_DAY..=LAST_DAY).contains(&d), "{d}");
+                let _ = cal.end_of_day(d);
+            }
+            for &d in &days {
+                let _ = cal.is_working_day(d);
+                let _ = cal.end_of_day(d);
+                for &n in &alloweds {
+                    let _ = cal.add_working_days(d, n);
+                }
+            }
+            for &start in &instants {
+                for &now in &instants {
+                    for &allowed in &alloweds {
+                        let pauses = [
+                            [Pause {
+                                from: i64::MIN,
+                                to: Some(i64::MIN),
+                            }],
+                            [Pause {
+                                from: i64::MIN,
+                                to: None,
+                            }],
+                            [Pause {
+                                from: i64::MAX,
+                                to: Some(i64::MIN),
+                            }],
+                            [Pause {
+                                from: 0,
+                                to: Some(i64::MAX),
+                            }],
+                        ];
+                        for p in &pauses {
+                            for completed in [None, Some(now)] {
+                                let c = clock(cal, start, p, completed, now, allowed);
+                                assert!(c.used >= 0 && c.remaining >= 0);
+                                assert_eq!(c.breached, c.used > allowed.max(0));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Unsorted, overlapping and inverted pauses: unspecified result, but no panic.
+        let cal = brisbane(&[]);
+        let messy = [
+            Pause {
+                from: at("2026-06-10T00:00:00Z"),
+                to: None,
+            },
+            Pause {
+                from: at("2026-06-03T00:00:00Z"),
+                to: Some(at("2026-06-01T00:00:00Z")),
+            },
+            Pause {
+                from: i64::MIN,
+                to: Some(at("2026-06-05T00:00:00Z")),
+            },
+            Pause {
+                from: at("2026-06-04T00:00:00Z"),
+                to: Some(i64::MAX),
+            },
+        ];
+        for now in [
+            at("2026-06-02T00:00:00Z"),
+            at("2026-06-20T00:00:00Z"),
+            i64::MAX,
+        ] {
+            let c = open(&cal, at("2026-06-01T00:00:00Z"), &messy, now, 5);
+            assert!(c.used >= 0 && c.remaining >= 0);
+        }
+        // Invalid days are constrained: 30 Feb 2026 → 28 Feb.
+        assert!(!cal.is_working_day(20260230));
+        assert_eq!(cal.end_of_day(20260230), cal.end_of_day(20260228));
+        // A 20-year horizon bounds the walk: the whole i64 range uses at most 7305 days.
+        let c = open(&cal, i64::MIN, &[], i64::MAX, i64::MAX);
+        assert!(c.used > 5000 && c.used <= HORIZON_DAYS, "{}", c.used);
+        assert!(!c.breached);
+        assert_eq!(cal.add_working_days(20260601, 0), 20260601);
+        assert_eq!(cal.add_working_days(20260601, i64::MAX), 20460601);
+    }
+
+    #[test]
+    fn calendar_new_errors() {
+        assert_eq!(
+            Calendar::new("Mars/Olympus_Mons", SAT_SUN, &[], None).unwrap_err(),
+            CalendarError::UnknownTimeZone("Mars/Olympus_Mons".into())
+        );
+        assert!(matches!(
+            Calendar::new("", SAT_SUN, &[], None),
+            Err(CalendarError::UnknownTimeZone(_))
+        ));
+        let long = "x".repeat(1000);
+        let Err(CalendarError::UnknownTimeZone(echo)) = Calendar::new(&long, &[], &[], None) else {
+            panic!("expected UnknownTimeZone");
+        };
+        assert_eq!(echo.len(), MAX_ECHOED_NAME);
+        assert_eq!(
+            Calendar::new("UTC", &[0], &[], None).unwrap_err(),
+            CalendarError::BadWeekday(0)
+        );
+        assert_eq!(
+            Calendar::new("UTC", &[6, 8], &[], None).unwrap_err(),
+            CalendarError::BadWeekday(8)
+        );
+        assert_eq!(
+            Calendar::new("UTC", &[1, 2, 3, 4, 5, 6, 7], &[], None).unwrap_err(),
+            CalendarError::NoWorkingDays
+        );
+        for bad in [20260230, 20261301, 20260100, 0, -20260101, 100000101] {
+            assert_eq!(
+                Calendar::new("UTC", SAT_SUN, &[20260101, bad], None).unwrap_err(),
+                CalendarError::BadHoliday(bad)
+            );
+        }
+        for bad in [0, 1440, u16::MAX] {
+            assert_eq!(
+                Calendar::new("UTC", SAT_SUN, &[], Some(bad)).unwrap_err(),
+                CalendarError::BadCloseTime(bad)
+            );
+        }
+        // Messages name the problem.
+        assert_eq!(
+            CalendarError::BadHoliday(20260230).to_string(),
+            "holiday 20260230 is not a valid yyyymmdd date"
+        );
+        // Accepted edge cases: empty weekend, duplicates, six weekend days, 00:01 and 23:59.
+        assert!(Calendar::new("UTC", &[], &[], Some(1)).is_ok());
+        assert!(
+            Calendar::new(
+                "UTC",
+                &[7, 7, 1, 2, 3, 4, 5],
+                &[20260101, 20260101],
+                Some(1439)
+            )
+            .is_ok()
+        );
+    }
+
+    // Proptest: a fixed history (pauses sorted, non-overlapping, all of their events at or before
+    // the earlier `now`) seen at two moments.
+    fn history() -> impl Strategy<Value = (i64, Vec<Pause>, bool)> {
+        const DAY: i64 = 86_400_000;
+        (
+            1_700_000_000_000i64..1_900_000_000_000,
+            proptest::collection::vec((0..10 * DAY, 1..10 * DAY), 0..5),
+            any::<bool>(),
+        )
+            .prop_map(|(start, gaps, last_open)| {
+                let mut t = start - DAY;
+                let mut pauses = Vec::new();
+                for (gap, len) in gaps {
+                    let from = t + gap;
+                    t = from + len;
+                    pauses.push(Pause { from, to: Some(t) });
+                }
+                if last_open && let Some(p) = pauses.last_mut() {
+                    p.to = None;
+                }
+                (start, pauses, last_open)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn prop_clock_invariants(
+            (start, pauses, _open) in history(),
+            zone in 0usize..3,
+            after in 0i64..(40 * 86_400_000),
+            later in 0i64..(40 * 86_400_000),
+            allowed in -3i64..40,
+        ) {
+            let zones = ["Pacific/Auckland", "America/New_York", "Asia/Kolkata"];
+            let cal = Calendar::new(zones[zone], SAT_SUN, &[20260101, 20261225], Some(17 * 60)).unwrap();
+            let last_event = pauses
+                .iter()
+                .map(|p| p.to.unwrap_or(p.from))
+                .max()
+                .unwrap_or(start)
+                .max(start);
+            let now1 = last_event + after;
+            let now2 = now1 + later;
+            let a = allowed.max(0);
+            let c1 = open(&cal, start, &pauses, now1, allowed);
+            let c2 = open(&cal, start, &pauses, now2, allowed);
+            for c in [c1, c2] {
+                prop_assert!(c.used >= 0);
+                prop_assert_eq!(c.remaining + c.used.min(a), a);
+                prop_assert_eq!(c.breached, c.used > a);
+                prop_assert_eq!(c.due_time, c.due_day.map(|d| cal.end_of_day(d)));
+            }
+            prop_assert!(c1.used <= c2.used, "{:?} then {:?}", c1, c2);
+            // Rule 7: a running, unbreached clock is past its due time only on a non-working day.
+            if !c2.stopped && !c2.breached && c2.due_time.is_some_and(|t| now2 >= t) {
+                prop_assert!(!cal.is_working_day(cal.local_day(now2)));
+            }
+            // Arbitrary `now` (even inside or before the history): still sane.
+            let c3 = open(&cal, start, &pauses, start - after + later, allowed);
+            prop_assert!(c3.used >= 0);
+            prop_assert_eq!(c3.remaining + c3.used.min(a), a);
+        }
+    }
 }

@@ -1,18 +1,28 @@
-//! The complaints service.
+//! Complaints: the cases front-line staff work all day, the working-day
+//! clocks whose timeliness agencies publish, escalation, and the learning
+//! register of systemic issues. Complainants' personal data is encrypted at
+//! the field level; every access is audited; every change lands in the
+//! history and the outbox.
 
 pub mod api;
+pub mod clock;
+pub mod domain;
+pub mod error;
+pub mod intake;
+pub mod store;
 
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use touchstone_api::complaints::v1::complaints_service_server::ComplaintsServiceServer;
 use touchstone_auth::{AuthInterceptor, ServiceToken, Verifier};
+use touchstone_platform::consumer;
 use touchstone_platform::db::{Db, Migration, MigrationSet};
 use touchstone_platform::keyring::Keyring;
 
 /// Full gRPC name, for health and reflection.
 pub const SERVICE_NAME: &str = "touchstone.complaints.v1.ComplaintsService";
 
-/// The service's tables, per backend.
+/// The complaints service's tables, per backend.
 pub static MIGRATIONS: MigrationSet = MigrationSet {
     component: "complaints",
     sqlite: &[Migration {
@@ -52,18 +62,29 @@ impl Peers {
     }
 }
 
-/// The service's routes (behind token authentication) and its background tasks.
+/// The service's routes (behind token authentication) and its background
+/// tasks: the check of client references left pending at intake, and the
+/// register's change feed (erasures).
 pub fn start(
     db: Db,
     keys: Arc<Keyring>,
     verifier: Arc<Verifier>,
     peers: Peers,
 ) -> (tonic::service::Routes, Vec<JoinHandle<()>>) {
-    let _ = (&keys, &peers);
-    let service = api::Complaints::new(db);
+    let register = intake::RegisterClient::new(peers.register, peers.token);
+    let service = api::Complaints::new(db.clone(), keys, register.clone());
     let routes = tonic::service::Routes::new(ComplaintsServiceServer::with_interceptor(
         service,
         AuthInterceptor::new(verifier),
     ));
-    (routes, Vec::new())
+    let tasks = vec![
+        intake::spawn_verifier(db.clone(), register.clone()),
+        consumer::spawn(
+            db,
+            intake::REGISTER_FEED,
+            Arc::new(intake::RegisterFeed(register)),
+            Arc::new(intake::Erasure),
+        ),
+    ];
+    (routes, tasks)
 }

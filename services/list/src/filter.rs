@@ -196,6 +196,9 @@ impl Expr {
                 or_null,
             } => {
                 let value = match value {
+                    // The request's time is not part of the query: a page token
+                    // stays valid on the next page, which compares with its own now.
+                    SqlValue::Int(_) if field.ty == FieldType::Passed => "now".to_string(),
                     SqlValue::Int(i) => format!("i{i}"),
                     SqlValue::Bool(v) => format!("b{v}"),
                     SqlValue::Text(s) => format!("s{s:?}"),
@@ -591,6 +594,28 @@ fn comparison(field: &'static Field, op: Op, lit: &Lit) -> Result<Expr, ListErro
                 }
             }
         }
+        (FieldType::Passed, lit) => {
+            equality_only("a boolean")?;
+            let wanted = match lit {
+                Lit::Bare(w) if w.eq_ignore_ascii_case("true") => true,
+                Lit::Bare(w) if w.eq_ignore_ascii_case("false") => false,
+                _ => {
+                    return Err(ListError::filter(format!(
+                        "field {name} expects true or false, got {}",
+                        snippet(lit.text())
+                    )));
+                }
+            };
+            let now = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+            // "has passed" is `column <= now`; its negation keeps NULL (never) as false.
+            let passed = wanted == (op == Op::Eq);
+            return Ok(Expr::Cmp {
+                field,
+                op: if passed { Op::Le } else { Op::Gt },
+                value: SqlValue::Int(now),
+                or_null: !passed,
+            });
+        }
         (FieldType::Timestamp, lit) => timestamp(field, op, lit.text())?,
         (FieldType::Date, lit) => match date(lit.text()) {
             Some(d) => (op, SqlValue::Int(d)),
@@ -746,6 +771,13 @@ mod tests {
                 sortable: true,
                 nullable: false,
             },
+            Field {
+                name: "overdue",
+                column: "overdue_from",
+                ty: FieldType::Passed,
+                sortable: false,
+                nullable: true,
+            },
         ],
         id_column: "id",
         default_order: "create_time desc",
@@ -774,6 +806,34 @@ mod tests {
         let e = parse(&SCHEMA, filter).expect_err(filter);
         assert_eq!(e.field, "filter");
         e.description
+    }
+
+    #[test]
+    fn passed_fields_compare_with_now_and_keep_null_false() {
+        let (sql, params) = sql("overdue = true");
+        assert_eq!(sql, "overdue_from <= $1");
+        assert!(matches!(params[0], SqlValue::Int(t) if t > 1_700_000_000_000));
+        assert_eq!(
+            sql_of("overdue = false"),
+            "(overdue_from IS NULL OR overdue_from > $1)"
+        );
+        assert_eq!(
+            sql_of("NOT overdue = true"),
+            "(overdue_from IS NULL OR overdue_from > $1)"
+        );
+        assert_eq!(sql_of("overdue != false"), "overdue_from <= $1");
+        assert!(err("overdue > true").contains("supports only"));
+        assert!(err("overdue = 3").contains("true or false"));
+        let mut a = String::new();
+        parse(&SCHEMA, "overdue = true")
+            .expect("parses")
+            .expect("some")
+            .write_normalised(&mut a);
+        assert_eq!(a, "overdue<=now");
+    }
+
+    fn sql_of(filter: &str) -> String {
+        sql(filter).0
     }
 
     #[test]

@@ -130,9 +130,11 @@ pub(crate) fn parse(schema: &Schema, input: &str) -> Result<Vec<SortKey>, ListEr
         let kind = match field.ty {
             FieldType::Text => KeyKind::Text,
             FieldType::Bool => KeyKind::Bool,
-            FieldType::Integer | FieldType::Timestamp | FieldType::Date | FieldType::Enum(_) => {
-                KeyKind::Int
-            }
+            FieldType::Integer
+            | FieldType::Timestamp
+            | FieldType::Date
+            | FieldType::Enum(_)
+            | FieldType::Passed => KeyKind::Int,
         };
         keys.push(SortKey {
             column: field.column,

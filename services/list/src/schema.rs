@@ -11,6 +11,11 @@ pub enum FieldType {
     Timestamp,
     /// Stored as INTEGER yyyymmdd (e.g. 20261201); filter literal "2026-12-01" (quoted or bare).
     Date,
+    /// Stored as INTEGER milliseconds (nullable): the instant from which something holds,
+    /// e.g. when a complaint becomes overdue. Filtered as a boolean, `overdue = true`, which
+    /// is true once that instant has passed (compared with the time of the request) and false
+    /// while it is in the future or NULL. Not sortable.
+    Passed,
     /// Stored as INTEGER; filter literal is the enum value name (bare or quoted), matched
     /// case-insensitively against the table, e.g. `kind = PERSON`.
     Enum(&'static [(&'static str, i64)]),

@@ -136,6 +136,11 @@ impl Change<'_> {
             .push((name.to_string(), outbox::Pending::new(payload)));
     }
 
+    /// Queues an event encoded earlier.
+    pub fn event_pending(&mut self, name: &str, event: outbox::Pending) {
+        self.events.push((name.to_string(), event));
+    }
+
     /// Writes the audit record, the stored response and the queued events,
     /// and commits.
     pub async fn finish<R: prost::Message>(

@@ -51,6 +51,25 @@ pub fn parse<'a>(pattern: &str, name: &'a str, wildcard: bool) -> Result<Vec<&'a
     Ok(ids)
 }
 
+/// Parses the request field `field` against `pattern` (see [`parse`]),
+/// naming the field when it does not fit.
+pub fn parse_field<'a>(
+    field: &str,
+    pattern: &str,
+    value: &'a str,
+) -> Result<Vec<&'a str>, crate::error::FieldViolation> {
+    parse(pattern, value, false).map_err(|e| crate::error::FieldViolation::new(field, e.0))
+}
+
+/// The id a caller chose in `field`, checked, or a new one when empty.
+pub fn chosen_id(field: &str, id: &str) -> Result<String, crate::error::FieldViolation> {
+    if id.is_empty() {
+        return Ok(new_id());
+    }
+    check_id(id).map_err(|e| crate::error::FieldViolation::new(field, e.0))?;
+    Ok(id.to_string())
+}
+
 /// A new server-generated id (UUIDv7: time-ordered, so indexes stay compact).
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()

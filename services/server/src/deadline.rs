@@ -67,6 +67,15 @@ where
     }
 }
 
+/// The time the caller has left (its `grpc-timeout`), to pass downstream.
+pub fn remaining<T>(request: &tonic::Request<T>) -> Option<Duration> {
+    request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_timeout(&HeaderValue::from_str(v).ok()?))
+}
+
 /// Parses `grpc-timeout` as the gRPC HTTP/2 spec defines it: at most 8 digits and a unit.
 /// A malformed value is ignored rather than failing the call, as other gRPC servers do.
 fn parse_timeout(value: &HeaderValue) -> Option<Duration> {

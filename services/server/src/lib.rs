@@ -20,7 +20,7 @@
 //! # }
 //! ```
 
-mod deadline;
+pub mod deadline;
 mod health;
 mod methods;
 mod metrics;
