@@ -349,7 +349,7 @@ async fn lifecycle_history_and_events() {
     assert_eq!(created.stage, pb::Stage::Frontline as i32);
     assert_eq!(created.severity, pb::Severity::Medium as i32);
     assert_eq!(created.description, "Waited six weeks.");
-    let ack = created.acknowledgement_clock.clone().expect("ack clock");
+    let ack = created.acknowledgement_clock.expect("ack clock");
     assert_eq!(ack.allowed_days, 2);
     assert!(!ack.completed && !ack.breached && ack.due_date.is_some());
 
@@ -1250,12 +1250,12 @@ async fn clocks_follow_the_agency_calendar_and_overdue_lists() {
     let mut old = anonymous("Lost application.");
     old.receive_time = Some(utc("2025-12-23T07:30:00Z"));
     let old = create(&mut c, &t, "dia", old, "").await.expect("old");
-    let ack = old.acknowledgement_clock.clone().expect("clock");
+    let ack = old.acknowledgement_clock.expect("clock");
     assert_eq!(ack.due_date, Some(day(2025, 12, 30)));
     assert!(ack.breached, "long overdue by now");
     // Front line: 5 working days from the same receipt: 29, 30, 31 Dec,
     // (1 Jan holiday) 2 Jan, (3, 4 weekend) 5 Jan → due 5 January 2026.
-    let resp = old.response_clock.clone().expect("clock");
+    let resp = old.response_clock.expect("clock");
     assert_eq!(resp.due_date, Some(day(2026, 1, 5)));
     let fresh = create(&mut c, &t, "dia", anonymous("Just now."), "")
         .await
