@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "touchstone/register/v1/register.proto",
     "touchstone/complaints/v1/complaints.proto",
     "touchstone/feedback/v1/feedback.proto",
+    "touchstone/kpi/v1/kpi.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -36,6 +36,12 @@ pub mod feedback {
     }
 }
 
+pub mod kpi {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/touchstone.kpi.v1.rs"));
+    }
+}
+
 /// A response that names the resource it is about, so that the replay of a
 /// stored response can be audited against it and erasure can forget it.
 pub trait Named {

@@ -107,6 +107,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "register",
     "complaints",
     "feedback",
+    "kpi",
 ];
 
 /// Where each service is reached by the others (Kubernetes: the Service's
@@ -120,6 +121,8 @@ pub struct Peers {
     pub complaints: String,
     /// The feedback service.
     pub feedback: String,
+    /// The KPI service.
+    pub kpi: String,
 }
 
 impl Default for Peers {
@@ -128,6 +131,7 @@ impl Default for Peers {
             register: "http://127.0.0.1:50051".into(),
             complaints: "http://127.0.0.1:50052".into(),
             feedback: "http://127.0.0.1:50053".into(),
+            kpi: "http://127.0.0.1:50054".into(),
         }
     }
 }
@@ -163,6 +167,8 @@ pub struct Settings {
     pub complaints: ServiceSettings,
     /// The feedback service.
     pub feedback: ServiceSettings,
+    /// The KPI service.
+    pub kpi: ServiceSettings,
 }
 
 impl Default for Settings {
@@ -181,6 +187,7 @@ impl Default for Settings {
             register: ServiceSettings::on_port(50051),
             complaints: ServiceSettings::on_port(50052),
             feedback: ServiceSettings::on_port(50053),
+            kpi: ServiceSettings::on_port(50054),
         }
     }
 }
@@ -247,6 +254,7 @@ impl Settings {
             ("register", &self.register),
             ("complaints", &self.complaints),
             ("feedback", &self.feedback),
+            ("kpi", &self.kpi),
         ] {
             if let Some(url) = svc.database_url.as_deref().filter(|u| !u.is_empty()) {
                 check_db_url(url).map_err(|p| invalid(&format!("{name}.database_url"), p))?;
@@ -265,6 +273,7 @@ impl Settings {
             ("peers.register", &self.peers.register),
             ("peers.complaints", &self.peers.complaints),
             ("peers.feedback", &self.peers.feedback),
+            ("peers.kpi", &self.peers.kpi),
         ] {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(invalid(name, "must be an http:// or https:// URL"));

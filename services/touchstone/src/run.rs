@@ -24,14 +24,17 @@ pub(crate) enum ServiceName {
     Complaints,
     /// Surveys, responses and follow-ups.
     Feedback,
+    /// Indicators, standards and charters.
+    Kpi,
 }
 
 impl ServiceName {
     /// Every service, in start order.
-    pub(crate) const ALL: [ServiceName; 3] = [
+    pub(crate) const ALL: [ServiceName; 4] = [
         ServiceName::Register,
         ServiceName::Complaints,
         ServiceName::Feedback,
+        ServiceName::Kpi,
     ];
 }
 
@@ -157,6 +160,7 @@ impl ServiceName {
             ServiceName::Register => "register",
             ServiceName::Complaints => "complaints",
             ServiceName::Feedback => "feedback",
+            ServiceName::Kpi => "kpi",
         }
     }
 
@@ -165,6 +169,7 @@ impl ServiceName {
             ServiceName::Register => touchstone_register::SERVICE_NAME,
             ServiceName::Complaints => touchstone_complaints::SERVICE_NAME,
             ServiceName::Feedback => touchstone_feedback::SERVICE_NAME,
+            ServiceName::Kpi => touchstone_kpi::SERVICE_NAME,
         }
     }
 
@@ -173,6 +178,7 @@ impl ServiceName {
             ServiceName::Register => &settings.register,
             ServiceName::Complaints => &settings.complaints,
             ServiceName::Feedback => &settings.feedback,
+            ServiceName::Kpi => &settings.kpi,
         }
     }
 
@@ -181,6 +187,7 @@ impl ServiceName {
             ServiceName::Register => touchstone_register::migration_sets().to_vec(),
             ServiceName::Complaints => touchstone_complaints::migration_sets().to_vec(),
             ServiceName::Feedback => touchstone_feedback::migration_sets().to_vec(),
+            ServiceName::Kpi => touchstone_kpi::migration_sets().to_vec(),
         }
     }
 
@@ -214,6 +221,14 @@ impl ServiceName {
                     env.verifier.clone(),
                     peers,
                 )
+            }
+            ServiceName::Kpi => {
+                let peers = touchstone_kpi::Peers::connect(
+                    &env.peers.complaints,
+                    &env.peers.feedback,
+                    env.service_token.clone(),
+                )?;
+                touchstone_kpi::start(db.clone(), env.keys.clone(), env.verifier.clone(), peers)
             }
         };
         tasks.push(purger);
