@@ -67,3 +67,11 @@ named!(
     complaints::v1::Contact,
     complaints::v1::Issue,
 );
+
+named!(
+    feedback::v1::Survey,
+    feedback::v1::CreateTemplateSurveysResponse,
+    feedback::v1::Response,
+    feedback::v1::Volume,
+    feedback::v1::FollowUp,
+);

@@ -1,60 +1,1436 @@
-//! The gRPC face of the feedback service.
+//! The gRPC face of the feedback service: each handler parses its request
+//! into domain types, checks the caller, runs the change in one transaction
+//! (with its idempotency record, audit record and outbox events), and maps
+//! back. No SQL here.
 
+use crate::domain::{
+    self, Action, FollowUpStatus, ResponseInput, SurveyFields, SurveyState, SurveyTemplate,
+};
+use crate::error::Error;
+use crate::peers::{Linkage, Register};
+use crate::store::{self, FollowUpRecord, Inserted, ResponseRecord, SurveyRecord};
 use futures::{Stream, StreamExt};
+use std::collections::HashMap;
 use std::pin::Pin;
-use tonic::{Request, Response, Status};
+use std::sync::Arc;
+use tonic::{Request, Status, Streaming};
+use touchstone_api::Named;
 use touchstone_api::common::v1::Event;
 use touchstone_api::feedback::v1 as pb;
 use touchstone_api::feedback::v1::feedback_service_server::FeedbackService;
-use touchstone_auth::{Caller, Role};
-use touchstone_platform::db::Db;
-use touchstone_platform::outbox;
+use touchstone_auth::Caller;
+use touchstone_list::{ListError, ListParams, ListQuery};
+use touchstone_platform::audit::{self, Access};
+use touchstone_platform::change::{self, Begun};
+use touchstone_platform::db::{Db, Scope};
+use touchstone_platform::error::{FieldViolation, Violations};
+use touchstone_platform::idempotency;
+use touchstone_platform::keyring::Keyring;
+use touchstone_platform::outbox::{self, FeedScope};
+use touchstone_platform::{names, times};
+
+/// Rows of an import written per transaction.
+const IMPORT_BATCH: usize = 200;
 
 /// The feedback service.
 #[derive(Debug, Clone)]
 pub struct Feedback {
     db: Db,
+    keys: Arc<Keyring>,
+    register: Register,
 }
 
 impl Feedback {
-    /// The service over `db`.
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    /// The service over `db`, encrypting with keys from `keys`, asking
+    /// `register` about clients.
+    pub fn new(db: Db, keys: Arc<Keyring>, register: Register) -> Self {
+        Self { db, keys, register }
+    }
+
+    /// Opens the write transaction of a state-changing call and claims its
+    /// request id.
+    async fn begin<'a, R: prost::Message + Default + Named>(
+        &self,
+        caller: &'a Caller,
+        agency: &'a str,
+        method: &'static str,
+        request_id: &'a str,
+        fingerprint: String,
+    ) -> Result<Begun<'a, R>, Error> {
+        Ok(change::begin(
+            &self.db,
+            &self.keys,
+            caller,
+            agency,
+            method,
+            request_id,
+            fingerprint,
+        )
+        .await?)
     }
 }
 
-type Reply<T> = Result<Response<T>, Status>;
+type Reply<T> = Result<tonic::Response<T>, Status>;
+
+fn list_error(e: ListError) -> Error {
+    Error::InvalidArgument(vec![FieldViolation::new(e.field, e.description)])
+}
+
+fn parse_name<'a>(field: &str, pattern: &str, value: &'a str) -> Result<Vec<&'a str>, Error> {
+    names::parse(pattern, value, false).map_err(|e| Error::invalid(field, e.0))
+}
+
+fn parse_agency<'a>(field: &str, parent: &'a str) -> Result<&'a str, Error> {
+    Ok(parse_name(field, "agencies/{}", parent)?[0])
+}
+
+fn parse_survey<'a>(field: &str, name: &'a str) -> Result<(&'a str, &'a str), Error> {
+    let ids = parse_name(field, "agencies/{}/surveys/{}", name)?;
+    Ok((ids[0], ids[1]))
+}
+
+fn chosen_id(field: &str, id: &str) -> Result<String, Error> {
+    if id.is_empty() {
+        return Ok(names::new_id());
+    }
+    names::check_id(id).map_err(|e| Error::invalid(field, e.0))?;
+    Ok(id.to_string())
+}
+
+/// Role first (a caller without the role learns nothing), then tenant:
+/// another agency's named resource is NOT_FOUND, so its existence stays
+/// private; acting on another agency's collection is PERMISSION_DENIED.
+fn authorize(caller: &Caller, action: Action, agency: &str, named: bool) -> Result<(), Error> {
+    if !action.allowed(caller) {
+        return Err(Error::PermissionDenied(
+            "the caller's roles do not allow this",
+        ));
+    }
+    if !caller.can_access_agency(agency) {
+        return Err(if named {
+            Error::NotFound("resource")
+        } else {
+            Error::PermissionDenied("the caller's token is not for this agency")
+        });
+    }
+    Ok(())
+}
+
+fn check_etag(given: &str, revision: i64) -> Result<(), Error> {
+    if !given.is_empty() && given != revision.to_string() {
+        return Err(Error::StaleEtag);
+    }
+    Ok(())
+}
+
+fn mask_paths(mask: &Option<prost_types::FieldMask>) -> Vec<String> {
+    mask.as_ref().map(|m| m.paths.clone()).unwrap_or_default()
+}
+
+fn survey_to_proto(r: &SurveyRecord) -> pb::Survey {
+    pb::Survey {
+        name: r.name(),
+        state: r.state,
+        version: r.version as i32,
+        previous_version: r.previous_version.clone(),
+        create_time: Some(times::timestamp(r.create_time)),
+        update_time: Some(times::timestamp(r.update_time)),
+        publish_time: times::timestamp_opt(r.publish_time),
+        close_time: times::timestamp_opt(r.close_time),
+        etag: r.revision.to_string(),
+        ..r.fields.to_proto_fields()
+    }
+}
+
+/// A response as `personal` callers see it (comments as written, client,
+/// transaction, characteristics) or as everyone else does (analysis copy).
+fn response_to_proto(r: &ResponseRecord, personal: bool) -> pb::Response {
+    let answers = r
+        .answers
+        .iter()
+        .map(|a| pb::Answer {
+            question_key: a.key.clone(),
+            score: a.score,
+            yes: a.yes,
+            choices: a.choices.clone(),
+            text: if personal {
+                r.originals
+                    .as_ref()
+                    .and_then(|o| o.get(&a.key).cloned())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            },
+            masked_text: a.masked.clone(),
+            sentiment: a.sentiment.unwrap_or(0.0),
+            topics: a.topics.clone(),
+        })
+        .collect();
+    pb::Response {
+        name: r.name(),
+        answers,
+        channel: r.channel,
+        unit: r.unit.clone(),
+        submit_time: Some(times::timestamp(r.submit_time)),
+        transaction_id: if personal {
+            r.transaction_id.clone().unwrap_or_default()
+        } else {
+            String::new()
+        },
+        client: match (&r.client_id, personal) {
+            (Some(c), true) => format!("agencies/{}/clients/{c}", r.agency),
+            _ => String::new(),
+        },
+        contact_agreed: r.contact_agreed,
+        characteristics: if personal { r.characteristics } else { None },
+        sentiment: r.sentiment.unwrap_or(0.0),
+        follow_up: r
+            .follow_up_id
+            .as_ref()
+            .map(|f| format!("agencies/{}/followUps/{f}", r.agency))
+            .unwrap_or_default(),
+        create_time: Some(times::timestamp(r.create_time)),
+        erased: r.erased,
+    }
+}
+
+fn follow_up_to_proto(f: &FollowUpRecord) -> pb::FollowUp {
+    pb::FollowUp {
+        name: f.name(),
+        survey: store::survey_name(&f.agency, &f.survey_id),
+        response: store::response_name(&f.agency, &f.survey_id, &f.response_id),
+        client: format!("agencies/{}/clients/{}", f.agency, f.client_id),
+        reason: f.reason.clone(),
+        status: f.status,
+        assignee: f.assignee.clone(),
+        due_date: Some(times::date_from_key(f.due_date)),
+        unit: f.unit.clone(),
+        channel: f.channel,
+        create_time: Some(times::timestamp(f.create_time)),
+        update_time: Some(times::timestamp(f.update_time)),
+        close_time: times::timestamp_opt(f.close_time),
+        etag: f.revision.to_string(),
+    }
+}
+
+fn access<'a>(
+    caller: &'a Caller,
+    agency: &'a str,
+    action: &'a str,
+    resource: &'a str,
+) -> Access<'a> {
+    Access {
+        agency,
+        actor: &caller.subject,
+        action,
+        resource,
+        request_id: "",
+    }
+}
+
+/// A response ready to write: the record, the follow-up it opens, and the
+/// events that describe both.
+struct Prepared {
+    record: ResponseRecord,
+    follow_up: Option<FollowUpRecord>,
+    submitted: pb::ResponseSubmitted,
+}
+
+fn prepare(survey: &SurveyRecord, input: ResponseInput, link: Linkage, now: i64) -> Prepared {
+    let id = names::new_id();
+    let rule = domain::rule_met(&survey.fields.definition, &input);
+    let follow_up = match (&rule, &link.client_id, input.contact_agreed) {
+        (Some((reason, days)), Some(client), true) => Some(FollowUpRecord {
+            agency: survey.agency.clone(),
+            id: names::new_id(),
+            survey_id: survey.id.clone(),
+            response_id: id.clone(),
+            client_id: client.clone(),
+            reason: reason.clone(),
+            status: FollowUpStatus::Open as i32,
+            assignee: String::new(),
+            due_date: domain::add_working_days(now, *days),
+            unit: input.unit.clone(),
+            channel: input.channel,
+            create_time: now,
+            update_time: now,
+            close_time: None,
+            revision: 1,
+        }),
+        _ => None,
+    };
+    let record = ResponseRecord {
+        agency: survey.agency.clone(),
+        id,
+        survey_id: survey.id.clone(),
+        channel: input.channel,
+        unit: input.unit.clone(),
+        submit_time: input.submit_time,
+        transaction_id: input.transaction_id.clone(),
+        anonymous: link.client_id.is_none(),
+        client_id: link.client_id,
+        contact_agreed: input.contact_agreed,
+        characteristics: link.characteristics,
+        answers: input.answers.clone(),
+        originals: Some(input.originals.clone()),
+        sentiment: input.sentiment,
+        follow_up_id: follow_up.as_ref().map(|f| f.id.clone()),
+        erased: false,
+        create_time: now,
+    };
+    let submitted = pb::ResponseSubmitted {
+        survey: survey.name(),
+        response: record.name(),
+        touchpoint: Some(survey.fields.touchpoint.to_proto()),
+        unit: record.unit.clone(),
+        channel: record.channel,
+        day: Some(times::date_from_key(domain::day_of(record.submit_time))),
+        submit_time: Some(times::timestamp(record.submit_time)),
+        scores: input
+            .item_scores()
+            .into_iter()
+            .map(|(item, score)| pb::ItemScore { item, score })
+            .collect(),
+        segment: record.characteristics,
+        anonymous: record.anonymous,
+        sentiment: record.sentiment,
+        topics: input.topics(),
+    };
+    Prepared {
+        record,
+        follow_up,
+        submitted,
+    }
+}
+
+fn opened_event(f: &FollowUpRecord) -> pb::FollowUpOpened {
+    pb::FollowUpOpened {
+        follow_up: f.name(),
+        survey: store::survey_name(&f.agency, &f.survey_id),
+        unit: f.unit.clone(),
+        channel: f.channel,
+        due_date: Some(times::date_from_key(f.due_date)),
+    }
+}
+
+fn not_published() -> Error {
+    Error::FailedPrecondition {
+        reason: "SURVEY_NOT_PUBLISHED",
+        message: "the survey is not published: it takes no responses",
+    }
+}
+
+impl Feedback {
+    async fn load_survey(&self, agency: &str, id: &str) -> Result<SurveyRecord, Error> {
+        let mut tx = self.db.read(Scope::Agency(agency)).await?;
+        let survey = store::get_survey(&mut tx, agency, id, false)
+            .await?
+            .ok_or(Error::NotFound("survey"))?;
+        tx.commit().await?;
+        Ok(survey)
+    }
+
+    async fn link(
+        &self,
+        agency: &str,
+        input: &ResponseInput,
+        field: &str,
+    ) -> Result<Linkage, Error> {
+        match &input.client_id {
+            None => Ok(Linkage::default()),
+            Some(id) => self.register.linkage(agency, id, field).await,
+        }
+    }
+
+    /// Creates a draft survey in an open change.
+    async fn create_survey_in(
+        change: &mut change::Change<'_>,
+        agency: &str,
+        id: &str,
+        fields: SurveyFields,
+        version: (i64, String),
+    ) -> Result<SurveyRecord, Error> {
+        let now = times::now_millis();
+        let record = SurveyRecord {
+            agency: agency.to_string(),
+            id: id.to_string(),
+            fields,
+            state: SurveyState::Draft as i32,
+            version: version.0,
+            previous_version: version.1,
+            create_time: now,
+            update_time: now,
+            publish_time: None,
+            close_time: None,
+            revision: 1,
+        };
+        store::insert_survey(&mut change.tx, &record).await?;
+        Ok(record)
+    }
+
+    /// Moves a survey to `to` (publish or close).
+    async fn transition(
+        &self,
+        caller: &Caller,
+        name: &str,
+        etag: &str,
+        request_id: &str,
+        fingerprint: String,
+        to: SurveyState,
+    ) -> Result<pb::Survey, Error> {
+        let method = if to == SurveyState::Published {
+            "PublishSurvey"
+        } else {
+            "CloseSurvey"
+        };
+        let (agency, id) = parse_survey("name", name)?;
+        authorize(caller, Action::ManageSurveys, agency, true)?;
+        let mut change = match self
+            .begin(caller, agency, method, request_id, fingerprint)
+            .await?
+        {
+            Begun::Replay(r) => return Ok(r),
+            Begun::Fresh(c) => c,
+        };
+        let mut record = store::get_survey(&mut change.tx, agency, id, true)
+            .await?
+            .ok_or(Error::NotFound("survey"))?;
+        check_etag(etag, record.revision)?;
+        let from = SurveyState::try_from(record.state).unwrap_or(SurveyState::Unspecified);
+        if !domain::survey_transition(from, to) {
+            return Err(Error::FailedPrecondition {
+                reason: "INVALID_TRANSITION",
+                message: match to {
+                    SurveyState::Published => "only a draft survey can be published",
+                    _ => "only a published survey can be closed",
+                },
+            });
+        }
+        let now = times::now_millis();
+        record.state = to as i32;
+        record.update_time = now;
+        match to {
+            SurveyState::Published => record.publish_time = Some(now),
+            _ => record.close_time = Some(now),
+        }
+        if !store::update_survey(&mut change.tx, &record).await? {
+            return Err(Error::StaleEtag);
+        }
+        record.revision += 1;
+        let survey_name = record.name();
+        if to == SurveyState::Published {
+            change.event(
+                &survey_name,
+                &pb::SurveyPublished {
+                    survey: survey_name.clone(),
+                    touchpoint: Some(record.fields.touchpoint.to_proto()),
+                    items: record.fields.definition.items(),
+                },
+            );
+        }
+        Ok(change
+            .finish(&survey_name, survey_to_proto(&record))
+            .await?)
+    }
+}
+
+/// One parsed import row waiting for its batch.
+struct Row {
+    index: i64,
+    row_id: String,
+    import_key: String,
+    prepared: Prepared,
+}
+
+fn rejected(index: i64, row_id: &str, violations: Vec<FieldViolation>) -> pb::RowResult {
+    pb::RowResult {
+        row: index,
+        row_id: row_id.to_string(),
+        outcome: pb::RowOutcome::Rejected as i32,
+        response: String::new(),
+        violations: violations
+            .into_iter()
+            .map(|v| pb::RowViolation {
+                field: v.field,
+                description: v.description,
+            })
+            .collect(),
+    }
+}
+
+fn violations_of(e: Error) -> Result<Vec<FieldViolation>, Error> {
+    match e {
+        Error::InvalidArgument(v) => Ok(v),
+        Error::NotFound(what) => Ok(vec![FieldViolation::new(
+            "parent",
+            format!("{what} not found"),
+        )]),
+        Error::FailedPrecondition { message, .. } => {
+            Ok(vec![FieldViolation::new("parent", message)])
+        }
+        Error::PermissionDenied(why) => Ok(vec![FieldViolation::new("parent", why)]),
+        other => Err(other),
+    }
+}
+
+impl Feedback {
+    /// Checks one import row and prepares it; a bad row becomes a result.
+    async fn import_row(
+        &self,
+        caller: &Caller,
+        agency: &mut Option<String>,
+        surveys: &mut HashMap<String, SurveyRecord>,
+        index: i64,
+        row: pb::ImportResponsesRequest,
+    ) -> Result<Result<Row, pb::RowResult>, Error> {
+        let attempt = async {
+            let (row_agency, survey_id) = parse_survey("parent", &row.parent)?;
+            match agency {
+                None => {
+                    authorize(caller, Action::Submit, row_agency, false)?;
+                    *agency = Some(row_agency.to_string());
+                }
+                Some(a) if a != row_agency => {
+                    return Err(Error::invalid(
+                        "parent",
+                        "every row of a stream must be for the same agency",
+                    ));
+                }
+                Some(_) => {}
+            }
+            let mut v = Violations::new();
+            domain::check_caller_key(&row.row_id, "row_id", &mut v);
+            v.finish().map_err(Error::InvalidArgument)?;
+            if !surveys.contains_key(survey_id) {
+                let survey = self.load_survey(row_agency, survey_id).await?;
+                surveys.insert(survey_id.to_string(), survey);
+            }
+            let Some(survey) = surveys.get(survey_id) else {
+                return Err(Error::NotFound("survey"));
+            };
+            if survey.state != SurveyState::Published as i32 {
+                return Err(not_published());
+            }
+            let Some(response) = row.response.as_ref() else {
+                return Err(Error::invalid("response", "required"));
+            };
+            let now = times::now_millis();
+            let input = domain::parse_response(
+                response,
+                row_agency,
+                &survey.fields.definition,
+                &survey.fields.touchpoint,
+                "response",
+                now,
+            )?;
+            let import_key = match (row.row_id.trim(), &input.transaction_id) {
+                ("", Some(t)) => format!("t:{t}"),
+                ("", None) => {
+                    return Err(Error::invalid(
+                        "row_id",
+                        "a row needs a row_id or a response.transaction_id, so that a retried \
+                         stream does not store it twice",
+                    ));
+                }
+                (r, _) => format!("r:{r}"),
+            };
+            let link = self.link(row_agency, &input, "response.client").await?;
+            Ok(Row {
+                index,
+                row_id: row.row_id.clone(),
+                import_key,
+                prepared: prepare(survey, input, link, now),
+            })
+        };
+        match attempt.await {
+            Ok(row) => Ok(Ok(row)),
+            Err(e) => Ok(Err(rejected(index, &row.row_id, violations_of(e)?))),
+        }
+    }
+
+    /// Writes a batch of rows in one transaction; returns their results.
+    async fn write_batch(
+        &self,
+        caller: &Caller,
+        agency: &str,
+        rows: Vec<Row>,
+    ) -> Result<Vec<pb::RowResult>, Error> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.data_key(&self.db, agency).await?;
+        let mut tx = self.db.write(Scope::Agency(agency)).await?;
+        let mut results = Vec::with_capacity(rows.len());
+        let mut events = Vec::new();
+        let mut created = Vec::new();
+        for row in rows {
+            let Prepared {
+                record,
+                follow_up,
+                submitted,
+            } = row.prepared;
+            let name = record.name();
+            let outcome =
+                store::insert_response(&mut tx, &key, &record, Some(&row.import_key)).await?;
+            let result = |outcome: pb::RowOutcome, response: String, violations| pb::RowResult {
+                row: row.index,
+                row_id: row.row_id.clone(),
+                outcome: outcome as i32,
+                response,
+                violations,
+            };
+            match outcome {
+                Inserted::Created => {
+                    if let Some(f) = &follow_up {
+                        store::insert_follow_up(&mut tx, f).await?;
+                        events.push((f.name(), outbox::Pending::new(&opened_event(f))));
+                    }
+                    events.push((name.clone(), outbox::Pending::new(&submitted)));
+                    created.push(name.clone());
+                    results.push(result(pb::RowOutcome::Created, name, Vec::new()));
+                }
+                Inserted::AlreadyImported(id) => results.push(result(
+                    pb::RowOutcome::AlreadyImported,
+                    store::response_name(agency, &record.survey_id, &id),
+                    Vec::new(),
+                )),
+                Inserted::DuplicateTransaction => results.push(result(
+                    pb::RowOutcome::Rejected,
+                    String::new(),
+                    vec![pb::RowViolation {
+                        field: "response.transaction_id".into(),
+                        description: "the survey already has a response for this transaction"
+                            .into(),
+                    }],
+                )),
+            }
+        }
+        audit::record_each(
+            &mut tx,
+            access(caller, agency, "ImportResponses", ""),
+            &created,
+        )
+        .await?;
+        for (name, event) in &events {
+            outbox::append_pending(&mut tx, agency, name, event).await?;
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+}
 
 #[tonic::async_trait]
 impl FeedbackService for Feedback {
+    #[tracing::instrument(skip_all)]
+    async fn create_survey(&self, request: Request<pb::CreateSurveyRequest>) -> Reply<pb::Survey> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let agency = parse_agency("parent", &req.parent)?;
+            authorize(&caller, Action::ManageSurveys, agency, false)?;
+            let Some(survey) = req.survey.as_ref() else {
+                return Err(Error::invalid("survey", "required"));
+            };
+            let fields = SurveyFields::parse(survey, "survey")?;
+            let id = chosen_id("survey_id", &req.survey_id)?;
+            let mut change = match self
+                .begin(
+                    &caller,
+                    agency,
+                    "CreateSurvey",
+                    &req.request_id,
+                    idempotency::fingerprint(&req),
+                )
+                .await?
+            {
+                Begun::Replay(r) => return Ok(r),
+                Begun::Fresh(c) => c,
+            };
+            let record =
+                Self::create_survey_in(&mut change, agency, &id, fields, (1, String::new()))
+                    .await?;
+            Ok(change
+                .finish(&record.name(), survey_to_proto(&record))
+                .await?)
+        };
+        Ok(tonic::Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_template_surveys(
+        &self,
+        request: Request<pb::CreateTemplateSurveysRequest>,
+    ) -> Reply<pb::CreateTemplateSurveysResponse> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let agency = parse_agency("parent", &req.parent)?;
+            authorize(&caller, Action::ManageSurveys, agency, false)?;
+            let mut templates = Vec::new();
+            let mut v = Violations::new();
+            for (i, t) in req.templates.iter().enumerate() {
+                match SurveyTemplate::try_from(*t) {
+                    Ok(SurveyTemplate::Unspecified) | Err(_) => {
+                        v.add(format!("templates[{i}]"), "not a known template")
+                    }
+                    Ok(t) if !templates.contains(&t) => templates.push(t),
+                    Ok(_) => v.add(format!("templates[{i}]"), "named twice"),
+                }
+            }
+            v.finish().map_err(Error::InvalidArgument)?;
+            if templates.is_empty() {
+                templates = vec![
+                    SurveyTemplate::A11,
+                    SurveyTemplate::Csat,
+                    SurveyTemplate::Nps,
+                    SurveyTemplate::Ces,
+                ];
+            }
+            let mut all = Vec::new();
+            for t in templates {
+                let Some((title, definition)) = domain::template(t) else {
+                    continue;
+                };
+                let proto = SurveyFields {
+                    title,
+                    description: String::new(),
+                    touchpoint: domain::Touchpoint::default(),
+                    definition,
+                }
+                .to_proto_fields();
+                let proto = pb::Survey {
+                    touchpoint: req.touchpoint.clone(),
+                    ..proto
+                };
+                all.push(SurveyFields::parse(&proto, "touchpoint")?);
+            }
+            let mut change = match self
+                .begin(
+                    &caller,
+                    agency,
+                    "CreateTemplateSurveys",
+                    &req.request_id,
+                    idempotency::fingerprint(&req),
+                )
+                .await?
+            {
+                Begun::Replay(r) => return Ok(r),
+                Begun::Fresh(c) => c,
+            };
+            let mut surveys = Vec::new();
+            for fields in all {
+                let id = names::new_id();
+                let record =
+                    Self::create_survey_in(&mut change, agency, &id, fields, (1, String::new()))
+                        .await?;
+                surveys.push(survey_to_proto(&record));
+            }
+            let response = pb::CreateTemplateSurveysResponse {
+                name: req.parent.clone(),
+                surveys,
+            };
+            Ok::<_, Error>(change.finish(&req.parent, response).await?)
+        };
+        Ok(tonic::Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_survey(&self, request: Request<pb::GetSurveyRequest>) -> Reply<pb::Survey> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let (agency, id) = parse_survey("name", &req.name)?;
+            authorize(&caller, Action::ReadSurveys, agency, true)?;
+            Ok::<_, Error>(survey_to_proto(&self.load_survey(agency, id).await?))
+        };
+        Ok(tonic::Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_surveys(
+        &self,
+        request: Request<pb::ListSurveysRequest>,
+    ) -> Reply<pb::ListSurveysResponse> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let agency = parse_agency("parent", &req.parent)?;
+            authorize(&caller, Action::ReadSurveys, agency, false)?;
+            let params = ListParams {
+                filter: &req.filter,
+                order_by: &req.order_by,
+                page_size: req.page_size,
+                page_token: &req.page_token,
+            };
+            let query = ListQuery::plan(&store::SURVEY_SCHEMA, &req.parent, &params, 2)
+                .map_err(list_error)?;
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
+            let (records, next_page_token) = store::list_surveys(&mut tx, agency, &query).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(pb::ListSurveysResponse {
+                surveys: records.iter().map(survey_to_proto).collect(),
+                next_page_token,
+            })
+        };
+        Ok(tonic::Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_survey(&self, request: Request<pb::UpdateSurveyRequest>) -> Reply<pb::Survey> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let Some(patch) = req.survey.as_ref() else {
+                return Err(Error::invalid("survey", "required"));
+            };
+            let (agency, id) = parse_survey("survey.name", &patch.name)?;
+            authorize(&caller, Action::ManageSurveys, agency, true)?;
+            let mut change = match self
+                .begin(
+                    &caller,
+                    agency,
+                    "UpdateSurvey",
+                    &req.request_id,
+                    idempotency::fingerprint(&req),
+                )
+                .await?
+            {
+                Begun::Replay(r) => return Ok(r),
+                Begun::Fresh(c) => c,
+            };
+            let mut record = store::get_survey(&mut change.tx, agency, id, true)
+                .await?
+                .ok_or(Error::NotFound("survey"))?;
+            check_etag(&patch.etag, record.revision)?;
+            if record.state == SurveyState::Closed as i32 {
+                return Err(Error::FailedPrecondition {
+                    reason: "SURVEY_CLOSED",
+                    message: "a closed survey does not change",
+                });
+            }
+            let next = record
+                .fields
+                .apply_mask(patch, &mask_paths(&req.update_mask))?;
+            if record.state != SurveyState::Draft as i32
+                && next.definition.questions != record.fields.definition.questions
+            {
+                return Err(Error::FailedPrecondition {
+                    reason: "SURVEY_PUBLISHED",
+                    message: "a published survey's questions never change; create a new version",
+                });
+            }
+            record.fields = next;
+            record.update_time = times::now_millis();
+            if !store::update_survey(&mut change.tx, &record).await? {
+                return Err(Error::StaleEtag);
+            }
+            record.revision += 1;
+            Ok(change
+                .finish(&record.name(), survey_to_proto(&record))
+                .await?)
+        };
+        Ok(tonic::Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn publish_survey(
+        &self,
+        request: Request<pb::PublishSurveyRequest>,
+    ) -> Reply<pb::Survey> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let survey = self
+            .transition(
+                &caller,
+                &req.name,
+                &req.etag,
+                &req.request_id,
+                idempotency::fingerprint(&req),
+                SurveyState::Published,
+            )
+            .await?;
+        Ok(tonic::Response::new(survey))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn close_survey(&self, request: Request<pb::CloseSurveyRequest>) -> Reply<pb::Survey> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let survey = self
+            .transition(
+                &caller,
+                &req.name,
+                &req.etag,
+                &req.request_id,
+                idempotency::fingerprint(&req),
+                SurveyState::Closed,
+            )
+            .await?;
+        Ok(tonic::Response::new(survey))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_survey_version(
+        &self,
+        request: Request<pb::CreateSurveyVersionRequest>,
+    ) -> Reply<pb::Survey> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let (agency, source_id) = parse_survey("name", &req.name)?;
+            authorize(&caller, Action::ManageSurveys, agency, true)?;
+            let id = chosen_id("survey_id", &req.survey_id)?;
+            let mut change = match self
+                .begin(
+                    &caller,
+                    agency,
+                    "CreateSurveyVersion",
+                    &req.request_id,
+                    idempotency::fingerprint(&req),
+                )
+                .await?
+            {
+                Begun::Replay(r) => return Ok(r),
+                Begun::Fresh(c) => c,
+            };
+            let source = store::get_survey(&mut change.tx, agency, source_id, false)
+                .await?
+                .ok_or(Error::NotFound("survey"))?;
+            if source.state == SurveyState::Draft as i32 {
+                return Err(Error::FailedPrecondition {
+                    reason: "SURVEY_IS_DRAFT",
+                    message: "a draft survey is edited in place; versions are made of published surveys",
+                });
+            }
+            let record = Self::create_survey_in(
+                &mut change,
+                agency,
+                &id,
+                source.fields.clone(),
+                (source.version + 1, source.name()),
+            )
+            .await?;
+            Ok(change
+                .finish(&record.name(), survey_to_proto(&record))
+                .await?)
+        };
+        Ok(tonic::Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn submit_response(
+        &self,
+        request: Request<pb::SubmitResponseRequest>,
+    ) -> Reply<pb::Response> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let (agency, survey_id) = parse_survey("parent", &req.parent)?;
+            authorize(&caller, Action::Submit, agency, true)?;
+            let Some(response) = req.response.as_ref() else {
+                return Err(Error::invalid("response", "required"));
+            };
+            let survey = self.load_survey(agency, survey_id).await?;
+            if survey.state != SurveyState::Published as i32 {
+                return Err(not_published());
+            }
+            let now = times::now_millis();
+            let input = domain::parse_response(
+                response,
+                agency,
+                &survey.fields.definition,
+                &survey.fields.touchpoint,
+                "response",
+                now,
+            )?;
+            let link = self.link(agency, &input, "response.client").await?;
+            let mut change = match self
+                .begin(
+                    &caller,
+                    agency,
+                    "SubmitResponse",
+                    &req.request_id,
+                    idempotency::fingerprint(&req),
+                )
+                .await?
+            {
+                Begun::Replay(r) => return Ok(r),
+                Begun::Fresh(c) => c,
+            };
+            let prepared = prepare(&survey, input, link, now);
+            let key = change.key.clone();
+            match store::insert_response(&mut change.tx, &key, &prepared.record, None).await? {
+                Inserted::Created => {}
+                _ => return Err(Error::AlreadyExists("a response for this transaction")),
+            }
+            if let Some(f) = &prepared.follow_up {
+                store::insert_follow_up(&mut change.tx, f).await?;
+                change.event(&f.name(), &opened_event(f));
+            }
+            let name = prepared.record.name();
+            change.event(&name, &prepared.submitted);
+            let personal = Action::SeePersonal.allowed(&caller);
+            let reply = response_to_proto(&prepared.record, personal);
+            Ok(change.finish(&name, reply).await?)
+        };
+        Ok(tonic::Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_response(&self, request: Request<pb::GetResponseRequest>) -> Reply<pb::Response> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let ids = parse_name("name", "agencies/{}/surveys/{}/responses/{}", &req.name)?;
+            let (agency, survey_id, id) = (ids[0], ids[1], ids[2]);
+            authorize(&caller, Action::ReadResponses, agency, true)?;
+            let personal = Action::SeePersonal.allowed(&caller);
+            let key = self.keys.data_key(&self.db, agency).await?;
+            let mut tx = if personal {
+                self.db.write(Scope::Agency(agency)).await?
+            } else {
+                self.db.read(Scope::Agency(agency)).await?
+            };
+            let record = store::get_response(&mut tx, &key, agency, survey_id, id)
+                .await?
+                .ok_or(Error::NotFound("response"))?;
+            if personal {
+                audit::record(&mut tx, access(&caller, agency, "GetResponse", &req.name)).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, Error>(response_to_proto(&record, personal))
+        };
+        Ok(tonic::Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_responses(
+        &self,
+        request: Request<pb::ListResponsesRequest>,
+    ) -> Reply<pb::ListResponsesResponse> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let ids = names::parse("agencies/{}/surveys/{}", &req.parent, true)
+                .map_err(|e| Error::invalid("parent", e.0))?;
+            let (agency, survey) = (ids[0], ids[1]);
+            if agency == "-" {
+                return Err(Error::invalid("parent", "the agency cannot be a wildcard"));
+            }
+            authorize(&caller, Action::ReadResponses, agency, survey != "-")?;
+            let params = ListParams {
+                filter: &req.filter,
+                order_by: &req.order_by,
+                page_size: req.page_size,
+                page_token: &req.page_token,
+            };
+            let query = ListQuery::plan(&store::RESPONSE_SCHEMA, &req.parent, &params, 3)
+                .map_err(list_error)?;
+            let personal = Action::SeePersonal.allowed(&caller);
+            let key = self.keys.data_key(&self.db, agency).await?;
+            let mut tx = if personal {
+                self.db.write(Scope::Agency(agency)).await?
+            } else {
+                self.db.read(Scope::Agency(agency)).await?
+            };
+            let survey_id = (survey != "-").then_some(survey);
+            let (records, next_page_token) =
+                store::list_responses(&mut tx, &key, agency, survey_id, &query).await?;
+            if personal {
+                let names: Vec<String> = records.iter().map(ResponseRecord::name).collect();
+                audit::record_each(
+                    &mut tx,
+                    access(&caller, agency, "ListResponses", ""),
+                    &names,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, Error>(pb::ListResponsesResponse {
+                responses: records
+                    .iter()
+                    .map(|r| response_to_proto(r, personal))
+                    .collect(),
+                next_page_token,
+            })
+        };
+        Ok(tonic::Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn import_responses(
+        &self,
+        request: Request<Streaming<pb::ImportResponsesRequest>>,
+    ) -> Reply<pb::ImportResponsesResponse> {
+        let caller = Caller::from_request(&request)?;
+        if !Action::Submit.allowed(&caller) {
+            return Err(Error::PermissionDenied("the caller's roles do not allow this").into());
+        }
+        let mut stream = request.into_inner();
+        let mut agency: Option<String> = None;
+        let mut surveys: HashMap<String, SurveyRecord> = HashMap::new();
+        let mut results: Vec<pb::RowResult> = Vec::new();
+        let mut batch: Vec<Row> = Vec::new();
+        let mut index: i64 = 0;
+        while let Some(message) = stream.next().await {
+            let row = message?;
+            if index as usize >= domain::MAX_IMPORT_ROWS {
+                results.push(rejected(
+                    index,
+                    &row.row_id,
+                    vec![FieldViolation::new(
+                        "row",
+                        format!(
+                            "a stream takes at most {} rows; send the rest in another",
+                            domain::MAX_IMPORT_ROWS
+                        ),
+                    )],
+                ));
+                index += 1;
+                continue;
+            }
+            match self
+                .import_row(&caller, &mut agency, &mut surveys, index, row)
+                .await?
+            {
+                Ok(row) => batch.push(row),
+                Err(result) => results.push(result),
+            }
+            index += 1;
+            if batch.len() >= IMPORT_BATCH
+                && let Some(a) = &agency
+            {
+                results.extend(
+                    self.write_batch(&caller, a, std::mem::take(&mut batch))
+                        .await?,
+                );
+            }
+        }
+        if let Some(a) = &agency {
+            results.extend(self.write_batch(&caller, a, batch).await?);
+        }
+        results.sort_by_key(|r| r.row);
+        let count =
+            |o: pb::RowOutcome| results.iter().filter(|r| r.outcome == o as i32).count() as i64;
+        Ok(tonic::Response::new(pb::ImportResponsesResponse {
+            created: count(pb::RowOutcome::Created),
+            already_imported: count(pb::RowOutcome::AlreadyImported),
+            rejected: count(pb::RowOutcome::Rejected),
+            results,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn record_volumes(
+        &self,
+        request: Request<pb::RecordVolumesRequest>,
+    ) -> Reply<pb::Volume> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let (agency, survey_id) = parse_survey("parent", &req.parent)?;
+            authorize(&caller, Action::RecordVolumes, agency, true)?;
+            let Some(volume) = req.volume.as_ref() else {
+                return Err(Error::invalid("volume", "required"));
+            };
+            let input = domain::parse_volume(volume, "volume")?;
+            let mut change = match self
+                .begin(
+                    &caller,
+                    agency,
+                    "RecordVolumes",
+                    &req.request_id,
+                    idempotency::fingerprint(&req),
+                )
+                .await?
+            {
+                Begun::Replay(r) => return Ok(r),
+                Begun::Fresh(c) => c,
+            };
+            let survey = store::get_survey(&mut change.tx, agency, survey_id, false)
+                .await?
+                .ok_or(Error::NotFound("survey"))?;
+            let id = names::new_id();
+            let now = times::now_millis();
+            store::insert_volume(&mut change.tx, agency, survey_id, &id, &input, now).await?;
+            let name = format!("{}/volumes/{id}", survey.name());
+            let start_date = Some(times::date_from_key(input.start));
+            let end_date = Some(times::date_from_key(input.end));
+            change.event(
+                &name,
+                &pb::VolumesRecorded {
+                    survey: survey.name(),
+                    volume: name.clone(),
+                    touchpoint: Some(survey.fields.touchpoint.to_proto()),
+                    start_date,
+                    end_date,
+                    customers_served: input.served,
+                    customers_offered: input.offered,
+                },
+            );
+            let reply = pb::Volume {
+                name: name.clone(),
+                start_date,
+                end_date,
+                customers_served: input.served,
+                customers_offered: input.offered,
+                create_time: Some(times::timestamp(now)),
+            };
+            Ok(change.finish(&name, reply).await?)
+        };
+        Ok(tonic::Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_follow_up(&self, request: Request<pb::GetFollowUpRequest>) -> Reply<pb::FollowUp> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let ids = parse_name("name", "agencies/{}/followUps/{}", &req.name)?;
+            let (agency, id) = (ids[0], ids[1]);
+            authorize(&caller, Action::FollowUps, agency, true)?;
+            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let record = store::get_follow_up(&mut tx, agency, id, false)
+                .await?
+                .ok_or(Error::NotFound("follow-up"))?;
+            audit::record(&mut tx, access(&caller, agency, "GetFollowUp", &req.name)).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(follow_up_to_proto(&record))
+        };
+        Ok(tonic::Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_follow_ups(
+        &self,
+        request: Request<pb::ListFollowUpsRequest>,
+    ) -> Reply<pb::ListFollowUpsResponse> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let agency = parse_agency("parent", &req.parent)?;
+            authorize(&caller, Action::FollowUps, agency, false)?;
+            let params = ListParams {
+                filter: &req.filter,
+                order_by: &req.order_by,
+                page_size: req.page_size,
+                page_token: &req.page_token,
+            };
+            let query = ListQuery::plan(&store::FOLLOW_UP_SCHEMA, &req.parent, &params, 2)
+                .map_err(list_error)?;
+            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let (records, next_page_token) =
+                store::list_follow_ups(&mut tx, agency, &query).await?;
+            let names: Vec<String> = records.iter().map(FollowUpRecord::name).collect();
+            audit::record_each(
+                &mut tx,
+                access(&caller, agency, "ListFollowUps", ""),
+                &names,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, Error>(pb::ListFollowUpsResponse {
+                follow_ups: records.iter().map(follow_up_to_proto).collect(),
+                next_page_token,
+            })
+        };
+        Ok(tonic::Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_follow_up(
+        &self,
+        request: Request<pb::UpdateFollowUpRequest>,
+    ) -> Reply<pb::FollowUp> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let Some(patch) = req.follow_up.as_ref() else {
+                return Err(Error::invalid("follow_up", "required"));
+            };
+            let ids = parse_name("follow_up.name", "agencies/{}/followUps/{}", &patch.name)?;
+            let (agency, id) = (ids[0], ids[1]);
+            authorize(&caller, Action::FollowUps, agency, true)?;
+            let mut paths = mask_paths(&req.update_mask);
+            if paths.is_empty() || paths.iter().any(|p| p == "*") {
+                paths = vec!["status".into(), "assignee".into(), "due_date".into()];
+            }
+            let mut v = Violations::new();
+            let mut status = None;
+            let mut assignee = None;
+            let mut due = None;
+            for p in &paths {
+                match p.as_str() {
+                    "status" => match FollowUpStatus::try_from(patch.status) {
+                        Ok(FollowUpStatus::Unspecified) | Err(_) => v.add(
+                            "follow_up.status",
+                            "one of OPEN, CONTACTED, RESOLVED, NO_ACTION",
+                        ),
+                        Ok(s) => status = Some(s),
+                    },
+                    "assignee" => {
+                        let a = patch.assignee.trim();
+                        if a.chars().count() > domain::MAX_LABEL || a.chars().any(char::is_control)
+                        {
+                            v.add("follow_up.assignee", "at most 100 printable characters");
+                        }
+                        assignee = Some(a.to_string());
+                    }
+                    "due_date" => match patch.due_date.as_ref().and_then(times::date_key) {
+                        Some(d) => due = Some(d),
+                        None => v.add("follow_up.due_date", "a real calendar date"),
+                    },
+                    other => v.add(
+                        "update_mask",
+                        format!("{other:?} is not an updatable field"),
+                    ),
+                }
+            }
+            v.finish().map_err(Error::InvalidArgument)?;
+            let mut change = match self
+                .begin(
+                    &caller,
+                    agency,
+                    "UpdateFollowUp",
+                    &req.request_id,
+                    idempotency::fingerprint(&req),
+                )
+                .await?
+            {
+                Begun::Replay(r) => return Ok(r),
+                Begun::Fresh(c) => c,
+            };
+            let mut record = store::get_follow_up(&mut change.tx, agency, id, true)
+                .await?
+                .ok_or(Error::NotFound("follow-up"))?;
+            check_etag(&patch.etag, record.revision)?;
+            let from = FollowUpStatus::try_from(record.status).unwrap_or(FollowUpStatus::Open);
+            if domain::is_closed(from) {
+                return Err(Error::FailedPrecondition {
+                    reason: "FOLLOW_UP_CLOSED",
+                    message: "the follow-up is closed",
+                });
+            }
+            let now = times::now_millis();
+            let to = status.unwrap_or(from);
+            if !domain::follow_up_transition(from, to) {
+                return Err(Error::FailedPrecondition {
+                    reason: "INVALID_TRANSITION",
+                    message: "a contacted follow-up cannot be reopened",
+                });
+            }
+            record.status = to as i32;
+            if let Some(a) = assignee {
+                record.assignee = a;
+            }
+            if let Some(d) = due {
+                record.due_date = d;
+            }
+            record.update_time = now;
+            if domain::is_closed(to) {
+                record.close_time = Some(now);
+            }
+            if !store::update_follow_up(&mut change.tx, &record).await? {
+                return Err(Error::StaleEtag);
+            }
+            record.revision += 1;
+            let name = record.name();
+            if domain::is_closed(to) {
+                change.event(
+                    &name,
+                    &pb::FollowUpClosed {
+                        follow_up: name.clone(),
+                        survey: store::survey_name(agency, &record.survey_id),
+                        status: record.status,
+                        unit: record.unit.clone(),
+                        channel: record.channel,
+                        open_time: Some(times::timestamp(record.create_time)),
+                        close_time: Some(times::timestamp(now)),
+                    },
+                );
+            }
+            Ok(change.finish(&name, follow_up_to_proto(&record)).await?)
+        };
+        Ok(tonic::Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_a11_report(
+        &self,
+        request: Request<pb::GetA11ReportRequest>,
+    ) -> Reply<pb::A11Report> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let agency = parse_agency("parent", &req.parent)?;
+            authorize(&caller, Action::Report, agency, false)?;
+            let (first, last) = domain::parse_quarter(&req.quarter)
+                .ok_or_else(|| Error::invalid("quarter", "a calendar quarter such as 2026Q3"))?;
+            let from = day_start_millis(first);
+            let until = day_start_millis(last) + 86_400_000;
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
+            let counts = store::a11_counts(&mut tx, agency, from, until).await?;
+            let volumes = store::a11_volumes(&mut tx, agency, first, last).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(crate::a11::report(
+                &req.parent,
+                req.quarter.trim(),
+                &counts,
+                &volumes,
+            ))
+        };
+        Ok(tonic::Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn list_events(
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Reply<pb::ListEventsResponse> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let feed = outbox::feed_scope(&caller, caller.has_any(&[Role::Service, Role::AgencyAdmin]))
-            .map_err(Status::permission_denied)?;
-        let size = touchstone_list::page_size(req.page_size)
-            .map_err(|e| Status::invalid_argument(e.description))?;
-        let events = outbox::list(&self.db, &feed, req.after_sequence.max(0), size as i64)
-            .await
-            .map_err(|_| Status::unavailable("database"))?;
-        Ok(Response::new(pb::ListEventsResponse { events }))
+        let run = async {
+            let feed = feed_scope(&caller)?;
+            if req.after_sequence < 0 {
+                return Err(Error::invalid("after_sequence", "must not be negative"));
+            }
+            let size = touchstone_list::page_size(req.page_size).map_err(list_error)?;
+            let events = outbox::list(&self.db, &feed, req.after_sequence, size as i64).await?;
+            Ok::<_, Error>(pb::ListEventsResponse { events })
+        };
+        Ok(tonic::Response::new(run.await?))
     }
 
     type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'static>>;
 
+    #[tracing::instrument(skip_all)]
     async fn watch_events(
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Reply<Self::WatchEventsStream> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let feed = outbox::feed_scope(&caller, caller.has_any(&[Role::Service, Role::AgencyAdmin]))
-            .map_err(Status::permission_denied)?;
-        let stream = outbox::watch(self.db.clone(), feed, req.after_sequence.max(0))
-            .map(|item| item.map_err(|_| Status::unavailable("database")));
-        Ok(Response::new(Box::pin(stream)))
+        let feed = feed_scope(&caller)?;
+        if req.after_sequence < 0 {
+            return Err(Error::invalid("after_sequence", "must not be negative").into());
+        }
+        let stream = outbox::watch(self.db.clone(), feed, req.after_sequence)
+            .map(|item| item.map_err(|e| Status::from(Error::Database(e))));
+        Ok(tonic::Response::new(Box::pin(stream)))
     }
+}
+
+fn feed_scope(caller: &Caller) -> Result<FeedScope, Error> {
+    outbox::feed_scope(caller, Action::Feed.allowed(caller)).map_err(Error::PermissionDenied)
+}
+
+/// Milliseconds at 00:00 UTC of a yyyymmdd day.
+fn day_start_millis(key: i64) -> i64 {
+    let d = times::date_from_key(key);
+    time::Month::try_from(d.month as u8)
+        .ok()
+        .and_then(|m| time::Date::from_calendar_date(d.year, m, d.day as u8).ok())
+        .map_or(0, |date| {
+            date.midnight().assume_utc().unix_timestamp() * 1000
+        })
 }

@@ -1,6 +1,16 @@
-//! The feedback service.
+//! The feedback service: surveys with typed questions and standard items,
+//! responses submitted one by one or imported in bulk, service volumes,
+//! comments (personal data masked for analysis, the original encrypted and
+//! erased with the client, sentiment and topics), closed-loop follow-ups,
+//! the A-11 export, and a change feed for KPIs.
 
+pub mod a11;
 pub mod api;
+pub mod comments;
+pub mod domain;
+pub mod error;
+pub mod peers;
+pub mod store;
 
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -59,11 +69,17 @@ pub fn start(
     verifier: Arc<Verifier>,
     peers: Peers,
 ) -> (tonic::service::Routes, Vec<JoinHandle<()>>) {
-    let _ = (&keys, &peers);
-    let service = api::Feedback::new(db);
+    let register = peers::Register::new(peers.register, peers.token);
+    let service = api::Feedback::new(db.clone(), keys, register.clone());
     let routes = tonic::service::Routes::new(FeedbackServiceServer::with_interceptor(
         service,
         AuthInterceptor::new(verifier),
     ));
-    (routes, Vec::new())
+    let erasure = touchstone_platform::consumer::spawn(
+        db,
+        peers::REGISTER_FEED,
+        Arc::new(register),
+        Arc::new(peers::Eraser),
+    );
+    (routes, vec![erasure])
 }

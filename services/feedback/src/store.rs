@@ -1,0 +1,898 @@
+//! The feedback service's SQL, all of it, for SQLite and PostgreSQL alike.
+//! Comments as written are sealed and opened here, at the edge of the
+//! database, so no other layer sees ciphertext.
+
+use crate::domain::{Definition, StoredAnswer, SurveyFields, Touchpoint, VolumeInput};
+use crate::error::Error;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use std::collections::BTreeMap;
+use touchstone_api::register::v1::Characteristics;
+use touchstone_crypto::DataKey;
+use touchstone_list::{Field, FieldType, ListQuery, Schema};
+use touchstone_platform::db::{Backend, Tx};
+use touchstone_platform::{list_bind, row_bool};
+
+const CHANNELS: &[(&str, i64)] = &[
+    ("WEB", 1),
+    ("PHONE", 2),
+    ("EMAIL", 3),
+    ("IN_PERSON", 4),
+    ("LETTER", 5),
+    ("SOCIAL_MEDIA", 6),
+    ("SMS", 7),
+    ("APP", 8),
+    ("REFERRAL", 9),
+];
+const SURVEY_STATES: &[(&str, i64)] = &[("DRAFT", 1), ("PUBLISHED", 2), ("CLOSED", 3)];
+const FOLLOW_UP_STATUSES: &[(&str, i64)] = &[
+    ("OPEN", 1),
+    ("CONTACTED", 2),
+    ("RESOLVED", 3),
+    ("NO_ACTION", 4),
+];
+
+const fn field(name: &'static str, column: &'static str, ty: FieldType, sortable: bool) -> Field {
+    Field {
+        name,
+        column,
+        ty,
+        sortable,
+        nullable: false,
+    }
+}
+
+/// Survey fields that `ListSurveys` filters and orders on.
+pub static SURVEY_SCHEMA: Schema = Schema {
+    fields: &[
+        field("state", "state", FieldType::Enum(SURVEY_STATES), true),
+        field("touchpoint.service", "service", FieldType::Text, true),
+        field("touchpoint.unit", "unit", FieldType::Text, true),
+        field(
+            "touchpoint.channel",
+            "channel",
+            FieldType::Enum(CHANNELS),
+            false,
+        ),
+        field("touchpoint.stage", "stage", FieldType::Text, true),
+        field("title", "title", FieldType::Text, true),
+        field("create_time", "create_time", FieldType::Timestamp, true),
+        field("update_time", "update_time", FieldType::Timestamp, true),
+    ],
+    id_column: "id",
+    default_order: "create_time desc",
+};
+
+/// Response fields that `ListResponses` filters and orders on.
+pub static RESPONSE_SCHEMA: Schema = Schema {
+    fields: &[
+        field("channel", "channel", FieldType::Enum(CHANNELS), false),
+        field("unit", "unit", FieldType::Text, true),
+        field("submit_time", "submit_time", FieldType::Timestamp, true),
+        field("create_time", "create_time", FieldType::Timestamp, true),
+        Field {
+            name: "sentiment",
+            column: "sentiment",
+            ty: FieldType::Integer,
+            sortable: false,
+            nullable: true,
+        },
+        field("anonymous", "anonymous", FieldType::Bool, false),
+    ],
+    id_column: "id",
+    default_order: "create_time desc",
+};
+
+/// Follow-up fields that `ListFollowUps` filters and orders on.
+pub static FOLLOW_UP_SCHEMA: Schema = Schema {
+    fields: &[
+        field(
+            "status",
+            "status",
+            FieldType::Enum(FOLLOW_UP_STATUSES),
+            true,
+        ),
+        field("assignee", "assignee", FieldType::Text, true),
+        field("survey_id", "survey_id", FieldType::Text, false),
+        field("unit", "unit", FieldType::Text, true),
+        field("due_date", "due_date", FieldType::Date, true),
+        field("create_time", "create_time", FieldType::Timestamp, true),
+        field("update_time", "update_time", FieldType::Timestamp, true),
+    ],
+    id_column: "id",
+    default_order: "create_time desc",
+};
+
+fn lock_clause(tx: &Tx) -> &'static str {
+    if tx.backend() == Backend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    }
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    Error::is_unique_violation(e)
+}
+
+// ---------------------------------------------------------------- surveys
+
+/// A stored survey.
+#[derive(Debug, Clone)]
+pub struct SurveyRecord {
+    /// Agency.
+    pub agency: String,
+    /// Id.
+    pub id: String,
+    /// Caller-set fields.
+    pub fields: SurveyFields,
+    /// `SurveyState`.
+    pub state: i32,
+    /// Version number.
+    pub version: i64,
+    /// Name of the survey this is a version of, or "".
+    pub previous_version: String,
+    /// Created.
+    pub create_time: i64,
+    /// Changed.
+    pub update_time: i64,
+    /// Published.
+    pub publish_time: Option<i64>,
+    /// Closed.
+    pub close_time: Option<i64>,
+    /// Version for etags.
+    pub revision: i64,
+}
+
+impl SurveyRecord {
+    /// The resource name.
+    pub fn name(&self) -> String {
+        survey_name(&self.agency, &self.id)
+    }
+}
+
+/// `agencies/{a}/surveys/{s}`.
+pub fn survey_name(agency: &str, id: &str) -> String {
+    format!("agencies/{agency}/surveys/{id}")
+}
+
+const SURVEY_COLUMNS: &str = "agency, id, title, description, state, service, unit, channel, \
+    stage, definition, version, previous_version, create_time, update_time, publish_time, \
+    close_time, revision";
+
+fn survey_from_row(row: &AnyRow) -> Result<SurveyRecord, Error> {
+    let definition: String = row.try_get("definition")?;
+    let definition: Definition =
+        serde_json::from_str(&definition).map_err(|_| Error::Corrupt("survey definition"))?;
+    Ok(SurveyRecord {
+        agency: row.try_get("agency")?,
+        id: row.try_get("id")?,
+        fields: SurveyFields {
+            title: row.try_get("title")?,
+            description: row.try_get("description")?,
+            touchpoint: Touchpoint {
+                service: row.try_get("service")?,
+                unit: row.try_get("unit")?,
+                channel: row.try_get::<i64, _>("channel")? as i32,
+                stage: row.try_get("stage")?,
+            },
+            definition,
+        },
+        state: row.try_get::<i64, _>("state")? as i32,
+        version: row.try_get("version")?,
+        previous_version: row.try_get("previous_version")?,
+        create_time: row.try_get("create_time")?,
+        update_time: row.try_get("update_time")?,
+        publish_time: row.try_get("publish_time")?,
+        close_time: row.try_get("close_time")?,
+        revision: row.try_get("revision")?,
+    })
+}
+
+fn definition_json(d: &Definition) -> Result<String, Error> {
+    serde_json::to_string(d).map_err(|_| Error::Corrupt("encoding a survey definition"))
+}
+
+/// Inserts a new survey; ALREADY_EXISTS when the id is taken.
+pub async fn insert_survey(tx: &mut Tx, r: &SurveyRecord) -> Result<(), Error> {
+    let f = &r.fields;
+    let inserted = sqlx::query(
+        "INSERT INTO surveys (agency, id, title, description, state, service, unit, channel, \
+         stage, definition, version, previous_version, create_time, update_time, publish_time, \
+         close_time, revision) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, NULL, 1)",
+    )
+    .bind(r.agency.as_str())
+    .bind(r.id.as_str())
+    .bind(f.title.as_str())
+    .bind(f.description.as_str())
+    .bind(i64::from(r.state))
+    .bind(f.touchpoint.service.as_str())
+    .bind(f.touchpoint.unit.as_str())
+    .bind(i64::from(f.touchpoint.channel))
+    .bind(f.touchpoint.stage.as_str())
+    .bind(definition_json(&f.definition)?)
+    .bind(r.version)
+    .bind(r.previous_version.as_str())
+    .bind(r.create_time)
+    .bind(r.update_time)
+    .execute(tx.conn())
+    .await;
+    match inserted {
+        Err(e) if unique_violation(&e) => Err(Error::AlreadyExists("survey")),
+        other => other.map(|_| ()).map_err(Error::from),
+    }
+}
+
+/// A survey, or None; `lock` holds its row until commit (PostgreSQL).
+pub async fn get_survey(
+    tx: &mut Tx,
+    agency: &str,
+    id: &str,
+    lock: bool,
+) -> Result<Option<SurveyRecord>, Error> {
+    let lock = if lock { lock_clause(tx) } else { "" };
+    let sql = format!("SELECT {SURVEY_COLUMNS} FROM surveys WHERE agency = $1 AND id = $2{lock}");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await?;
+    row.map(|r| survey_from_row(&r)).transpose()
+}
+
+/// Writes a survey's fields, state and times if its revision is still the
+/// one read; false when someone changed it first.
+pub async fn update_survey(tx: &mut Tx, r: &SurveyRecord) -> Result<bool, Error> {
+    let f = &r.fields;
+    let n = sqlx::query(
+        "UPDATE surveys SET title = $1, description = $2, state = $3, service = $4, unit = $5, \
+         channel = $6, stage = $7, definition = $8, update_time = $9, publish_time = $10, \
+         close_time = $11, revision = revision + 1 \
+         WHERE agency = $12 AND id = $13 AND revision = $14",
+    )
+    .bind(f.title.as_str())
+    .bind(f.description.as_str())
+    .bind(i64::from(r.state))
+    .bind(f.touchpoint.service.as_str())
+    .bind(f.touchpoint.unit.as_str())
+    .bind(i64::from(f.touchpoint.channel))
+    .bind(f.touchpoint.stage.as_str())
+    .bind(definition_json(&f.definition)?)
+    .bind(r.update_time)
+    .bind(r.publish_time)
+    .bind(r.close_time)
+    .bind(r.agency.as_str())
+    .bind(r.id.as_str())
+    .bind(r.revision)
+    .execute(tx.conn())
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// One page of surveys.
+pub async fn list_surveys(
+    tx: &mut Tx,
+    agency: &str,
+    query: &ListQuery,
+) -> Result<(Vec<SurveyRecord>, String), Error> {
+    let sql = format!(
+        "SELECT {SURVEY_COLUMNS} FROM surveys WHERE agency = $1 AND ({}) ORDER BY {} LIMIT {}",
+        query.where_sql(),
+        query.order_sql(),
+        query.fetch_limit()
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
+    for p in query.params() {
+        q = list_bind(q, p);
+    }
+    let mut rows = q.fetch_all(tx.conn()).await?;
+    let next = query.finish(&mut rows)?;
+    let records = rows.iter().map(survey_from_row).collect::<Result<_, _>>()?;
+    Ok((records, next))
+}
+
+// -------------------------------------------------------------- responses
+
+/// A stored response.
+#[derive(Debug, Clone)]
+pub struct ResponseRecord {
+    /// Agency.
+    pub agency: String,
+    /// Id.
+    pub id: String,
+    /// Survey id.
+    pub survey_id: String,
+    /// `Channel`.
+    pub channel: i32,
+    /// Unit.
+    pub unit: String,
+    /// Millis.
+    pub submit_time: i64,
+    /// Transaction id.
+    pub transaction_id: Option<String>,
+    /// Client id (kept only with consent).
+    pub client_id: Option<String>,
+    /// Contact agreed.
+    pub contact_agreed: bool,
+    /// Characteristics snapshot (only with consent to statistics).
+    pub characteristics: Option<Characteristics>,
+    /// Analysis copy of the answers.
+    pub answers: Vec<StoredAnswer>,
+    /// Comments as written, by question key; None once erased.
+    pub originals: Option<BTreeMap<String, String>>,
+    /// Mean comment sentiment.
+    pub sentiment: Option<f64>,
+    /// Linked to no client.
+    pub anonymous: bool,
+    /// Follow-up opened by this response.
+    pub follow_up_id: Option<String>,
+    /// The client was erased.
+    pub erased: bool,
+    /// Stored.
+    pub create_time: i64,
+}
+
+impl ResponseRecord {
+    /// The resource name.
+    pub fn name(&self) -> String {
+        response_name(&self.agency, &self.survey_id, &self.id)
+    }
+}
+
+/// `agencies/{a}/surveys/{s}/responses/{r}`.
+pub fn response_name(agency: &str, survey: &str, id: &str) -> String {
+    format!("agencies/{agency}/surveys/{survey}/responses/{id}")
+}
+
+fn response_aad(agency: &str, id: &str) -> Vec<u8> {
+    format!("feedback/responses/{agency}/{id}").into_bytes()
+}
+
+fn characteristics_json(c: &Characteristics) -> String {
+    format!(
+        "[{},{},{},{},{},{}]",
+        c.age_band,
+        c.gender,
+        c.disability,
+        c.first_nations,
+        c.culturally_linguistically_diverse,
+        c.remote_location
+    )
+}
+
+fn characteristics_from_json(s: &str) -> Result<Characteristics, Error> {
+    let v: Vec<i32> = serde_json::from_str(s).map_err(|_| Error::Corrupt("characteristics"))?;
+    let [age_band, gender, disability, first_nations, cald, remote] = v[..] else {
+        return Err(Error::Corrupt("characteristics"));
+    };
+    Ok(Characteristics {
+        age_band,
+        gender,
+        disability,
+        first_nations,
+        culturally_linguistically_diverse: cald,
+        remote_location: remote,
+    })
+}
+
+const RESPONSE_COLUMNS: &str = "agency, id, survey_id, channel, unit, submit_time, \
+    transaction_id, client_id, contact_agreed, characteristics, answers, originals, sentiment, \
+    anonymous, follow_up_id, erased, create_time";
+
+fn response_from_row(key: &DataKey, row: &AnyRow) -> Result<ResponseRecord, Error> {
+    let agency: String = row.try_get("agency")?;
+    let id: String = row.try_get("id")?;
+    let sealed: Option<Vec<u8>> = row.try_get("originals")?;
+    let originals = match sealed {
+        Some(bytes) => {
+            let json = key
+                .open(&response_aad(&agency, &id), &bytes)
+                .map_err(|_| Error::Corrupt("comments do not decrypt"))?;
+            Some(serde_json::from_slice(&json).map_err(|_| Error::Corrupt("comments"))?)
+        }
+        None => None,
+    };
+    let answers: String = row.try_get("answers")?;
+    let characteristics: Option<String> = row.try_get("characteristics")?;
+    let sentiment: Option<i64> = row.try_get("sentiment")?;
+    let answers: Vec<StoredAnswer> =
+        serde_json::from_str(&answers).map_err(|_| Error::Corrupt("answers"))?;
+    // The stored integer is rounded; the answers keep the exact scores.
+    let scores: Vec<f64> = answers.iter().filter_map(|a| a.sentiment).collect();
+    let exact = (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64);
+    Ok(ResponseRecord {
+        survey_id: row.try_get("survey_id")?,
+        channel: row.try_get::<i64, _>("channel")? as i32,
+        unit: row.try_get("unit")?,
+        submit_time: row.try_get("submit_time")?,
+        transaction_id: row.try_get("transaction_id")?,
+        client_id: row.try_get("client_id")?,
+        contact_agreed: row_bool(row, "contact_agreed")?,
+        characteristics: characteristics
+            .as_deref()
+            .map(characteristics_from_json)
+            .transpose()?,
+        answers,
+        originals,
+        sentiment: exact.or(sentiment.map(|s| s as f64 / 100.0)),
+        anonymous: row_bool(row, "anonymous")?,
+        follow_up_id: row.try_get("follow_up_id")?,
+        erased: row_bool(row, "erased")?,
+        create_time: row.try_get("create_time")?,
+        agency,
+        id,
+    })
+}
+
+/// What inserting a response found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored.
+    Created,
+    /// A response with the same import key exists: its id.
+    AlreadyImported(String),
+    /// A response with the same transaction id exists.
+    DuplicateTransaction,
+}
+
+/// Inserts a response and its standard-item scores. Never fails on a
+/// duplicate (which would abort a PostgreSQL transaction): reports it.
+pub async fn insert_response(
+    tx: &mut Tx,
+    key: &DataKey,
+    r: &ResponseRecord,
+    import_key: Option<&str>,
+) -> Result<Inserted, Error> {
+    let sealed = match &r.originals {
+        Some(o) if !o.is_empty() => {
+            let json = serde_json::to_vec(o).map_err(|_| Error::Corrupt("encoding comments"))?;
+            Some(key.seal(&response_aad(&r.agency, &r.id), &json))
+        }
+        _ => None,
+    };
+    let answers =
+        serde_json::to_string(&r.answers).map_err(|_| Error::Corrupt("encoding answers"))?;
+    let n = sqlx::query(
+        "INSERT INTO responses (agency, id, survey_id, channel, unit, submit_time, transaction_id, \
+         import_key, client_id, contact_agreed, characteristics, answers, originals, sentiment, \
+         anonymous, follow_up_id, erased, create_time) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, FALSE, $17) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(r.agency.as_str())
+    .bind(r.id.as_str())
+    .bind(r.survey_id.as_str())
+    .bind(i64::from(r.channel))
+    .bind(r.unit.as_str())
+    .bind(r.submit_time)
+    .bind(r.transaction_id.clone())
+    .bind(import_key.map(str::to_string))
+    .bind(r.client_id.clone())
+    .bind(r.contact_agreed)
+    .bind(r.characteristics.as_ref().map(characteristics_json))
+    .bind(answers)
+    .bind(sealed)
+    .bind(r.sentiment.map(|s| (s * 100.0).round() as i64))
+    .bind(r.anonymous)
+    .bind(r.follow_up_id.clone())
+    .bind(r.create_time)
+    .execute(tx.conn())
+    .await?
+    .rows_affected();
+    if n == 0 {
+        if let Some(k) = import_key {
+            let existing: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM responses WHERE agency = $1 AND survey_id = $2 AND import_key = $3",
+            )
+            .bind(r.agency.as_str())
+            .bind(r.survey_id.as_str())
+            .bind(k)
+            .fetch_optional(tx.conn())
+            .await?;
+            if let Some(id) = existing {
+                return Ok(Inserted::AlreadyImported(id));
+            }
+        }
+        return Ok(Inserted::DuplicateTransaction);
+    }
+    let scores: Vec<(i32, i32)> = r
+        .answers
+        .iter()
+        .filter(|a| a.item != 0)
+        .filter_map(|a| a.score.map(|s| (a.item, s)))
+        .collect();
+    if !scores.is_empty() {
+        let rows: Vec<String> = (0..scores.len())
+            .map(|i| format!("($1, $2, $3, ${}, ${}, $4)", 5 + 2 * i, 6 + 2 * i))
+            .collect();
+        let sql = format!(
+            "INSERT INTO response_scores (agency, response_id, survey_id, item, score, submit_time) \
+             VALUES {}",
+            rows.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(r.agency.as_str())
+            .bind(r.id.as_str())
+            .bind(r.survey_id.as_str())
+            .bind(r.submit_time);
+        for (item, score) in scores {
+            q = q.bind(i64::from(item)).bind(i64::from(score));
+        }
+        q.execute(tx.conn()).await?;
+    }
+    Ok(Inserted::Created)
+}
+
+/// A response, or None.
+pub async fn get_response(
+    tx: &mut Tx,
+    key: &DataKey,
+    agency: &str,
+    survey_id: &str,
+    id: &str,
+) -> Result<Option<ResponseRecord>, Error> {
+    let sql = format!(
+        "SELECT {RESPONSE_COLUMNS} FROM responses WHERE agency = $1 AND survey_id = $2 AND id = $3"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(survey_id)
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await?;
+    row.map(|r| response_from_row(key, &r)).transpose()
+}
+
+/// One page of responses of one survey, or of every survey (None).
+pub async fn list_responses(
+    tx: &mut Tx,
+    key: &DataKey,
+    agency: &str,
+    survey_id: Option<&str>,
+    query: &ListQuery,
+) -> Result<(Vec<ResponseRecord>, String), Error> {
+    let sql = format!(
+        "SELECT {RESPONSE_COLUMNS} FROM responses WHERE agency = $1 AND ($2 = '' OR survey_id = $2) \
+         AND ({}) ORDER BY {} LIMIT {}",
+        query.where_sql(),
+        query.order_sql(),
+        query.fetch_limit()
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(survey_id.unwrap_or("").to_string());
+    for p in query.params() {
+        q = list_bind(q, p);
+    }
+    let mut rows = q.fetch_all(tx.conn()).await?;
+    let next = query.finish(&mut rows)?;
+    let records = rows
+        .iter()
+        .map(|r| response_from_row(key, r))
+        .collect::<Result<_, _>>()?;
+    Ok((records, next))
+}
+
+/// Removes what ties a client's responses to them: the comments as written
+/// are dropped (the masked analysis copy and the scores stay, so statistics
+/// stay whole). Returns the names of the responses touched.
+pub async fn erase_client(
+    tx: &mut Tx,
+    agency: &str,
+    client_id: &str,
+) -> Result<Vec<String>, Error> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT survey_id, id FROM responses WHERE agency = $1 AND client_id = $2")
+            .bind(agency)
+            .bind(client_id)
+            .fetch_all(tx.conn())
+            .await?;
+    sqlx::query(
+        "UPDATE responses SET originals = NULL, erased = TRUE WHERE agency = $1 AND client_id = $2",
+    )
+    .bind(agency)
+    .bind(client_id)
+    .execute(tx.conn())
+    .await?;
+    // An open follow-up can no longer be worked: nobody may contact the client.
+    sqlx::query(
+        "UPDATE follow_ups SET status = 4, close_time = COALESCE(close_time, $1), update_time = $1, \
+         revision = revision + 1 WHERE agency = $2 AND client_id = $3 AND status IN (1, 2)",
+    )
+    .bind(touchstone_platform::times::now_millis())
+    .bind(agency)
+    .bind(client_id)
+    .execute(tx.conn())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(survey, id)| response_name(agency, &survey, &id))
+        .collect())
+}
+
+// ---------------------------------------------------------------- volumes
+
+/// Inserts a volume record.
+pub async fn insert_volume(
+    tx: &mut Tx,
+    agency: &str,
+    survey_id: &str,
+    id: &str,
+    v: &VolumeInput,
+    now: i64,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO volumes (agency, id, survey_id, start_date, end_date, customers_served, \
+         customers_offered, create_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(agency)
+    .bind(id)
+    .bind(survey_id)
+    .bind(v.start)
+    .bind(v.end)
+    .bind(v.served)
+    .bind(v.offered)
+    .bind(now)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+// ------------------------------------------------------------- follow-ups
+
+/// A stored follow-up.
+#[derive(Debug, Clone)]
+pub struct FollowUpRecord {
+    /// Agency.
+    pub agency: String,
+    /// Id.
+    pub id: String,
+    /// Survey id.
+    pub survey_id: String,
+    /// Response id.
+    pub response_id: String,
+    /// Client id.
+    pub client_id: String,
+    /// Which rule.
+    pub reason: String,
+    /// `FollowUpStatus`.
+    pub status: i32,
+    /// Assignee.
+    pub assignee: String,
+    /// yyyymmdd.
+    pub due_date: i64,
+    /// Unit.
+    pub unit: String,
+    /// `Channel`.
+    pub channel: i32,
+    /// Created.
+    pub create_time: i64,
+    /// Changed.
+    pub update_time: i64,
+    /// Closed.
+    pub close_time: Option<i64>,
+    /// Version.
+    pub revision: i64,
+}
+
+impl FollowUpRecord {
+    /// The resource name.
+    pub fn name(&self) -> String {
+        format!("agencies/{}/followUps/{}", self.agency, self.id)
+    }
+}
+
+const FOLLOW_UP_COLUMNS: &str = "agency, id, survey_id, response_id, client_id, reason, status, \
+    assignee, due_date, unit, channel, create_time, update_time, close_time, revision";
+
+fn follow_up_from_row(row: &AnyRow) -> Result<FollowUpRecord, Error> {
+    Ok(FollowUpRecord {
+        agency: row.try_get("agency")?,
+        id: row.try_get("id")?,
+        survey_id: row.try_get("survey_id")?,
+        response_id: row.try_get("response_id")?,
+        client_id: row.try_get("client_id")?,
+        reason: row.try_get("reason")?,
+        status: row.try_get::<i64, _>("status")? as i32,
+        assignee: row.try_get("assignee")?,
+        due_date: row.try_get("due_date")?,
+        unit: row.try_get("unit")?,
+        channel: row.try_get::<i64, _>("channel")? as i32,
+        create_time: row.try_get("create_time")?,
+        update_time: row.try_get("update_time")?,
+        close_time: row.try_get("close_time")?,
+        revision: row.try_get("revision")?,
+    })
+}
+
+/// Inserts a follow-up.
+pub async fn insert_follow_up(tx: &mut Tx, f: &FollowUpRecord) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO follow_ups (agency, id, survey_id, response_id, client_id, reason, status, \
+         assignee, due_date, unit, channel, create_time, update_time, close_time, revision) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, NULL, 1)",
+    )
+    .bind(f.agency.as_str())
+    .bind(f.id.as_str())
+    .bind(f.survey_id.as_str())
+    .bind(f.response_id.as_str())
+    .bind(f.client_id.as_str())
+    .bind(f.reason.as_str())
+    .bind(i64::from(f.status))
+    .bind(f.assignee.as_str())
+    .bind(f.due_date)
+    .bind(f.unit.as_str())
+    .bind(i64::from(f.channel))
+    .bind(f.create_time)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// A follow-up, or None; `lock` holds its row until commit (PostgreSQL).
+pub async fn get_follow_up(
+    tx: &mut Tx,
+    agency: &str,
+    id: &str,
+    lock: bool,
+) -> Result<Option<FollowUpRecord>, Error> {
+    let lock = if lock { lock_clause(tx) } else { "" };
+    let sql =
+        format!("SELECT {FOLLOW_UP_COLUMNS} FROM follow_ups WHERE agency = $1 AND id = $2{lock}");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await?;
+    row.map(|r| follow_up_from_row(&r)).transpose()
+}
+
+/// Writes a follow-up's status, assignee, due date and times if its
+/// revision is unchanged.
+pub async fn update_follow_up(tx: &mut Tx, f: &FollowUpRecord) -> Result<bool, Error> {
+    let n = sqlx::query(
+        "UPDATE follow_ups SET status = $1, assignee = $2, due_date = $3, update_time = $4, \
+         close_time = $5, revision = revision + 1 WHERE agency = $6 AND id = $7 AND revision = $8",
+    )
+    .bind(i64::from(f.status))
+    .bind(f.assignee.as_str())
+    .bind(f.due_date)
+    .bind(f.update_time)
+    .bind(f.close_time)
+    .bind(f.agency.as_str())
+    .bind(f.id.as_str())
+    .bind(f.revision)
+    .execute(tx.conn())
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// One page of follow-ups.
+pub async fn list_follow_ups(
+    tx: &mut Tx,
+    agency: &str,
+    query: &ListQuery,
+) -> Result<(Vec<FollowUpRecord>, String), Error> {
+    let sql = format!(
+        "SELECT {FOLLOW_UP_COLUMNS} FROM follow_ups WHERE agency = $1 AND ({}) ORDER BY {} LIMIT {}",
+        query.where_sql(),
+        query.order_sql(),
+        query.fetch_limit()
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
+    for p in query.params() {
+        q = list_bind(q, p);
+    }
+    let mut rows = q.fetch_all(tx.conn()).await?;
+    let next = query.finish(&mut rows)?;
+    let records = rows
+        .iter()
+        .map(follow_up_from_row)
+        .collect::<Result<_, _>>()?;
+    Ok((records, next))
+}
+
+// ----------------------------------------------------------------- A-11
+
+/// Answers per (touchpoint, item, score) between two times (millis,
+/// start inclusive, end exclusive), grouped by the survey's touchpoint.
+pub async fn a11_counts(
+    tx: &mut Tx,
+    agency: &str,
+    from: i64,
+    until: i64,
+) -> Result<Vec<(Touchpoint, i32, i32, i64)>, Error> {
+    let rows = sqlx::query(
+        "SELECT s.service AS service, s.unit AS unit, s.channel AS channel, s.stage AS stage, \
+         r.item AS item, r.score AS score, COUNT(*) AS n \
+         FROM response_scores r JOIN surveys s ON s.agency = r.agency AND s.id = r.survey_id \
+         WHERE r.agency = $1 AND r.submit_time >= $2 AND r.submit_time < $3 \
+         GROUP BY s.service, s.unit, s.channel, s.stage, r.item, r.score",
+    )
+    .bind(agency)
+    .bind(from)
+    .bind(until)
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                touchpoint_from_row(row)?,
+                row.try_get::<i64, _>("item")? as i32,
+                row.try_get::<i64, _>("score")? as i32,
+                row.try_get::<i64, _>("n")?,
+            ))
+        })
+        .collect()
+}
+
+/// Volumes per touchpoint whose period starts between two days (yyyymmdd, inclusive).
+pub async fn a11_volumes(
+    tx: &mut Tx,
+    agency: &str,
+    first_day: i64,
+    last_day: i64,
+) -> Result<Vec<(Touchpoint, i64, i64)>, Error> {
+    let rows = sqlx::query(
+        "SELECT s.service AS service, s.unit AS unit, s.channel AS channel, s.stage AS stage, \
+         CAST(SUM(v.customers_served) AS BIGINT) AS served, \
+         CAST(SUM(v.customers_offered) AS BIGINT) AS offered \
+         FROM volumes v JOIN surveys s ON s.agency = v.agency AND s.id = v.survey_id \
+         WHERE v.agency = $1 AND v.start_date >= $2 AND v.start_date <= $3 \
+         GROUP BY s.service, s.unit, s.channel, s.stage",
+    )
+    .bind(agency)
+    .bind(first_day)
+    .bind(last_day)
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                touchpoint_from_row(row)?,
+                row.try_get::<i64, _>("served")?,
+                row.try_get::<i64, _>("offered")?,
+            ))
+        })
+        .collect()
+}
+
+fn touchpoint_from_row(row: &AnyRow) -> Result<Touchpoint, Error> {
+    Ok(Touchpoint {
+        service: row.try_get("service")?,
+        unit: row.try_get("unit")?,
+        channel: row.try_get::<i64, _>("channel")? as i32,
+        stage: row.try_get("stage")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_are_valid() {
+        for s in [&SURVEY_SCHEMA, &RESPONSE_SCHEMA, &FOLLOW_UP_SCHEMA] {
+            s.validate().expect("valid schema");
+        }
+    }
+
+    #[test]
+    fn characteristics_round_trip() {
+        let c = Characteristics {
+            age_band: 3,
+            gender: 1,
+            disability: 2,
+            first_nations: 0,
+            culturally_linguistically_diverse: 1,
+            remote_location: 3,
+        };
+        assert_eq!(
+            characteristics_from_json(&characteristics_json(&c)).ok(),
+            Some(c)
+        );
+    }
+}
