@@ -421,63 +421,37 @@ impl Complaints {
             .ok_or(Error::NotFound("complaint"))?;
         check_etag(verb.etag, record.revision)?;
         let command = build(&record)?;
-        if let Some(why) = domain::needs_senior(&record.state, &command)
-            && !caller.has_role(Role::SeniorOfficer)
-        {
-            return Err(Error::SeniorRequired(why));
-        }
-        let command = match command {
-            Command::Resolve {
-                outcome,
-                remedies,
-                root_causes,
-                financial_cents,
-                ..
-            } => Command::Resolve {
-                approver: if remedies.contains(&(pb::Remedy::Financial as i32)) {
-                    caller.subject.clone()
-                } else {
-                    String::new()
-                },
-                outcome,
-                remedies,
-                root_causes,
-                financial_cents,
-            },
-            other => other,
-        };
         let now = times::now_millis();
-        let before = record.state.clone();
-        record.state = before.apply(&command, now)?;
         if let Some(p) = record.personal.as_mut() {
             personal(p);
         }
-        record.revision += 1;
-        record.update_time = now;
         let (cal, standard) = rules(&mut change.tx, agency).await?;
         let sequence = store::history_len(&mut change.tx, agency, id).await? + 1;
-        store::append_history(
+        let step = Step {
+            command,
+            time: now,
+            actor: &caller.subject,
+            note,
+            sequence,
+        };
+        let events = advance(
             &mut change.tx,
             &change.key,
-            agency,
-            id,
-            &history_row(
-                sequence,
-                caller,
-                now,
-                command.clone(),
-                &before,
-                &record.state,
-                note,
-            ),
+            caller,
+            &mut record,
+            step,
+            &cal,
+            &standard,
         )
         .await?;
+        record.revision += 1;
+        record.update_time = now;
         let due = due_columns(&record.state, &cal, &standard, now);
         if !store::update_complaint(&mut change.tx, &change.key, &record, due).await? {
             return Err(Error::StaleEtag);
         }
         let name = record.name();
-        for event in events_of(&command, &before, &record, &cal, &standard, now) {
+        for event in events {
             change.event_pending(&name, event);
         }
         let response = complaint_to_proto(&record, &cal, &standard, now);
@@ -485,9 +459,227 @@ impl Complaints {
     }
 }
 
+/// One step of a complaint's life, about to be applied.
+struct Step<'a> {
+    command: Command,
+    time: i64,
+    actor: &'a str,
+    note: String,
+    sequence: i64,
+}
+
+/// Applies one step to `record` (not yet stored): the senior rules, the
+/// transition, the history entry. Returns the outbox events it causes.
+async fn advance(
+    tx: &mut Tx,
+    key: &DataKey,
+    caller: &Caller,
+    record: &mut ComplaintRecord,
+    step: Step<'_>,
+    cal: &Calendar,
+    standard: &Standard,
+) -> Result<Vec<outbox::Pending>, Error> {
+    if let Some(why) = domain::needs_senior(&record.state, &step.command)
+        && !caller.has_role(Role::SeniorOfficer)
+    {
+        return Err(Error::SeniorRequired(why));
+    }
+    let command = match step.command {
+        Command::Resolve {
+            outcome,
+            remedies,
+            root_causes,
+            financial_cents,
+            ..
+        } => Command::Resolve {
+            approver: if remedies.contains(&(pb::Remedy::Financial as i32)) {
+                caller.subject.clone()
+            } else {
+                String::new()
+            },
+            outcome,
+            remedies,
+            root_causes,
+            financial_cents,
+        },
+        other => other,
+    };
+    let before = record.state.clone();
+    record.state = before.apply(&command, step.time)?;
+    store::append_history(
+        tx,
+        key,
+        &record.agency,
+        &record.id,
+        &history_row(
+            step.sequence,
+            step.actor,
+            step.time,
+            command.clone(),
+            &before,
+            &record.state,
+            step.note,
+        ),
+    )
+    .await?;
+    Ok(events_of(
+        &command, &before, record, cal, standard, step.time,
+    ))
+}
+
+/// Parses a resolution into its command and the response summary.
+fn parse_resolution(
+    field: &str,
+    resolution: Option<&pb::Resolution>,
+) -> Result<(Command, String), Error> {
+    let Some(resolution) = resolution else {
+        return Err(Error::invalid(field, "required"));
+    };
+    let mut v = Violations::new();
+    if matches!(
+        pb::Outcome::try_from(resolution.outcome),
+        Ok(pb::Outcome::Unspecified) | Err(_)
+    ) {
+        v.add(format!("{field}.outcome"), "required");
+    }
+    if resolution.remedies.len() > domain::MAX_LIST {
+        v.add(format!("{field}.remedies"), "at most 50");
+    }
+    for (i, r) in resolution.remedies.iter().enumerate() {
+        if matches!(
+            pb::Remedy::try_from(*r),
+            Ok(pb::Remedy::Unspecified) | Err(_)
+        ) {
+            v.add(format!("{field}.remedies[{i}]"), "not a known remedy");
+        }
+    }
+    let financial = resolution
+        .remedies
+        .contains(&(pb::Remedy::Financial as i32));
+    if resolution.financial_amount_cents < 0
+        || resolution.financial_amount_cents > 100_000_000_000
+        || (!financial && resolution.financial_amount_cents != 0)
+    {
+        v.add(
+            format!("{field}.financial_amount_cents"),
+            "0 to 100,000,000,000, and only with a FINANCIAL remedy",
+        );
+    }
+    if resolution.root_causes.len() > domain::MAX_LIST {
+        v.add(format!("{field}.root_causes"), "at most 50");
+    }
+    let mut root_causes = Vec::new();
+    for (i, c) in resolution.root_causes.iter().enumerate() {
+        if let Some(c) = v.check(
+            &format!("{field}.root_causes[{i}]"),
+            domain::short_text(c, true),
+        ) {
+            root_causes.push(c);
+        }
+    }
+    let summary = v
+        .check(
+            &format!("{field}.summary"),
+            domain::long_text(&resolution.summary, domain::MAX_NOTE),
+        )
+        .unwrap_or_default();
+    if !v.is_empty() {
+        return Err(v.into());
+    }
+    let mut remedies = resolution.remedies.clone();
+    remedies.sort_unstable();
+    remedies.dedup();
+    Ok((
+        Command::Resolve {
+            outcome: resolution.outcome,
+            remedies,
+            root_causes,
+            financial_cents: resolution.financial_amount_cents,
+            approver: String::new(),
+        },
+        summary,
+    ))
+}
+
+/// A checked escalation request: the stage asked for (None: the next one)
+/// and the external body.
+struct Escalation {
+    to: Option<Stage>,
+    body: String,
+    reference: String,
+}
+
+impl Escalation {
+    fn parse(stage: i32, referral: Option<&pb::Referral>) -> Result<Escalation, Error> {
+        let to = if stage == 0 {
+            None
+        } else {
+            Some(
+                Stage::from_proto(stage)
+                    .ok_or_else(|| Error::invalid("stage", "not a known stage"))?,
+            )
+        };
+        let referral = referral.cloned().unwrap_or_default();
+        let mut v = Violations::new();
+        let body = v.check("referral.body", domain::short_text(&referral.body, false));
+        let reference = v.check(
+            "referral.reference",
+            domain::short_text(&referral.reference, false),
+        );
+        if !v.is_empty() {
+            return Err(v.into());
+        }
+        Ok(Escalation {
+            to,
+            body: body.unwrap_or_default(),
+            reference: reference.unwrap_or_default(),
+        })
+    }
+
+    fn command(self, state: &State) -> Result<Command, Error> {
+        let to = match self.to {
+            Some(s) => s,
+            None => state
+                .stage
+                .next()
+                .ok_or(Error::Transition(TransitionError::NotLaterStage))?,
+        };
+        if to == Stage::ExternalReview && (self.body.is_empty() || self.reference.is_empty()) {
+            return Err(Error::invalid(
+                "referral",
+                "the external body and its reference are required for external review",
+            ));
+        }
+        Ok(Command::Escalate {
+            to,
+            referral_body: self.body,
+            referral_reference: self.reference,
+        })
+    }
+}
+
+/// Parses an assignment: unit, officer, or both.
+fn parse_assignment(a: Option<&pb::Assignment>) -> Result<(String, String), Error> {
+    let a = a.cloned().unwrap_or_default();
+    let mut v = Violations::new();
+    let unit = v.check("assignment.unit", domain::short_text(&a.unit, false));
+    let officer = v.check("assignment.officer", domain::short_text(&a.officer, false));
+    if !v.is_empty() {
+        return Err(v.into());
+    }
+    let (unit, officer) = (unit.unwrap_or_default(), officer.unwrap_or_default());
+    if unit.is_empty() && officer.is_empty() {
+        return Err(Error::invalid(
+            "assignment",
+            "give a unit, an officer or both",
+        ));
+    }
+    Ok((unit, officer))
+}
+
 fn history_row(
     sequence: i64,
-    caller: &Caller,
+    actor: &str,
     now: i64,
     command: Command,
     before: &State,
@@ -496,7 +688,7 @@ fn history_row(
 ) -> HistoryRow {
     HistoryRow {
         sequence,
-        actor: caller.subject.clone(),
+        actor: actor.to_string(),
         time: now,
         command,
         from_status: before.status.proto() as i32,
@@ -820,6 +1012,228 @@ impl Complaints {
     }
 }
 
+/// Most historic steps of one imported complaint.
+const MAX_STEPS: usize = 100;
+
+/// A complaint being taken in: new (CreateComplaint) or historic, with the
+/// steps it already went through (ImportComplaint).
+struct Intake<'a> {
+    parent: &'a str,
+    complaint: Option<&'a pb::Complaint>,
+    complaint_id: &'a str,
+    request_id: &'a str,
+    fingerprint: String,
+    method: &'static str,
+    action: Action,
+    steps: &'a [pb::HistoricStep],
+}
+
+/// A historic step as a command, its time and its note.
+fn historic_step(
+    i: usize,
+    step: &pb::HistoricStep,
+    state: &State,
+) -> Result<(Command, i64, String, String), Error> {
+    use pb::historic_step::Action as A;
+    let field = format!("steps[{i}]");
+    let time = step
+        .time
+        .as_ref()
+        .and_then(times::millis)
+        .ok_or_else(|| Error::invalid(&format!("{field}.time"), "required"))?;
+    let note = domain::long_text(&step.note, domain::MAX_NOTE)
+        .map_err(|e| Error::invalid(&format!("{field}.note"), e))?;
+    let actor = domain::short_text(&step.actor, false)
+        .map_err(|e| Error::invalid(&format!("{field}.actor"), e))?;
+    let (command, summary) = match A::try_from(step.action) {
+        Ok(A::Acknowledge) => (Command::Acknowledge, None),
+        Ok(A::Start) => (Command::Start, None),
+        Ok(A::AwaitClient) => (Command::AwaitClient, None),
+        Ok(A::Resume) => (Command::Resume, None),
+        Ok(A::Close) => (Command::Close, None),
+        Ok(A::Reopen) => (Command::Reopen, None),
+        Ok(A::Withdraw) => (Command::Withdraw, None),
+        Ok(A::Resolve) => {
+            let (c, summary) =
+                parse_resolution(&format!("{field}.resolution"), step.resolution.as_ref())?;
+            (c, Some(summary))
+        }
+        Ok(A::Escalate) => (
+            Escalation::parse(step.stage, step.referral.as_ref())?.command(state)?,
+            None,
+        ),
+        Ok(A::Assign) => {
+            let (unit, officer) = parse_assignment(step.assignment.as_ref())?;
+            (
+                Command::Assign {
+                    unit: if unit.is_empty() {
+                        state.unit.clone()
+                    } else {
+                        unit
+                    },
+                    officer,
+                },
+                None,
+            )
+        }
+        Ok(A::Unspecified) | Err(_) => {
+            return Err(Error::invalid(&format!("{field}.action"), "required"));
+        }
+    };
+    let note = match summary {
+        Some(summary) if note.is_empty() => summary,
+        _ => note,
+    };
+    Ok((command, time, note, actor))
+}
+
+impl Complaints {
+    async fn take_in(
+        &self,
+        caller: &Caller,
+        req: Intake<'_>,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<pb::Complaint, Error> {
+        let agency = parse_agency("parent", req.parent)?;
+        authorize(caller, req.action, agency, false)?;
+        let Some(complaint) = req.complaint else {
+            return Err(Error::invalid("complaint", "required"));
+        };
+        let now = times::now_millis();
+        let (mut record, client) = parse_intake(complaint, agency, now)?;
+        record.id = names::chosen_id("complaint_id", req.complaint_id)?;
+        change::check_request_id(req.request_id)?;
+        // The register is asked before the write transaction opens, so a
+        // slow register never holds the writer; if it cannot answer, the
+        // complaint is still taken in and checked again later.
+        if let Some(client) = &client {
+            match intake::check(&self.register, client, deadline).await {
+                intake::Checked::Verified(needs) => {
+                    record.client_check = pb::ClientCheck::Verified as i32;
+                    record.needs = needs;
+                }
+                intake::Checked::Unknown => {
+                    return Err(Error::invalid(
+                        "complaint.complainant.client",
+                        "the register has no such client",
+                    ));
+                }
+                intake::Checked::Erased => {
+                    return Err(Error::invalid(
+                        "complaint.complainant.client",
+                        "the client was erased from the register",
+                    ));
+                }
+                intake::Checked::Unavailable => {}
+            }
+        }
+        let mut change = match self
+            .begin(caller, agency, req.method, req.request_id, req.fingerprint)
+            .await?
+        {
+            Begun::Replay(r) => return Ok(r),
+            Begun::Fresh(c) => c,
+        };
+        let (cal, standard) = rules(&mut change.tx, agency).await?;
+        let senior = standard.senior_reason(record.state.severity, &record.state.category);
+        record.state.senior_queue = senior.is_some();
+        let s = &record.state;
+        let received_at = s.receive_time;
+        let command = Command::Receive {
+            receive_time: s.receive_time,
+            severity: s.severity,
+            category: s.category.clone(),
+            unit: s.unit.clone(),
+            senior: s.senior_queue,
+        };
+        let before = record.state.clone();
+        store::append_history(
+            &mut change.tx,
+            &change.key,
+            agency,
+            &record.id,
+            &history_row(
+                1,
+                &caller.subject,
+                received_at,
+                command,
+                &before,
+                &record.state,
+                String::new(),
+            ),
+        )
+        .await?;
+        let name = record.name();
+        change.event(
+            &name,
+            &pb::ComplaintReceived {
+                facts: Some(facts(&record, &cal, received_at)),
+                senior_queue: record.state.senior_queue,
+            },
+        );
+        if let Some(reason) = senior {
+            change.event(
+                &name,
+                &pb::ComplaintEscalated {
+                    facts: Some(facts(&record, &cal, received_at)),
+                    reason: reason.into(),
+                },
+            );
+        }
+        let mut last = received_at;
+        for (i, step) in req.steps.iter().enumerate() {
+            let (command, time, note, actor) = historic_step(i, step, &record.state)?;
+            if time < last || time > now + FUTURE_SLACK_MILLIS {
+                return Err(Error::invalid(
+                    &format!("steps[{i}].time"),
+                    "not before the previous step or the receipt, and not in the future",
+                ));
+            }
+            last = time;
+            if let (Command::Resolve { .. }, Some(p)) = (&command, record.personal.as_mut()) {
+                p.resolution_summary = note.clone();
+            }
+            let actor = if actor.is_empty() {
+                caller.subject.clone()
+            } else {
+                actor
+            };
+            let step = Step {
+                command,
+                time,
+                actor: &actor,
+                note,
+                sequence: i as i64 + 2,
+            };
+            let events = advance(
+                &mut change.tx,
+                &change.key,
+                caller,
+                &mut record,
+                step,
+                &cal,
+                &standard,
+            )
+            .await
+            .map_err(|e| match e {
+                Error::Transition(t) => {
+                    Error::invalid(&format!("steps[{i}].action"), t.to_string())
+                }
+                other => other,
+            })?;
+            for event in events {
+                change.event_pending(&name, event);
+            }
+        }
+        // The row is written once, in its final state; the history above
+        // holds every step that led to it.
+        let due = due_columns(&record.state, &cal, &standard, now);
+        store::insert_complaint(&mut change.tx, &change.key, &record, due).await?;
+        let response = complaint_to_proto(&record, &cal, &standard, now);
+        Ok(change.finish(&name, response).await?)
+    }
+}
+
 #[tonic::async_trait]
 impl ComplaintsService for Complaints {
     #[tracing::instrument(skip_all)]
@@ -830,104 +1244,56 @@ impl ComplaintsService for Complaints {
         let caller = Caller::from_request(&request)?;
         let deadline = touchstone_server::deadline::remaining(&request);
         let req = request.into_inner();
-        let run = async {
-            let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::Intake, agency, false)?;
-            let Some(complaint) = req.complaint.as_ref() else {
-                return Err(Error::invalid("complaint", "required"));
-            };
-            let now = times::now_millis();
-            let (mut record, client) = parse_intake(complaint, agency, now)?;
-            record.id = names::chosen_id("complaint_id", &req.complaint_id)?;
-            change::check_request_id(&req.request_id)?;
-            // The register is asked before the write transaction opens, so a
-            // slow register never holds the writer; if it cannot answer, the
-            // complaint is still taken in and checked again later.
-            if let Some(client) = &client {
-                match intake::check(&self.register, client, deadline).await {
-                    intake::Checked::Verified(needs) => {
-                        record.client_check = pb::ClientCheck::Verified as i32;
-                        record.needs = needs;
-                    }
-                    intake::Checked::Unknown => {
-                        return Err(Error::invalid(
-                            "complaint.complainant.client",
-                            "the register has no such client",
-                        ));
-                    }
-                    intake::Checked::Erased => {
-                        return Err(Error::invalid(
-                            "complaint.complainant.client",
-                            "the client was erased from the register",
-                        ));
-                    }
-                    intake::Checked::Unavailable => {}
-                }
-            }
-            let mut change = match self
-                .begin(
-                    &caller,
-                    agency,
-                    "CreateComplaint",
-                    &req.request_id,
-                    idempotency::fingerprint(&req),
-                )
-                .await?
-            {
-                Begun::Replay(r) => return Ok(r),
-                Begun::Fresh(c) => c,
-            };
-            let (cal, standard) = rules(&mut change.tx, agency).await?;
-            let senior = standard.senior_reason(record.state.severity, &record.state.category);
-            record.state.senior_queue = senior.is_some();
-            let s = &record.state;
-            let command = Command::Receive {
-                receive_time: s.receive_time,
-                severity: s.severity,
-                category: s.category.clone(),
-                unit: s.unit.clone(),
-                senior: s.senior_queue,
-            };
-            let due = due_columns(&record.state, &cal, &standard, now);
-            store::insert_complaint(&mut change.tx, &change.key, &record, due).await?;
-            let before = record.state.clone();
-            store::append_history(
-                &mut change.tx,
-                &change.key,
-                agency,
-                &record.id,
-                &history_row(
-                    1,
-                    &caller,
-                    now,
-                    command,
-                    &before,
-                    &record.state,
-                    String::new(),
-                ),
-            )
-            .await?;
-            let name = record.name();
-            change.event(
-                &name,
-                &pb::ComplaintReceived {
-                    facts: Some(facts(&record, &cal, now)),
-                    senior_queue: record.state.senior_queue,
-                },
-            );
-            if let Some(reason) = senior {
-                change.event(
-                    &name,
-                    &pb::ComplaintEscalated {
-                        facts: Some(facts(&record, &cal, now)),
-                        reason: reason.into(),
-                    },
-                );
-            }
-            let response = complaint_to_proto(&record, &cal, &standard, now);
-            Ok(change.finish(&name, response).await?)
+        let intake = Intake {
+            parent: &req.parent,
+            complaint: req.complaint.as_ref(),
+            complaint_id: &req.complaint_id,
+            request_id: &req.request_id,
+            fingerprint: idempotency::fingerprint(&req),
+            method: "CreateComplaint",
+            action: Action::Intake,
+            steps: &[],
         };
-        Ok(Response::new(run.await?))
+        Ok(Response::new(
+            self.take_in(&caller, intake, deadline).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn import_complaint(
+        &self,
+        request: Request<pb::ImportComplaintRequest>,
+    ) -> Reply<pb::Complaint> {
+        let caller = Caller::from_request(&request)?;
+        let deadline = touchstone_server::deadline::remaining(&request);
+        let req = request.into_inner();
+        if req
+            .complaint
+            .as_ref()
+            .is_some_and(|c| c.receive_time.is_none())
+        {
+            return Err(Error::invalid(
+                "complaint.receive_time",
+                "required for a historic complaint",
+            )
+            .into());
+        }
+        if req.steps.len() > MAX_STEPS {
+            return Err(Error::invalid("steps", "at most 100").into());
+        }
+        let intake = Intake {
+            parent: &req.parent,
+            complaint: req.complaint.as_ref(),
+            complaint_id: &req.complaint_id,
+            request_id: &req.request_id,
+            fingerprint: idempotency::fingerprint(&req),
+            method: "ImportComplaint",
+            action: Action::Migrate,
+            steps: &req.steps,
+        };
+        Ok(Response::new(
+            self.take_in(&caller, intake, deadline).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all)]
@@ -1163,7 +1529,7 @@ impl ComplaintsService for Complaints {
                     id,
                     &history_row(
                         sequence,
-                        &caller,
+                        &caller.subject,
                         now,
                         c.clone(),
                         &before,
@@ -1280,59 +1646,7 @@ impl ComplaintsService for Complaints {
     ) -> Reply<pb::Complaint> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let Some(resolution) = req.resolution.clone() else {
-            return Err(Error::invalid("resolution", "required").into());
-        };
-        let mut v = Violations::new();
-        match pb::Outcome::try_from(resolution.outcome) {
-            Ok(pb::Outcome::Unspecified) | Err(_) => v.add("resolution.outcome", "required"),
-            Ok(_) => {}
-        }
-        if resolution.remedies.len() > domain::MAX_LIST {
-            v.add("resolution.remedies", "at most 50");
-        }
-        for (i, r) in resolution.remedies.iter().enumerate() {
-            if matches!(
-                pb::Remedy::try_from(*r),
-                Ok(pb::Remedy::Unspecified) | Err(_)
-            ) {
-                v.add(format!("resolution.remedies[{i}]"), "not a known remedy");
-            }
-        }
-        let financial = resolution
-            .remedies
-            .contains(&(pb::Remedy::Financial as i32));
-        if resolution.financial_amount_cents < 0
-            || resolution.financial_amount_cents > 100_000_000_000
-            || (!financial && resolution.financial_amount_cents != 0)
-        {
-            v.add(
-                "resolution.financial_amount_cents",
-                "0 to 100,000,000,000, and only with a FINANCIAL remedy",
-            );
-        }
-        if resolution.root_causes.len() > domain::MAX_LIST {
-            v.add("resolution.root_causes", "at most 50");
-        }
-        let mut root_causes = Vec::new();
-        for (i, c) in resolution.root_causes.iter().enumerate() {
-            if let Some(c) = v.check(
-                &format!("resolution.root_causes[{i}]"),
-                domain::short_text(c, true),
-            ) {
-                root_causes.push(c);
-            }
-        }
-        let summary = v.check(
-            "resolution.summary",
-            domain::long_text(&resolution.summary, domain::MAX_NOTE),
-        );
-        if !v.is_empty() {
-            return Err(Error::from(v).into());
-        }
-        let mut remedies = resolution.remedies.clone();
-        remedies.sort_unstable();
-        remedies.dedup();
+        let (command, summary) = parse_resolution("resolution", req.resolution.as_ref())?;
         let verb = Verb {
             name: &req.name,
             note: &req.note,
@@ -1341,21 +1655,12 @@ impl ComplaintsService for Complaints {
             method: "ResolveComplaint",
             fingerprint: idempotency::fingerprint(&req),
         };
-        let summary = summary.unwrap_or_default();
         let r = self
             .run_command(
                 &caller,
                 verb,
                 move |p| p.resolution_summary = summary,
-                move |_| {
-                    Ok(Command::Resolve {
-                        outcome: resolution.outcome,
-                        remedies,
-                        root_causes,
-                        financial_cents: resolution.financial_amount_cents,
-                        approver: String::new(),
-                    })
-                },
+                move |_| Ok(command),
             )
             .await?;
         Ok(Response::new(r))
@@ -1431,25 +1736,7 @@ impl ComplaintsService for Complaints {
     ) -> Reply<pb::Complaint> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let asked = if req.stage == 0 {
-            None
-        } else {
-            Some(
-                Stage::from_proto(req.stage)
-                    .ok_or_else(|| Error::invalid("stage", "not a known stage"))?,
-            )
-        };
-        let referral = req.referral.clone().unwrap_or_default();
-        let mut v = Violations::new();
-        let body = v.check("referral.body", domain::short_text(&referral.body, false));
-        let reference = v.check(
-            "referral.reference",
-            domain::short_text(&referral.reference, false),
-        );
-        if !v.is_empty() {
-            return Err(Error::from(v).into());
-        }
-        let (body, reference) = (body.unwrap_or_default(), reference.unwrap_or_default());
+        let escalation = Escalation::parse(req.stage, req.referral.as_ref())?;
         let verb = Verb {
             name: &req.name,
             note: &req.note,
@@ -1463,27 +1750,7 @@ impl ComplaintsService for Complaints {
                 &caller,
                 verb,
                 |_| {},
-                move |record| {
-                    let to = match asked {
-                        Some(s) => s,
-                        None => record
-                            .state
-                            .stage
-                            .next()
-                            .ok_or(Error::Transition(TransitionError::NotLaterStage))?,
-                    };
-                    if to == Stage::ExternalReview && (body.is_empty() || reference.is_empty()) {
-                        return Err(Error::invalid(
-                            "referral",
-                            "the external body and its reference are required for external review",
-                        ));
-                    }
-                    Ok(Command::Escalate {
-                        to,
-                        referral_body: body,
-                        referral_reference: reference,
-                    })
-                },
+                move |record| escalation.command(&record.state),
             )
             .await?;
         Ok(Response::new(r))
@@ -1496,17 +1763,7 @@ impl ComplaintsService for Complaints {
     ) -> Reply<pb::Complaint> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let a = req.assignment.clone().unwrap_or_default();
-        let mut v = Violations::new();
-        let unit = v.check("assignment.unit", domain::short_text(&a.unit, false));
-        let officer = v.check("assignment.officer", domain::short_text(&a.officer, false));
-        if !v.is_empty() {
-            return Err(Error::from(v).into());
-        }
-        let (unit, officer) = (unit.unwrap_or_default(), officer.unwrap_or_default());
-        if unit.is_empty() && officer.is_empty() {
-            return Err(Error::invalid("assignment", "give a unit, an officer or both").into());
-        }
+        let (unit, officer) = parse_assignment(req.assignment.as_ref())?;
         let verb = Verb {
             name: &req.name,
             note: &req.note,

@@ -82,6 +82,12 @@ impl Status {
     }
 }
 
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.proto().as_str_name().trim_start_matches("STATUS_"))
+    }
+}
+
 /// Complaint-handling stage, in escalation order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -309,7 +315,7 @@ pub struct State {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionError {
     /// Not allowed from the current status (reason INVALID_TRANSITION).
-    #[error("{action} is not allowed when the complaint is {from:?}")]
+    #[error("{action} is not allowed when the complaint is {from}")]
     Invalid {
         /// The action tried.
         action: &'static str,
@@ -882,6 +888,8 @@ pub fn long_text(s: &str, max: usize) -> Result<String, String> {
 pub enum Action {
     /// Take in a complaint.
     Intake,
+    /// Import historic complaints from another system.
+    Migrate,
     /// Read complaints (personal data).
     Read,
     /// Work a complaint.
@@ -901,6 +909,7 @@ impl Action {
     pub fn roles(self) -> &'static [Role] {
         match self {
             Action::Intake => &[Role::Officer, Role::SeniorOfficer, Role::Intake],
+            Action::Migrate => &[Role::SeniorOfficer, Role::AgencyAdmin],
             Action::Read => &[Role::Officer, Role::SeniorOfficer],
             Action::Work => &[Role::Officer, Role::SeniorOfficer],
             Action::ReadSettings => &[

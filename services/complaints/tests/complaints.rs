@@ -1479,3 +1479,178 @@ async fn learning_register() {
     assert_eq!(violations(&bad), ["issue.complaints[0]"]);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn historic_import_keeps_the_old_times() {
+    let h = Harness::start().await;
+    let mut c = h.client().await;
+    let admin = h.token("dia", &[Role::AgencyAdmin]);
+    use pb::historic_step::Action as A;
+    let step = |action: A, at: &str| pb::HistoricStep {
+        action: action as i32,
+        time: Some(utc(at)),
+        ..Default::default()
+    };
+    let mut complaint = anonymous("Historic: lost passport application.");
+    complaint.receive_time = Some(utc("2026-03-02T09:00:00Z"));
+    let request = pb::ImportComplaintRequest {
+        parent: "agencies/dia".into(),
+        complaint: Some(complaint.clone()),
+        complaint_id: "cms-00042".into(),
+        request_id: "import-CMS-00042".into(),
+        steps: vec![
+            step(A::Acknowledge, "2026-03-03T10:00:00Z"),
+            step(A::Start, "2026-03-03T11:00:00Z"),
+            step(A::AwaitClient, "2026-03-04T10:00:00Z"),
+            step(A::Resume, "2026-03-10T10:00:00Z"),
+            pb::HistoricStep {
+                resolution: Some(pb::Resolution {
+                    outcome: pb::Outcome::Upheld as i32,
+                    remedies: vec![pb::Remedy::Apology as i32],
+                    summary: "Apologised and re-issued.".into(),
+                    ..Default::default()
+                }),
+                actor: "jsmith".into(),
+                ..step(A::Resolve, "2026-03-12T10:00:00Z")
+            },
+            step(A::Close, "2026-03-13T10:00:00Z"),
+        ],
+    };
+    let imported = c
+        .import_complaint(req(request.clone(), &admin))
+        .await
+        .expect("import")
+        .into_inner();
+    assert_eq!(imported.name, "agencies/dia/complaints/cms-00042");
+    assert_eq!(imported.status, pb::Status::Closed as i32);
+    assert_eq!(imported.etag, "1");
+    // Received Monday 2 March (UTC calendar): acknowledged Tuesday 3 = day 1;
+    // responded Thursday 12 with the clock stopped from Wednesday 4 to
+    // Tuesday 10: counted days are 3, 10, 11, 12 → 4 working days of 5.
+    let response = imported.response_clock.expect("clock");
+    assert_eq!(response.used_days, 4);
+    assert!(response.completed && !response.breached);
+    let ack = imported.acknowledgement_clock.expect("clock");
+    assert_eq!(ack.used_days, 1);
+    assert_eq!(
+        imported.resolution.expect("resolution").summary,
+        "Apologised and re-issued."
+    );
+    // Re-running the import changes nothing.
+    let again = c
+        .import_complaint(req(request, &admin))
+        .await
+        .expect("again")
+        .into_inner();
+    assert_eq!(again.name, imported.name);
+    let history = c
+        .list_complaint_history(req(
+            pb::ListComplaintHistoryRequest {
+                parent: imported.name.clone(),
+            },
+            &h.token("dia", OFFICER),
+        ))
+        .await
+        .expect("history")
+        .into_inner()
+        .entries;
+    assert_eq!(history.len(), 7);
+    assert_eq!(history[5].actor, "jsmith");
+    assert_eq!(history[5].time, Some(utc("2026-03-12T10:00:00Z")));
+    assert_history_replays(&h, &imported.name).await;
+    let types = event_types(&h, &mut c).await;
+    assert_eq!(
+        types,
+        [
+            "ComplaintReceived",
+            "ComplaintAcknowledged",
+            "ComplaintPaused",
+            "ComplaintResumed",
+            "ComplaintResolved",
+            "ComplaintClosed"
+        ]
+    );
+    // The resolved event is dated when it happened, not when it was imported.
+    let events = c
+        .list_events(req(
+            pb::ListEventsRequest {
+                after_sequence: 0,
+                page_size: 10,
+            },
+            &h.service_token(),
+        ))
+        .await
+        .expect("events")
+        .into_inner()
+        .events;
+    let resolved: pb::ComplaintResolved = prost::Message::decode(
+        events[4]
+            .payload
+            .as_ref()
+            .expect("payload")
+            .value
+            .as_slice(),
+    )
+    .expect("decode");
+    let facts = resolved.facts.expect("facts");
+    assert_eq!(facts.event_date, Some(day(2026, 3, 12)));
+    assert_eq!(resolved.working_days, 4);
+    assert!(resolved.within_standard);
+
+    // A step the transition table refuses names the step; nothing is created.
+    let bad = c
+        .import_complaint(req(
+            pb::ImportComplaintRequest {
+                parent: "agencies/dia".into(),
+                complaint: Some(complaint.clone()),
+                complaint_id: "cms-00043".into(),
+                request_id: "import-CMS-00043".into(),
+                steps: vec![
+                    step(A::Acknowledge, "2026-03-03T10:00:00Z"),
+                    step(A::Close, "2026-03-04T10:00:00Z"),
+                ],
+            },
+            &admin,
+        ))
+        .await
+        .expect_err("close before resolve");
+    assert_eq!(violations(&bad), ["steps[1].action"]);
+    let bad = c
+        .import_complaint(req(
+            pb::ImportComplaintRequest {
+                parent: "agencies/dia".into(),
+                complaint: Some(complaint.clone()),
+                complaint_id: "cms-00044".into(),
+                request_id: String::new(),
+                steps: vec![step(A::Acknowledge, "2026-03-01T10:00:00Z")],
+            },
+            &admin,
+        ))
+        .await
+        .expect_err("before receipt");
+    assert_eq!(violations(&bad), ["steps[0].time"]);
+    let missing = c
+        .get_complaint(req(
+            pb::GetComplaintRequest {
+                name: "agencies/dia/complaints/cms-00043".into(),
+            },
+            &h.token("dia", OFFICER),
+        ))
+        .await
+        .expect_err("not created");
+    assert_eq!(missing.code(), Code::NotFound);
+    // Officers may not import.
+    let no = c
+        .import_complaint(req(
+            pb::ImportComplaintRequest {
+                parent: "agencies/dia".into(),
+                complaint: Some(complaint),
+                ..Default::default()
+            },
+            &h.token("dia", OFFICER),
+        ))
+        .await
+        .expect_err("officer");
+    assert_eq!(no.code(), Code::PermissionDenied);
+    h.stop().await;
+}

@@ -2,20 +2,17 @@
 //! register through its public gRPC API, so every rule (validation,
 //! encryption, audit, events) applies exactly as for any other caller.
 
-use anyhow::{Context, bail};
+use crate::csv_import::{self, RowError, authorized};
+use anyhow::Context;
 use clap::Subcommand;
-use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-use tonic_types::StatusExt;
 use touchstone_api::register::v1 as pb;
 use touchstone_api::register::v1::register_service_client::RegisterServiceClient;
-use touchstone_auth::{DevKey, Role, TokenRequest};
+use touchstone_auth::Role;
 use touchstone_platform::config::Settings;
 
 /// Client import and export.
@@ -92,61 +89,11 @@ pub(crate) async fn run(cmd: ClientsCommand, settings: &Settings) -> anyhow::Res
             concurrency,
             errors,
         } => {
-            let errors = errors.unwrap_or_else(|| {
-                let mut p = file.clone().into_os_string();
-                p.push(".errors.csv");
-                PathBuf::from(p)
-            });
+            let errors = errors.unwrap_or_else(|| csv_import::default_report(&file));
             import(&file, &target, concurrency.max(1), &errors, settings).await
         }
         ClientsCommand::Export { target, out } => export(&target, out.as_deref(), settings).await,
     }
-}
-
-fn token(target: &Target, settings: &Settings, roles: Vec<Role>) -> anyhow::Result<String> {
-    if let Some(t) = &target.token {
-        return Ok(t.clone());
-    }
-    if !settings.data_dir.join("dev-signing-key.pem").exists() {
-        bail!(
-            "pass --token (or set TOUCHSTONE_TOKEN): no development key in {}",
-            settings.data_dir.display()
-        );
-    }
-    let key = DevKey::load_or_create(&settings.data_dir)?;
-    Ok(key.mint(&TokenRequest {
-        subject: "touchstone-cli".into(),
-        agency: Some(target.agency.clone()),
-        agencies: None,
-        roles,
-        ttl: Duration::from_secs(3600),
-        issuer: settings.auth.issuer.clone(),
-        audience: settings.auth.audience.clone(),
-    })?)
-}
-
-async fn connect(target: &Target) -> anyhow::Result<RegisterServiceClient<Channel>> {
-    let channel = Channel::from_shared(target.addr.clone())
-        .context("--addr is not a URL")?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the register at {}", target.addr))?;
-    Ok(RegisterServiceClient::new(channel).max_decoding_message_size(64 << 20))
-}
-
-fn authorized<T>(message: T, bearer: &MetadataValue<tonic::metadata::Ascii>) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(message);
-    req.metadata_mut().insert("authorization", bearer.clone());
-    req.set_timeout(Duration::from_secs(30));
-    req
-}
-
-/// One row's failure, for the error report.
-struct RowError {
-    row: usize,
-    field: String,
-    message: String,
 }
 
 fn enum_value(prefix: &str, value: &str, parse: fn(&str) -> Option<i32>) -> Option<i32> {
@@ -266,140 +213,51 @@ fn parse_row(
     Ok(req)
 }
 
-fn status_errors(row: usize, status: &tonic::Status) -> Vec<RowError> {
-    let details = status.get_error_details();
-    match details.bad_request() {
-        Some(bad) if !bad.field_violations.is_empty() => bad
-            .field_violations
-            .iter()
-            .map(|v| RowError {
-                row,
-                field: v.field.trim_start_matches("client.").to_string(),
-                message: v.description.clone(),
-            })
-            .collect(),
-        _ => vec![RowError {
-            row,
-            field: String::new(),
-            message: format!("{:?}: {}", status.code(), status.message()),
-        }],
-    }
-}
-
 async fn import(
     file: &Path,
     target: &Target,
     concurrency: usize,
-    errors_path: &Path,
+    report: &Path,
     settings: &Settings,
 ) -> anyhow::Result<()> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .flexible(false)
-        .from_path(file)
-        .with_context(|| format!("opening {}", file.display()))?;
-    let headers = reader.headers()?.clone();
-    for h in headers.iter() {
-        if !COLUMNS.contains(&h) {
-            bail!(
-                "{}: unknown column {h:?}; expected some of: {}",
-                file.display(),
-                COLUMNS.join(", ")
-            );
-        }
-    }
-    let records: Vec<(usize, Result<csv::StringRecord, csv::Error>)> = reader
-        .records()
-        .enumerate()
-        .map(|(i, r)| (i + 2, r))
-        .collect();
-    let bearer: MetadataValue<_> =
-        format!("Bearer {}", token(target, settings, vec![Role::Officer])?)
-            .parse()
-            .context("the token is not valid header text")?;
+    let bearer = csv_import::bearer(
+        target.token.as_deref(),
+        &target.agency,
+        settings,
+        vec![Role::Officer],
+    )?;
     let client = connect(target).await?;
-    let bar = ProgressBar::new(records.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} importing [{bar:40}] {pos}/{len} rows, {per_sec}, eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let mut failures: Vec<RowError> = Vec::new();
-    let mut imported = 0usize;
-    let results = futures::stream::iter(records.into_iter().map(|(line, record)| {
-        let mut client = client.clone();
-        let bearer = bearer.clone();
-        let headers = headers.clone();
-        async move {
-            let record = match record {
-                Ok(r) => r,
-                Err(e) => {
-                    return Err(vec![RowError {
-                        row: line,
-                        field: String::new(),
-                        message: format!("unreadable row: {e}"),
-                    }]);
-                }
-            };
-            let row: HashMap<&str, &str> = headers.iter().zip(record.iter()).collect();
-            let req = parse_row(&target.agency, &row).map_err(|bad| {
-                bad.into_iter()
-                    .map(|(field, message)| RowError {
-                        row: line,
-                        field,
-                        message,
-                    })
-                    .collect::<Vec<_>>()
-            })?;
-            client
-                .create_client(authorized(req, &bearer))
-                .await
-                .map(|_| ())
-                .map_err(|s| status_errors(line, &s))
-        }
-    }))
-    .buffer_unordered(concurrency);
-    futures::pin_mut!(results);
-    while let Some(result) = results.next().await {
-        match result {
-            Ok(()) => imported += 1,
-            Err(errs) => failures.extend(errs),
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    failures.sort_by_key(|f| f.row);
-    let failed_rows = {
-        let mut rows: Vec<usize> = failures.iter().map(|f| f.row).collect();
-        rows.dedup();
-        rows.len()
-    };
-    if failures.is_empty() {
-        // A report left by an earlier run would suggest rows still fail.
-        match std::fs::remove_file(errors_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => eprintln!(
-                "could not remove the old report {}: {e}",
-                errors_path.display()
-            ),
-        }
-        println!("imported {imported} clients from {}", file.display());
-        return Ok(());
-    }
-    let mut w = csv::Writer::from_path(errors_path)
-        .with_context(|| format!("writing {}", errors_path.display()))?;
-    w.write_record(["row", "field", "error"])?;
-    for f in &failures {
-        w.write_record([f.row.to_string(), f.field.clone(), f.message.clone()])?;
-    }
-    w.flush()?;
-    println!(
-        "imported {imported} clients; {failed_rows} rows failed and were not imported (see {})",
-        errors_path.display()
-    );
-    bail!("{failed_rows} rows failed")
+    csv_import::import(
+        file,
+        COLUMNS,
+        "clients",
+        concurrency,
+        report,
+        |line, row| {
+            let mut client = client.clone();
+            let bearer = bearer.clone();
+            async move {
+                let row: HashMap<&str, &str> =
+                    row.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let req = parse_row(&target.agency, &row).map_err(|bad| {
+                    bad.into_iter()
+                        .map(|(field, message)| RowError::new(line, field, message))
+                        .collect::<Vec<_>>()
+                })?;
+                client
+                    .create_client(authorized(req, &bearer))
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| csv_import::status_errors(line, &s, "client."))
+            }
+        },
+    )
+    .await
+}
+
+async fn connect(target: &Target) -> anyhow::Result<RegisterServiceClient<Channel>> {
+    let channel = csv_import::connect(&target.addr, "register").await?;
+    Ok(RegisterServiceClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
 fn enum_label(name: &str, prefix: &str) -> String {
@@ -409,10 +267,12 @@ fn enum_label(name: &str, prefix: &str) -> String {
 }
 
 async fn export(target: &Target, out: Option<&Path>, settings: &Settings) -> anyhow::Result<()> {
-    let bearer: MetadataValue<_> =
-        format!("Bearer {}", token(target, settings, vec![Role::Officer])?)
-            .parse()
-            .context("the token is not valid header text")?;
+    let bearer = csv_import::bearer(
+        target.token.as_deref(),
+        &target.agency,
+        settings,
+        vec![Role::Officer],
+    )?;
     let mut client = connect(target).await?;
     let sink: Box<dyn std::io::Write> = match out {
         Some(path) => Box::new(

@@ -4,6 +4,8 @@
 
 mod bench;
 mod clients;
+mod complaints;
+mod csv_import;
 mod run;
 
 use anyhow::Context;
@@ -48,6 +50,9 @@ enum Command {
     /// Import or export clients of the register.
     #[command(subcommand)]
     Clients(clients::ClientsCommand),
+    /// Import historic complaints from another system.
+    #[command(subcommand)]
+    Complaints(complaints::ComplaintsCommand),
     /// Generate load against a fresh register and a bare tonic echo server in
     /// this process, and report req/s, latency percentiles and ratios.
     Bench(bench::BenchArgs),
@@ -127,6 +132,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Clients(cmd) => clients::run(cmd, &settings).await,
+        Command::Complaints(cmd) => complaints::run(cmd, &settings).await,
         Command::Bench(args) => bench::run(args, &settings).await,
     }
 }
