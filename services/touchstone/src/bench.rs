@@ -11,6 +11,7 @@
 //! on the same database and pool, with the same concurrency.
 
 mod echo;
+mod feedback;
 mod load;
 mod target;
 
@@ -76,6 +77,9 @@ pub(crate) struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Rows of the ImportResponses stream in `--scenario feedback`.
+    #[arg(long, default_value_t = 10_000)]
+    import_rows: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -92,6 +96,8 @@ enum ScenarioArg {
     GetClient,
     CreateClient,
     RawInsert,
+    /// SubmitResponse vs echo, ImportResponses vs a raw batched insert.
+    Feedback,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +242,7 @@ pub(crate) async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<
         ScenarioArg::GetClient => vec![Scenario::GetClient],
         ScenarioArg::CreateClient => vec![Scenario::CreateClient],
         ScenarioArg::RawInsert => vec![Scenario::RawInsert],
+        ScenarioArg::Feedback => return feedback::run(&args, pg_url.as_deref(), settings).await,
     };
     let needs_register = scenarios.iter().any(|s| *s != Scenario::Echo);
     let pool = args
@@ -352,7 +359,7 @@ async fn measure_all(
         let Some(fresh) = &fresh else {
             return Ok(());
         };
-        let register = target::Register::start(
+        let register = target::Served::register(
             fresh.db.clone(),
             &dev,
             settings.max_concurrent_per_connection,

@@ -6,6 +6,7 @@ mod bench;
 mod clients;
 mod complaints;
 mod csv_import;
+mod feedback;
 mod run;
 
 use anyhow::Context;
@@ -50,6 +51,9 @@ enum Command {
     /// Import or export clients of the register.
     #[command(subcommand)]
     Clients(clients::ClientsCommand),
+    /// Import survey responses, or export the A-11 CX data file.
+    #[command(subcommand)]
+    Feedback(feedback::FeedbackCommand),
     /// Import historic complaints from another system.
     #[command(subcommand)]
     Complaints(complaints::ComplaintsCommand),
@@ -132,6 +136,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Clients(cmd) => clients::run(cmd, &settings).await,
+        Command::Feedback(cmd) => feedback::run(cmd, &settings).await,
         Command::Complaints(cmd) => complaints::run(cmd, &settings).await,
         Command::Bench(args) => bench::run(args, &settings).await,
     }
