@@ -560,18 +560,21 @@ impl Feedback {
         }
         let key = self.keys.data_key(&self.db, agency).await?;
         let mut tx = self.db.write(Scope::Agency(agency)).await?;
+        let keyed: Vec<(&ResponseRecord, Option<&str>)> = rows
+            .iter()
+            .map(|r| (&r.prepared.record, Some(r.import_key.as_str())))
+            .collect();
+        let outcomes = store::insert_responses(&mut tx, &key, &keyed).await?;
         let mut results = Vec::with_capacity(rows.len());
         let mut events = Vec::new();
         let mut created = Vec::new();
-        for row in rows {
+        for (row, outcome) in rows.iter().zip(outcomes) {
             let Prepared {
                 record,
                 follow_up,
                 submitted,
-            } = row.prepared;
+            } = &row.prepared;
             let name = record.name();
-            let outcome =
-                store::insert_response(&mut tx, &key, &record, Some(&row.import_key)).await?;
             let result = |outcome: pb::RowOutcome, response: String, violations| pb::RowResult {
                 row: row.index,
                 row_id: row.row_id.clone(),
@@ -581,11 +584,11 @@ impl Feedback {
             };
             match outcome {
                 Inserted::Created => {
-                    if let Some(f) = &follow_up {
+                    if let Some(f) = follow_up {
                         store::insert_follow_up(&mut tx, f).await?;
                         events.push((f.name(), outbox::Pending::new(&opened_event(f))));
                     }
-                    events.push((name.clone(), outbox::Pending::new(&submitted)));
+                    events.push((name.clone(), outbox::Pending::new(submitted)));
                     created.push(name.clone());
                     results.push(result(pb::RowOutcome::Created, name, Vec::new()));
                 }

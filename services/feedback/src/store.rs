@@ -6,7 +6,7 @@ use crate::domain::{Definition, StoredAnswer, SurveyFields, Touchpoint, VolumeIn
 use crate::error::Error;
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use touchstone_api::register::v1::Characteristics;
 use touchstone_crypto::DataKey;
 use touchstone_list::{Field, FieldType, ListQuery, Schema};
@@ -445,84 +445,157 @@ pub async fn insert_response(
     r: &ResponseRecord,
     import_key: Option<&str>,
 ) -> Result<Inserted, Error> {
-    let sealed = match &r.originals {
-        Some(o) if !o.is_empty() => {
-            let json = serde_json::to_vec(o).map_err(|_| Error::Corrupt("encoding comments"))?;
-            Some(key.seal(&response_aad(&r.agency, &r.id), &json))
-        }
-        _ => None,
+    let mut out = insert_responses(tx, key, &[(r, import_key)]).await?;
+    out.pop().ok_or(Error::Corrupt("no insert result"))
+}
+
+/// Most parameters bound to one statement (SQLite allows 32,766, PostgreSQL 65,535).
+const MAX_PARAMS: usize = 30_000;
+
+/// Inserts responses of one agency (with their import keys) and their
+/// standard-item scores in as few statements as the parameter limits allow;
+/// reports each row's outcome in order. Duplicates are reported, never
+/// raised (a raised one would abort a PostgreSQL transaction).
+pub async fn insert_responses(
+    tx: &mut Tx,
+    key: &DataKey,
+    rows: &[(&ResponseRecord, Option<&str>)],
+) -> Result<Vec<Inserted>, Error> {
+    const COLUMNS: usize = 18;
+    let Some((first, _)) = rows.first() else {
+        return Ok(Vec::new());
     };
-    let answers =
-        serde_json::to_string(&r.answers).map_err(|_| Error::Corrupt("encoding answers"))?;
-    let n = sqlx::query(
-        "INSERT INTO responses (agency, id, survey_id, channel, unit, submit_time, transaction_id, \
-         import_key, client_id, contact_agreed, characteristics, answers, originals, sentiment, \
-         anonymous, follow_up_id, erased, create_time) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, FALSE, $17) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(r.agency.as_str())
-    .bind(r.id.as_str())
-    .bind(r.survey_id.as_str())
-    .bind(i64::from(r.channel))
-    .bind(r.unit.as_str())
-    .bind(r.submit_time)
-    .bind(r.transaction_id.clone())
-    .bind(import_key.map(str::to_string))
-    .bind(r.client_id.clone())
-    .bind(r.contact_agreed)
-    .bind(r.characteristics.as_ref().map(characteristics_json))
-    .bind(answers)
-    .bind(sealed)
-    .bind(r.sentiment.map(|s| (s * 100.0).round() as i64))
-    .bind(r.anonymous)
-    .bind(r.follow_up_id.clone())
-    .bind(r.create_time)
-    .execute(tx.conn())
-    .await?
-    .rows_affected();
-    if n == 0 {
-        if let Some(k) = import_key {
-            let existing: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM responses WHERE agency = $1 AND survey_id = $2 AND import_key = $3",
-            )
-            .bind(r.agency.as_str())
-            .bind(r.survey_id.as_str())
-            .bind(k)
-            .fetch_optional(tx.conn())
-            .await?;
-            if let Some(id) = existing {
-                return Ok(Inserted::AlreadyImported(id));
-            }
+    let agency = first.agency.as_str();
+    let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for chunk in rows.chunks(MAX_PARAMS / COLUMNS) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p: Vec<String> = (1..=COLUMNS)
+                    .map(|k| format!("${}", i * COLUMNS + k))
+                    .collect();
+                format!("({})", p.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO responses (agency, id, survey_id, channel, unit, submit_time, \
+             transaction_id, import_key, client_id, contact_agreed, characteristics, answers, \
+             originals, sentiment, anonymous, follow_up_id, erased, create_time) VALUES {} \
+             ON CONFLICT DO NOTHING RETURNING id",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (r, import_key) in chunk {
+            let sealed = match &r.originals {
+                Some(o) if !o.is_empty() => {
+                    let json =
+                        serde_json::to_vec(o).map_err(|_| Error::Corrupt("encoding comments"))?;
+                    Some(key.seal(&response_aad(&r.agency, &r.id), &json))
+                }
+                _ => None,
+            };
+            let answers = serde_json::to_string(&r.answers)
+                .map_err(|_| Error::Corrupt("encoding answers"))?;
+            q = q
+                .bind(r.agency.clone())
+                .bind(r.id.clone())
+                .bind(r.survey_id.clone())
+                .bind(i64::from(r.channel))
+                .bind(r.unit.clone())
+                .bind(r.submit_time)
+                .bind(r.transaction_id.clone())
+                .bind(import_key.map(str::to_string))
+                .bind(r.client_id.clone())
+                .bind(r.contact_agreed)
+                .bind(r.characteristics.as_ref().map(characteristics_json))
+                .bind(answers)
+                .bind(sealed)
+                .bind(r.sentiment.map(|s| (s * 100.0).round() as i64))
+                .bind(r.anonymous)
+                .bind(r.follow_up_id.clone())
+                .bind(r.erased)
+                .bind(r.create_time);
         }
-        return Ok(Inserted::DuplicateTransaction);
+        for row in q.fetch_all(tx.conn()).await? {
+            inserted.insert(row.try_get("id")?);
+        }
     }
-    let scores: Vec<(i32, i32)> = r
-        .answers
+    // Rows not inserted clashed on their import key (already imported) or
+    // on their transaction id.
+    let missed: Vec<&str> = rows
         .iter()
-        .filter(|a| a.item != 0)
-        .filter_map(|a| a.score.map(|s| (a.item, s)))
+        .filter(|(r, _)| !inserted.contains(&r.id))
+        .filter_map(|(_, k)| *k)
         .collect();
-    if !scores.is_empty() {
-        let rows: Vec<String> = (0..scores.len())
-            .map(|i| format!("($1, $2, $3, ${}, ${}, $4)", 5 + 2 * i, 6 + 2 * i))
+    let mut existing: HashMap<(String, String), String> = HashMap::new();
+    for chunk in missed.chunks(MAX_PARAMS) {
+        let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT survey_id, import_key, id FROM responses WHERE agency = $1 AND import_key IN ({})",
+            placeholders.join(", ")
+        );
+        let mut q =
+            sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sql)).bind(agency);
+        for k in chunk {
+            q = q.bind(*k);
+        }
+        for (survey, import_key, id) in q.fetch_all(tx.conn()).await? {
+            existing.insert((survey, import_key), id);
+        }
+    }
+    let scores: Vec<(&ResponseRecord, i32, i32)> = rows
+        .iter()
+        .filter(|(r, _)| inserted.contains(&r.id))
+        .flat_map(|(r, _)| {
+            r.answers
+                .iter()
+                .filter(|a| a.item != 0)
+                .filter_map(move |a| a.score.map(|s| (*r, a.item, s)))
+        })
+        .collect();
+    for chunk in scores.chunks(MAX_PARAMS / 6) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let b = i * 6;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                )
+            })
             .collect();
         let sql = format!(
             "INSERT INTO response_scores (agency, response_id, survey_id, item, score, submit_time) \
              VALUES {}",
-            rows.join(", ")
+            values.join(", ")
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(r.agency.as_str())
-            .bind(r.id.as_str())
-            .bind(r.survey_id.as_str())
-            .bind(r.submit_time);
-        for (item, score) in scores {
-            q = q.bind(i64::from(item)).bind(i64::from(score));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (r, item, score) in chunk {
+            q = q
+                .bind(r.agency.clone())
+                .bind(r.id.clone())
+                .bind(r.survey_id.clone())
+                .bind(i64::from(*item))
+                .bind(i64::from(*score))
+                .bind(r.submit_time);
         }
         q.execute(tx.conn()).await?;
     }
-    Ok(Inserted::Created)
+    Ok(rows
+        .iter()
+        .map(|(r, k)| {
+            if inserted.contains(&r.id) {
+                return Inserted::Created;
+            }
+            match k.and_then(|k| existing.get(&(r.survey_id.clone(), k.to_string()))) {
+                Some(id) => Inserted::AlreadyImported(id.clone()),
+                None => Inserted::DuplicateTransaction,
+            }
+        })
+        .collect())
 }
 
 /// A response, or None.

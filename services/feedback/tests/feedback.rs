@@ -1530,6 +1530,64 @@ async fn import_reports_bad_rows_and_a_retried_stream_adds_nothing() {
         .count();
     assert_eq!(submitted, 3);
 
+    // The same key twice in one stream lands once; a stream longer than one
+    // write batch (200 rows), retried, lands every row once.
+    let twice = c
+        .import_responses(req(
+            tokio_stream::iter(vec![
+                row("dup", &survey.name, vec![score("agree", 5)], ""),
+                row("dup", &survey.name, vec![score("agree", 1)], ""),
+            ]),
+            &intake,
+        ))
+        .await
+        .expect("twice")
+        .into_inner();
+    assert_eq!((twice.created, twice.already_imported), (1, 1));
+    assert_eq!(twice.results[1].response, twice.results[0].response);
+    let many: Vec<pb::ImportResponsesRequest> = (0..450)
+        .map(|i| {
+            row(
+                &format!("bulk-{i}"),
+                &survey.name,
+                vec![score("agree", i % 5 + 1)],
+                "",
+            )
+        })
+        .collect();
+    let bulk = c
+        .import_responses(req(tokio_stream::iter(many.clone()), &intake))
+        .await
+        .expect("bulk")
+        .into_inner();
+    assert_eq!((bulk.created, bulk.rejected), (450, 0));
+    let rows: Vec<i64> = bulk.results.iter().map(|r| r.row).collect();
+    assert_eq!(rows, (0..450).collect::<Vec<i64>>());
+    let again = c
+        .import_responses(req(tokio_stream::iter(many), &intake))
+        .await
+        .expect("bulk again")
+        .into_inner();
+    assert_eq!((again.created, again.already_imported), (0, 450));
+    let mut tx = h
+        .store
+        .db
+        .read(touchstone_platform::db::Scope::Agency("dia"))
+        .await
+        .expect("tx");
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM responses WHERE agency = 'dia'")
+        .fetch_one(tx.conn())
+        .await
+        .expect("count");
+    assert_eq!(stored, 3 + 1 + 450);
+    let scores: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM response_scores WHERE agency = 'dia'")
+            .fetch_one(tx.conn())
+            .await
+            .expect("count");
+    assert_eq!(scores, 3 + 1 + 450);
+    drop(tx);
+
     // Analysts may not import; rows for another agency are refused.
     let err = c
         .import_responses(req(
