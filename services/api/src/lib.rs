@@ -75,3 +75,5 @@ named!(
     feedback::v1::Volume,
     feedback::v1::FollowUp,
 );
+
+named!(kpi::v1::Standard);

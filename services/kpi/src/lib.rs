@@ -1,6 +1,13 @@
-//! The kpi service.
+//! The kpi service: the indicator catalogue, service standards (the
+//! charter), and indicators computed from rollups of the feedback and
+//! complaints change feeds (DESIGN §6–§7, docs/kpi.md).
 
 pub mod api;
+pub mod domain;
+pub mod error;
+pub mod feeds;
+pub mod query;
+pub mod store;
 
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -60,18 +67,61 @@ impl Peers {
     }
 }
 
-/// The service's routes (behind token authentication) and its background tasks.
+/// The environment variable that sets the suppression threshold `k`
+/// (default 10): figures from fewer observations are withheld.
+pub const MIN_COUNT_VAR: &str = "TOUCHSTONE_KPI_MIN_COUNT";
+
+/// The suppression threshold from the environment, or the default. A value
+/// that is not a whole number of at least 1 is ignored with a warning
+/// rather than lowering protection.
+pub fn min_count_from_env() -> u64 {
+    match std::env::var(MIN_COUNT_VAR) {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(k) if k >= 1 => k,
+            _ => {
+                tracing::warn!(
+                    setting = MIN_COUNT_VAR,
+                    "not a whole number of at least 1; using the default"
+                );
+                touchstone_stats::DEFAULT_K
+            }
+        },
+        Err(_) => touchstone_stats::DEFAULT_K,
+    }
+}
+
+/// The service's routes (behind token authentication) with suppression
+/// threshold `min_count`, without consumers (tests start those themselves).
+pub fn routes(
+    db: Db,
+    keys: Arc<Keyring>,
+    verifier: Arc<Verifier>,
+    min_count: u64,
+) -> tonic::service::Routes {
+    tonic::service::Routes::new(KpiServiceServer::with_interceptor(
+        api::Kpi::new(db, keys, min_count),
+        AuthInterceptor::new(verifier),
+    ))
+}
+
+/// The service's routes (behind token authentication) and its background
+/// tasks: the consumers of the complaints and feedback change feeds.
 pub fn start(
     db: Db,
     keys: Arc<Keyring>,
     verifier: Arc<Verifier>,
     peers: Peers,
 ) -> (tonic::service::Routes, Vec<JoinHandle<()>>) {
-    let _ = (&keys, &peers);
-    let service = api::Kpi::new(db);
-    let routes = tonic::service::Routes::new(KpiServiceServer::with_interceptor(
-        service,
-        AuthInterceptor::new(verifier),
-    ));
-    (routes, Vec::new())
+    let tasks = feeds::spawn(
+        &db,
+        feeds::ComplaintsFeed {
+            channel: peers.complaints.clone(),
+            token: peers.token.clone(),
+        },
+        feeds::FeedbackFeed {
+            channel: peers.feedback.clone(),
+            token: peers.token.clone(),
+        },
+    );
+    (routes(db, keys, verifier, min_count_from_env()), tasks)
 }

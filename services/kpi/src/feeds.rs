@@ -1,0 +1,430 @@
+//! The two change feeds the service consumes (feedback and complaints) and
+//! what each event adds to the rollup. Each event's effect is applied in
+//! the platform consumer's transaction, which also moves the cursor, so it
+//! counts exactly once. Every figure is filed under the event's own day
+//! (the agency-local day of a complaint step, the day of a response), never
+//! the day it arrived, so late events land in the right period.
+
+use crate::domain::{self, Cell, measure};
+use crate::store::{self, ComplaintCohort, VolumeRecord};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::Channel;
+use touchstone_api::common::v1::Event;
+use touchstone_api::complaints::v1 as cpb;
+use touchstone_api::complaints::v1::complaints_service_client::ComplaintsServiceClient;
+use touchstone_api::feedback::v1 as fpb;
+use touchstone_api::feedback::v1::feedback_service_client::FeedbackServiceClient;
+use touchstone_auth::ServiceToken;
+use touchstone_platform::consumer::{self, BoxFuture, ConsumeError, FeedSource, Handler};
+use touchstone_platform::db::{Db, Scope, Tx};
+
+/// The complaints feed's name in `feed_cursors`.
+pub const COMPLAINTS_FEED: &str = "complaints";
+/// The feedback feed's name in `feed_cursors`.
+pub const FEEDBACK_FEED: &str = "feedback";
+
+const COMPLAINTS: &str = "touchstone.complaints.v1.";
+const FEEDBACK: &str = "touchstone.feedback.v1.";
+
+fn request<T>(token: &ServiceToken, message: T) -> Result<tonic::Request<T>, tonic::Status> {
+    let mut r = tonic::Request::new(message);
+    let header = token
+        .header()
+        .map_err(|_| tonic::Status::unauthenticated("no service token"))?;
+    r.metadata_mut().insert("authorization", header);
+    r.set_timeout(Duration::from_secs(10));
+    Ok(r)
+}
+
+/// The complaints service's change feed, read with this service's token.
+#[derive(Debug, Clone)]
+pub struct ComplaintsFeed {
+    /// The complaints service.
+    pub channel: Channel,
+    /// This service's token.
+    pub token: ServiceToken,
+}
+
+impl FeedSource for ComplaintsFeed {
+    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<Vec<Event>, tonic::Status>> {
+        Box::pin(async move {
+            let r = request(
+                &self.token,
+                cpb::ListEventsRequest {
+                    after_sequence: after,
+                    page_size: limit.min(1000),
+                },
+            )?;
+            let mut api = ComplaintsServiceClient::new(self.channel.clone());
+            Ok(api.list_events(r).await?.into_inner().events)
+        })
+    }
+}
+
+/// The feedback service's change feed, read with this service's token.
+#[derive(Debug, Clone)]
+pub struct FeedbackFeed {
+    /// The feedback service.
+    pub channel: Channel,
+    /// This service's token.
+    pub token: ServiceToken,
+}
+
+impl FeedSource for FeedbackFeed {
+    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<Vec<Event>, tonic::Status>> {
+        Box::pin(async move {
+            let r = request(
+                &self.token,
+                fpb::ListEventsRequest {
+                    after_sequence: after,
+                    page_size: limit.min(1000),
+                },
+            )?;
+            let mut api = FeedbackServiceClient::new(self.channel.clone());
+            Ok(api.list_events(r).await?.into_inner().events)
+        })
+    }
+}
+
+fn malformed(why: &str) -> ConsumeError {
+    ConsumeError::Malformed(why.to_string())
+}
+
+fn utc_day(ts: Option<&prost_types::Timestamp>) -> Option<i64> {
+    let ts = ts?;
+    let t = time::OffsetDateTime::from_unix_timestamp(ts.seconds).ok()?;
+    Some(domain::day_key(t.date()))
+}
+
+/// The agency-local day of a complaint step: `event_date`, or for an event
+/// without one, the UTC day of `event_time`.
+fn complaint_day(facts: &cpb::ComplaintFacts) -> Result<i64, ConsumeError> {
+    facts
+        .event_date
+        .as_ref()
+        .and_then(domain::wire_date)
+        .map(domain::day_key)
+        .or_else(|| utc_day(facts.event_time.as_ref()))
+        .ok_or_else(|| malformed("complaint event without a date"))
+}
+
+fn facts(f: Option<cpb::ComplaintFacts>) -> Result<cpb::ComplaintFacts, ConsumeError> {
+    f.ok_or_else(|| malformed("complaint event without facts"))
+}
+
+fn cell(measure: String, day: i64, f: &cpb::ComplaintFacts, value: i64) -> Cell {
+    Cell {
+        measure,
+        day,
+        service: f.service.clone(),
+        unit: f.unit.clone(),
+        channel: f.channel,
+        segment: String::new(),
+        value,
+    }
+}
+
+fn cohort_cell(measure: &str, day: i64, c: &ComplaintCohort, value: i64) -> Cell {
+    Cell {
+        measure: measure.to_string(),
+        day,
+        service: c.service.clone(),
+        unit: c.unit.clone(),
+        channel: c.channel,
+        segment: String::new(),
+        value,
+    }
+}
+
+/// What complaints events add to the rollup.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ComplaintsHandler;
+
+impl Handler for ComplaintsHandler {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), ConsumeError>> {
+        Box::pin(async move {
+            let Some(kind) = event.r#type.strip_prefix(COMPLAINTS) else {
+                return Ok(());
+            };
+            let agency = event.agency.as_str();
+            let mut deltas: Vec<(Cell, i64)> = Vec::new();
+            match kind {
+                "ComplaintReceived" => {
+                    let e: cpb::ComplaintReceived = consumer::payload(event)?;
+                    let f = facts(e.facts)?;
+                    let day = complaint_day(&f)?;
+                    let cohort = ComplaintCohort {
+                        service: f.service.clone(),
+                        unit: f.unit.clone(),
+                        channel: f.channel,
+                        receive_day: day,
+                        escalated: false,
+                        resolve_day: None,
+                        reopened: false,
+                    };
+                    if store::insert_complaint(tx, agency, &f.complaint, &cohort).await? {
+                        deltas.push((cell(measure::RECEIVED.into(), day, &f, 0), 1));
+                        deltas.push((cell(measure::ESCALATION.into(), day, &f, 0), 1));
+                    }
+                }
+                "ComplaintAcknowledged" => {
+                    let e: cpb::ComplaintAcknowledged = consumer::payload(event)?;
+                    let f = facts(e.facts)?;
+                    let day = complaint_day(&f)?;
+                    let within = i64::from(e.within_standard);
+                    deltas.push((cell(measure::ACKNOWLEDGED.into(), day, &f, within), 1));
+                }
+                "ComplaintStageChanged" => {
+                    let e: cpb::ComplaintStageChanged = consumer::payload(event)?;
+                    let f = facts(e.facts)?;
+                    if f.stage > e.from_stage
+                        && let Some(mut c) = store::complaint(tx, agency, &f.complaint).await?
+                        && !c.escalated
+                    {
+                        c.escalated = true;
+                        store::update_complaint(tx, agency, &f.complaint, &c).await?;
+                        deltas.push((cohort_cell(measure::ESCALATION, c.receive_day, &c, 0), -1));
+                        deltas.push((cohort_cell(measure::ESCALATION, c.receive_day, &c, 1), 1));
+                    }
+                }
+                "ComplaintResolved" => {
+                    let e: cpb::ComplaintResolved = consumer::payload(event)?;
+                    let f = facts(e.facts)?;
+                    let day = complaint_day(&f)?;
+                    let stage = if f.stage == 0 { 1 } else { f.stage };
+                    let within = i64::from(e.within_standard);
+                    deltas.push((cell(measure::responded(stage), day, &f, within), 1));
+                    deltas.push((
+                        cell(
+                            measure::RESOLVE_DAYS.into(),
+                            day,
+                            &f,
+                            i64::from(e.total_working_days),
+                        ),
+                        1,
+                    ));
+                    deltas.push((
+                        cell(measure::OUTCOME.into(), day, &f, i64::from(e.outcome)),
+                        1,
+                    ));
+                    if let Some(mut c) = store::complaint(tx, agency, &f.complaint).await?
+                        && c.resolve_day.is_none()
+                    {
+                        c.resolve_day = Some(day);
+                        store::update_complaint(tx, agency, &f.complaint, &c).await?;
+                        deltas.push((cohort_cell(measure::REOPEN, day, &c, 0), 1));
+                    }
+                }
+                "ComplaintReopened" => {
+                    let e: cpb::ComplaintReopened = consumer::payload(event)?;
+                    let f = facts(e.facts)?;
+                    if let Some(mut c) = store::complaint(tx, agency, &f.complaint).await?
+                        && let (Some(day), false) = (c.resolve_day, c.reopened)
+                    {
+                        c.reopened = true;
+                        store::update_complaint(tx, agency, &f.complaint, &c).await?;
+                        deltas.push((cohort_cell(measure::REOPEN, day, &c, 0), -1));
+                        deltas.push((cohort_cell(measure::REOPEN, day, &c, 1), 1));
+                    }
+                }
+                _ => {}
+            }
+            store::apply(tx, agency, &deltas).await?;
+            Ok(())
+        })
+    }
+}
+
+/// What feedback events add to the rollup.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FeedbackHandler;
+
+fn volume_deltas(v: &VolumeRecord, sign: i64) -> Result<Vec<(Cell, i64)>, ConsumeError> {
+    let (Some(start), Some(end)) = (domain::key_date(v.start_day), domain::key_date(v.end_day))
+    else {
+        return Err(malformed("volume record with a bad date"));
+    };
+    if end < start || (end - start).whole_days() > 3660 {
+        return Err(malformed("volume record with a bad date range"));
+    }
+    let mut out = Vec::new();
+    for (m, total) in [(measure::SERVED, v.served), (measure::OFFERED, v.offered)] {
+        for (day, count) in domain::spread(total, start, end) {
+            let c = Cell {
+                measure: m.to_string(),
+                day,
+                service: v.service.clone(),
+                unit: v.unit.clone(),
+                channel: v.channel,
+                segment: String::new(),
+                value: 0,
+            };
+            out.push((c, sign * count));
+        }
+    }
+    Ok(out)
+}
+
+impl Handler for FeedbackHandler {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), ConsumeError>> {
+        Box::pin(async move {
+            let Some(kind) = event.r#type.strip_prefix(FEEDBACK) else {
+                return Ok(());
+            };
+            let agency = event.agency.as_str();
+            let mut deltas: Vec<(Cell, i64)> = Vec::new();
+            match kind {
+                "ResponseSubmitted" => {
+                    let e: fpb::ResponseSubmitted = consumer::payload(event)?;
+                    let day = e
+                        .day
+                        .as_ref()
+                        .and_then(domain::wire_date)
+                        .map(domain::day_key)
+                        .or_else(|| utc_day(e.submit_time.as_ref()))
+                        .ok_or_else(|| malformed("response without a day"))?;
+                    let touchpoint = e.touchpoint.unwrap_or_default();
+                    let unit = if e.unit.is_empty() {
+                        touchpoint.unit
+                    } else {
+                        e.unit
+                    };
+                    let channel = if e.channel == 0 {
+                        touchpoint.channel
+                    } else {
+                        e.channel
+                    };
+                    let base = Cell {
+                        measure: measure::RESPONSES.into(),
+                        day,
+                        service: touchpoint.service,
+                        unit,
+                        channel,
+                        segment: domain::segment_key(e.segment.as_ref()),
+                        value: 0,
+                    };
+                    for s in &e.scores {
+                        if s.item > 0 {
+                            let c = Cell {
+                                measure: measure::item(s.item),
+                                value: i64::from(s.score),
+                                ..base.clone()
+                            };
+                            deltas.push((c, 1));
+                        }
+                    }
+                    deltas.push((base, 1));
+                }
+                "VolumesRecorded" => {
+                    let e: fpb::VolumesRecorded = consumer::payload(event)?;
+                    let touchpoint = e.touchpoint.unwrap_or_default();
+                    let day = |d: Option<&touchstone_api::common::v1::Date>| {
+                        d.and_then(domain::wire_date)
+                            .map(domain::day_key)
+                            .ok_or_else(|| malformed("volume record without dates"))
+                    };
+                    let record = VolumeRecord {
+                        service: touchpoint.service,
+                        unit: touchpoint.unit,
+                        channel: touchpoint.channel,
+                        start_day: day(e.start_date.as_ref())?,
+                        end_day: day(e.end_date.as_ref())?,
+                        served: e.customers_served.max(0),
+                        offered: e.customers_offered.max(0),
+                    };
+                    let name = if e.volume.is_empty() {
+                        event.name.clone()
+                    } else {
+                        e.volume
+                    };
+                    let added = volume_deltas(&record, 1)?;
+                    if let Some(old) = store::replace_volume(tx, agency, &name, &record).await? {
+                        deltas.extend(volume_deltas(&old, -1)?);
+                    }
+                    deltas.extend(added);
+                }
+                "FollowUpOpened" => {
+                    let e: fpb::FollowUpOpened = consumer::payload(event)?;
+                    let due = e
+                        .due_date
+                        .as_ref()
+                        .and_then(domain::wire_date)
+                        .map(domain::day_key)
+                        .ok_or_else(|| malformed("follow-up without a due date"))?;
+                    store::open_follow_up(tx, agency, &e.follow_up, &e.unit, e.channel, due)
+                        .await?;
+                }
+                "FollowUpClosed" => {
+                    let e: fpb::FollowUpClosed = consumer::payload(event)?;
+                    let closed = utc_day(e.close_time.as_ref())
+                        .ok_or_else(|| malformed("follow-up closed without a time"))?;
+                    if let Some(due) = store::close_follow_up(tx, agency, &e.follow_up).await? {
+                        let c = Cell {
+                            measure: measure::FOLLOW_UP.into(),
+                            day: closed,
+                            service: String::new(),
+                            unit: e.unit,
+                            channel: e.channel,
+                            segment: String::new(),
+                            value: i64::from(closed <= due),
+                        };
+                        deltas.push((c, 1));
+                    }
+                }
+                _ => {}
+            }
+            store::apply(tx, agency, &deltas).await?;
+            Ok(())
+        })
+    }
+}
+
+/// Starts consuming both feeds.
+pub fn spawn(
+    db: &Db,
+    complaints: ComplaintsFeed,
+    feedback: FeedbackFeed,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![
+        consumer::spawn(
+            db.clone(),
+            COMPLAINTS_FEED,
+            Arc::new(complaints),
+            Arc::new(ComplaintsHandler),
+        ),
+        consumer::spawn(
+            db.clone(),
+            FEEDBACK_FEED,
+            Arc::new(feedback),
+            Arc::new(FeedbackHandler),
+        ),
+    ]
+}
+
+/// Clears the rollups and both cursors in one transaction, then replays
+/// both feeds from their first event. Returns the events applied per feed.
+/// Run it while the service's own consumers are stopped, or let their
+/// cursor compare-and-set make them yield.
+pub async fn rebuild(
+    db: &Db,
+    complaints: &dyn FeedSource,
+    feedback: &dyn FeedSource,
+) -> Result<(u64, u64), ConsumeError> {
+    let mut tx = db.write(Scope::AllAgencies).await?;
+    store::clear_rollups(&mut tx).await?;
+    consumer::reset(&mut tx, COMPLAINTS_FEED, 0).await?;
+    consumer::reset(&mut tx, FEEDBACK_FEED, 0).await?;
+    tx.commit().await?;
+    let c = consumer::catch_up(db, COMPLAINTS_FEED, complaints, &ComplaintsHandler).await?;
+    let f = consumer::catch_up(db, FEEDBACK_FEED, feedback, &FeedbackHandler).await?;
+    Ok((c, f))
+}

@@ -1,0 +1,606 @@
+//! All of the kpi service's SQL, portable between SQLite and PostgreSQL.
+
+use crate::domain::{Cell, Cells, Dimension};
+use sqlx::Row;
+use std::collections::{BTreeMap, HashMap};
+use touchstone_platform::db::Tx;
+
+type Result<T> = std::result::Result<T, sqlx::Error>;
+
+/// Rows per multi-row INSERT (PostgreSQL allows 65535 parameters).
+const ROWS_PER_INSERT: usize = 500;
+
+/// Adds `deltas` to the rollup of `agency`: to the fine cells and to the
+/// per-day totals, merged first so that a statement never touches a row
+/// twice.
+pub async fn apply(tx: &mut Tx, agency: &str, deltas: &[(Cell, i64)]) -> Result<()> {
+    let mut cells: BTreeMap<&Cell, i64> = BTreeMap::new();
+    let mut totals: BTreeMap<(&str, i64, i64), i64> = BTreeMap::new();
+    for (cell, count) in deltas {
+        *cells.entry(cell).or_default() += count;
+        *totals
+            .entry((cell.measure.as_str(), cell.day, cell.value))
+            .or_default() += count;
+    }
+    cells.retain(|_, c| *c != 0);
+    totals.retain(|_, c| *c != 0);
+    let cells: Vec<_> = cells.into_iter().collect();
+    for chunk in cells.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO kpi_cells (agency, measure, day, service, unit, channel, segment, value, count) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 8 + 2;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "($1, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b,
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7
+            ));
+        }
+        sql.push_str(
+            " ON CONFLICT (agency, measure, day, service, unit, channel, segment, value) \
+             DO UPDATE SET count = kpi_cells.count + excluded.count",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
+        for (cell, count) in chunk {
+            q = q
+                .bind(cell.measure.as_str())
+                .bind(cell.day)
+                .bind(cell.service.as_str())
+                .bind(cell.unit.as_str())
+                .bind(i64::from(cell.channel))
+                .bind(cell.segment.as_str())
+                .bind(cell.value)
+                .bind(*count);
+        }
+        q.execute(tx.conn()).await?;
+    }
+    let totals: Vec<_> = totals.into_iter().collect();
+    for chunk in totals.chunks(ROWS_PER_INSERT) {
+        let mut sql =
+            String::from("INSERT INTO kpi_day_totals (agency, measure, day, value, count) VALUES ");
+        for i in 0..chunk.len() {
+            let b = i * 4 + 2;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("($1, ${}, ${}, ${}, ${})", b, b + 1, b + 2, b + 3));
+        }
+        sql.push_str(
+            " ON CONFLICT (agency, measure, day, value) \
+             DO UPDATE SET count = kpi_day_totals.count + excluded.count",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
+        for ((measure, day, value), count) in chunk {
+            q = q.bind(*measure).bind(*day).bind(*value).bind(*count);
+        }
+        q.execute(tx.conn()).await?;
+    }
+    Ok(())
+}
+
+/// Which cells a query reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Service, or empty.
+    pub service: String,
+    /// Unit, or empty.
+    pub unit: String,
+    /// Channel, or 0.
+    pub channel: i32,
+}
+
+impl Filter {
+    fn is_empty(&self) -> bool {
+        self.service.is_empty() && self.unit.is_empty() && self.channel == 0
+    }
+}
+
+/// How finely the days of a query are bucketed in SQL before the service
+/// folds them into periods: yyyymmdd, yyyymm or yyyy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// yyyymmdd.
+    Day,
+    /// yyyymm.
+    Month,
+    /// yyyy.
+    Year,
+}
+
+/// What `counts` reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Read<'a> {
+    /// Measures.
+    pub measures: &'a [String],
+    /// First day, yyyymmdd.
+    pub from: i64,
+    /// Last day, yyyymmdd.
+    pub to: i64,
+    /// Cells read.
+    pub filter: &'a Filter,
+    /// Split.
+    pub group: Dimension,
+    /// SQL bucketing of days.
+    pub bucket: Bucket,
+}
+
+/// Value counts of `measures` for `agency` between two days (yyyymmdd,
+/// inclusive), per SQL bucket and raw group value. Reads the per-day totals
+/// when nothing is filtered or split, else the fine cells; never raw events.
+pub async fn counts(
+    tx: &mut Tx,
+    agency: &str,
+    read: &Read<'_>,
+) -> Result<HashMap<(i64, String), Cells>> {
+    let Read {
+        measures,
+        from,
+        to,
+        filter,
+        group,
+        bucket,
+    } = *read;
+    let bucket_sql = match bucket {
+        Bucket::Day => "day",
+        Bucket::Month => "day / 100",
+        Bucket::Year => "day / 10000",
+    };
+    let group_sql = match group {
+        Dimension::None => "CAST('' AS TEXT)",
+        Dimension::Unit => "unit",
+        Dimension::Service => "service",
+        Dimension::Channel => "CAST(channel AS TEXT)",
+        Dimension::Segment(_) => "segment",
+    };
+    let fine = group != Dimension::None || !filter.is_empty();
+    let table = if fine { "kpi_cells" } else { "kpi_day_totals" };
+    let mut sql = format!(
+        "SELECT {bucket_sql} AS b, {group_sql} AS g, measure, value, CAST(SUM(count) AS BIGINT) AS n \
+         FROM {table} WHERE agency = $1 AND day >= $2 AND day <= $3 AND measure IN ("
+    );
+    let mut next = 4;
+    for i in 0..measures.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("${next}"));
+        next += 1;
+    }
+    sql.push(')');
+    if fine {
+        if !filter.service.is_empty() {
+            sql.push_str(&format!(" AND service = ${next}"));
+            next += 1;
+        }
+        if !filter.unit.is_empty() {
+            sql.push_str(&format!(" AND unit = ${next}"));
+            next += 1;
+        }
+        if filter.channel != 0 {
+            sql.push_str(&format!(" AND channel = ${next}"));
+        }
+    }
+    sql.push_str(" GROUP BY 1, 2, 3, 4");
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(from)
+        .bind(to);
+    for m in measures {
+        q = q.bind(m.as_str());
+    }
+    if fine {
+        if !filter.service.is_empty() {
+            q = q.bind(filter.service.as_str());
+        }
+        if !filter.unit.is_empty() {
+            q = q.bind(filter.unit.as_str());
+        }
+        if filter.channel != 0 {
+            q = q.bind(i64::from(filter.channel));
+        }
+    }
+    let rows = q.fetch_all(tx.conn()).await?;
+    let mut out: HashMap<(i64, String), Cells> = HashMap::new();
+    for row in rows {
+        let b: i64 = row.try_get(0)?;
+        let g: String = row.try_get(1)?;
+        let m: String = row.try_get(2)?;
+        let v: i64 = row.try_get(3)?;
+        let n: i64 = row.try_get(4)?;
+        *out.entry((b, g))
+            .or_default()
+            .entry(m)
+            .or_default()
+            .entry(v)
+            .or_default() += n;
+    }
+    Ok(out)
+}
+
+/// What the rollup remembers of a complaint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComplaintCohort {
+    /// Service at receipt.
+    pub service: String,
+    /// Unit at receipt.
+    pub unit: String,
+    /// Channel.
+    pub channel: i32,
+    /// yyyymmdd received.
+    pub receive_day: i64,
+    /// Whether counted as escalated.
+    pub escalated: bool,
+    /// yyyymmdd first resolved.
+    pub resolve_day: Option<i64>,
+    /// Whether counted as reopened.
+    pub reopened: bool,
+}
+
+/// Records a complaint's receipt; false when it was already recorded.
+pub async fn insert_complaint(
+    tx: &mut Tx,
+    agency: &str,
+    complaint: &str,
+    c: &ComplaintCohort,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO kpi_complaints (agency, complaint, service, unit, channel, receive_day, escalated, resolve_day, reopened) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0, NULL, 0) ON CONFLICT (agency, complaint) DO NOTHING",
+    )
+    .bind(agency)
+    .bind(complaint)
+    .bind(c.service.as_str())
+    .bind(c.unit.as_str())
+    .bind(i64::from(c.channel))
+    .bind(c.receive_day)
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The cohort facts of a complaint, if its receipt was seen.
+pub async fn complaint(
+    tx: &mut Tx,
+    agency: &str,
+    complaint: &str,
+) -> Result<Option<ComplaintCohort>> {
+    let row = sqlx::query(
+        "SELECT service, unit, channel, receive_day, escalated, resolve_day, reopened \
+         FROM kpi_complaints WHERE agency = $1 AND complaint = $2",
+    )
+    .bind(agency)
+    .bind(complaint)
+    .fetch_optional(tx.conn())
+    .await?;
+    row.map(|r| -> Result<ComplaintCohort> {
+        Ok(ComplaintCohort {
+            service: r.try_get(0)?,
+            unit: r.try_get(1)?,
+            channel: r.try_get::<i64, _>(2)? as i32,
+            receive_day: r.try_get(3)?,
+            escalated: r.try_get::<i64, _>(4)? != 0,
+            resolve_day: r.try_get(5)?,
+            reopened: r.try_get::<i64, _>(6)? != 0,
+        })
+    })
+    .transpose()
+}
+
+/// Saves a complaint's escalated / resolved / reopened marks.
+pub async fn update_complaint(
+    tx: &mut Tx,
+    agency: &str,
+    complaint: &str,
+    c: &ComplaintCohort,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE kpi_complaints SET escalated = $3, resolve_day = $4, reopened = $5 \
+         WHERE agency = $1 AND complaint = $2",
+    )
+    .bind(agency)
+    .bind(complaint)
+    .bind(i64::from(c.escalated))
+    .bind(c.resolve_day)
+    .bind(i64::from(c.reopened))
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Remembers an open follow-up's due day.
+pub async fn open_follow_up(
+    tx: &mut Tx,
+    agency: &str,
+    follow_up: &str,
+    unit: &str,
+    channel: i32,
+    due_day: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO kpi_follow_ups (agency, follow_up, unit, channel, due_day) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (agency, follow_up) DO UPDATE SET unit = $3, channel = $4, due_day = $5",
+    )
+    .bind(agency)
+    .bind(follow_up)
+    .bind(unit)
+    .bind(i64::from(channel))
+    .bind(due_day)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Forgets an open follow-up, returning its due day if it was known.
+pub async fn close_follow_up(tx: &mut Tx, agency: &str, follow_up: &str) -> Result<Option<i64>> {
+    let due: Option<i64> = sqlx::query_scalar(
+        "SELECT due_day FROM kpi_follow_ups WHERE agency = $1 AND follow_up = $2",
+    )
+    .bind(agency)
+    .bind(follow_up)
+    .fetch_optional(tx.conn())
+    .await?;
+    if due.is_some() {
+        sqlx::query("DELETE FROM kpi_follow_ups WHERE agency = $1 AND follow_up = $2")
+            .bind(agency)
+            .bind(follow_up)
+            .execute(tx.conn())
+            .await?;
+    }
+    Ok(due)
+}
+
+/// A volume record as last applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeRecord {
+    /// Service.
+    pub service: String,
+    /// Unit.
+    pub unit: String,
+    /// Channel.
+    pub channel: i32,
+    /// First day, yyyymmdd.
+    pub start_day: i64,
+    /// Last day, yyyymmdd.
+    pub end_day: i64,
+    /// Customers served.
+    pub served: i64,
+    /// Customers offered the survey.
+    pub offered: i64,
+}
+
+/// Replaces a volume record, returning the one it replaces.
+pub async fn replace_volume(
+    tx: &mut Tx,
+    agency: &str,
+    volume: &str,
+    v: &VolumeRecord,
+) -> Result<Option<VolumeRecord>> {
+    let old = sqlx::query(
+        "SELECT service, unit, channel, start_day, end_day, served, offered \
+         FROM kpi_volumes WHERE agency = $1 AND volume = $2",
+    )
+    .bind(agency)
+    .bind(volume)
+    .fetch_optional(tx.conn())
+    .await?
+    .map(|r| -> Result<VolumeRecord> {
+        Ok(VolumeRecord {
+            service: r.try_get(0)?,
+            unit: r.try_get(1)?,
+            channel: r.try_get::<i64, _>(2)? as i32,
+            start_day: r.try_get(3)?,
+            end_day: r.try_get(4)?,
+            served: r.try_get(5)?,
+            offered: r.try_get(6)?,
+        })
+    })
+    .transpose()?;
+    sqlx::query(
+        "INSERT INTO kpi_volumes (agency, volume, service, unit, channel, start_day, end_day, served, offered) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (agency, volume) DO UPDATE SET \
+         service = $3, unit = $4, channel = $5, start_day = $6, end_day = $7, served = $8, offered = $9",
+    )
+    .bind(agency)
+    .bind(volume)
+    .bind(v.service.as_str())
+    .bind(v.unit.as_str())
+    .bind(i64::from(v.channel))
+    .bind(v.start_day)
+    .bind(v.end_day)
+    .bind(v.served)
+    .bind(v.offered)
+    .execute(tx.conn())
+    .await?;
+    Ok(old)
+}
+
+/// Clears everything the change feeds built (not the standards), for a
+/// rebuild. Runs in an all-agencies transaction.
+pub async fn clear_rollups(tx: &mut Tx) -> Result<()> {
+    for table in [
+        "kpi_cells",
+        "kpi_day_totals",
+        "kpi_complaints",
+        "kpi_follow_ups",
+        "kpi_volumes",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(tx.conn())
+            .await?;
+    }
+    Ok(())
+}
+
+/// A stored standard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StandardRow {
+    /// Id within the agency.
+    pub id: String,
+    /// Title.
+    pub display_name: String,
+    /// Charter text.
+    pub description: String,
+    /// Catalogue id.
+    pub indicator: String,
+    /// Scope.
+    pub filter: Filter,
+    /// Comparator number.
+    pub comparator: i32,
+    /// Target.
+    pub target: f64,
+    /// Granularity number.
+    pub period: i32,
+    /// In the charter.
+    pub published: bool,
+    /// Bumped on every change (the etag).
+    pub revision: i64,
+    /// Millis.
+    pub create_time: i64,
+    /// Millis.
+    pub update_time: i64,
+}
+
+const STANDARD_COLUMNS: &str = "id, display_name, description, indicator, service, unit, channel, \
+     comparator, target, period, published, revision, create_time, update_time";
+
+fn standard_row(r: &sqlx::any::AnyRow) -> Result<StandardRow> {
+    Ok(StandardRow {
+        id: r.try_get(0)?,
+        display_name: r.try_get(1)?,
+        description: r.try_get(2)?,
+        indicator: r.try_get(3)?,
+        filter: Filter {
+            service: r.try_get(4)?,
+            unit: r.try_get(5)?,
+            channel: r.try_get::<i64, _>(6)? as i32,
+        },
+        comparator: r.try_get::<i64, _>(7)? as i32,
+        target: r.try_get(8)?,
+        period: r.try_get::<i64, _>(9)? as i32,
+        published: r.try_get::<i64, _>(10)? != 0,
+        revision: r.try_get(11)?,
+        create_time: r.try_get(12)?,
+        update_time: r.try_get(13)?,
+    })
+}
+
+/// Inserts a standard; false when the id is taken.
+pub async fn insert_standard(tx: &mut Tx, agency: &str, s: &StandardRow) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO kpi_standards (agency, id, display_name, description, indicator, service, unit, channel, \
+         comparator, target, period, published, revision, create_time, update_time) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         ON CONFLICT (agency, id) DO NOTHING",
+    )
+    .bind(agency)
+    .bind(s.id.as_str())
+    .bind(s.display_name.as_str())
+    .bind(s.description.as_str())
+    .bind(s.indicator.as_str())
+    .bind(s.filter.service.as_str())
+    .bind(s.filter.unit.as_str())
+    .bind(i64::from(s.filter.channel))
+    .bind(i64::from(s.comparator))
+    .bind(s.target)
+    .bind(i64::from(s.period))
+    .bind(i64::from(s.published))
+    .bind(s.revision)
+    .bind(s.create_time)
+    .bind(s.update_time)
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Replaces a standard's fields, if its revision is still `expected`.
+pub async fn update_standard(
+    tx: &mut Tx,
+    agency: &str,
+    s: &StandardRow,
+    expected: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE kpi_standards SET display_name = $3, description = $4, indicator = $5, service = $6, \
+         unit = $7, channel = $8, comparator = $9, target = $10, period = $11, published = $12, \
+         revision = $13, update_time = $14 WHERE agency = $1 AND id = $2 AND revision = $15",
+    )
+    .bind(agency)
+    .bind(s.id.as_str())
+    .bind(s.display_name.as_str())
+    .bind(s.description.as_str())
+    .bind(s.indicator.as_str())
+    .bind(s.filter.service.as_str())
+    .bind(s.filter.unit.as_str())
+    .bind(i64::from(s.filter.channel))
+    .bind(i64::from(s.comparator))
+    .bind(s.target)
+    .bind(i64::from(s.period))
+    .bind(i64::from(s.published))
+    .bind(s.revision)
+    .bind(s.update_time)
+    .bind(expected)
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// One standard.
+pub async fn standard(tx: &mut Tx, agency: &str, id: &str) -> Result<Option<StandardRow>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {STANDARD_COLUMNS} FROM kpi_standards WHERE agency = $1 AND id = $2"
+    )))
+    .bind(agency)
+    .bind(id)
+    .fetch_optional(tx.conn())
+    .await?;
+    row.as_ref().map(standard_row).transpose()
+}
+
+/// Standards by id after `after`, at most `limit`; only published ones when asked.
+pub async fn standards(
+    tx: &mut Tx,
+    agency: &str,
+    after: &str,
+    limit: i64,
+    published_only: bool,
+) -> Result<Vec<StandardRow>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {STANDARD_COLUMNS} FROM kpi_standards WHERE agency = $1 AND id > $2 \
+         AND (published = 1 OR $3 = 0) ORDER BY id LIMIT $4"
+    )))
+    .bind(agency)
+    .bind(after)
+    .bind(i64::from(published_only))
+    .bind(limit)
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter().map(standard_row).collect()
+}
+
+/// Deletes a standard (at `revision` when given); false when nothing matched.
+pub async fn delete_standard(
+    tx: &mut Tx,
+    agency: &str,
+    id: &str,
+    revision: Option<i64>,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "DELETE FROM kpi_standards WHERE agency = $1 AND id = $2 AND ($3 < 0 OR revision = $3)",
+    )
+    .bind(agency)
+    .bind(id)
+    .bind(revision.unwrap_or(-1))
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
