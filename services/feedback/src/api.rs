@@ -335,10 +335,11 @@ impl Feedback {
         agency: &str,
         input: &ResponseInput,
         field: &str,
+        deadline: Option<std::time::Duration>,
     ) -> Result<Linkage, Error> {
         match &input.client_id {
             None => Ok(Linkage::default()),
-            Some(id) => self.register.linkage(agency, id, field).await,
+            Some(id) => self.register.linkage(agency, id, field, deadline).await,
         }
     }
 
@@ -534,7 +535,9 @@ impl Feedback {
                 }
                 (r, _) => format!("r:{r}"),
             };
-            let link = self.link(row_agency, &input, "response.client").await?;
+            let link = self
+                .link(row_agency, &input, "response.client", None)
+                .await?;
             Ok(Row {
                 index,
                 row_id: row.row_id.clone(),
@@ -926,6 +929,7 @@ impl FeedbackService for Feedback {
         request: Request<pb::SubmitResponseRequest>,
     ) -> Reply<pb::Response> {
         let caller = Caller::from_request(&request)?;
+        let deadline = touchstone_server::deadline::remaining(&request);
         let req = request.into_inner();
         let run = async {
             let (agency, survey_id) = parse_survey("parent", &req.parent)?;
@@ -946,7 +950,9 @@ impl FeedbackService for Feedback {
                 "response",
                 now,
             )?;
-            let link = self.link(agency, &input, "response.client").await?;
+            let link = self
+                .link(agency, &input, "response.client", deadline)
+                .await?;
             let mut change = match self
                 .begin(
                     &caller,

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use touchstone_api::common::v1::Channel;
 use touchstone_api::feedback::v1 as pb;
-use touchstone_api::register::v1 as reg;
 use touchstone_auth::{Caller, Role};
 use touchstone_platform::error::Violations;
 use touchstone_platform::times;
@@ -1104,11 +1103,6 @@ pub fn follow_up_transition(from: FollowUpStatus, to: FollowUpStatus) -> bool {
 /// Whether a follow-up status is closed.
 pub fn is_closed(s: FollowUpStatus) -> bool {
     matches!(s, FollowUpStatus::Resolved | FollowUpStatus::NoAction)
-}
-
-/// A client's characteristics, as snapshotted for equity analysis.
-pub fn characteristics(c: &reg::Characteristics) -> reg::Characteristics {
-    *c
 }
 
 /// Volumes that passed every check.

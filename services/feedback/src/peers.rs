@@ -48,25 +48,40 @@ impl Register {
         }
     }
 
-    fn request<T>(&self, message: T) -> Result<tonic::Request<T>, tonic::Status> {
+    /// A request with the service token, due within `deadline` (the
+    /// caller's remaining time) or five seconds, whichever is sooner.
+    fn request<T>(
+        &self,
+        message: T,
+        deadline: Option<Duration>,
+    ) -> Result<tonic::Request<T>, tonic::Status> {
         let mut req = tonic::Request::new(message);
         let header = self.token.header().map_err(|e| {
             tracing::warn!(error = %e, "no service token for the register");
             tonic::Status::unauthenticated("no service token")
         })?;
         req.metadata_mut().insert("authorization", header);
-        req.set_timeout(CALL_TIMEOUT);
+        req.set_timeout(deadline.map_or(CALL_TIMEOUT, |d| d.min(CALL_TIMEOUT)));
         Ok(req)
     }
 
     /// What a response may keep about client `id` of `agency`: nothing when
     /// the client is erased or consented to neither purpose. An unknown
     /// client is INVALID_ARGUMENT on `field`.
-    pub async fn linkage(&self, agency: &str, id: &str, field: &str) -> Result<Linkage, Error> {
+    pub async fn linkage(
+        &self,
+        agency: &str,
+        id: &str,
+        field: &str,
+        deadline: Option<Duration>,
+    ) -> Result<Linkage, Error> {
         let req = self
-            .request(reg::GetClientRequest {
-                name: format!("agencies/{agency}/clients/{id}"),
-            })
+            .request(
+                reg::GetClientRequest {
+                    name: format!("agencies/{agency}/clients/{id}"),
+                },
+                deadline,
+            )
             .map_err(|_| Error::Unavailable("the client register"))?;
         let client = match self.client.clone().get_client(req).await {
             Ok(r) => r.into_inner(),
@@ -101,10 +116,13 @@ impl Register {
 impl FeedSource for Register {
     fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<Vec<Event>, tonic::Status>> {
         Box::pin(async move {
-            let req = self.request(reg::ListEventsRequest {
-                after_sequence: after,
-                page_size: limit,
-            })?;
+            let req = self.request(
+                reg::ListEventsRequest {
+                    after_sequence: after,
+                    page_size: limit,
+                },
+                None,
+            )?;
             Ok(self
                 .client
                 .clone()
