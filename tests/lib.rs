@@ -27,6 +27,9 @@ pub const REGISTER_SERVICE: &str = "touchstone.register.v1.RegisterService";
 /// How long a short command (`token`, `migrate`, `clients …`) may run.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The services `up` runs besides the register, by their setting names.
+pub const OTHER_SERVICES: &[&str] = &["complaints", "feedback", "kpi", "gateway"];
+
 /// How long `touchstone up` may take to report SERVING.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -362,7 +365,16 @@ impl Up {
             let port = free_port();
             let mut cmd = touchstone(data_dir);
             cmd.arg("up")
-                .env("TOUCHSTONE_REGISTER__LISTEN", format!("127.0.0.1:{port}"));
+                .env("TOUCHSTONE_REGISTER__LISTEN", format!("127.0.0.1:{port}"))
+                .env("TOUCHSTONE_PEERS__REGISTER", format!("http://127.0.0.1:{port}"));
+            // Every other service on a port of its own too, so that tests
+            // running side by side never meet on the defaults.
+            for service in OTHER_SERVICES {
+                let p = free_port();
+                let upper = service.to_ascii_uppercase();
+                cmd.env(format!("TOUCHSTONE_{upper}__LISTEN"), format!("127.0.0.1:{p}"))
+                    .env(format!("TOUCHSTONE_PEERS__{upper}"), format!("http://127.0.0.1:{p}"));
+            }
             let mut up = Up {
                 proc: Proc::spawn(cmd),
                 port,
@@ -370,7 +382,7 @@ impl Up {
             match up.wait_serving().await {
                 Ok(()) => return up,
                 // Someone else took the port between our probe and the bind.
-                Err(report) if attempts < 3 && report.contains("register.listen") => continue,
+                Err(report) if attempts < 3 && report.contains(".listen") => continue,
                 Err(report) => panic!("`touchstone up` did not become ready: {report}"),
             }
         }

@@ -122,6 +122,7 @@ pub struct ContactDetails {
 
 /// A complaint's personal data: sealed as one document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Personal {
     /// Contact details given with the complaint.
     pub contact: Option<ContactDetails>,
@@ -136,6 +137,7 @@ pub struct Personal {
 /// Needs copied from the register at intake (not sealed: they are filtered
 /// and shown like the register's own non-identifying fields).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Needs {
     /// Accessibility needs (register enum numbers).
     pub needs: Vec<i32>,

@@ -10,6 +10,7 @@
 //! single-row INSERT transactions into a scratch table shaped like `clients`,
 //! on the same database and pool, with the same concurrency.
 
+mod complaints;
 mod echo;
 mod feedback;
 mod load;
@@ -77,6 +78,9 @@ pub(crate) struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Complaints stored before the overdue list is timed in `--scenario complaints`.
+    #[arg(long, default_value_t = 1_000_000)]
+    complaints: u64,
     /// Rows of the ImportResponses stream in `--scenario feedback`.
     #[arg(long, default_value_t = 10_000)]
     import_rows: u64,
@@ -98,6 +102,9 @@ enum ScenarioArg {
     RawInsert,
     /// SubmitResponse vs echo, ImportResponses vs a raw batched insert.
     Feedback,
+    /// CreateComplaint vs echo and vs a raw insert; the overdue list at
+    /// `--complaints` complaints vs the same query by hand.
+    Complaints,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +250,9 @@ pub(crate) async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<
         ScenarioArg::CreateClient => vec![Scenario::CreateClient],
         ScenarioArg::RawInsert => vec![Scenario::RawInsert],
         ScenarioArg::Feedback => return feedback::run(&args, pg_url.as_deref(), settings).await,
+        ScenarioArg::Complaints => {
+            return complaints::run(&args, pg_url.as_deref(), settings).await;
+        }
     };
     let needs_register = scenarios.iter().any(|s| *s != Scenario::Echo);
     let pool = args

@@ -58,16 +58,48 @@ INSERT INTO bench_raw_clients (agency, id, kind, preferred_channel, preferred_la
 interpreter_needed, accessibility_needs, personal, erased, erase_time, create_time, \
 update_time, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, FALSE, NULL, $9, $9, 1)";
 
+/// What a scratch database holds: a service's tables and the baseline's
+/// scratch table (per backend; the PostgreSQL one is granted to the role).
+pub(super) struct Schema {
+    /// The service's migration sets.
+    pub(super) sets: Vec<&'static touchstone_platform::db::MigrationSet>,
+    /// The scratch table on SQLite.
+    pub(super) raw_sqlite: &'static str,
+    /// The scratch table on PostgreSQL.
+    pub(super) raw_postgres: &'static str,
+    /// Its name, for the grant.
+    pub(super) raw_table: &'static str,
+}
+
+/// The register's tables and its raw-insert baseline.
+fn register_schema() -> Schema {
+    Schema {
+        sets: touchstone_register::migration_sets().to_vec(),
+        raw_sqlite: RAW_TABLE_SQLITE,
+        raw_postgres: RAW_TABLE_POSTGRES,
+        raw_table: "bench_raw_clients",
+    }
+}
+
 /// A SQLite file in `dir`, migrated, with the scratch table.
 pub(super) async fn fresh_sqlite(dir: &std::path::Path, pool: u32) -> anyhow::Result<FreshDb> {
-    let path = dir.join("register.db");
+    fresh_sqlite_with(dir, pool, &register_schema()).await
+}
+
+/// A SQLite file in `dir` holding `schema`.
+pub(super) async fn fresh_sqlite_with(
+    dir: &std::path::Path,
+    pool: u32,
+    schema: &Schema,
+) -> anyhow::Result<FreshDb> {
+    let path = dir.join("bench.db");
     let db = Db::connect(&touchstone_platform::db::sqlite_url(&path), pool)
         .await
         .context("opening the SQLite database")?;
-    db.migrate(&touchstone_register::migration_sets(), None)
+    db.migrate(&schema.sets, None)
         .await
         .context("migrating the SQLite database")?;
-    sqlx::raw_sql(RAW_TABLE_SQLITE)
+    sqlx::raw_sql(schema.raw_sqlite)
         .execute(db.pool())
         .await
         .context("creating the raw-insert table")?;
@@ -82,6 +114,15 @@ pub(super) async fn fresh_sqlite(dir: &std::path::Path, pool: u32) -> anyhow::Re
 /// allowed to create both), migrated by the admin connection, with the
 /// service connected as the new role.
 pub(super) async fn fresh_postgres(url: &str, pool: u32) -> anyhow::Result<FreshDb> {
+    fresh_postgres_with(url, pool, &register_schema()).await
+}
+
+/// A new database and role on the server at `url` holding `schema`.
+pub(super) async fn fresh_postgres_with(
+    url: &str,
+    pool: u32,
+    schema: &Schema,
+) -> anyhow::Result<FreshDb> {
     let name = format!("bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
     let password = uuid::Uuid::new_v4().simple().to_string();
     let server = Db::connect(url, 1)
@@ -118,11 +159,12 @@ pub(super) async fn fresh_postgres(url: &str, pool: u32) -> anyhow::Result<Fresh
     let prepared = async {
         scratch
             .admin
-            .migrate(&touchstone_register::migration_sets(), Some(&name))
+            .migrate(&schema.sets, Some(&name))
             .await
             .context("migrating the benchmark database")?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "{RAW_TABLE_POSTGRES}\nGRANT SELECT, INSERT ON bench_raw_clients TO {name};"
+            "{}\nGRANT SELECT, INSERT ON {} TO {name};",
+            schema.raw_postgres, schema.raw_table
         )))
         .execute(scratch.admin.pool())
         .await
@@ -185,37 +227,65 @@ impl FreshDb {
         }
     }
 
+    /// The owner's connection on PostgreSQL (for ANALYZE), None on SQLite.
+    pub(super) fn admin(&self) -> Option<&Db> {
+        self.postgres.as_ref().map(|p| &p.admin)
+    }
+
     pub(super) fn backend(&self) -> Backend {
         self.db.backend()
     }
 }
 
-/// The register served as in production: auth interceptor, health,
+/// A service served as in production: auth interceptor, health,
 /// reflection, metrics, per-connection shedding, deadlines.
-pub(super) struct Register {
+pub(super) struct Served {
     pub(super) addr: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     task: JoinHandle<Result<(), touchstone_server::ServeError>>,
 }
 
-impl Register {
-    pub(super) async fn start(
+/// A verifier of tokens minted by `dev`.
+pub(super) fn verifier(dev: &DevKey) -> anyhow::Result<Arc<Verifier>> {
+    Ok(Verifier::from_jwks_json(
+        AuthConfig {
+            issuer: DevKey::ISSUER.into(),
+            audience: DevKey::AUDIENCE.into(),
+            jwks_file: None,
+            jwks_url: None,
+            leeway_secs: 30,
+        },
+        &dev.jwks_json(),
+    )?)
+}
+
+impl Served {
+    /// The register on `db`.
+    pub(super) async fn register(
         db: Db,
         dev: &DevKey,
         max_concurrent_per_connection: usize,
-    ) -> anyhow::Result<Register> {
-        let verifier = Verifier::from_jwks_json(
-            AuthConfig {
-                issuer: DevKey::ISSUER.into(),
-                audience: DevKey::AUDIENCE.into(),
-                jwks_file: None,
-                jwks_url: None,
-                leeway_secs: 30,
-            },
-            &dev.jwks_json(),
-        )?;
+    ) -> anyhow::Result<Served> {
         let keys = Arc::new(Keyring::new(MasterKey::generate()));
-        let routes = touchstone_register::routes(db.clone(), keys, verifier);
+        let routes = touchstone_register::routes(db.clone(), keys, verifier(dev)?);
+        Served::start(
+            "register",
+            touchstone_register::SERVICE_NAME,
+            routes,
+            db,
+            max_concurrent_per_connection,
+        )
+        .await
+    }
+
+    /// Serves `routes` on a new loopback port.
+    pub(super) async fn start(
+        service: &'static str,
+        grpc: &'static str,
+        routes: tonic::service::Routes,
+        db: Db,
+        max_concurrent_per_connection: usize,
+    ) -> anyhow::Result<Served> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let readiness: touchstone_server::Readiness = Arc::new(move || {
@@ -223,8 +293,8 @@ impl Register {
             Box::pin(async move { db.ping().await })
         });
         let opts = touchstone_server::ServeOptions {
-            service: "register",
-            grpc_services: vec![touchstone_register::SERVICE_NAME],
+            service,
+            grpc_services: vec![grpc],
             max_concurrent_per_connection,
             readiness_interval: touchstone_server::ServeOptions::DEFAULT_READINESS_INTERVAL,
             shutdown_grace: Duration::from_secs(5),
@@ -239,7 +309,7 @@ impl Register {
                 let _ = rx.await;
             },
         ));
-        Ok(Register { addr, stop, task })
+        Ok(Served { addr, stop, task })
     }
 
     pub(super) async fn stop(self) {
