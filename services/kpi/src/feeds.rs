@@ -87,6 +87,34 @@ impl FeedSource for FeedbackFeed {
     }
 }
 
+/// A feed as the consumer should see it: only events after the cursor, in
+/// strictly increasing sequence. A producer that sends an event again (a
+/// retried page, a replayed sequence) cannot make it count twice.
+/// `S` is any pointer to a source (`Box`, `Arc`, `&dyn FeedSource`).
+#[derive(Debug, Clone)]
+pub struct Deduped<S>(pub S);
+
+impl<S> FeedSource for Deduped<S>
+where
+    S: std::ops::Deref + Send + Sync,
+    S::Target: FeedSource,
+{
+    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<Vec<Event>, tonic::Status>> {
+        Box::pin(async move {
+            let mut last = after;
+            let mut events = self.0.list(after, limit).await?;
+            events.retain(|e| {
+                let fresh = e.sequence > last;
+                if fresh {
+                    last = e.sequence;
+                }
+                fresh
+            });
+            Ok(events)
+        })
+    }
+}
+
 fn malformed(why: &str) -> ConsumeError {
     ConsumeError::Malformed(why.to_string())
 }
@@ -398,13 +426,13 @@ pub fn spawn(
         consumer::spawn(
             db.clone(),
             COMPLAINTS_FEED,
-            Arc::new(complaints),
+            Arc::new(Deduped(Box::new(complaints))),
             Arc::new(ComplaintsHandler),
         ),
         consumer::spawn(
             db.clone(),
             FEEDBACK_FEED,
-            Arc::new(feedback),
+            Arc::new(Deduped(Box::new(feedback))),
             Arc::new(FeedbackHandler),
         ),
     ]
@@ -424,7 +452,17 @@ pub async fn rebuild(
     consumer::reset(&mut tx, COMPLAINTS_FEED, 0).await?;
     consumer::reset(&mut tx, FEEDBACK_FEED, 0).await?;
     tx.commit().await?;
-    let c = consumer::catch_up(db, COMPLAINTS_FEED, complaints, &ComplaintsHandler).await?;
-    let f = consumer::catch_up(db, FEEDBACK_FEED, feedback, &FeedbackHandler).await?;
+    let c = catch_up_complaints(db, complaints).await?;
+    let f = catch_up_feedback(db, feedback).await?;
     Ok((c, f))
+}
+
+/// Applies the complaints feed until it has nothing more.
+pub async fn catch_up_complaints(db: &Db, source: &dyn FeedSource) -> Result<u64, ConsumeError> {
+    consumer::catch_up(db, COMPLAINTS_FEED, &Deduped(source), &ComplaintsHandler).await
+}
+
+/// Applies the feedback feed until it has nothing more.
+pub async fn catch_up_feedback(db: &Db, source: &dyn FeedSource) -> Result<u64, ConsumeError> {
+    consumer::catch_up(db, FEEDBACK_FEED, &Deduped(source), &FeedbackHandler).await
 }
