@@ -3,6 +3,7 @@
 //! quarterly A-11 CX data file out through `GetA11Report`. Both go through
 //! the public gRPC API, so every rule applies as for any other caller.
 
+use crate::csv_import::{self, RowError};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -14,7 +15,7 @@ use tonic::transport::Channel;
 use touchstone_api::common::v1::Channel as Via;
 use touchstone_api::feedback::v1 as pb;
 use touchstone_api::feedback::v1::feedback_service_client::FeedbackServiceClient;
-use touchstone_auth::{DevKey, Role, TokenRequest};
+use touchstone_auth::Role;
 use touchstone_platform::config::Settings;
 
 /// Rows sent per ImportResponses stream (the service takes at most 100 000).
@@ -85,13 +86,10 @@ pub(crate) async fn run(cmd: FeedbackCommand, settings: &Settings) -> anyhow::Re
             token,
             errors,
         } => {
-            let errors = errors.unwrap_or_else(|| {
-                let mut p = file.clone().into_os_string();
-                p.push(".errors.csv");
-                PathBuf::from(p)
-            });
+            let errors = errors.unwrap_or_else(|| csv_import::default_report(&file));
             let agency = survey_agency(&survey)?;
-            let bearer = bearer(token, settings, &agency, Role::Officer)?;
+            let bearer =
+                csv_import::bearer(token.as_deref(), &agency, settings, vec![Role::Officer])?;
             import(&file, &survey, &addr, &bearer, &errors).await
         }
         FeedbackCommand::Export {
@@ -102,7 +100,8 @@ pub(crate) async fn run(cmd: FeedbackCommand, settings: &Settings) -> anyhow::Re
             token,
             out,
         } => {
-            let bearer = bearer(token, settings, &agency, Role::Analyst)?;
+            let bearer =
+                csv_import::bearer(token.as_deref(), &agency, settings, vec![Role::Analyst])?;
             export_a11(&agency, &quarter, &addr, &bearer, out.as_deref()).await
         }
     }
@@ -115,58 +114,17 @@ fn survey_agency(survey: &str) -> anyhow::Result<String> {
     }
 }
 
-fn bearer(
-    token: Option<String>,
-    settings: &Settings,
-    agency: &str,
-    role: Role,
-) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>> {
-    let token = match token {
-        Some(t) => t,
-        None => {
-            if !settings.data_dir.join("dev-signing-key.pem").exists() {
-                bail!(
-                    "pass --token (or set TOUCHSTONE_TOKEN): no development key in {}",
-                    settings.data_dir.display()
-                );
-            }
-            DevKey::load_or_create(&settings.data_dir)?.mint(&TokenRequest {
-                subject: "touchstone-cli".into(),
-                agency: Some(agency.to_string()),
-                agencies: None,
-                roles: vec![role],
-                ttl: Duration::from_secs(3600),
-                issuer: settings.auth.issuer.clone(),
-                audience: settings.auth.audience.clone(),
-            })?
-        }
-    };
-    format!("Bearer {token}")
-        .parse()
-        .context("the token is not valid header text")
-}
-
 async fn connect(addr: &str) -> anyhow::Result<FeedbackServiceClient<Channel>> {
-    let channel = Channel::from_shared(addr.to_string())
-        .context("--addr is not a URL")?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the feedback service at {addr}"))?;
+    let channel = csv_import::connect(addr, "feedback service").await?;
     Ok(FeedbackServiceClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
+/// A request with the bearer header and no deadline: an import stream takes
+/// as long as its rows do.
 fn authorized<T>(message: T, bearer: &MetadataValue<tonic::metadata::Ascii>) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
     req.metadata_mut().insert("authorization", bearer.clone());
     req
-}
-
-/// One row's failure, for the error report.
-struct RowError {
-    row: usize,
-    field: String,
-    message: String,
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -330,22 +288,17 @@ async fn import(
         let record = match record {
             Ok(r) => r,
             Err(e) => {
-                failures.push(RowError {
-                    row: line,
-                    field: String::new(),
-                    message: format!("unreadable row: {e}"),
-                });
+                failures.push(RowError::new(line, "", format!("unreadable row: {e}")));
                 continue;
             }
         };
         let cells: HashMap<&str, &str> = headers.iter().zip(record.iter()).collect();
         match parse_row(&survey, &cells, &format!("{stem}:{line}")) {
             Ok(r) => rows.push((line, r)),
-            Err(bad) => failures.extend(bad.into_iter().map(|(field, message)| RowError {
-                row: line,
-                field,
-                message,
-            })),
+            Err(bad) => failures.extend(
+                bad.into_iter()
+                    .map(|(field, message)| RowError::new(line, field, message)),
+            ),
         }
     }
     let bar = ProgressBar::new(rows.len() as u64);
@@ -375,11 +328,11 @@ async fn import(
             }
             let row = lines.get(r.row as usize).copied().unwrap_or(0);
             for v in r.violations {
-                failures.push(RowError {
+                failures.push(RowError::new(
                     row,
-                    field: v.field.trim_start_matches("response.").to_string(),
-                    message: v.description,
-                });
+                    v.field.trim_start_matches("response."),
+                    v.description,
+                ));
             }
         }
     }
