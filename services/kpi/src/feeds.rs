@@ -440,17 +440,21 @@ pub fn spawn(
 
 /// Clears the rollups and both cursors in one transaction, then replays
 /// both feeds from their first event. Returns the events applied per feed.
-/// Run it while the service's own consumers are stopped, or let their
-/// cursor compare-and-set make them yield.
+/// Safe beside running consumers of the same database: their cursor
+/// compare-and-set makes them yield or replay with it.
 pub async fn rebuild(
     db: &Db,
     complaints: &dyn FeedSource,
     feedback: &dyn FeedSource,
 ) -> Result<(u64, u64), ConsumeError> {
     let mut tx = db.write(Scope::AllAgencies).await?;
-    store::clear_rollups(&mut tx).await?;
+    // Cursors first: a running consumer that has applied a page but not yet
+    // moved the cursor then finds it moved (its compare-and-set fails and it
+    // rolls back), and one that already moved it has committed before the
+    // rollups are cleared. Either way nothing it did survives twice.
     consumer::reset(&mut tx, COMPLAINTS_FEED, 0).await?;
     consumer::reset(&mut tx, FEEDBACK_FEED, 0).await?;
+    store::clear_rollups(&mut tx).await?;
     tx.commit().await?;
     let c = catch_up_complaints(db, complaints).await?;
     let f = catch_up_feedback(db, feedback).await?;

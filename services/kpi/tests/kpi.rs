@@ -4,7 +4,11 @@
 //! against a recomputation from the raw events written here, independently
 //! of the service's own code path.
 
-#![allow(clippy::clone_on_copy, clippy::type_complexity, clippy::too_many_arguments)]
+#![allow(
+    clippy::clone_on_copy,
+    clippy::type_complexity,
+    clippy::too_many_arguments
+)]
 
 use prost::Name;
 use std::collections::{BTreeMap, HashMap};

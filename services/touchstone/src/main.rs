@@ -7,6 +7,7 @@ mod clients;
 mod complaints;
 mod csv_import;
 mod feedback;
+mod kpi;
 mod run;
 
 use anyhow::Context;
@@ -57,6 +58,9 @@ enum Command {
     /// Import historic complaints from another system.
     #[command(subcommand)]
     Complaints(complaints::ComplaintsCommand),
+    /// KPI maintenance: rebuild the rollups from the change feeds.
+    #[command(subcommand)]
+    Kpi(kpi::KpiCommand),
     /// Generate load against a fresh register and a bare tonic echo server in
     /// this process, and report req/s, latency percentiles and ratios.
     Bench(bench::BenchArgs),
@@ -138,6 +142,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Clients(cmd) => clients::run(cmd, &settings).await,
         Command::Feedback(cmd) => feedback::run(cmd, &settings).await,
         Command::Complaints(cmd) => complaints::run(cmd, &settings).await,
+        Command::Kpi(cmd) => kpi::run(cmd, &settings).await,
         Command::Bench(args) => bench::run(args, &settings).await,
     }
 }
