@@ -28,7 +28,7 @@ pub const REGISTER_SERVICE: &str = "touchstone.register.v1.RegisterService";
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The services `up` runs besides the register, by their setting names.
-pub const OTHER_SERVICES: &[&str] = &["complaints", "feedback", "kpi", "gateway"];
+pub const OTHER_SERVICES: &[&str] = &["complaints", "feedback", "kpi"];
 
 /// How long `touchstone up` may take to report SERVING.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
