@@ -589,9 +589,9 @@ impl Feedback {
                 Inserted::Created => {
                     if let Some(f) = follow_up {
                         store::insert_follow_up(&mut tx, f).await?;
-                        events.push((f.name(), outbox::Pending::new(&opened_event(f))));
+                        events.push(store::BatchEvent::new(&f.name(), &opened_event(f)));
                     }
-                    events.push((name.clone(), outbox::Pending::new(submitted)));
+                    events.push(store::BatchEvent::new(&name, submitted));
                     created.push(name.clone());
                     results.push(result(pb::RowOutcome::Created, name, Vec::new()));
                 }
@@ -617,9 +617,7 @@ impl Feedback {
             &created,
         )
         .await?;
-        for (name, event) in &events {
-            outbox::append_pending(&mut tx, agency, name, event).await?;
-        }
+        store::append_events(&mut tx, agency, &events).await?;
         tx.commit().await?;
         Ok(results)
     }

@@ -11,6 +11,7 @@ use touchstone_api::register::v1::Characteristics;
 use touchstone_crypto::DataKey;
 use touchstone_list::{Field, FieldType, ListQuery, Schema};
 use touchstone_platform::db::{Backend, Tx};
+use touchstone_platform::outbox;
 use touchstone_platform::{list_bind, row_bool};
 
 const CHANNELS: &[(&str, i64)] = &[
@@ -683,6 +684,58 @@ pub async fn erase_client(
         .into_iter()
         .map(|(survey, id)| response_name(agency, &survey, &id))
         .collect())
+}
+
+/// An outbox event of a batch, kept both as the platform's pending event
+/// and as its parts, so that a batch can be appended in one statement.
+#[derive(Debug, Clone)]
+pub struct BatchEvent {
+    name: String,
+    pending: outbox::Pending,
+    type_name: String,
+    payload: Vec<u8>,
+}
+
+impl BatchEvent {
+    /// An event about `name`.
+    pub fn new<M: prost::Name>(name: &str, payload: &M) -> Self {
+        Self {
+            name: name.to_string(),
+            pending: outbox::Pending::new(payload),
+            type_name: M::full_name(),
+            payload: payload.encode_to_vec(),
+        }
+    }
+}
+
+/// Appends a batch's events, last in the transaction: the first through the
+/// platform's outbox, which takes the feed's ordering lock (held until
+/// commit, so sequences become visible in commit order) and wakes watchers
+/// on commit; the rest in as few statements as possible under that lock.
+pub async fn append_events(tx: &mut Tx, agency: &str, events: &[BatchEvent]) -> Result<(), Error> {
+    let Some((first, rest)) = events.split_first() else {
+        return Ok(());
+    };
+    outbox::append_pending(tx, agency, &first.name, &first.pending).await?;
+    let now = touchstone_platform::times::now_millis();
+    for chunk in rest.chunks(MAX_PARAMS / 3) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("($1, ${}, ${}, $2, ${})", 3 * i + 3, 3 * i + 4, 3 * i + 5))
+            .collect();
+        let sql = format!(
+            "INSERT INTO events (agency, type, name, occurred_time, payload) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency).bind(now);
+        for e in chunk {
+            q = q
+                .bind(e.type_name.clone())
+                .bind(e.name.clone())
+                .bind(e.payload.clone());
+        }
+        q.execute(tx.conn()).await?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- volumes
