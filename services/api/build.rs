@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "touchstone/complaints/v1/complaints.proto",
     "touchstone/feedback/v1/feedback.proto",
     "touchstone/kpi/v1/kpi.proto",
+    "touchstone/gateway/v1/gateway.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -42,6 +42,12 @@ pub mod kpi {
     }
 }
 
+pub mod gateway {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/touchstone.gateway.v1.rs"));
+    }
+}
+
 /// A response that names the resource it is about, so that the replay of a
 /// stored response can be audited against it and erasure can forget it.
 pub trait Named {
@@ -77,3 +83,9 @@ named!(
 );
 
 named!(kpi::v1::Standard);
+
+named!(
+    gateway::v1::Agency,
+    gateway::v1::Unit,
+    gateway::v1::PeerGroup,
+);

@@ -22,16 +22,30 @@ pub const SERVICE_NAME: &str = "touchstone.kpi.v1.KpiService";
 /// The service's tables, per backend.
 pub static MIGRATIONS: MigrationSet = MigrationSet {
     component: "kpi",
-    sqlite: &[Migration {
-        version: 1,
-        name: "kpi",
-        sql: include_str!("../migrations/sqlite/0001_kpi.sql"),
-    }],
-    postgres: &[Migration {
-        version: 1,
-        name: "kpi",
-        sql: include_str!("../migrations/postgres/0001_kpi.sql"),
-    }],
+    sqlite: &[
+        Migration {
+            version: 1,
+            name: "kpi",
+            sql: include_str!("../migrations/sqlite/0001_kpi.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "unit days",
+            sql: include_str!("../migrations/sqlite/0002_unit_days.sql"),
+        },
+    ],
+    postgres: &[
+        Migration {
+            version: 1,
+            name: "kpi",
+            sql: include_str!("../migrations/postgres/0001_kpi.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "unit days",
+            sql: include_str!("../migrations/postgres/0002_unit_days.sql"),
+        },
+    ],
 };
 
 /// Every migration set the service's database needs, in order.

@@ -10,9 +10,9 @@ type Result<T> = std::result::Result<T, sqlx::Error>;
 /// Rows per multi-row INSERT (PostgreSQL allows 65535 parameters).
 const ROWS_PER_INSERT: usize = 500;
 
-/// Adds `deltas` to the rollup of `agency`: to the fine cells and to the
-/// per-day totals, merged first so that a statement never touches a row
-/// twice.
+/// Adds `deltas` to the rollup of `agency`: to the fine cells, to the
+/// cells without segment and to the per-day totals, merged first so that a
+/// statement never touches a row twice.
 pub async fn apply(tx: &mut Tx, agency: &str, deltas: &[(Cell, i64)]) -> Result<()> {
     let mut cells: BTreeMap<&Cell, i64> = BTreeMap::new();
     let mut totals: BTreeMap<(&str, i64, i64), i64> = BTreeMap::new();
@@ -22,8 +22,22 @@ pub async fn apply(tx: &mut Tx, agency: &str, deltas: &[(Cell, i64)]) -> Result<
             .entry((cell.measure.as_str(), cell.day, cell.value))
             .or_default() += count;
     }
+    let mut units: BTreeMap<(&str, i64, &str, &str, i32, i64), i64> = BTreeMap::new();
+    for (cell, count) in deltas {
+        *units
+            .entry((
+                cell.measure.as_str(),
+                cell.day,
+                cell.service.as_str(),
+                cell.unit.as_str(),
+                cell.channel,
+                cell.value,
+            ))
+            .or_default() += count;
+    }
     cells.retain(|_, c| *c != 0);
     totals.retain(|_, c| *c != 0);
+    units.retain(|_, c| *c != 0);
     let cells: Vec<_> = cells.into_iter().collect();
     for chunk in cells.chunks(ROWS_PER_INSERT) {
         let mut sql = String::from(
@@ -60,6 +74,44 @@ pub async fn apply(tx: &mut Tx, agency: &str, deltas: &[(Cell, i64)]) -> Result<
                 .bind(i64::from(cell.channel))
                 .bind(cell.segment.as_str())
                 .bind(cell.value)
+                .bind(*count);
+        }
+        q.execute(tx.conn()).await?;
+    }
+    let units: Vec<_> = units.into_iter().collect();
+    for chunk in units.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO kpi_unit_days (agency, measure, day, service, unit, channel, value, count) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 7 + 2;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "($1, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b,
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6
+            ));
+        }
+        sql.push_str(
+            " ON CONFLICT (agency, measure, day, service, unit, channel, value) \
+             DO UPDATE SET count = kpi_unit_days.count + excluded.count",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
+        for ((measure, day, service, unit, channel, value), count) in chunk {
+            q = q
+                .bind(*measure)
+                .bind(*day)
+                .bind(*service)
+                .bind(*unit)
+                .bind(i64::from(*channel))
+                .bind(*value)
                 .bind(*count);
         }
         q.execute(tx.conn()).await?;
@@ -136,7 +188,8 @@ pub struct Read<'a> {
 
 /// Value counts of `measures` for `agency` between two days (yyyymmdd,
 /// inclusive), per SQL bucket and raw group value. Reads the per-day totals
-/// when nothing is filtered or split, else the fine cells; never raw events.
+/// when nothing is filtered or split, the cells without segment when only
+/// service, unit or channel matter, else the fine cells; never raw events.
 pub async fn counts(
     tx: &mut Tx,
     agency: &str,
@@ -162,8 +215,13 @@ pub async fn counts(
         Dimension::Channel => "CAST(channel AS TEXT)",
         Dimension::Segment(_) => "segment",
     };
+    // The coarsest table that still has the columns the query needs.
     let fine = group != Dimension::None || !filter.is_empty();
-    let table = if fine { "kpi_cells" } else { "kpi_day_totals" };
+    let table = match group {
+        Dimension::Segment(_) => "kpi_cells",
+        _ if fine => "kpi_unit_days",
+        _ => "kpi_day_totals",
+    };
     let mut sql = format!(
         "SELECT {bucket_sql} AS b, {group_sql} AS g, measure, value, CAST(SUM(count) AS BIGINT) AS n \
          FROM {table} WHERE agency = $1 AND day >= $2 AND day <= $3 AND measure IN ("
@@ -429,6 +487,7 @@ pub async fn replace_volume(
 pub async fn clear_rollups(tx: &mut Tx) -> Result<()> {
     for table in [
         "kpi_cells",
+        "kpi_unit_days",
         "kpi_day_totals",
         "kpi_complaints",
         "kpi_follow_ups",

@@ -1131,19 +1131,27 @@ async fn consume_through_failures<H: Handler>(
 async fn rollup_rows(
     h: &Harness,
 ) -> Vec<(String, String, i64, String, String, i64, String, i64, i64)> {
+    // Every rollup table, with the columns a coarser one lacks left empty.
+    let tables = [
+        "SELECT 'cells', measure, day, service, unit, channel, segment, value, count FROM kpi_cells",
+        "SELECT 'unit days', measure, day, service, unit, channel, '', value, count FROM kpi_unit_days",
+        "SELECT 'totals', measure, day, '', '', 0, '', value, count FROM kpi_day_totals",
+    ];
     let mut out = Vec::new();
     for agency in ["a1", "a2"] {
         let mut tx = h.db().read(Scope::Agency(agency)).await.expect("tx");
-        let rows: Vec<(String, String, i64, String, String, i64, String, i64, i64)> = sqlx::query_as(
-            "SELECT agency, measure, day, service, unit, channel, segment, value, count FROM kpi_cells \
-             WHERE agency = $1 AND count <> 0 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8",
-        )
-        .bind(agency)
-        .fetch_all(tx.conn())
-        .await
-        .expect("rows");
+        for select in tables {
+            let sql =
+                format!("{select} WHERE agency = $1 AND count <> 0 ORDER BY 2, 3, 4, 5, 6, 7, 8");
+            let rows: Vec<(String, String, i64, String, String, i64, String, i64, i64)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(agency)
+                    .fetch_all(tx.conn())
+                    .await
+                    .expect("rows");
+            out.extend(rows);
+        }
         tx.commit().await.expect("commit");
-        out.extend(rows);
     }
     out
 }

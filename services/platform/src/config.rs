@@ -108,6 +108,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "complaints",
     "feedback",
     "kpi",
+    "gateway",
+    "hub",
 ];
 
 /// Where each service is reached by the others (Kubernetes: the Service's
@@ -123,6 +125,8 @@ pub struct Peers {
     pub feedback: String,
     /// The KPI service.
     pub kpi: String,
+    /// The gateway.
+    pub gateway: String,
 }
 
 impl Default for Peers {
@@ -132,6 +136,7 @@ impl Default for Peers {
             complaints: "http://127.0.0.1:50052".into(),
             feedback: "http://127.0.0.1:50053".into(),
             kpi: "http://127.0.0.1:50054".into(),
+            gateway: "http://127.0.0.1:50055".into(),
         }
     }
 }
@@ -169,6 +174,32 @@ pub struct Settings {
     pub feedback: ServiceSettings,
     /// The KPI service.
     pub kpi: ServiceSettings,
+    /// The gateway (hub directory, dashboards, benchmarks).
+    pub gateway: ServiceSettings,
+    /// The hub: the web dashboard and benchmark disclosure.
+    pub hub: HubSettings,
+}
+
+/// Settings of the hub that the gateway serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubSettings {
+    /// Address of the web dashboard and its JSON API (HTTP).
+    pub http_listen: SocketAddr,
+    /// Whether the gateway serves the web dashboard.
+    pub dashboard: bool,
+    /// Benchmark figures from fewer observations than this are suppressed.
+    pub min_count: u64,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        Self {
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            dashboard: true,
+            min_count: 10,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -188,6 +219,8 @@ impl Default for Settings {
             complaints: ServiceSettings::on_port(50052),
             feedback: ServiceSettings::on_port(50053),
             kpi: ServiceSettings::on_port(50054),
+            gateway: ServiceSettings::on_port(50055),
+            hub: HubSettings::default(),
         }
     }
 }
@@ -255,6 +288,7 @@ impl Settings {
             ("complaints", &self.complaints),
             ("feedback", &self.feedback),
             ("kpi", &self.kpi),
+            ("gateway", &self.gateway),
         ] {
             if let Some(url) = svc.database_url.as_deref().filter(|u| !u.is_empty()) {
                 check_db_url(url).map_err(|p| invalid(&format!("{name}.database_url"), p))?;
@@ -274,10 +308,14 @@ impl Settings {
             ("peers.complaints", &self.peers.complaints),
             ("peers.feedback", &self.peers.feedback),
             ("peers.kpi", &self.peers.kpi),
+            ("peers.gateway", &self.peers.gateway),
         ] {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(invalid(name, "must be an http:// or https:// URL"));
             }
+        }
+        if self.hub.min_count == 0 {
+            return Err(invalid("hub.min_count", "must be at least 1"));
         }
         if self.max_concurrent_per_connection == 0 {
             return Err(invalid(

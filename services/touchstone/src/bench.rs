@@ -13,6 +13,7 @@
 mod complaints;
 mod echo;
 mod feedback;
+mod kpi;
 mod load;
 mod target;
 
@@ -84,6 +85,9 @@ pub(crate) struct BenchArgs {
     /// Rows of the ImportResponses stream in `--scenario feedback`.
     #[arg(long, default_value_t = 10_000)]
     import_rows: u64,
+    /// Survey responses applied and queried in `--scenario kpi`.
+    #[arg(long, default_value_t = 1_000_000)]
+    kpi_events: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -105,6 +109,8 @@ enum ScenarioArg {
     /// CreateComplaint vs echo and vs a raw insert; the overdue list at
     /// `--complaints` complaints vs the same query by hand.
     Complaints,
+    /// KPI events applied vs raw inserts; QueryIndicator vs a raw SQL aggregate.
+    Kpi,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,6 +259,7 @@ pub(crate) async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<
         ScenarioArg::Complaints => {
             return complaints::run(&args, pg_url.as_deref(), settings).await;
         }
+        ScenarioArg::Kpi => return kpi::run(&args, pg_url.as_deref(), settings).await,
     };
     let needs_register = scenarios.iter().any(|s| *s != Scenario::Echo);
     let pool = args

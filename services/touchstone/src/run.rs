@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use touchstone_auth::{AuthConfig, DevKey, Role, ServiceToken, TokenRequest, Verifier};
 use touchstone_crypto::MasterKey;
-use touchstone_platform::config::{LogFormat, Peers, ServiceSettings, Settings};
+use touchstone_platform::config::{HubSettings, LogFormat, Peers, ServiceSettings, Settings};
 use touchstone_platform::db::{Db, MigrationSet};
 use touchstone_platform::keyring::Keyring;
 use touchstone_server::{Readiness, ServeOptions};
@@ -26,15 +26,18 @@ pub(crate) enum ServiceName {
     Feedback,
     /// Indicators, standards and charters.
     Kpi,
+    /// Hub directory, dashboards, benchmarks and the web dashboard.
+    Gateway,
 }
 
 impl ServiceName {
     /// Every service, in start order.
-    pub(crate) const ALL: [ServiceName; 4] = [
+    pub(crate) const ALL: [ServiceName; 5] = [
         ServiceName::Register,
         ServiceName::Complaints,
         ServiceName::Feedback,
         ServiceName::Kpi,
+        ServiceName::Gateway,
     ];
 }
 
@@ -145,6 +148,8 @@ pub(crate) struct Env {
     /// The token a service presents when it calls another on its own behalf.
     pub(crate) service_token: ServiceToken,
     pub(crate) peers: Peers,
+    /// The hub's settings (web dashboard, benchmark threshold).
+    pub(crate) hub: HubSettings,
 }
 
 /// A service's gRPC routes and the background tasks that run beside it
@@ -161,6 +166,7 @@ impl ServiceName {
             ServiceName::Complaints => "complaints",
             ServiceName::Feedback => "feedback",
             ServiceName::Kpi => "kpi",
+            ServiceName::Gateway => "gateway",
         }
     }
 
@@ -170,6 +176,7 @@ impl ServiceName {
             ServiceName::Complaints => touchstone_complaints::SERVICE_NAME,
             ServiceName::Feedback => touchstone_feedback::SERVICE_NAME,
             ServiceName::Kpi => touchstone_kpi::SERVICE_NAME,
+            ServiceName::Gateway => touchstone_gateway::SERVICE_NAME,
         }
     }
 
@@ -179,6 +186,7 @@ impl ServiceName {
             ServiceName::Complaints => &settings.complaints,
             ServiceName::Feedback => &settings.feedback,
             ServiceName::Kpi => &settings.kpi,
+            ServiceName::Gateway => &settings.gateway,
         }
     }
 
@@ -188,6 +196,7 @@ impl ServiceName {
             ServiceName::Complaints => touchstone_complaints::migration_sets().to_vec(),
             ServiceName::Feedback => touchstone_feedback::migration_sets().to_vec(),
             ServiceName::Kpi => touchstone_kpi::migration_sets().to_vec(),
+            ServiceName::Gateway => touchstone_gateway::migration_sets().to_vec(),
         }
     }
 
@@ -229,6 +238,33 @@ impl ServiceName {
                     env.service_token.clone(),
                 )?;
                 touchstone_kpi::start(db.clone(), env.keys.clone(), env.verifier.clone(), peers)
+            }
+            ServiceName::Gateway => {
+                let peers = touchstone_gateway::Peers::connect(
+                    &env.peers.register,
+                    &env.peers.complaints,
+                    &env.peers.feedback,
+                    &env.peers.kpi,
+                    env.service_token.clone(),
+                    env.hub.min_count,
+                )?;
+                let http = if env.hub.dashboard {
+                    let addr = env.hub.http_listen;
+                    let listener = std::net::TcpListener::bind(addr).with_context(|| {
+                        format!("listening on {addr} (setting hub.http_listen)")
+                    })?;
+                    listener.set_nonblocking(true)?;
+                    Some(tokio::net::TcpListener::from_std(listener)?)
+                } else {
+                    None
+                };
+                touchstone_gateway::start(
+                    db.clone(),
+                    env.keys.clone(),
+                    env.verifier.clone(),
+                    peers,
+                    http,
+                )
             }
         };
         tasks.push(purger);
@@ -335,6 +371,7 @@ pub(crate) async fn up(mut settings: Settings) -> anyhow::Result<()> {
         verifier: verifier(&settings).await?,
         service_token,
         peers: settings.peers.clone(),
+        hub: settings.hub.clone(),
     };
     let (stop, rx) = watch::channel(false);
     let mut running = Vec::new();
@@ -351,6 +388,12 @@ pub(crate) async fn up(mut settings: Settings) -> anyhow::Result<()> {
         audience: settings.auth.audience.clone(),
     })?;
     print_banner(&running, &token);
+    if settings.hub.dashboard {
+        println!(
+            "Dashboard: http://{}/  (sign in with the development token above)",
+            settings.hub.http_listen
+        );
+    }
     wait_all(running, stop).await
 }
 
@@ -397,6 +440,7 @@ pub(crate) async fn serve(settings: Settings, service: ServiceName) -> anyhow::R
             .clone()
             .map_or(ServiceToken::None, ServiceToken::File),
         peers: settings.peers.clone(),
+        hub: settings.hub.clone(),
     };
     let (stop, rx) = watch::channel(false);
     let running = vec![start_service(&settings, service, &env, rx).await?];

@@ -1,0 +1,1569 @@
+//! The gRPC handlers: parse each request into domain values, check the
+//! caller's roles and agency, then read or change the directory or fan out
+//! to the other services. The web dashboard's JSON API calls the same
+//! methods.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+use touchstone_api::complaints::v1 as cpb;
+use touchstone_api::feedback::v1 as fpb;
+use touchstone_api::gateway::v1 as pb;
+use touchstone_api::gateway::v1::gateway_service_server::GatewayService;
+use touchstone_api::kpi::v1 as kpi;
+use touchstone_api::register::v1 as rpb;
+use touchstone_auth::{Caller, Role};
+use touchstone_platform::change::{self, Begun};
+use touchstone_platform::db::{Db, Scope};
+use touchstone_platform::error::Violations;
+use touchstone_platform::idempotency::fingerprint;
+use touchstone_platform::keyring::Keyring;
+use touchstone_platform::names;
+use touchstone_platform::times;
+
+use crate::backends::{Backends, CallContext, Failure, classify};
+use crate::domain::{self, HUB, MemberFigure, Period};
+use crate::error::Error;
+use crate::store::{self, AgencyRow, PeerGroupRow, UnitRow};
+
+/// Open complaints, in the complaints service's filter language.
+const OPEN_COMPLAINTS: &str = "status != RESOLVED AND status != CLOSED AND status != WITHDRAWN";
+/// At most this many open complaints are counted for a dashboard.
+const MAX_OPEN_COMPLAINTS: usize = 10_000;
+/// At most this many responses are read for a dashboard's topics.
+const MAX_TOPIC_RESPONSES: usize = 5_000;
+/// Topics shown on a dashboard.
+const TOP_TOPICS: usize = 10;
+/// The characteristics a dashboard looks for equity gaps in.
+const EQUITY_DIMENSIONS: [kpi::Dimension; 6] = [
+    kpi::Dimension::AgeBand,
+    kpi::Dimension::Gender,
+    kpi::Dimension::Disability,
+    kpi::Dimension::FirstNations,
+    kpi::Dimension::CulturallyLinguisticallyDiverse,
+    kpi::Dimension::RemoteLocation,
+];
+/// The satisfaction indicator dashboards and equity views use.
+pub const SATISFACTION: &str = "share_satisfied.a11_satisfaction";
+
+/// The gateway service.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    db: Db,
+    keys: Arc<Keyring>,
+    backends: Backends,
+    min_count: u64,
+}
+
+/// Unreachable backends and withheld sections of a partial answer (AIP-217).
+#[derive(Debug, Default)]
+struct Partial {
+    unreachable: BTreeSet<&'static str>,
+    withheld: BTreeSet<&'static str>,
+}
+
+impl Partial {
+    /// The value of a backend call, or None with the failure noted.
+    fn take<T>(
+        &mut self,
+        backend: &'static str,
+        section: &'static str,
+        r: Result<T, Status>,
+    ) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(status) => {
+                match classify(&status) {
+                    Failure::Unreachable => {
+                        tracing::warn!(backend, code = ?status.code(), "backend unreachable");
+                        self.unreachable.insert(backend);
+                    }
+                    Failure::Withheld => {
+                        self.withheld.insert(section);
+                    }
+                    Failure::Empty => {
+                        tracing::debug!(backend, code = ?status.code(), "backend had nothing");
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+fn agency_of<'a>(field: &str, name: &'a str) -> Result<&'a str, Error> {
+    Ok(names::parse_field(field, "agencies/{}", name)?[0])
+}
+
+fn page_size(requested: i32) -> Result<i64, Error> {
+    touchstone_list::page_size(requested)
+        .map(|n| n as i64)
+        .map_err(|e| Error::invalid(e.field, e.description))
+}
+
+/// Page tokens are the last id of the page, hex-encoded.
+fn decode_token(token: &str) -> Result<String, Error> {
+    let bad = || Error::invalid("page_token", "is not a token from a previous response");
+    if !token.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    let bytes: Result<Vec<u8>, _> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
+        .collect();
+    String::from_utf8(bytes.map_err(|_| bad())?).map_err(|_| bad())
+}
+
+fn encode_token(last: &str) -> String {
+    last.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn next_token<T>(rows: &mut Vec<T>, limit: i64, id: impl Fn(&T) -> &str) -> String {
+    if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| encode_token(id(r))).unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
+fn mask_paths(
+    mask: Option<&prost_types::FieldMask>,
+    allowed: &[&str],
+) -> Result<Vec<String>, Error> {
+    let paths: Vec<String> = mask.map(|m| m.paths.clone()).unwrap_or_default();
+    if paths.is_empty() {
+        return Ok(allowed.iter().map(|s| s.to_string()).collect());
+    }
+    for p in &paths {
+        if !allowed.contains(&p.as_str()) {
+            return Err(Error::invalid(
+                "update_mask",
+                format!("may name only {}", allowed.join(", ")),
+            ));
+        }
+    }
+    Ok(paths)
+}
+
+fn check_etag(given: &str, revision: i64) -> Result<(), Error> {
+    if !given.is_empty() && given != store::etag(revision) {
+        return Err(Error::StaleEtag);
+    }
+    Ok(())
+}
+
+fn consent_of(value: i32, field: &str) -> Result<pb::BenchmarkConsent, Error> {
+    match pb::BenchmarkConsent::try_from(value) {
+        Ok(pb::BenchmarkConsent::Unspecified) => Ok(pb::BenchmarkConsent::None),
+        Ok(c) => Ok(c),
+        Err(_) => Err(Error::invalid(field, "is not a benchmark consent")),
+    }
+}
+
+fn require(caller: &Caller, roles: &[Role], why: &'static str) -> Result<(), Error> {
+    if caller.has_any(roles) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(why))
+    }
+}
+
+fn require_hub_admin(caller: &Caller) -> Result<(), Error> {
+    require(
+        caller,
+        &[Role::HubAdmin],
+        "only hub_admin manages the hub directory",
+    )
+}
+
+/// Any role of the agency (or a hub_admin whose token covers it) may read
+/// its directory entries.
+fn require_agency_reader(caller: &Caller, agency: &str) -> Result<(), Error> {
+    if caller.can_access_agency(agency) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(
+            "the token does not cover this agency",
+        ))
+    }
+}
+
+fn require_agency_admin(caller: &Caller, agency: &str) -> Result<(), Error> {
+    if caller.agency.as_deref() == Some(agency) && caller.has_role(Role::AgencyAdmin) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(
+            "only the agency's agency_admin manages its units",
+        ))
+    }
+}
+
+fn rfc3339_day(d: jiff::civil::Date) -> String {
+    format!("{:04}-{:02}-{:02}T00:00:00Z", d.year(), d.month(), d.day())
+}
+
+impl Gateway {
+    /// The service over its directory database and the backends it joins.
+    pub fn new(db: Db, keys: Arc<Keyring>, backends: Backends, min_count: u64) -> Gateway {
+        Gateway {
+            db,
+            keys,
+            backends,
+            min_count: min_count.max(1),
+        }
+    }
+
+    async fn begin<'a, R: prost::Message + Default + touchstone_api::Named>(
+        &self,
+        caller: &'a Caller,
+        scope: &'a str,
+        method: &'static str,
+        request_id: &'a str,
+        fingerprint: String,
+    ) -> Result<Begun<'a, R>, Error> {
+        Ok(change::begin(
+            &self.db,
+            &self.keys,
+            caller,
+            scope,
+            method,
+            request_id,
+            fingerprint,
+        )
+        .await?)
+    }
+
+    // ---- agencies ----
+
+    async fn create_agency(
+        &self,
+        caller: &Caller,
+        req: pb::CreateAgencyRequest,
+    ) -> Result<pb::Agency, Error> {
+        require_hub_admin(caller)?;
+        let agency = req.agency.clone().unwrap_or_default();
+        let mut v = Violations::new();
+        if let Err(e) = names::check_id(&req.agency_id) {
+            v.add("agency_id", e.to_string());
+        }
+        if let Err(e) = domain::check_display_name(&agency.display_name) {
+            v.add("agency.display_name", e);
+        }
+        if let Err(e) = domain::check_time_zone(&agency.time_zone) {
+            v.add("agency.time_zone", e);
+        }
+        let consent = consent_of(agency.benchmark_consent, "agency.benchmark_consent");
+        if let Err(Error::InvalidArgument(mut e)) = consent {
+            v.add(e.remove(0).field, "is not a benchmark consent");
+            return Err(Error::InvalidArgument(v.finish().err().unwrap_or_default()));
+        }
+        v.finish().map_err(Error::InvalidArgument)?;
+        let consent = consent?;
+        let fp = fingerprint(&req);
+        let mut change = match self
+            .begin::<pb::Agency>(caller, HUB, "CreateAgency", &req.request_id, fp)
+            .await?
+        {
+            Begun::Replay(r) => return Ok(r),
+            Begun::Fresh(c) => c,
+        };
+        if store::get_agency(&mut change.tx, &req.agency_id)
+            .await?
+            .is_some()
+        {
+            return Err(Error::AlreadyExists("agency"));
+        }
+        let now = times::now_millis();
+        let row = AgencyRow {
+            id: req.agency_id.clone(),
+            display_name: agency.display_name.trim().to_string(),
+            time_zone: agency.time_zone.clone(),
+            consent: consent as i64,
+            revision: 1,
+            create_time: now,
+            update_time: now,
+        };
+        store::insert_agency(&mut change.tx, &row)
+            .await
+            .map_err(|e| {
+                if Error::is_unique_violation(&e) {
+                    Error::AlreadyExists("agency")
+                } else {
+                    Error::Database(e)
+                }
+            })?;
+        let out = row.to_proto();
+        let name = out.name.clone();
+        Ok(change.finish(&name, out).await?)
+    }
+
+    async fn get_agency(&self, caller: &Caller, name: &str) -> Result<pb::Agency, Error> {
+        let id = agency_of("name", name)?;
+        require_agency_reader(caller, id)?;
+        let mut tx = self.db.read(Scope::Agency(id)).await?;
+        store::get_agency(&mut tx, id)
+            .await?
+            .map(|a| a.to_proto())
+            .ok_or(Error::NotFound("agency"))
+    }
+
+    pub(crate) async fn list_agencies(
+        &self,
+        caller: &Caller,
+        req: pb::ListAgenciesRequest,
+    ) -> Result<pb::ListAgenciesResponse, Error> {
+        let limit = page_size(req.page_size)?;
+        let after = decode_token(&req.page_token)?;
+        let mut rows = if caller.has_role(Role::HubAdmin) {
+            let mut tx = self.db.read(Scope::Agency(HUB)).await?;
+            store::list_agencies(&mut tx, &after, limit + 1)
+                .await?
+                .into_iter()
+                .filter(|a| caller.can_access_agency(&a.id))
+                .collect()
+        } else {
+            let Some(own) = caller.agency.as_deref() else {
+                return Ok(pb::ListAgenciesResponse::default());
+            };
+            let mut tx = self.db.read(Scope::Agency(own)).await?;
+            store::get_agency(&mut tx, own)
+                .await?
+                .into_iter()
+                .filter(|a| a.id.as_str() > after.as_str())
+                .collect::<Vec<_>>()
+        };
+        let next_page_token = next_token(&mut rows, limit, |a| &a.id);
+        Ok(pb::ListAgenciesResponse {
+            agencies: rows.iter().map(AgencyRow::to_proto).collect(),
+            next_page_token,
+        })
+    }
+
+    async fn update_agency(
+        &self,
+        caller: &Caller,
+        req: pb::UpdateAgencyRequest,
+    ) -> Result<pb::Agency, Error> {
+        require_hub_admin(caller)?;
+        let agency = req.agency.clone().unwrap_or_default();
+        let id = agency_of("agency.name", &agency.name)?.to_string();
+        if !caller.can_access_agency(&id) {
+            return Err(Error::PermissionDenied(
+                "the token does not cover this agency",
+            ));
+        }
+        let paths = mask_paths(
+            req.update_mask.as_ref(),
+            &["display_name", "time_zone", "benchmark_consent"],
+        )?;
+        let mut v = Violations::new();
+        for p in &paths {
+            match p.as_str() {
+                "display_name" => {
+                    if let Err(e) = domain::check_display_name(&agency.display_name) {
+                        v.add("agency.display_name", e);
+                    }
+                }
+                "time_zone" => {
+                    if let Err(e) = domain::check_time_zone(&agency.time_zone) {
+                        v.add("agency.time_zone", e);
+                    }
+                }
+                _ => {
+                    if consent_of(agency.benchmark_consent, "").is_err() {
+                        v.add("agency.benchmark_consent", "is not a benchmark consent");
+                    }
+                }
+            }
+        }
+        v.finish().map_err(Error::InvalidArgument)?;
+        let fp = fingerprint(&req);
+        let mut change = match self
+            .begin::<pb::Agency>(caller, HUB, "UpdateAgency", &req.request_id, fp)
+            .await?
+        {
+            Begun::Replay(r) => return Ok(r),
+            Begun::Fresh(c) => c,
+        };
+        let mut row = store::get_agency(&mut change.tx, &id)
+            .await?
+            .ok_or(Error::NotFound("agency"))?;
+        check_etag(&agency.etag, row.revision)?;
+        for p in &paths {
+            match p.as_str() {
+                "display_name" => row.display_name = agency.display_name.trim().to_string(),
+                "time_zone" => row.time_zone = agency.time_zone.clone(),
+                _ => row.consent = consent_of(agency.benchmark_consent, "")? as i64,
+            }
+        }
+        row.revision += 1;
+        row.update_time = times::now_millis();
+        store::update_agency(&mut change.tx, &row).await?;
+        let out = row.to_proto();
+        let name = out.name.clone();
+        Ok(change.finish(&name, out).await?)
+    }
+
+    // ---- units ----
+
+    async fn create_unit(
+        &self,
+        caller: &Caller,
+        req: pb::CreateUnitRequest,
+    ) -> Result<pb::Unit, Error> {
+        let agency = agency_of("parent", &req.parent)?.to_string();
+        require_agency_admin(caller, &agency)?;
+        let unit = req.unit.clone().unwrap_or_default();
+        let mut v = Violations::new();
+        if let Err(e) = names::check_id(&req.unit_id) {
+            v.add("unit_id", e.to_string());
+        }
+        if let Err(e) = domain::check_display_name(&unit.display_name) {
+            v.add("unit.display_name", e);
+        }
+        v.finish().map_err(Error::InvalidArgument)?;
+        let fp = fingerprint(&req);
+        let mut change = match self
+            .begin::<pb::Unit>(caller, &agency, "CreateUnit", &req.request_id, fp)
+            .await?
+        {
+            Begun::Replay(r) => return Ok(r),
+            Begun::Fresh(c) => c,
+        };
+        if store::get_agency(&mut change.tx, &agency).await?.is_none() {
+            return Err(Error::FailedPrecondition {
+                reason: "AGENCY_NOT_IN_DIRECTORY",
+                message: "the agency is not in the hub directory; a hub_admin adds it first",
+            });
+        }
+        if store::get_unit(&mut change.tx, &agency, &req.unit_id)
+            .await?
+            .is_some()
+        {
+            return Err(Error::AlreadyExists("unit"));
+        }
+        let now = times::now_millis();
+        let row = UnitRow {
+            agency: agency.clone(),
+            id: req.unit_id.clone(),
+            display_name: unit.display_name.trim().to_string(),
+            revision: 1,
+            create_time: now,
+            update_time: now,
+        };
+        store::insert_unit(&mut change.tx, &row).await?;
+        let out = row.to_proto();
+        let name = out.name.clone();
+        Ok(change.finish(&name, out).await?)
+    }
+
+    async fn get_unit(&self, caller: &Caller, name: &str) -> Result<pb::Unit, Error> {
+        let ids = names::parse_field("name", "agencies/{}/units/{}", name)?;
+        require_agency_reader(caller, ids[0])?;
+        let mut tx = self.db.read(Scope::Agency(ids[0])).await?;
+        store::get_unit(&mut tx, ids[0], ids[1])
+            .await?
+            .map(|u| u.to_proto())
+            .ok_or(Error::NotFound("unit"))
+    }
+
+    async fn list_units(
+        &self,
+        caller: &Caller,
+        req: pb::ListUnitsRequest,
+    ) -> Result<pb::ListUnitsResponse, Error> {
+        let agency = agency_of("parent", &req.parent)?;
+        require_agency_reader(caller, agency)?;
+        let limit = page_size(req.page_size)?;
+        let after = decode_token(&req.page_token)?;
+        let mut tx = self.db.read(Scope::Agency(agency)).await?;
+        let mut rows = store::list_units(&mut tx, agency, &after, limit + 1).await?;
+        let next_page_token = next_token(&mut rows, limit, |u| &u.id);
+        Ok(pb::ListUnitsResponse {
+            units: rows.iter().map(UnitRow::to_proto).collect(),
+            next_page_token,
+        })
+    }
+
+    async fn update_unit(
+        &self,
+        caller: &Caller,
+        req: pb::UpdateUnitRequest,
+    ) -> Result<pb::Unit, Error> {
+        let unit = req.unit.clone().unwrap_or_default();
+        let ids = names::parse_field("unit.name", "agencies/{}/units/{}", &unit.name)?;
+        let (agency, id) = (ids[0].to_string(), ids[1].to_string());
+        require_agency_admin(caller, &agency)?;
+        mask_paths(req.update_mask.as_ref(), &["display_name"])?;
+        domain::check_display_name(&unit.display_name)
+            .map_err(|e| Error::invalid("unit.display_name", e))?;
+        let fp = fingerprint(&req);
+        let mut change = match self
+            .begin::<pb::Unit>(caller, &agency, "UpdateUnit", &req.request_id, fp)
+            .await?
+        {
+            Begun::Replay(r) => return Ok(r),
+            Begun::Fresh(c) => c,
+        };
+        let mut row = store::get_unit(&mut change.tx, &agency, &id)
+            .await?
+            .ok_or(Error::NotFound("unit"))?;
+        check_etag(&unit.etag, row.revision)?;
+        row.display_name = unit.display_name.trim().to_string();
+        row.revision += 1;
+        row.update_time = times::now_millis();
+        store::update_unit(&mut change.tx, &row).await?;
+        let out = row.to_proto();
+        let name = out.name.clone();
+        Ok(change.finish(&name, out).await?)
+    }
+
+    async fn delete_unit(&self, caller: &Caller, req: pb::DeleteUnitRequest) -> Result<(), Error> {
+        let ids = names::parse_field("name", "agencies/{}/units/{}", &req.name)?;
+        require_agency_admin(caller, ids[0])?;
+        let mut tx = self.db.write(Scope::Agency(ids[0])).await?;
+        let row = store::get_unit(&mut tx, ids[0], ids[1])
+            .await?
+            .ok_or(Error::NotFound("unit"))?;
+        check_etag(&req.etag, row.revision)?;
+        store::delete_unit(&mut tx, ids[0], ids[1]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ---- peer groups ----
+
+    /// Checks members: agencies/{a}, no repeats, each in the directory.
+    async fn check_members(&self, field: &str, members: &[String]) -> Result<Vec<String>, Error> {
+        let mut v = Violations::new();
+        let mut ids = Vec::new();
+        if members.is_empty() {
+            v.add(field, "at least one agency");
+        }
+        if members.len() > 500 {
+            v.add(field, "at most 500 agencies");
+        }
+        for (i, m) in members.iter().enumerate() {
+            match names::parse_field(&format!("{field}[{i}]"), "agencies/{}", m) {
+                Ok(parts) if ids.iter().any(|x| x == parts[0]) => {
+                    v.add(format!("{field}[{i}]"), "repeats an agency");
+                }
+                Ok(parts) => ids.push(parts[0].to_string()),
+                Err(e) => v.add(e.field, e.description),
+            }
+        }
+        v.finish().map_err(Error::InvalidArgument)?;
+        let mut v = Violations::new();
+        let mut tx = self.db.read(Scope::Agency(HUB)).await?;
+        let known = store::agencies_in(&mut tx, &ids).await?;
+        for (i, id) in ids.iter().enumerate() {
+            if !known.iter().any(|a| &a.id == id) {
+                v.add(
+                    format!("{field}[{i}]"),
+                    "is not an agency of the hub directory",
+                );
+            }
+        }
+        v.finish().map_err(Error::InvalidArgument)?;
+        Ok(ids)
+    }
+
+    async fn create_peer_group(
+        &self,
+        caller: &Caller,
+        req: pb::CreatePeerGroupRequest,
+    ) -> Result<pb::PeerGroup, Error> {
+        require_hub_admin(caller)?;
+        let group = req.peer_group.clone().unwrap_or_default();
+        names::check_id(&req.peer_group_id)
+            .map_err(|e| Error::invalid("peer_group_id", e.to_string()))?;
+        domain::check_display_name(&group.display_name)
+            .map_err(|e| Error::invalid("peer_group.display_name", e))?;
+        let members = self
+            .check_members("peer_group.agencies", &group.agencies)
+            .await?;
+        let fp = fingerprint(&req);
+        let mut change = match self
+            .begin::<pb::PeerGroup>(caller, HUB, "CreatePeerGroup", &req.request_id, fp)
+            .await?
+        {
+            Begun::Replay(r) => return Ok(r),
+            Begun::Fresh(c) => c,
+        };
+        if store::get_peer_group(&mut change.tx, &req.peer_group_id)
+            .await?
+            .is_some()
+        {
+            return Err(Error::AlreadyExists("peer group"));
+        }
+        let now = times::now_millis();
+        let row = PeerGroupRow {
+            id: req.peer_group_id.clone(),
+            display_name: group.display_name.trim().to_string(),
+            members,
+            revision: 1,
+            create_time: now,
+            update_time: now,
+        };
+        store::insert_peer_group(&mut change.tx, &row).await?;
+        let out = row.to_proto();
+        let name = out.name.clone();
+        Ok(change.finish(&name, out).await?)
+    }
+
+    /// A peer group the caller may see: hub_admin any, an agency's analyst
+    /// or agency_admin those its agency belongs to.
+    async fn visible_peer_group(&self, caller: &Caller, id: &str) -> Result<PeerGroupRow, Error> {
+        let mut tx = self.db.read(Scope::Agency(HUB)).await?;
+        let group = store::get_peer_group(&mut tx, id)
+            .await?
+            .ok_or(Error::NotFound("peer group"))?;
+        if caller.has_role(Role::HubAdmin) {
+            return Ok(group);
+        }
+        let member = caller
+            .agency
+            .as_deref()
+            .is_some_and(|a| group.members.iter().any(|m| m == a));
+        if member && caller.has_any(&[Role::Analyst, Role::AgencyAdmin]) {
+            Ok(group)
+        } else {
+            Err(Error::NotFound("peer group"))
+        }
+    }
+
+    pub(crate) async fn list_peer_groups(
+        &self,
+        caller: &Caller,
+        req: pb::ListPeerGroupsRequest,
+    ) -> Result<pb::ListPeerGroupsResponse, Error> {
+        let limit = page_size(req.page_size)?;
+        let after = decode_token(&req.page_token)?;
+        let member = if caller.has_role(Role::HubAdmin) {
+            None
+        } else if caller.has_any(&[Role::Analyst, Role::AgencyAdmin]) && caller.agency.is_some() {
+            caller.agency.as_deref()
+        } else {
+            return Err(Error::PermissionDenied(
+                "peer groups are for hub_admin, analyst and agency_admin",
+            ));
+        };
+        let mut tx = self.db.read(Scope::Agency(HUB)).await?;
+        let mut rows = store::list_peer_groups(&mut tx, member, &after, limit + 1).await?;
+        let next_page_token = next_token(&mut rows, limit, |g| &g.id);
+        Ok(pb::ListPeerGroupsResponse {
+            peer_groups: rows.iter().map(PeerGroupRow::to_proto).collect(),
+            next_page_token,
+        })
+    }
+
+    async fn update_peer_group(
+        &self,
+        caller: &Caller,
+        req: pb::UpdatePeerGroupRequest,
+    ) -> Result<pb::PeerGroup, Error> {
+        require_hub_admin(caller)?;
+        let group = req.peer_group.clone().unwrap_or_default();
+        let id =
+            names::parse_field("peer_group.name", "peerGroups/{}", &group.name)?[0].to_string();
+        let paths = mask_paths(req.update_mask.as_ref(), &["display_name", "agencies"])?;
+        let mut members = None;
+        for p in &paths {
+            if p == "display_name" {
+                domain::check_display_name(&group.display_name)
+                    .map_err(|e| Error::invalid("peer_group.display_name", e))?;
+            } else {
+                members = Some(
+                    self.check_members("peer_group.agencies", &group.agencies)
+                        .await?,
+                );
+            }
+        }
+        let fp = fingerprint(&req);
+        let mut change = match self
+            .begin::<pb::PeerGroup>(caller, HUB, "UpdatePeerGroup", &req.request_id, fp)
+            .await?
+        {
+            Begun::Replay(r) => return Ok(r),
+            Begun::Fresh(c) => c,
+        };
+        let mut row = store::get_peer_group(&mut change.tx, &id)
+            .await?
+            .ok_or(Error::NotFound("peer group"))?;
+        check_etag(&group.etag, row.revision)?;
+        if paths.iter().any(|p| p == "display_name") {
+            row.display_name = group.display_name.trim().to_string();
+        }
+        if let Some(m) = members {
+            row.members = m;
+        }
+        row.revision += 1;
+        row.update_time = times::now_millis();
+        store::update_peer_group(&mut change.tx, &row).await?;
+        let out = row.to_proto();
+        let name = out.name.clone();
+        Ok(change.finish(&name, out).await?)
+    }
+
+    async fn delete_peer_group(
+        &self,
+        caller: &Caller,
+        req: pb::DeletePeerGroupRequest,
+    ) -> Result<(), Error> {
+        require_hub_admin(caller)?;
+        let id = names::parse_field("name", "peerGroups/{}", &req.name)?[0];
+        let mut tx = self.db.write(Scope::Agency(HUB)).await?;
+        let row = store::get_peer_group(&mut tx, id)
+            .await?
+            .ok_or(Error::NotFound("peer group"))?;
+        check_etag(&req.etag, row.revision)?;
+        store::delete_peer_group(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ---- dashboard ----
+
+    /// The agency's time zone from the directory (UTC when it is not there).
+    async fn time_zone(&self, agency: &str) -> Result<String, Error> {
+        let mut tx = self.db.read(Scope::Agency(agency)).await?;
+        Ok(store::get_agency(&mut tx, agency)
+            .await?
+            .map(|a| a.time_zone)
+            .unwrap_or_else(|| "UTC".into()))
+    }
+
+    /// An agency's dashboard: every backend at once, within the caller's time.
+    pub async fn dashboard(
+        &self,
+        caller: &Caller,
+        ctx: &CallContext,
+        req: pb::GetDashboardRequest,
+    ) -> Result<pb::Dashboard, Error> {
+        let agency = agency_of("agency", &req.agency)?.to_string();
+        require(
+            caller,
+            &[
+                Role::Officer,
+                Role::SeniorOfficer,
+                Role::Analyst,
+                Role::AgencyAdmin,
+            ],
+            "dashboards are for officer, senior_officer, analyst and agency_admin",
+        )?;
+        if caller.agency.as_deref() != Some(agency.as_str()) {
+            return Err(Error::PermissionDenied("the token is for another agency"));
+        }
+        let tz = self.time_zone(&agency).await?;
+        let today = domain::today_in(&tz);
+        let period = Period::parse(&req.period, today).map_err(|e| Error::invalid("period", e))?;
+        let (kpi, complaints, follow_ups, topics) = futures::join!(
+            self.kpi_part(ctx, &agency, period),
+            self.open_complaints(ctx, &agency),
+            self.open_follow_ups(ctx, &agency, today),
+            self.topics(ctx, &agency, period),
+        );
+        let mut partial = Partial::default();
+        let (start, end) = period.bounds();
+        let mut out = pb::Dashboard {
+            agency: format!("agencies/{agency}"),
+            period: period.to_string(),
+            start_date: Some(domain::wire_date(start)),
+            end_date: Some(domain::wire_date(end)),
+            min_count: self.min_count as i64,
+            ..Default::default()
+        };
+        let mut feedback = pb::FeedbackSummary::default();
+        kpi.fill(&mut out, &mut feedback, &mut partial);
+        out.complaints = partial.take("complaints", "complaints", complaints);
+        if let Some((open, overdue)) = partial.take("feedback", "follow_ups", follow_ups) {
+            feedback.follow_ups_open = open;
+            feedback.follow_ups_overdue = overdue;
+        }
+        out.feedback = Some(feedback);
+        out.topics = partial
+            .take("feedback", "topics", topics)
+            .unwrap_or_default();
+        out.unreachable = partial.unreachable.iter().map(|s| s.to_string()).collect();
+        out.withheld = partial.withheld.iter().map(|s| s.to_string()).collect();
+        Ok(out)
+    }
+
+    async fn kpi_part(&self, ctx: &CallContext, agency: &str, period: Period) -> KpiPart {
+        let name = format!("agencies/{agency}");
+        let (start, end) = period.bounds();
+        let charter = |p: Period| {
+            let (s, _) = p.bounds();
+            let req = kpi::GetCharterReportRequest {
+                agency: name.clone(),
+                period: p.granularity() as i32,
+                date: Some(domain::wire_date(s)),
+            };
+            let mut client = self.backends.kpi();
+            async move { ctx.run(client.get_charter_report(ctx.request(req))).await }
+        };
+        let query = |indicator: &str| {
+            let req = kpi::QueryIndicatorRequest {
+                agency: name.clone(),
+                indicator: indicator.to_string(),
+                start_date: Some(domain::wire_date(start)),
+                end_date: Some(domain::wire_date(end)),
+                ..Default::default()
+            };
+            let mut client = self.backends.kpi();
+            async move {
+                let r = ctx.run(client.query_indicator(ctx.request(req))).await?;
+                Ok::<_, Status>(
+                    r.series
+                        .into_iter()
+                        .next()
+                        .and_then(|s| s.points.into_iter().next())
+                        .and_then(|p| p.value),
+                )
+            }
+        };
+        let equity = EQUITY_DIMENSIONS.iter().map(|&d| {
+            let req = kpi::GetEquityReportRequest {
+                agency: name.clone(),
+                indicator: SATISFACTION.into(),
+                start_date: Some(domain::wire_date(start)),
+                end_date: Some(domain::wire_date(end)),
+                dimension: d as i32,
+                scope: None,
+            };
+            let mut client = self.backends.kpi();
+            async move { (d, ctx.run(client.get_equity_report(ctx.request(req))).await) }
+        });
+        let (now, before, rate, satisfaction, nps, equity) = futures::join!(
+            charter(period),
+            charter(period.previous()),
+            query("response_rate"),
+            query(SATISFACTION),
+            query("nps"),
+            futures::future::join_all(equity),
+        );
+        KpiPart {
+            now,
+            before,
+            rate,
+            satisfaction,
+            nps,
+            equity,
+        }
+    }
+
+    async fn open_complaints(
+        &self,
+        ctx: &CallContext,
+        agency: &str,
+    ) -> Result<pb::ComplaintSummary, Status> {
+        let mut client = self.backends.complaints();
+        let mut open = Vec::new();
+        let mut token = String::new();
+        let mut truncated = false;
+        loop {
+            let req = cpb::ListComplaintsRequest {
+                parent: format!("agencies/{agency}"),
+                page_size: 1000,
+                page_token: token,
+                filter: OPEN_COMPLAINTS.into(),
+                order_by: "due_time".into(),
+                assigned_to_me: false,
+            };
+            let page = ctx.run(client.list_complaints(ctx.request(req))).await?;
+            open.extend(page.complaints);
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+            if open.len() >= MAX_OPEN_COMPLAINTS {
+                truncated = true;
+                break;
+            }
+        }
+        let counts = domain::count_complaints(&open);
+        let overdue = counts.iter().map(|c| c.overdue).sum();
+        let mut queue: Vec<pb::QueueItem> = open.iter().map(domain::queue_item).collect();
+        let due = |q: &pb::QueueItem| {
+            q.clock
+                .as_ref()
+                .and_then(|c| c.due_time)
+                .map_or(i64::MAX, |t| times::millis(&t).unwrap_or(i64::MAX))
+        };
+        queue.sort_by_key(|q| (!q.overdue, due(q)));
+        queue.truncate(50);
+        Ok(pb::ComplaintSummary {
+            open: open.len() as i64,
+            overdue,
+            counts,
+            queue,
+            truncated,
+        })
+    }
+
+    async fn open_follow_ups(
+        &self,
+        ctx: &CallContext,
+        agency: &str,
+        today: jiff::civil::Date,
+    ) -> Result<(i64, i64), Status> {
+        let mut client = self.backends.feedback();
+        let (mut open, mut overdue) = (0i64, 0i64);
+        let today = domain::wire_date(today);
+        let mut token = String::new();
+        loop {
+            let req = fpb::ListFollowUpsRequest {
+                parent: format!("agencies/{agency}"),
+                page_size: 1000,
+                page_token: token,
+                filter: "status = OPEN OR status = CONTACTED".into(),
+                order_by: String::new(),
+            };
+            let page = ctx.run(client.list_follow_ups(ctx.request(req))).await?;
+            for f in &page.follow_ups {
+                open += 1;
+                if f.due_date.is_some_and(|d| {
+                    (d.year, d.month, d.day) < (today.year, today.month, today.day)
+                }) {
+                    overdue += 1;
+                }
+            }
+            token = page.next_page_token;
+            if token.is_empty() {
+                return Ok((open, overdue));
+            }
+        }
+    }
+
+    async fn topics(
+        &self,
+        ctx: &CallContext,
+        agency: &str,
+        period: Period,
+    ) -> Result<Vec<pb::TopicCount>, Status> {
+        let mut client = self.backends.feedback();
+        let (start, end) = period.bounds();
+        let after_end = end.tomorrow().unwrap_or(end);
+        let filter = format!(
+            "submit_time >= \"{}\" AND submit_time < \"{}\"",
+            rfc3339_day(start),
+            rfc3339_day(after_end)
+        );
+        let mut responses = Vec::new();
+        let mut token = String::new();
+        loop {
+            let req = fpb::ListResponsesRequest {
+                parent: format!("agencies/{agency}/surveys/-"),
+                page_size: 1000,
+                page_token: token,
+                filter: filter.clone(),
+                order_by: String::new(),
+            };
+            let page = ctx.run(client.list_responses(ctx.request(req))).await?;
+            responses.extend(page.responses);
+            token = page.next_page_token;
+            if token.is_empty() || responses.len() >= MAX_TOPIC_RESPONSES {
+                break;
+            }
+        }
+        Ok(domain::count_topics(&responses, TOP_TOPICS))
+    }
+
+    /// The dashboard's backend calls made one after another, for the
+    /// benchmark that measures what the parallel fan-out saves.
+    pub async fn dashboard_sequential(
+        &self,
+        ctx: &CallContext,
+        agency: &str,
+        period: Period,
+    ) -> usize {
+        let today = domain::today_in("UTC");
+        let mut ok = 0;
+        ok += usize::from(self.kpi_part_sequential(ctx, agency, period).await);
+        ok += usize::from(self.open_complaints(ctx, agency).await.is_ok());
+        ok += usize::from(self.open_follow_ups(ctx, agency, today).await.is_ok());
+        ok += usize::from(self.topics(ctx, agency, period).await.is_ok());
+        ok
+    }
+
+    async fn kpi_part_sequential(&self, ctx: &CallContext, agency: &str, period: Period) -> bool {
+        let name = format!("agencies/{agency}");
+        let (start, end) = period.bounds();
+        let mut client = self.backends.kpi();
+        let mut ok = true;
+        for p in [period, period.previous()] {
+            let req = kpi::GetCharterReportRequest {
+                agency: name.clone(),
+                period: p.granularity() as i32,
+                date: Some(domain::wire_date(p.bounds().0)),
+            };
+            ok &= ctx
+                .run(client.get_charter_report(ctx.request(req)))
+                .await
+                .is_ok();
+        }
+        for indicator in ["response_rate", SATISFACTION, "nps"] {
+            let req = kpi::QueryIndicatorRequest {
+                agency: name.clone(),
+                indicator: indicator.into(),
+                start_date: Some(domain::wire_date(start)),
+                end_date: Some(domain::wire_date(end)),
+                ..Default::default()
+            };
+            ok &= ctx
+                .run(client.query_indicator(ctx.request(req)))
+                .await
+                .is_ok();
+        }
+        for d in EQUITY_DIMENSIONS {
+            let req = kpi::GetEquityReportRequest {
+                agency: name.clone(),
+                indicator: SATISFACTION.into(),
+                start_date: Some(domain::wire_date(start)),
+                end_date: Some(domain::wire_date(end)),
+                dimension: d as i32,
+                scope: None,
+            };
+            ok &= ctx
+                .run(client.get_equity_report(ctx.request(req)))
+                .await
+                .is_ok();
+        }
+        ok
+    }
+
+    // ---- benchmark ----
+
+    /// One indicator across a peer group, under disclosure control.
+    pub async fn benchmark(
+        &self,
+        caller: &Caller,
+        ctx: &CallContext,
+        req: pb::GetBenchmarkRequest,
+    ) -> Result<pb::Benchmark, Error> {
+        let mut v = Violations::new();
+        if req.indicator.is_empty() || req.indicator.len() > 100 {
+            v.add(
+                "indicator",
+                "required, a catalogue id such as share_satisfied.a11_satisfaction",
+            );
+        }
+        let group_id = match names::parse_field("peer_group", "peerGroups/{}", &req.peer_group) {
+            Ok(ids) => ids[0].to_string(),
+            Err(e) => {
+                v.add(e.field, e.description);
+                String::new()
+            }
+        };
+        let period = Period::parse(&req.period, domain::today_in("UTC"));
+        if let Err(e) = &period {
+            v.add("period", e.clone());
+        }
+        v.finish().map_err(Error::InvalidArgument)?;
+        let period = period.map_err(|e| Error::invalid("period", e))?;
+        let hub = caller.has_role(Role::HubAdmin);
+        if !hub && !caller.has_any(&[Role::Analyst, Role::AgencyAdmin]) {
+            return Err(Error::PermissionDenied(
+                "benchmarks are for analyst, agency_admin and hub_admin",
+            ));
+        }
+        let group = self.visible_peer_group(caller, &group_id).await?;
+        let mut tx = self.db.read(Scope::Agency(HUB)).await?;
+        let rows = store::agencies_in(&mut tx, &group.members).await?;
+        drop(tx);
+        let viewer = if hub { None } else { caller.agency.clone() };
+        if let Some(own) = &viewer {
+            let consent = rows.iter().find(|a| &a.id == own).map_or(0, |a| a.consent);
+            if consent <= pb::BenchmarkConsent::None as i64 {
+                return Err(Error::FailedPrecondition {
+                    reason: "BENCHMARK_CONSENT_REQUIRED",
+                    message: "an agency sees benchmarks only when it takes part in them (benchmark_consent ANONYMOUS or NAMED)",
+                });
+            }
+        }
+        let consenting: Vec<&AgencyRow> = rows
+            .iter()
+            .filter(|a| {
+                a.consent == pb::BenchmarkConsent::Anonymous as i64
+                    || a.consent == pb::BenchmarkConsent::Named as i64
+            })
+            .collect();
+        let (start, end) = period.bounds();
+        let mut out = pb::Benchmark {
+            peer_group: group.to_proto().name,
+            period: period.to_string(),
+            start_date: Some(domain::wire_date(start)),
+            end_date: Some(domain::wire_date(end)),
+            higher_is_better: domain::higher_is_better(&req.indicator),
+            min_count: self.min_count as i64,
+            ..Default::default()
+        };
+        // A hub_admin's own token reaches the agencies; an agency's does
+        // not, so the gateway reads on its own behalf and discloses only
+        // what the rules allow.
+        let across = if hub {
+            ctx.clone()
+        } else {
+            ctx.with_token(&self.backends.service_token)
+                .map_err(Error::Backend)?
+        };
+        let mut catalogue_client = self.backends.kpi();
+        let mut values_client = self.backends.kpi();
+        let query = kpi::QueryIndicatorAcrossAgenciesRequest {
+            agencies: consenting.iter().map(|a| a.id.clone()).collect(),
+            indicator: req.indicator.clone(),
+            start_date: Some(domain::wire_date(start)),
+            end_date: Some(domain::wire_date(end)),
+            scope: None,
+        };
+        let (catalogue, values) = futures::join!(
+            ctx.run(catalogue_client.list_indicators(ctx.request(kpi::ListIndicatorsRequest {}))),
+            async {
+                if query.agencies.is_empty() {
+                    Ok(kpi::QueryIndicatorAcrossAgenciesResponse::default())
+                } else {
+                    across
+                        .run(
+                            values_client
+                                .query_indicator_across_agencies(across.request(query.clone())),
+                        )
+                        .await
+                }
+            },
+        );
+        let (catalogue, values) = match (catalogue, values) {
+            (Ok(c), Ok(v)) => (c, v),
+            (Err(s), _) | (_, Err(s)) => {
+                return match classify(&s) {
+                    Failure::Unreachable => {
+                        out.unreachable = vec!["kpi".into()];
+                        Ok(out)
+                    }
+                    _ => Err(Error::Backend(s)),
+                };
+            }
+        };
+        let indicator = catalogue
+            .indicators
+            .into_iter()
+            .find(|i| i.id == req.indicator)
+            .ok_or_else(|| Error::invalid("indicator", "is not in the indicator catalogue"))?;
+        let kind =
+            kpi::IndicatorKind::try_from(indicator.kind).unwrap_or(kpi::IndicatorKind::Unspecified);
+        let k = self.min_count.max(values.min_count.max(0) as u64);
+        let by_agency: BTreeMap<String, kpi::Value> = values
+            .values
+            .into_iter()
+            .filter_map(|v| Some((v.agency, v.value?)))
+            .collect();
+        let members: Vec<MemberFigure> = consenting
+            .iter()
+            .map(|a| MemberFigure {
+                agency: a.id.clone(),
+                display_name: a.display_name.clone(),
+                consent: pb::BenchmarkConsent::try_from(a.consent as i32)
+                    .unwrap_or(pb::BenchmarkConsent::Anonymous),
+                value: by_agency.get(&a.id).cloned(),
+            })
+            .collect();
+        let disclosed =
+            domain::disclose(&members, viewer.as_deref(), k, kind, out.higher_is_better);
+        out.indicator = Some(indicator);
+        out.entries = disclosed.entries;
+        out.peer_median = disclosed.median;
+        out.total_n = disclosed.total_n;
+        out.pooled_value = disclosed.pooled;
+        out.min_count = k as i64;
+        Ok(out)
+    }
+
+    /// The KPI catalogue, with the caller's token.
+    pub async fn indicators(
+        &self,
+        ctx: &CallContext,
+    ) -> Result<kpi::ListIndicatorsResponse, Error> {
+        let mut client = self.backends.kpi();
+        ctx.run(client.list_indicators(ctx.request(kpi::ListIndicatorsRequest {})))
+            .await
+            .map_err(Error::Backend)
+    }
+
+    // ---- export ----
+
+    /// Everything the services hold about one client.
+    pub async fn export(
+        &self,
+        caller: &Caller,
+        ctx: &CallContext,
+        req: pb::ExportClientDataRequest,
+    ) -> Result<pb::ClientDataExport, Error> {
+        let ids = names::parse_field("client", "agencies/{}/clients/{}", &req.client)?;
+        let agency = ids[0].to_string();
+        require(
+            caller,
+            &[Role::Officer, Role::SeniorOfficer],
+            "a subject-access export is for officer and senior_officer",
+        )?;
+        if caller.agency.as_deref() != Some(agency.as_str()) {
+            return Err(Error::PermissionDenied("the token is for another agency"));
+        }
+        let client = req.client.clone();
+        let mut register = self.backends.register();
+        let (reg, complaints, responses, follow_ups) = futures::join!(
+            ctx.run(
+                register.export_client(ctx.request(rpb::ExportClientRequest {
+                    name: client.clone()
+                }))
+            ),
+            self.client_complaints(ctx, &agency, &client),
+            self.client_responses(ctx, &agency, &client),
+            self.client_follow_ups(ctx, &agency, &client),
+        );
+        let mut unreachable = BTreeSet::new();
+        let register = keep(&mut unreachable, "register", reg)?;
+        let complaints = keep(&mut unreachable, "complaints", complaints)?.unwrap_or_default();
+        let responses = keep(&mut unreachable, "feedback", responses)?.unwrap_or_default();
+        let follow_ups = keep(&mut unreachable, "feedback", follow_ups)?.unwrap_or_default();
+        Ok(pb::ClientDataExport {
+            client,
+            register,
+            complaints,
+            responses,
+            follow_ups,
+            unreachable: unreachable.iter().map(|s| s.to_string()).collect(),
+            export_time: Some(times::timestamp(times::now_millis())),
+        })
+    }
+
+    /// The client's complaints. The complaints service has no filter by
+    /// complainant, so the agency's complaints are read page by page and
+    /// matched here; running out of time counts as unreachable, since a
+    /// partial list must not pass for a whole one.
+    async fn client_complaints(
+        &self,
+        ctx: &CallContext,
+        agency: &str,
+        client: &str,
+    ) -> Result<Vec<cpb::Complaint>, Status> {
+        use cpb::complainant::Who;
+        let mut api = self.backends.complaints();
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let req = cpb::ListComplaintsRequest {
+                parent: format!("agencies/{agency}"),
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            };
+            let page = ctx.run(api.list_complaints(ctx.request(req))).await?;
+            out.extend(page.complaints.into_iter().filter(|c| {
+                matches!(c.complainant.as_ref().and_then(|w| w.who.as_ref()), Some(Who::Client(x)) if x == client)
+            }));
+            token = page.next_page_token;
+            if token.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The client's responses (only those kept with consent name a client).
+    async fn client_responses(
+        &self,
+        ctx: &CallContext,
+        agency: &str,
+        client: &str,
+    ) -> Result<Vec<fpb::Response>, Status> {
+        let mut api = self.backends.feedback();
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let req = fpb::ListResponsesRequest {
+                parent: format!("agencies/{agency}/surveys/-"),
+                page_size: 1000,
+                page_token: token,
+                filter: "anonymous = false".into(),
+                order_by: String::new(),
+            };
+            let page = ctx.run(api.list_responses(ctx.request(req))).await?;
+            out.extend(page.responses.into_iter().filter(|r| r.client == client));
+            token = page.next_page_token;
+            if token.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn client_follow_ups(
+        &self,
+        ctx: &CallContext,
+        agency: &str,
+        client: &str,
+    ) -> Result<Vec<fpb::FollowUp>, Status> {
+        let mut api = self.backends.feedback();
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let req = fpb::ListFollowUpsRequest {
+                parent: format!("agencies/{agency}"),
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            };
+            let page = ctx.run(api.list_follow_ups(ctx.request(req))).await?;
+            out.extend(page.follow_ups.into_iter().filter(|f| f.client == client));
+            token = page.next_page_token;
+            if token.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// A part of an export: its value, nothing (its backend named as
+/// unreachable), or the backend's refusal, which fails the whole export.
+fn keep<T>(
+    unreachable: &mut BTreeSet<&'static str>,
+    backend: &'static str,
+    r: Result<T, Status>,
+) -> Result<Option<T>, Error> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(s) if classify(&s) == Failure::Unreachable => {
+            unreachable.insert(backend);
+            Ok(None)
+        }
+        Err(s) => Err(Error::Backend(s)),
+    }
+}
+
+/// What the KPI service said for a dashboard.
+struct KpiPart {
+    now: Result<kpi::CharterReport, Status>,
+    before: Result<kpi::CharterReport, Status>,
+    rate: Result<Option<kpi::Value>, Status>,
+    satisfaction: Result<Option<kpi::Value>, Status>,
+    nps: Result<Option<kpi::Value>, Status>,
+    equity: Vec<(kpi::Dimension, Result<kpi::EquityReport, Status>)>,
+}
+
+impl KpiPart {
+    fn fill(
+        self,
+        out: &mut pb::Dashboard,
+        feedback: &mut pb::FeedbackSummary,
+        partial: &mut Partial,
+    ) {
+        let before = partial.take("kpi", "charter", self.before);
+        if let Some(now) = partial.take("kpi", "charter", self.now) {
+            out.min_count = out.min_count.max(now.min_count);
+            let previous: BTreeMap<String, kpi::Value> = before
+                .map(|b| {
+                    b.lines
+                        .into_iter()
+                        .filter_map(|l| Some((l.standard?.name, l.value?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.headlines = now
+                .lines
+                .into_iter()
+                .map(|line| {
+                    let prev = line
+                        .standard
+                        .as_ref()
+                        .and_then(|s| previous.get(&s.name))
+                        .cloned();
+                    let (trend, significant) = domain::trend(line.value.as_ref(), prev.as_ref());
+                    pb::Headline {
+                        line: Some(line),
+                        previous: prev,
+                        trend: trend as i32,
+                        significant_change: significant,
+                    }
+                })
+                .collect();
+        }
+        feedback.response_rate = partial.take("kpi", "feedback", self.rate).flatten();
+        feedback.satisfaction = partial.take("kpi", "feedback", self.satisfaction).flatten();
+        feedback.nps = partial.take("kpi", "feedback", self.nps).flatten();
+        for (dimension, report) in self.equity {
+            if let Some(report) = partial.take("kpi", "equity", report) {
+                out.equity
+                    .extend(report.segments.into_iter().map(|s| pb::EquityGap {
+                        dimension: dimension as i32,
+                        segment: Some(s),
+                    }));
+            }
+        }
+    }
+}
+
+fn caller_and<T>(request: Request<T>) -> Result<(Caller, CallContext, T), Status> {
+    let caller = Caller::from_request(&request)?;
+    let ctx = CallContext::from_request(&request)?;
+    Ok((caller, ctx, request.into_inner()))
+}
+
+#[tonic::async_trait]
+impl GatewayService for Gateway {
+    async fn create_agency(
+        &self,
+        r: Request<pb::CreateAgencyRequest>,
+    ) -> Result<Response<pb::Agency>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::create_agency(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn get_agency(
+        &self,
+        r: Request<pb::GetAgencyRequest>,
+    ) -> Result<Response<pb::Agency>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::get_agency(self, &caller, &r.into_inner().name).await?,
+        ))
+    }
+
+    async fn list_agencies(
+        &self,
+        r: Request<pb::ListAgenciesRequest>,
+    ) -> Result<Response<pb::ListAgenciesResponse>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::list_agencies(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn update_agency(
+        &self,
+        r: Request<pb::UpdateAgencyRequest>,
+    ) -> Result<Response<pb::Agency>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::update_agency(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn create_unit(
+        &self,
+        r: Request<pb::CreateUnitRequest>,
+    ) -> Result<Response<pb::Unit>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::create_unit(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn get_unit(&self, r: Request<pb::GetUnitRequest>) -> Result<Response<pb::Unit>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::get_unit(self, &caller, &r.into_inner().name).await?,
+        ))
+    }
+
+    async fn list_units(
+        &self,
+        r: Request<pb::ListUnitsRequest>,
+    ) -> Result<Response<pb::ListUnitsResponse>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::list_units(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn update_unit(
+        &self,
+        r: Request<pb::UpdateUnitRequest>,
+    ) -> Result<Response<pb::Unit>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::update_unit(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_unit(&self, r: Request<pb::DeleteUnitRequest>) -> Result<Response<()>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Gateway::delete_unit(self, &caller, r.into_inner()).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn create_peer_group(
+        &self,
+        r: Request<pb::CreatePeerGroupRequest>,
+    ) -> Result<Response<pb::PeerGroup>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::create_peer_group(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn get_peer_group(
+        &self,
+        r: Request<pb::GetPeerGroupRequest>,
+    ) -> Result<Response<pb::PeerGroup>, Status> {
+        let caller = Caller::from_request(&r)?;
+        let id = names::parse_field("name", "peerGroups/{}", &r.get_ref().name)
+            .map_err(Error::from)?[0]
+            .to_string();
+        Ok(Response::new(
+            self.visible_peer_group(&caller, &id).await?.to_proto(),
+        ))
+    }
+
+    async fn list_peer_groups(
+        &self,
+        r: Request<pb::ListPeerGroupsRequest>,
+    ) -> Result<Response<pb::ListPeerGroupsResponse>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::list_peer_groups(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn update_peer_group(
+        &self,
+        r: Request<pb::UpdatePeerGroupRequest>,
+    ) -> Result<Response<pb::PeerGroup>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::update_peer_group(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_peer_group(
+        &self,
+        r: Request<pb::DeletePeerGroupRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Gateway::delete_peer_group(self, &caller, r.into_inner()).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn get_dashboard(
+        &self,
+        r: Request<pb::GetDashboardRequest>,
+    ) -> Result<Response<pb::Dashboard>, Status> {
+        let (caller, ctx, req) = caller_and(r)?;
+        Ok(Response::new(self.dashboard(&caller, &ctx, req).await?))
+    }
+
+    async fn get_benchmark(
+        &self,
+        r: Request<pb::GetBenchmarkRequest>,
+    ) -> Result<Response<pb::Benchmark>, Status> {
+        let (caller, ctx, req) = caller_and(r)?;
+        Ok(Response::new(self.benchmark(&caller, &ctx, req).await?))
+    }
+
+    async fn export_client_data(
+        &self,
+        r: Request<pb::ExportClientDataRequest>,
+    ) -> Result<Response<pb::ClientDataExport>, Status> {
+        let (caller, ctx, req) = caller_and(r)?;
+        Ok(Response::new(self.export(&caller, &ctx, req).await?))
+    }
+}

@@ -1,0 +1,154 @@
+//! Calls to the other services with the caller's token and within the
+//! caller's time: every call carries the `authorization` header the caller
+//! sent (so each service checks it again) and a `grpc-timeout` of what is
+//! left of the budget, and is abandoned when the budget is spent.
+
+use std::future::Future;
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use touchstone_api::complaints::v1::complaints_service_client::ComplaintsServiceClient;
+use touchstone_api::feedback::v1::feedback_service_client::FeedbackServiceClient;
+use touchstone_api::kpi::v1::kpi_service_client::KpiServiceClient;
+use touchstone_api::register::v1::register_service_client::RegisterServiceClient;
+use touchstone_auth::ServiceToken;
+
+/// The budget of a call whose caller set no deadline.
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(5);
+
+/// Time kept back from the caller's deadline to assemble the answer.
+const MARGIN: Duration = Duration::from_millis(20);
+
+/// Channels to the services the gateway joins.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    /// The client register.
+    pub register: Channel,
+    /// Complaints.
+    pub complaints: Channel,
+    /// Feedback.
+    pub feedback: Channel,
+    /// KPIs.
+    pub kpi: Channel,
+    /// The gateway's own token, for the one call it makes on its own
+    /// behalf: the cross-agency read behind a benchmark, whose answer it
+    /// passes on only under disclosure control.
+    pub service_token: ServiceToken,
+}
+
+impl Backends {
+    /// A register client.
+    pub fn register(&self) -> RegisterServiceClient<Channel> {
+        RegisterServiceClient::new(self.register.clone())
+    }
+
+    /// A complaints client.
+    pub fn complaints(&self) -> ComplaintsServiceClient<Channel> {
+        ComplaintsServiceClient::new(self.complaints.clone())
+    }
+
+    /// A feedback client.
+    pub fn feedback(&self) -> FeedbackServiceClient<Channel> {
+        FeedbackServiceClient::new(self.feedback.clone())
+    }
+
+    /// A KPI client.
+    pub fn kpi(&self) -> KpiServiceClient<Channel> {
+        KpiServiceClient::new(self.kpi.clone())
+    }
+}
+
+/// What a call is made with: whose token, and until when.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    authorization: MetadataValue<Ascii>,
+    deadline: Instant,
+}
+
+impl CallContext {
+    /// The caller's `authorization` header and deadline (its remaining time,
+    /// less a margin to answer in, or the default budget).
+    pub fn from_request<T>(request: &Request<T>) -> Result<CallContext, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("request is not authenticated"))?;
+        let budget = touchstone_server::deadline::remaining(request)
+            .map(|d| d.saturating_sub(MARGIN))
+            .unwrap_or(DEFAULT_BUDGET);
+        Ok(CallContext {
+            authorization,
+            deadline: Instant::now() + budget,
+        })
+    }
+
+    /// The same deadline with another token.
+    pub fn with_token(&self, token: &ServiceToken) -> Result<CallContext, Status> {
+        let authorization = token
+            .header()
+            .map_err(|_| Status::unavailable("the gateway's service token is not available"))?;
+        Ok(CallContext {
+            authorization,
+            deadline: self.deadline,
+        })
+    }
+
+    /// Time left.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the time is up.
+    pub fn expired(&self) -> bool {
+        self.remaining().is_zero()
+    }
+
+    /// A request carrying the token and the time left.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut r = Request::new(message);
+        r.metadata_mut()
+            .insert("authorization", self.authorization.clone());
+        r.set_timeout(self.remaining());
+        touchstone_server::inject_trace_context(r.metadata_mut());
+        r
+    }
+
+    /// Runs a call, abandoning it when the time is up (DEADLINE_EXCEEDED).
+    pub async fn run<T, F>(&self, call: F) -> Result<T, Status>
+    where
+        F: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        match tokio::time::timeout_at(self.deadline, call).await {
+            Ok(r) => r.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(
+                "the service did not answer in time",
+            )),
+        }
+    }
+}
+
+/// How a failed backend call shows in a partial answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The service is down, too slow or broken: named in `unreachable`.
+    Unreachable,
+    /// The caller's roles do not reach this part: named in `withheld`.
+    Withheld,
+    /// The service answered that it has nothing for this request (e.g. no
+    /// data for an indicator): the part is empty, nothing is named.
+    Empty,
+}
+
+/// Sorts a backend's error into unreachable and withheld.
+pub fn classify(status: &Status) -> Failure {
+    match status.code() {
+        Code::PermissionDenied => Failure::Withheld,
+        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::OutOfRange => {
+            Failure::Empty
+        }
+        _ => Failure::Unreachable,
+    }
+}

@@ -1,0 +1,827 @@
+//! The gateway's rules, without I/O: reporting periods, directory values,
+//! the benchmark's disclosure control (who is named, what is suppressed,
+//! ranks, quartiles, the median and the comparison with it), and the
+//! summaries the dashboard makes of the backends' answers.
+
+use std::collections::BTreeMap;
+use touchstone_api::common::v1::Date;
+use touchstone_api::complaints::v1 as complaints;
+use touchstone_api::gateway::v1 as pb;
+use touchstone_api::kpi::v1 as kpi;
+
+/// The scope key of hub-level directory changes and reads: never an agency
+/// id, because ids do not start with '-'.
+pub const HUB: &str = "-";
+
+/// A reporting period: a calendar month, quarter or year.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    /// A calendar month.
+    Month { year: i16, month: i8 },
+    /// A calendar quarter, 1 to 4.
+    Quarter { year: i16, quarter: i8 },
+    /// A calendar year.
+    Year { year: i16 },
+}
+
+impl Period {
+    /// Parses "2026-11", "2026-Q3" (or "2026Q3") and "2026"; empty means
+    /// the quarter that contains `today`.
+    pub fn parse(text: &str, today: jiff::civil::Date) -> Result<Period, String> {
+        const FORMS: &str = "must be a month (2026-11), a quarter (2026-Q3) or a year (2026)";
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(Period::Quarter {
+                year: today.year(),
+                quarter: (today.month() - 1) / 3 + 1,
+            });
+        }
+        let year_of = |s: &str| -> Result<i16, String> {
+            let y: i16 = s
+                .parse()
+                .ok()
+                .filter(|_| s.len() == 4)
+                .ok_or_else(|| FORMS.to_string())?;
+            if !(2000..=2999).contains(&y) {
+                return Err("year must be between 2000 and 2999".into());
+            }
+            Ok(y)
+        };
+        if let Some((y, q)) = text
+            .split_once("-Q")
+            .or_else(|| text.split_once('Q'))
+            .or_else(|| text.split_once("-q"))
+        {
+            let quarter: i8 = q.parse().map_err(|_| FORMS.to_string())?;
+            if !(1..=4).contains(&quarter) {
+                return Err("quarter must be 1 to 4".into());
+            }
+            return Ok(Period::Quarter {
+                year: year_of(y)?,
+                quarter,
+            });
+        }
+        if let Some((y, m)) = text.split_once('-') {
+            let month: i8 = m
+                .parse()
+                .ok()
+                .filter(|_| m.len() == 2)
+                .ok_or_else(|| FORMS.to_string())?;
+            if !(1..=12).contains(&month) {
+                return Err("month must be 01 to 12".into());
+            }
+            return Ok(Period::Month {
+                year: year_of(y)?,
+                month,
+            });
+        }
+        Ok(Period::Year {
+            year: year_of(text)?,
+        })
+    }
+
+    /// First and last day.
+    pub fn bounds(self) -> (jiff::civil::Date, jiff::civil::Date) {
+        let (start, months) = match self {
+            Period::Month { year, month } => (jiff::civil::date(year, month, 1), 1),
+            Period::Quarter { year, quarter } => {
+                (jiff::civil::date(year, (quarter - 1) * 3 + 1, 1), 3)
+            }
+            Period::Year { year } => (jiff::civil::date(year, 1, 1), 12),
+        };
+        let end = start
+            .checked_add(jiff::Span::new().months(months))
+            .and_then(|d| d.checked_sub(jiff::Span::new().days(1)))
+            .unwrap_or(start);
+        (start, end)
+    }
+
+    /// The period before this one, of the same length.
+    pub fn previous(self) -> Period {
+        match self {
+            Period::Month { year, month: 1 } => Period::Month {
+                year: year - 1,
+                month: 12,
+            },
+            Period::Month { year, month } => Period::Month {
+                year,
+                month: month - 1,
+            },
+            Period::Quarter { year, quarter: 1 } => Period::Quarter {
+                year: year - 1,
+                quarter: 4,
+            },
+            Period::Quarter { year, quarter } => Period::Quarter {
+                year,
+                quarter: quarter - 1,
+            },
+            Period::Year { year } => Period::Year { year: year - 1 },
+        }
+    }
+
+    /// The KPI service's granularity of the period.
+    pub fn granularity(self) -> kpi::Granularity {
+        match self {
+            Period::Month { .. } => kpi::Granularity::Month,
+            Period::Quarter { .. } => kpi::Granularity::Quarter,
+            Period::Year { .. } => kpi::Granularity::Year,
+        }
+    }
+}
+
+impl std::fmt::Display for Period {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Period::Month { year, month } => write!(f, "{year}-{month:02}"),
+            Period::Quarter { year, quarter } => write!(f, "{year}-Q{quarter}"),
+            Period::Year { year } => write!(f, "{year}"),
+        }
+    }
+}
+
+/// A civil date on the wire.
+pub fn wire_date(d: jiff::civil::Date) -> Date {
+    Date {
+        year: d.year().into(),
+        month: d.month().into(),
+        day: d.day().into(),
+    }
+}
+
+/// Checks a display name: 1 to 200 printable characters.
+pub fn check_display_name(name: &str) -> Result<(), &'static str> {
+    let n = name.trim().chars().count();
+    if n == 0 {
+        return Err("required");
+    }
+    if n > 200 || name.chars().any(char::is_control) {
+        return Err("at most 200 printable characters");
+    }
+    Ok(())
+}
+
+static TZDB: std::sync::LazyLock<jiff::tz::TimeZoneDatabase> =
+    std::sync::LazyLock::new(jiff::tz::TimeZoneDatabase::bundled);
+
+/// Checks an IANA time zone name against the bundled database.
+pub fn check_time_zone(tz: &str) -> Result<(), &'static str> {
+    if tz.is_empty() {
+        return Err("required, an IANA time zone such as Australia/Sydney");
+    }
+    TZDB.get(tz)
+        .map(|_| ())
+        .map_err(|_| "is not a known IANA time zone")
+}
+
+/// Today in a time zone (UTC when the name is unknown).
+pub fn today_in(tz: &str) -> jiff::civil::Date {
+    let zone = TZDB.get(tz).unwrap_or(jiff::tz::TimeZone::UTC);
+    zone.to_datetime(jiff::Timestamp::now()).date()
+}
+
+/// Indicators where a lower value is the better one (ranks follow it).
+pub fn higher_is_better(indicator: &str) -> bool {
+    const LOWER_IS_BETTER: &[&str] = &[
+        "complaints_received",
+        "complaints_per_1000_served",
+        "days_to_resolve_median",
+        "days_to_resolve_p90",
+        "share_upheld",
+        "escalation_rate",
+        "reopen_rate",
+    ];
+    !LOWER_IS_BETTER.contains(&indicator)
+}
+
+/// One consenting member's figure, as the KPI service gave it.
+#[derive(Debug, Clone)]
+pub struct MemberFigure {
+    /// Agency id.
+    pub agency: String,
+    /// Its display name from the directory.
+    pub display_name: String,
+    /// Its benchmarking consent (never NONE here).
+    pub consent: pb::BenchmarkConsent,
+    /// The KPI service's value, if it answered for this agency.
+    pub value: Option<kpi::Value>,
+}
+
+/// What a benchmark publishes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disclosed {
+    /// Entries: published by rank, then withheld.
+    pub entries: Vec<pb::BenchmarkEntry>,
+    /// Median of the published values.
+    pub median: Option<f64>,
+    /// Observations over every member, when safe to publish.
+    pub total_n: Option<i64>,
+    /// The pooled value over the members whose value is known, when safe.
+    pub pooled: Option<f64>,
+}
+
+/// Applies disclosure control to a peer group's figures for one viewer.
+///
+/// - The viewer's own agency is named; a peer is named only with NAMED
+///   consent, otherwise labelled by its position ("Peer A", …).
+/// - A figure from fewer than `k` observations is withheld (primary).
+/// - The group total (observations, pooled value) is published only when no
+///   withheld figure can be worked out from it: the withheld figures the
+///   viewer does not already know (every one but its own) must be at least
+///   two and together at least `k` observations. Otherwise the published
+///   figure with the fewest observations (never the viewer's own) is
+///   withheld too (secondary), until that holds; if it cannot hold, the
+///   total is not published.
+/// - Ranks, quartiles and the median use published figures only, so they
+///   say nothing about a withheld one.
+pub fn disclose(
+    members: &[MemberFigure],
+    viewer: Option<&str>,
+    k: u64,
+    kind: kpi::IndicatorKind,
+    higher_is_better: bool,
+) -> Disclosed {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        Published,
+        Primary,
+        Secondary,
+        NoData,
+    }
+    let k = k.max(1) as i64;
+    let mut state: Vec<State> = members
+        .iter()
+        .map(|m| match &m.value {
+            Some(v) if !v.suppressed && v.value.is_some() && v.n >= k => State::Published,
+            Some(v) if v.n > 0 => State::Primary,
+            _ => State::NoData,
+        })
+        .collect();
+    let is_own = |i: usize| viewer.is_some_and(|v| members[i].agency == v);
+    let n_of = |i: usize| members[i].value.as_ref().map_or(0, |v| v.n.max(0));
+
+    // Secondary suppression, so the total gives nothing away.
+    let mut publish_total = true;
+    loop {
+        let hidden: Vec<usize> = (0..members.len())
+            .filter(|&i| matches!(state[i], State::Primary | State::Secondary) && !is_own(i))
+            .collect();
+        let hidden_n: i64 = hidden.iter().map(|&i| n_of(i)).sum();
+        if hidden.is_empty() || (hidden.len() >= 2 && hidden_n >= k) {
+            break;
+        }
+        let partner = (0..members.len())
+            .filter(|&i| state[i] == State::Published && !is_own(i))
+            .min_by_key(|&i| (n_of(i), members[i].agency.clone()));
+        match partner {
+            Some(i) => state[i] = State::Secondary,
+            None => {
+                publish_total = false;
+                break;
+            }
+        }
+    }
+
+    // Ranks over published values.
+    let value_of = |i: usize| members[i].value.as_ref().and_then(|v| v.value);
+    let mut published: Vec<usize> = (0..members.len())
+        .filter(|&i| state[i] == State::Published)
+        .collect();
+    published.sort_by(|&a, &b| {
+        let (va, vb) = (value_of(a).unwrap_or(0.0), value_of(b).unwrap_or(0.0));
+        let order = va.total_cmp(&vb);
+        let order = if higher_is_better {
+            order.reverse()
+        } else {
+            order
+        };
+        order.then_with(|| members[a].agency.cmp(&members[b].agency))
+    });
+    let values: Vec<f64> = published.iter().filter_map(|&i| value_of(i)).collect();
+    let median = median(&values);
+    let m = published.len();
+
+    let mut entries = Vec::with_capacity(members.len());
+    let mut peer_letter = 0usize;
+    let mut label_for = |i: usize| -> (String, String, pb::Disclosure) {
+        let member = &members[i];
+        if is_own(i) {
+            (
+                format!("agencies/{}", member.agency),
+                member.display_name.clone(),
+                pb::Disclosure::Own,
+            )
+        } else if member.consent == pb::BenchmarkConsent::Named {
+            (
+                format!("agencies/{}", member.agency),
+                member.display_name.clone(),
+                pb::Disclosure::Named,
+            )
+        } else {
+            let label = format!("Peer {}", peer_label(peer_letter));
+            peer_letter += 1;
+            (String::new(), label, pb::Disclosure::Anonymous)
+        }
+    };
+    let mut previous: Option<(f64, i32)> = None;
+    for (position, &i) in published.iter().enumerate() {
+        let v = members[i].value.unwrap_or_default();
+        let x = v.value.unwrap_or(0.0);
+        let rank = match previous {
+            Some((px, pr)) if px == x => pr,
+            _ => position as i32 + 1,
+        };
+        previous = Some((x, rank));
+        let quartile = (1 + (4 * (rank as usize - 1)) / m.max(1)).min(4) as i32;
+        let versus = match (median, v.lower, v.upper, kind) {
+            (_, _, _, kpi::IndicatorKind::Count | kpi::IndicatorKind::Rate) => {
+                pb::Comparison::Unspecified
+            }
+            (Some(med), Some(lo), _, _) if lo > med => pb::Comparison::Above,
+            (Some(med), _, Some(hi), _) if hi < med => pb::Comparison::Below,
+            (Some(_), Some(_), Some(_), _) => pb::Comparison::NotSignificant,
+            _ => pb::Comparison::Unspecified,
+        };
+        let (agency, label, disclosure) = label_for(i);
+        entries.push(pb::BenchmarkEntry {
+            agency,
+            label,
+            disclosure: disclosure as i32,
+            value: Some(v),
+            suppression: pb::Suppression::Unspecified as i32,
+            rank,
+            quartile,
+            versus_median: versus as i32,
+        });
+    }
+    // Withheld entries after the published ones: own first, then named by
+    // name, then the anonymous ones (whose order says nothing).
+    let mut withheld: Vec<usize> = (0..members.len())
+        .filter(|&i| state[i] != State::Published)
+        .collect();
+    withheld.sort_by_key(|&i| {
+        (
+            !is_own(i),
+            members[i].consent != pb::BenchmarkConsent::Named,
+            members[i].display_name.clone(),
+        )
+    });
+    for i in withheld {
+        let (agency, label, disclosure) = label_for(i);
+        let suppression = match state[i] {
+            State::Primary => pb::Suppression::Primary,
+            State::Secondary => pb::Suppression::Secondary,
+            _ => pb::Suppression::NoData,
+        };
+        entries.push(pb::BenchmarkEntry {
+            agency,
+            label,
+            disclosure: disclosure as i32,
+            value: Some(kpi::Value {
+                suppressed: true,
+                ..Default::default()
+            }),
+            suppression: suppression as i32,
+            rank: 0,
+            quartile: 0,
+            versus_median: pb::Comparison::Unspecified as i32,
+        });
+    }
+
+    let (total_n, pooled) = if publish_total {
+        let total: i64 = (0..members.len()).map(n_of).sum();
+        (Some(total), pooled_value(members, kind))
+    } else {
+        (None, None)
+    };
+    Disclosed {
+        entries,
+        median,
+        total_n,
+        pooled,
+    }
+}
+
+/// "A".."Z", then "AA", "AB", …
+fn peer_label(i: usize) -> String {
+    let letters = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    if i < 26 {
+        (letters[i] as char).to_string()
+    } else {
+        format!("{}{}", peer_label(i / 26 - 1), letters[i % 26] as char)
+    }
+}
+
+/// The median of some values.
+pub fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+/// The group's value over the members whose value is known: pooled shares
+/// and rates from their counts, means and NPS weighted by n, counts summed.
+/// Quantiles do not pool.
+fn pooled_value(members: &[MemberFigure], kind: kpi::IndicatorKind) -> Option<f64> {
+    let known: Vec<&kpi::Value> = members
+        .iter()
+        .filter_map(|m| m.value.as_ref())
+        .filter(|v| v.value.is_some() && !v.suppressed)
+        .collect();
+    if known.is_empty() {
+        return None;
+    }
+    match kind {
+        kpi::IndicatorKind::Share => {
+            let num: i64 = known.iter().filter_map(|v| v.numerator).sum();
+            let den: i64 = known.iter().filter_map(|v| v.denominator).sum();
+            (den > 0).then(|| num as f64 / den as f64)
+        }
+        kpi::IndicatorKind::Rate => {
+            let num: i64 = known.iter().filter_map(|v| v.numerator).sum();
+            let den: i64 = known.iter().filter_map(|v| v.denominator).sum();
+            (den > 0).then(|| 1000.0 * num as f64 / den as f64)
+        }
+        kpi::IndicatorKind::Mean | kpi::IndicatorKind::Nps => {
+            let n: i64 = known.iter().map(|v| v.n).sum();
+            let sum: f64 = known
+                .iter()
+                .map(|v| v.n as f64 * v.value.unwrap_or(0.0))
+                .sum();
+            (n > 0).then(|| sum / n as f64)
+        }
+        kpi::IndicatorKind::Count => Some(known.iter().filter_map(|v| v.value).sum()),
+        _ => None,
+    }
+}
+
+/// Which clock of a complaint is running now: acknowledgement until it is
+/// acknowledged, then the response clock.
+pub fn pending_clock(c: &complaints::Complaint) -> Option<&complaints::Clock> {
+    match &c.acknowledgement_clock {
+        Some(ack) if !ack.completed => Some(ack),
+        _ => c.response_clock.as_ref(),
+    }
+}
+
+/// Whether a complaint is overdue: its pending clock runs and is breached.
+pub fn overdue(c: &complaints::Complaint) -> bool {
+    pending_clock(c).is_some_and(|clock| !clock.stopped && clock.breached)
+}
+
+/// Counts open complaints per stage and severity.
+pub fn count_complaints(open: &[complaints::Complaint]) -> Vec<pb::ComplaintCount> {
+    let mut counts: BTreeMap<(i32, i32), (i64, i64)> = BTreeMap::new();
+    for c in open {
+        let entry = counts.entry((c.stage, c.severity)).or_default();
+        entry.0 += 1;
+        if overdue(c) {
+            entry.1 += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|((stage, severity), (open, overdue))| pb::ComplaintCount {
+            stage,
+            severity,
+            open,
+            overdue,
+        })
+        .collect()
+}
+
+/// A queue item: what a manager needs of an open complaint, no personal data.
+pub fn queue_item(c: &complaints::Complaint) -> pb::QueueItem {
+    pb::QueueItem {
+        complaint: c.name.clone(),
+        unit: c.unit.clone(),
+        category: c.category.clone(),
+        stage: c.stage,
+        severity: c.severity,
+        status: c.status,
+        officer: c
+            .assignment
+            .as_ref()
+            .map(|a| a.officer.clone())
+            .unwrap_or_default(),
+        receive_time: c.receive_time,
+        clock: pending_clock(c).cloned(),
+        overdue: overdue(c),
+    }
+}
+
+/// Tallies topic tags over responses (each response counts once per topic),
+/// most frequent first, at most `limit`.
+pub fn count_topics(
+    responses: &[touchstone_api::feedback::v1::Response],
+    limit: usize,
+) -> Vec<pb::TopicCount> {
+    let mut tally: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+    for r in responses {
+        let mut topics: Vec<&String> = r.answers.iter().flat_map(|a| a.topics.iter()).collect();
+        topics.sort();
+        topics.dedup();
+        for t in topics {
+            let e = tally.entry(t.clone()).or_default();
+            e.0 += 1;
+            e.1 += r.sentiment;
+        }
+    }
+    let mut out: Vec<pb::TopicCount> = tally
+        .into_iter()
+        .map(|(topic, (responses, sum))| pb::TopicCount {
+            topic,
+            responses,
+            mean_sentiment: sum / responses as f64,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.responses
+            .cmp(&a.responses)
+            .then_with(|| a.topic.cmp(&b.topic))
+    });
+    out.truncate(limit);
+    out
+}
+
+/// The trend of a value against the previous period's, and whether the
+/// change is significant (shares, by the two-proportion z-test).
+pub fn trend(now: Option<&kpi::Value>, before: Option<&kpi::Value>) -> (pb::Trend, bool) {
+    let (Some(now), Some(before)) = (now, before) else {
+        return (pb::Trend::Unspecified, false);
+    };
+    let (Some(a), Some(b)) = (now.value, before.value) else {
+        return (pb::Trend::Unspecified, false);
+    };
+    if now.suppressed || before.suppressed {
+        return (pb::Trend::Unspecified, false);
+    }
+    let trend = if (a - b).abs() < 1e-12 {
+        pb::Trend::Flat
+    } else if a > b {
+        pb::Trend::Up
+    } else {
+        pb::Trend::Down
+    };
+    let significant = match (
+        now.numerator,
+        now.denominator,
+        before.numerator,
+        before.denominator,
+    ) {
+        (Some(x1), Some(n1), Some(x2), Some(n2)) if n1 > 0 && n2 > 0 && x1 >= 0 && x2 >= 0 => {
+            touchstone_stats::two_proportion_z(x1 as u64, n1 as u64, x2 as u64, n2 as u64)
+                .is_some_and(|t| t.significant())
+        }
+        _ => false,
+    };
+    (trend, significant)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn today() -> jiff::civil::Date {
+        jiff::civil::date(2026, 11, 23)
+    }
+
+    #[test]
+    fn periods() {
+        let p = Period::parse("2026-Q3", today()).unwrap();
+        assert_eq!(p.to_string(), "2026-Q3");
+        assert_eq!(
+            p.bounds(),
+            (
+                jiff::civil::date(2026, 7, 1),
+                jiff::civil::date(2026, 9, 30)
+            )
+        );
+        assert_eq!(p.previous().to_string(), "2026-Q2");
+        assert_eq!(
+            Period::parse("2026Q1", today())
+                .unwrap()
+                .previous()
+                .to_string(),
+            "2025-Q4"
+        );
+        let m = Period::parse("2024-02", today()).unwrap();
+        assert_eq!(m.bounds().1, jiff::civil::date(2024, 2, 29));
+        assert_eq!(
+            Period::parse("2026-01", today())
+                .unwrap()
+                .previous()
+                .to_string(),
+            "2025-12"
+        );
+        assert_eq!(
+            Period::parse("2025", today()).unwrap().bounds().1,
+            jiff::civil::date(2025, 12, 31)
+        );
+        assert_eq!(Period::parse("", today()).unwrap().to_string(), "2026-Q4");
+        for bad in ["2026-13", "2026-Q5", "26", "abc", "2026-1", "1999"] {
+            assert!(Period::parse(bad, today()).is_err(), "{bad}");
+        }
+    }
+
+    fn member(agency: &str, consent: pb::BenchmarkConsent, n: i64, x: f64) -> MemberFigure {
+        let num = (x * n as f64).round() as i64;
+        MemberFigure {
+            agency: agency.into(),
+            display_name: agency.to_uppercase(),
+            consent,
+            value: Some(kpi::Value {
+                n,
+                suppressed: false,
+                value: Some(x),
+                lower: Some(x - 0.05),
+                upper: Some(x + 0.05),
+                numerator: Some(num),
+                denominator: Some(n),
+            }),
+        }
+    }
+
+    use pb::BenchmarkConsent::{Anonymous, Named};
+
+    #[test]
+    fn names_only_own_and_named_peers() {
+        let members = vec![
+            member("a", Anonymous, 100, 0.9),
+            member("b", Named, 100, 0.8),
+            member("c", Anonymous, 100, 0.7),
+        ];
+        let d = disclose(&members, Some("a"), 10, kpi::IndicatorKind::Share, true);
+        let labels: Vec<_> = d
+            .entries
+            .iter()
+            .map(|e| (e.agency.as_str(), e.label.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [("agencies/a", "A"), ("agencies/b", "B"), ("", "Peer A")]
+        );
+        assert_eq!(d.median, Some(0.8));
+        assert_eq!(d.entries[0].rank, 1);
+        assert_eq!(d.entries[0].versus_median, pb::Comparison::Above as i32);
+        assert_eq!(
+            d.entries[1].versus_median,
+            pb::Comparison::NotSignificant as i32
+        );
+        assert_eq!(d.entries[2].versus_median, pb::Comparison::Below as i32);
+        assert_eq!(d.total_n, Some(300));
+        // Lower is better flips the ranks.
+        let d = disclose(&members, None, 10, kpi::IndicatorKind::Share, false);
+        assert_eq!(d.entries[0].label, "Peer A");
+        assert_eq!(d.entries[0].value.as_ref().unwrap().value, Some(0.7));
+        assert!(
+            d.entries
+                .iter()
+                .all(|e| e.disclosure != pb::Disclosure::Own as i32)
+        );
+    }
+
+    #[test]
+    fn one_small_cell_takes_a_partner_with_it() {
+        let members = vec![
+            member("a", Anonymous, 200, 0.9),
+            member("b", Anonymous, 50, 0.8),
+            member("c", Anonymous, 4, 0.5),
+            member("d", Anonymous, 120, 0.7),
+        ];
+        let d = disclose(&members, Some("a"), 10, kpi::IndicatorKind::Share, true);
+        let sup: Vec<i32> = d.entries.iter().map(|e| e.suppression).collect();
+        assert_eq!(
+            sup.iter()
+                .filter(|&&s| s == pb::Suppression::Primary as i32)
+                .count(),
+            1
+        );
+        assert_eq!(
+            sup.iter()
+                .filter(|&&s| s == pb::Suppression::Secondary as i32)
+                .count(),
+            1
+        );
+        // The partner is the smallest other published cell (b, n = 50), not the viewer.
+        let published: Vec<i64> = d
+            .entries
+            .iter()
+            .filter_map(|e| e.value.as_ref().filter(|v| !v.suppressed).map(|v| v.n))
+            .collect();
+        assert_eq!(published, [200, 120]);
+        assert_eq!(d.total_n, Some(374));
+        // Withheld entries carry nothing but the flag.
+        for e in d.entries.iter().filter(|e| e.suppression != 0) {
+            assert_eq!(e.value.as_ref().unwrap().n, 0);
+            assert_eq!(e.value.as_ref().unwrap().value, None);
+            assert_eq!(e.rank, 0);
+        }
+    }
+
+    #[test]
+    fn the_viewers_own_small_cell_is_not_a_secret_from_it() {
+        let members = vec![
+            member("a", Anonymous, 5, 0.9),
+            member("b", Anonymous, 6, 0.8),
+            member("c", Anonymous, 300, 0.5),
+            member("d", Anonymous, 120, 0.7),
+        ];
+        // a knows its own 5; b's 6 must not come out of the total: d (the
+        // smallest other) goes too, and b + d >= k.
+        let d = disclose(&members, Some("a"), 10, kpi::IndicatorKind::Share, true);
+        let withheld = d.entries.iter().filter(|e| e.suppression != 0).count();
+        assert_eq!(withheld, 3);
+        assert_eq!(d.entries[0].value.as_ref().unwrap().n, 300);
+        assert_eq!(d.total_n, Some(431));
+    }
+
+    #[test]
+    fn no_partner_means_no_total() {
+        let members = vec![
+            member("a", Anonymous, 100, 0.9),
+            member("b", Anonymous, 3, 0.8),
+        ];
+        let d = disclose(&members, Some("a"), 10, kpi::IndicatorKind::Share, true);
+        assert_eq!(d.total_n, None);
+        assert_eq!(d.pooled, None);
+        assert_eq!(d.entries[0].rank, 1);
+    }
+
+    #[test]
+    fn two_small_cells_hide_each_other_only_when_together_above_k() {
+        let members = vec![
+            member("a", Anonymous, 100, 0.9),
+            member("b", Anonymous, 3, 0.8),
+            member("c", Anonymous, 4, 0.6),
+            member("d", Anonymous, 80, 0.6),
+        ];
+        let d = disclose(&members, None, 10, kpi::IndicatorKind::Share, true);
+        // 3 + 4 < 10: d is withheld too.
+        assert_eq!(d.entries.iter().filter(|e| e.suppression != 0).count(), 3);
+        assert_eq!(d.total_n, Some(187));
+    }
+
+    #[test]
+    fn ties_share_a_rank_and_quartiles_spread() {
+        let members: Vec<_> = (0..8)
+            .map(|i| {
+                member(
+                    &format!("a{i}"),
+                    Anonymous,
+                    100,
+                    if i < 2 { 0.9 } else { 0.1 * i as f64 },
+                )
+            })
+            .collect();
+        let d = disclose(&members, None, 10, kpi::IndicatorKind::Share, true);
+        let ranks: Vec<i32> = d.entries.iter().map(|e| e.rank).collect();
+        assert_eq!(ranks, [1, 1, 3, 4, 5, 6, 7, 8]);
+        let quartiles: Vec<i32> = d.entries.iter().map(|e| e.quartile).collect();
+        assert_eq!(quartiles, [1, 1, 2, 2, 3, 3, 4, 4]);
+    }
+
+    #[test]
+    fn topics_and_trends() {
+        use touchstone_api::feedback::v1::{Answer, Response};
+        let r = |topics: &[&str], s: f64| Response {
+            answers: vec![Answer {
+                topics: topics.iter().map(|t| t.to_string()).collect(),
+                ..Default::default()
+            }],
+            sentiment: s,
+            ..Default::default()
+        };
+        let t = count_topics(&[r(&["wait", "staff"], -0.5), r(&["wait"], 0.0)], 10);
+        assert_eq!(t[0].topic, "wait");
+        assert_eq!(t[0].responses, 2);
+        assert!((t[0].mean_sentiment + 0.25).abs() < 1e-9);
+        let v = |x: i64, n: i64| kpi::Value {
+            n,
+            value: Some(x as f64 / n as f64),
+            numerator: Some(x),
+            denominator: Some(n),
+            ..Default::default()
+        };
+        assert_eq!(
+            trend(Some(&v(900, 1000)), Some(&v(800, 1000))),
+            (pb::Trend::Up, true)
+        );
+        assert_eq!(
+            trend(Some(&v(8, 10)), Some(&v(9, 10))),
+            (pb::Trend::Down, false)
+        );
+        assert_eq!(
+            trend(None, Some(&v(9, 10))),
+            (pb::Trend::Unspecified, false)
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! The gateway: the hub directory (agencies, units, peer groups and
+//! benchmarking consent), dashboards that join the complaints, feedback and
+//! KPI services in parallel within the caller's deadline, cross-agency
+//! benchmarks under disclosure control, the one-call subject-access export,
+//! and the web dashboard with its JSON API. It holds no personal data; it
+//! forwards the caller's token to every service, which checks it again.
+
+pub mod api;
+pub mod backends;
+pub mod domain;
+pub mod error;
+pub mod store;
+pub mod web;
+
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use touchstone_api::gateway::v1::gateway_service_server::GatewayServiceServer;
+use touchstone_auth::{AuthInterceptor, ServiceToken, Verifier};
+use touchstone_platform::db::{Db, Migration, MigrationSet};
+use touchstone_platform::keyring::Keyring;
+
+/// Full gRPC name, for health and reflection.
+pub const SERVICE_NAME: &str = "touchstone.gateway.v1.GatewayService";
+
+/// The gateway's tables, per backend.
+pub static MIGRATIONS: MigrationSet = MigrationSet {
+    component: "gateway",
+    sqlite: &[Migration {
+        version: 1,
+        name: "gateway",
+        sql: include_str!("../migrations/sqlite/0001_gateway.sql"),
+    }],
+    postgres: &[Migration {
+        version: 1,
+        name: "gateway",
+        sql: include_str!("../migrations/postgres/0001_gateway.sql"),
+    }],
+};
+
+/// Every migration set the gateway's database needs, in order.
+pub fn migration_sets() -> [&'static MigrationSet; 2] {
+    [&touchstone_platform::db::PLATFORM_MIGRATIONS, &MIGRATIONS]
+}
+
+/// The services the gateway joins, and what it needs besides.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    /// Channels to the backends and the gateway's own token.
+    pub backends: backends::Backends,
+    /// The suppression threshold for benchmarks (k).
+    pub min_count: u64,
+}
+
+impl Peers {
+    /// Channels to the services at these URLs, connected lazily.
+    pub fn connect(
+        register: &str,
+        complaints: &str,
+        feedback: &str,
+        kpi: &str,
+        token: ServiceToken,
+        min_count: u64,
+    ) -> Result<Peers, tonic::transport::Error> {
+        let lazy = |url: &str| {
+            tonic::transport::Endpoint::from_shared(url.to_string()).map(|e| {
+                e.connect_timeout(std::time::Duration::from_secs(2))
+                    .connect_lazy()
+            })
+        };
+        Ok(Peers {
+            backends: backends::Backends {
+                register: lazy(register)?,
+                complaints: lazy(complaints)?,
+                feedback: lazy(feedback)?,
+                kpi: lazy(kpi)?,
+                service_token: token,
+            },
+            min_count,
+        })
+    }
+}
+
+/// The gateway's gRPC routes (behind token authentication) and its
+/// background tasks: the web dashboard on `http`, when given.
+pub fn start(
+    db: Db,
+    keys: Arc<Keyring>,
+    verifier: Arc<Verifier>,
+    peers: Peers,
+    http: Option<tokio::net::TcpListener>,
+) -> (tonic::service::Routes, Vec<JoinHandle<()>>) {
+    let gateway = api::Gateway::new(db, keys, peers.backends, peers.min_count);
+    let mut tasks = Vec::new();
+    if let Some(listener) = http {
+        let app = web::router(Arc::new(gateway.clone()), verifier.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the web dashboard stopped");
+            }
+        }));
+    }
+    let routes = tonic::service::Routes::new(GatewayServiceServer::with_interceptor(
+        gateway,
+        AuthInterceptor::new(verifier),
+    ));
+    (routes, tasks)
+}

@@ -1,0 +1,423 @@
+//! The hub directory's SQL, in one place: agencies, units, peer groups and
+//! their members. Rows are read in transactions scoped to an agency, or to
+//! the hub scope ([`crate::domain::HUB`]) for hub-wide work.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use touchstone_api::gateway::v1 as pb;
+use touchstone_platform::db::Tx;
+use touchstone_platform::times;
+
+/// An agency row.
+#[derive(Debug, Clone)]
+pub struct AgencyRow {
+    /// Agency id.
+    pub id: String,
+    /// Display name.
+    pub display_name: String,
+    /// IANA time zone.
+    pub time_zone: String,
+    /// Benchmark consent (enum number).
+    pub consent: i64,
+    /// Revision (etag).
+    pub revision: i64,
+    /// Created, ms.
+    pub create_time: i64,
+    /// Updated, ms.
+    pub update_time: i64,
+}
+
+impl AgencyRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(AgencyRow {
+            id: r.try_get("id")?,
+            display_name: r.try_get("display_name")?,
+            time_zone: r.try_get("time_zone")?,
+            consent: r.try_get("consent")?,
+            revision: r.try_get("revision")?,
+            create_time: r.try_get("create_time")?,
+            update_time: r.try_get("update_time")?,
+        })
+    }
+
+    /// The wire message.
+    pub fn to_proto(&self) -> pb::Agency {
+        pb::Agency {
+            name: format!("agencies/{}", self.id),
+            display_name: self.display_name.clone(),
+            time_zone: self.time_zone.clone(),
+            benchmark_consent: self.consent as i32,
+            create_time: Some(times::timestamp(self.create_time)),
+            update_time: Some(times::timestamp(self.update_time)),
+            etag: etag(self.revision),
+        }
+    }
+}
+
+/// The etag of a revision.
+pub fn etag(revision: i64) -> String {
+    format!("\"{revision}\"")
+}
+
+const AGENCY_COLUMNS: &str =
+    "id, display_name, time_zone, consent, revision, create_time, update_time";
+
+/// Inserts an agency; a clash is the caller's to report.
+pub async fn insert_agency(tx: &mut Tx, a: &AgencyRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO hub_agencies (id, display_name, time_zone, consent, revision, create_time, update_time) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&a.id)
+    .bind(&a.display_name)
+    .bind(&a.time_zone)
+    .bind(a.consent)
+    .bind(a.revision)
+    .bind(a.create_time)
+    .bind(a.update_time)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Writes an agency's changeable fields and revision.
+pub async fn update_agency(tx: &mut Tx, a: &AgencyRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE hub_agencies SET display_name = $2, time_zone = $3, consent = $4, revision = $5, \
+         update_time = $6 WHERE id = $1",
+    )
+    .bind(&a.id)
+    .bind(&a.display_name)
+    .bind(&a.time_zone)
+    .bind(a.consent)
+    .bind(a.revision)
+    .bind(a.update_time)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// One agency.
+pub async fn get_agency(tx: &mut Tx, id: &str) -> Result<Option<AgencyRow>, sqlx::Error> {
+    let sql = format!("SELECT {AGENCY_COLUMNS} FROM hub_agencies WHERE id = $1");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await?
+        .map(|r| AgencyRow::from_row(&r))
+        .transpose()
+}
+
+/// Agencies after `after` by id, at most `limit`.
+pub async fn list_agencies(
+    tx: &mut Tx,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<AgencyRow>, sqlx::Error> {
+    let sql =
+        format!("SELECT {AGENCY_COLUMNS} FROM hub_agencies WHERE id > $1 ORDER BY id LIMIT $2");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(tx.conn())
+        .await?
+        .iter()
+        .map(AgencyRow::from_row)
+        .collect()
+}
+
+/// A unit row.
+#[derive(Debug, Clone)]
+pub struct UnitRow {
+    /// Agency id.
+    pub agency: String,
+    /// Unit id.
+    pub id: String,
+    /// Display name.
+    pub display_name: String,
+    /// Revision (etag).
+    pub revision: i64,
+    /// Created, ms.
+    pub create_time: i64,
+    /// Updated, ms.
+    pub update_time: i64,
+}
+
+impl UnitRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(UnitRow {
+            agency: r.try_get("agency")?,
+            id: r.try_get("id")?,
+            display_name: r.try_get("display_name")?,
+            revision: r.try_get("revision")?,
+            create_time: r.try_get("create_time")?,
+            update_time: r.try_get("update_time")?,
+        })
+    }
+
+    /// The wire message.
+    pub fn to_proto(&self) -> pb::Unit {
+        pb::Unit {
+            name: format!("agencies/{}/units/{}", self.agency, self.id),
+            display_name: self.display_name.clone(),
+            create_time: Some(times::timestamp(self.create_time)),
+            update_time: Some(times::timestamp(self.update_time)),
+            etag: etag(self.revision),
+        }
+    }
+}
+
+const UNIT_COLUMNS: &str = "agency, id, display_name, revision, create_time, update_time";
+
+/// Inserts a unit.
+pub async fn insert_unit(tx: &mut Tx, u: &UnitRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO hub_units (agency, id, display_name, revision, create_time, update_time) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&u.agency)
+    .bind(&u.id)
+    .bind(&u.display_name)
+    .bind(u.revision)
+    .bind(u.create_time)
+    .bind(u.update_time)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Writes a unit's name and revision.
+pub async fn update_unit(tx: &mut Tx, u: &UnitRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE hub_units SET display_name = $3, revision = $4, update_time = $5 \
+         WHERE agency = $1 AND id = $2",
+    )
+    .bind(&u.agency)
+    .bind(&u.id)
+    .bind(&u.display_name)
+    .bind(u.revision)
+    .bind(u.update_time)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Removes a unit.
+pub async fn delete_unit(tx: &mut Tx, agency: &str, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM hub_units WHERE agency = $1 AND id = $2")
+        .bind(agency)
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// One unit.
+pub async fn get_unit(tx: &mut Tx, agency: &str, id: &str) -> Result<Option<UnitRow>, sqlx::Error> {
+    let sql = format!("SELECT {UNIT_COLUMNS} FROM hub_units WHERE agency = $1 AND id = $2");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await?
+        .map(|r| UnitRow::from_row(&r))
+        .transpose()
+}
+
+/// An agency's units after `after`, at most `limit`.
+pub async fn list_units(
+    tx: &mut Tx,
+    agency: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<UnitRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {UNIT_COLUMNS} FROM hub_units WHERE agency = $1 AND id > $2 ORDER BY id LIMIT $3"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(tx.conn())
+        .await?
+        .iter()
+        .map(UnitRow::from_row)
+        .collect()
+}
+
+/// A peer group with its members.
+#[derive(Debug, Clone)]
+pub struct PeerGroupRow {
+    /// Peer group id.
+    pub id: String,
+    /// Display name.
+    pub display_name: String,
+    /// Member agency ids, in the order given.
+    pub members: Vec<String>,
+    /// Revision (etag).
+    pub revision: i64,
+    /// Created, ms.
+    pub create_time: i64,
+    /// Updated, ms.
+    pub update_time: i64,
+}
+
+impl PeerGroupRow {
+    /// The wire message.
+    pub fn to_proto(&self) -> pb::PeerGroup {
+        pb::PeerGroup {
+            name: format!("peerGroups/{}", self.id),
+            display_name: self.display_name.clone(),
+            agencies: self
+                .members
+                .iter()
+                .map(|a| format!("agencies/{a}"))
+                .collect(),
+            create_time: Some(times::timestamp(self.create_time)),
+            update_time: Some(times::timestamp(self.update_time)),
+            etag: etag(self.revision),
+        }
+    }
+}
+
+/// Inserts a peer group and its members.
+pub async fn insert_peer_group(tx: &mut Tx, g: &PeerGroupRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO hub_peer_groups (id, display_name, revision, create_time, update_time) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&g.id)
+    .bind(&g.display_name)
+    .bind(g.revision)
+    .bind(g.create_time)
+    .bind(g.update_time)
+    .execute(tx.conn())
+    .await?;
+    write_members(tx, &g.id, &g.members).await
+}
+
+async fn write_members(tx: &mut Tx, group: &str, members: &[String]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM hub_peer_group_members WHERE peer_group = $1")
+        .bind(group)
+        .execute(tx.conn())
+        .await?;
+    for (position, agency) in members.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO hub_peer_group_members (peer_group, agency, position) VALUES ($1, $2, $3)",
+        )
+        .bind(group)
+        .bind(agency)
+        .bind(position as i64)
+        .execute(tx.conn())
+        .await?;
+    }
+    Ok(())
+}
+
+/// Writes a peer group's name, members and revision.
+pub async fn update_peer_group(tx: &mut Tx, g: &PeerGroupRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE hub_peer_groups SET display_name = $2, revision = $3, update_time = $4 WHERE id = $1",
+    )
+    .bind(&g.id)
+    .bind(&g.display_name)
+    .bind(g.revision)
+    .bind(g.update_time)
+    .execute(tx.conn())
+    .await?;
+    write_members(tx, &g.id, &g.members).await
+}
+
+/// Removes a peer group and its members.
+pub async fn delete_peer_group(tx: &mut Tx, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM hub_peer_group_members WHERE peer_group = $1")
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+    sqlx::query("DELETE FROM hub_peer_groups WHERE id = $1")
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// One peer group.
+pub async fn get_peer_group(tx: &mut Tx, id: &str) -> Result<Option<PeerGroupRow>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT id, display_name, revision, create_time, update_time FROM hub_peer_groups WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(tx.conn())
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let members = members(tx, id).await?;
+    Ok(Some(PeerGroupRow {
+        id: row.try_get("id")?,
+        display_name: row.try_get("display_name")?,
+        members,
+        revision: row.try_get("revision")?,
+        create_time: row.try_get("create_time")?,
+        update_time: row.try_get("update_time")?,
+    }))
+}
+
+async fn members(tx: &mut Tx, group: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query("SELECT agency FROM hub_peer_group_members WHERE peer_group = $1 ORDER BY position")
+        .bind(group)
+        .fetch_all(tx.conn())
+        .await?
+        .iter()
+        .map(|r| r.try_get("agency"))
+        .collect()
+}
+
+/// Peer groups after `after` by id, at most `limit`; only those with
+/// `member` among their agencies when given.
+pub async fn list_peer_groups(
+    tx: &mut Tx,
+    member: Option<&str>,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<PeerGroupRow>, sqlx::Error> {
+    let rows = match member {
+        Some(agency) => {
+            sqlx::query(
+                "SELECT g.id FROM hub_peer_groups g JOIN hub_peer_group_members m \
+                 ON m.peer_group = g.id WHERE m.agency = $1 AND g.id > $2 ORDER BY g.id LIMIT $3",
+            )
+            .bind(agency)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(tx.conn())
+            .await?
+        }
+        None => {
+            sqlx::query("SELECT id FROM hub_peer_groups WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after)
+                .bind(limit)
+                .fetch_all(tx.conn())
+                .await?
+        }
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        if let Some(g) = get_peer_group(tx, &id).await? {
+            out.push(g);
+        }
+    }
+    Ok(out)
+}
+
+/// The agencies among `ids` that exist, with their rows.
+pub async fn agencies_in(tx: &mut Tx, ids: &[String]) -> Result<Vec<AgencyRow>, sqlx::Error> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(a) = get_agency(tx, id).await? {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
