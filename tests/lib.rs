@@ -353,6 +353,8 @@ pub struct Up {
     pub proc: Proc,
     /// Its register port on 127.0.0.1.
     pub port: u16,
+    /// The other services' ports, by setting name.
+    pub ports: Vec<(&'static str, u16)>,
 }
 
 impl Up {
@@ -363,21 +365,33 @@ impl Up {
         loop {
             attempts += 1;
             let port = free_port();
+            let mut ports = Vec::new();
             let mut cmd = touchstone(data_dir);
             cmd.arg("up")
                 .env("TOUCHSTONE_REGISTER__LISTEN", format!("127.0.0.1:{port}"))
-                .env("TOUCHSTONE_PEERS__REGISTER", format!("http://127.0.0.1:{port}"));
+                .env(
+                    "TOUCHSTONE_PEERS__REGISTER",
+                    format!("http://127.0.0.1:{port}"),
+                );
             // Every other service on a port of its own too, so that tests
             // running side by side never meet on the defaults.
             for service in OTHER_SERVICES {
                 let p = free_port();
+                ports.push((*service, p));
                 let upper = service.to_ascii_uppercase();
-                cmd.env(format!("TOUCHSTONE_{upper}__LISTEN"), format!("127.0.0.1:{p}"))
-                    .env(format!("TOUCHSTONE_PEERS__{upper}"), format!("http://127.0.0.1:{p}"));
+                cmd.env(
+                    format!("TOUCHSTONE_{upper}__LISTEN"),
+                    format!("127.0.0.1:{p}"),
+                )
+                .env(
+                    format!("TOUCHSTONE_PEERS__{upper}"),
+                    format!("http://127.0.0.1:{p}"),
+                );
             }
             let mut up = Up {
                 proc: Proc::spawn(cmd),
                 port,
+                ports,
             };
             match up.wait_serving().await {
                 Ok(()) => return up,
@@ -416,7 +430,10 @@ impl Up {
             }
             let last = match self.health().await {
                 Ok(statuses) if statuses.iter().all(|s| *s == ServingStatus::Serving) => {
-                    return Ok(());
+                    match self.others_serving().await {
+                        Ok(()) => return Ok(()),
+                        Err(e) => e,
+                    }
                 }
                 Ok(statuses) => format!("health: {statuses:?}"),
                 Err(e) => e,
@@ -429,6 +446,40 @@ impl Up {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The port of another service, by setting name (e.g. "complaints").
+    pub fn port_of(&self, service: &str) -> u16 {
+        self.ports
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| panic!("no port for {service}"))
+    }
+
+    /// Whether every other service's server reports SERVING.
+    async fn others_serving(&self) -> Result<(), String> {
+        for (service, port) in &self.ports {
+            let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(2))
+                .connect()
+                .await
+                .map_err(|e| format!("{service}: connect: {e}"))?;
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map_err(|s| format!("{service}: {:?}", s.code()))?
+                .into_inner()
+                .status;
+            if status != ServingStatus::Serving as i32 {
+                return Err(format!("{service}: not SERVING"));
+            }
+        }
+        Ok(())
     }
 
     /// grpc.health.v1 Check for the server ("") and the register.
