@@ -10,7 +10,7 @@
 3. With `kustomize` or `kubectl` on PATH, each overlay renders to exactly the
    expected objects, and each service's objects agree with each other: ports,
    probes, health names, Secrets, ConfigMaps, peers, hardening, the migrate
-   phase label, and network policies admitting exactly the callers each
+   phase label (Jobs and what they need only), and network policies admitting exactly the callers each
    service has.
 
 Exits non-zero with one line per problem.
@@ -167,10 +167,11 @@ def check_overlay(name, namespace, render):
             expected.add((kind, n))
         expected.add(("Job", f"{n}-migrate"))
     # `kubectl apply -l touchstone/phase=migrate` must select the Jobs and
-    # the ConfigMaps they read, and nothing that would start a rollout.
+    # all they need (ConfigMaps, ServiceAccounts), and nothing that would
+    # start a rollout.
     for (kind, n), d in objects.items():
         phase = d["metadata"].get("labels", {}).get("touchstone/phase")
-        if (phase == "migrate") != (kind in ("Job", "ConfigMap")):
+        if (phase == "migrate") != (kind in ("Job", "ConfigMap", "ServiceAccount")):
             problem(f"{where}: {kind}/{n}: label touchstone/phase is {phase!r}")
     for k in sorted(set(objects) - expected):
         problem(f"{where}: unexpected {k[0]}/{k[1]}")
@@ -274,6 +275,9 @@ def check_overlay(name, namespace, render):
             if s not in secrets:
                 problem(f"{w}: Secret {s} is not in secret.example.yaml")
 
+        sa = job["spec"]["template"]["spec"].get("serviceAccountName")
+        if ("ServiceAccount", sa) not in objects:
+            problem(f"{where}: Job/{n}-migrate: runs as a missing ServiceAccount {sa}")
         jc = job["spec"]["template"]["spec"]["containers"][0]
         jw = f"{where}: Job/{n}-migrate"
         if jc.get("args") != ["migrate", svc]:
