@@ -18,8 +18,9 @@ use touchstone_auth::ServiceToken;
 /// The budget of a call whose caller set no deadline.
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(5);
 
-/// Time kept back from the caller's deadline to assemble the answer.
-const MARGIN: Duration = Duration::from_millis(20);
+/// Time kept back from the caller's deadline to assemble and send the
+/// answer: a tenth of it, between these bounds.
+const MARGIN: (Duration, Duration) = (Duration::from_millis(20), Duration::from_millis(500));
 
 /// Channels to the services the gateway joins.
 #[derive(Debug, Clone)]
@@ -77,7 +78,7 @@ impl CallContext {
             .cloned()
             .ok_or_else(|| Status::unauthenticated("request is not authenticated"))?;
         let budget = touchstone_server::deadline::remaining(request)
-            .map(|d| d.saturating_sub(MARGIN))
+            .map(|d| d.saturating_sub((d / 10).clamp(MARGIN.0, MARGIN.1)))
             .unwrap_or(DEFAULT_BUDGET);
         Ok(CallContext {
             authorization,

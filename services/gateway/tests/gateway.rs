@@ -1,0 +1,1386 @@
+//! The gateway through its real gRPC API and its JSON API, beside a real
+//! register, complaints and feedback service and a small fake KPI service
+//! whose figures the tests construct (and which can be made slow): servers
+//! on 127.0.0.1:0 over fresh databases (SQLite, or PostgreSQL when
+//! TOUCHSTONE_TEST_PG_URL is set), called with real tokens.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::StatusExt;
+use touchstone_api::common::v1::Channel as Via;
+use touchstone_api::complaints::v1 as cpb;
+use touchstone_api::complaints::v1::complaints_service_client::ComplaintsServiceClient;
+use touchstone_api::gateway::v1 as pb;
+use touchstone_api::gateway::v1::gateway_service_client::GatewayServiceClient;
+use touchstone_api::kpi::v1 as kpi;
+use touchstone_api::kpi::v1::kpi_service_server::{KpiService, KpiServiceServer};
+use touchstone_api::register::v1 as reg;
+use touchstone_api::register::v1::register_service_client::RegisterServiceClient;
+use touchstone_auth::{
+    AuthConfig, AuthInterceptor, Caller, DevKey, Role, ServiceToken, TokenRequest, Verifier,
+};
+use touchstone_crypto::MasterKey;
+use touchstone_platform::db::Db;
+use touchstone_platform::keyring::Keyring;
+use touchstone_platform::testing::{self, TestDb};
+
+/// One running gRPC server.
+struct Server {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    async fn start(
+        name: &'static str,
+        grpc: &'static str,
+        routes: tonic::service::Routes,
+        db: Option<Db>,
+    ) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let readiness: touchstone_server::Readiness = Arc::new(move || {
+            let db = db.clone();
+            Box::pin(async move {
+                match db {
+                    Some(db) => db.ping().await,
+                    None => true,
+                }
+            })
+        });
+        let mut opts = touchstone_server::ServeOptions::new(name, vec![grpc]);
+        opts.shutdown_grace = Duration::from_millis(200);
+        let task = tokio::spawn(async move {
+            touchstone_server::serve(listener, routes, opts, readiness, async move {
+                let _ = rx.await;
+            })
+            .await
+            .expect("serve");
+        });
+        Server {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+/// What the fake KPI service answers, and what it saw.
+#[derive(Debug, Default)]
+struct KpiState {
+    /// Each agency's figure for QueryIndicatorAcrossAgencies.
+    across: HashMap<String, kpi::Value>,
+    /// The agencies each QueryIndicatorAcrossAgencies asked for.
+    asked: Vec<Vec<String>>,
+    /// The token subjects of the calls it took.
+    subjects: Vec<String>,
+    /// How long each call waits before answering.
+    delay: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct FakeKpi(Arc<Mutex<KpiState>>);
+
+fn share(x: i64, n: i64) -> kpi::Value {
+    let p = x as f64 / n as f64;
+    let half = 1.96 * (p * (1.0 - p) / n as f64).sqrt();
+    kpi::Value {
+        n,
+        suppressed: false,
+        value: Some(p),
+        lower: Some((p - half).max(0.0)),
+        upper: Some((p + half).min(1.0)),
+        numerator: Some(x),
+        denominator: Some(n),
+    }
+}
+
+impl FakeKpi {
+    async fn enter<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        let caller = Caller::from_request(r)?;
+        let delay = {
+            let mut s = self.0.lock().expect("lock");
+            s.subjects.push(caller.subject);
+            s.delay
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(())
+    }
+}
+
+const SATISFACTION: &str = "share_satisfied.a11_satisfaction";
+
+#[tonic::async_trait]
+impl KpiService for FakeKpi {
+    async fn list_indicators(
+        &self,
+        r: Request<kpi::ListIndicatorsRequest>,
+    ) -> Result<Response<kpi::ListIndicatorsResponse>, Status> {
+        self.enter(&r).await?;
+        let indicator = |id: &str, kind: kpi::IndicatorKind| kpi::Indicator {
+            id: id.into(),
+            title: id.replace('_', " "),
+            formula: String::new(),
+            kind: kind as i32,
+            source: "feedback".into(),
+            segmentable: true,
+        };
+        Ok(Response::new(kpi::ListIndicatorsResponse {
+            indicators: vec![
+                indicator(SATISFACTION, kpi::IndicatorKind::Share),
+                indicator("nps", kpi::IndicatorKind::Nps),
+                indicator("response_rate", kpi::IndicatorKind::Share),
+            ],
+        }))
+    }
+
+    async fn query_indicator(
+        &self,
+        r: Request<kpi::QueryIndicatorRequest>,
+    ) -> Result<Response<kpi::QueryIndicatorResponse>, Status> {
+        self.enter(&r).await?;
+        let req = r.into_inner();
+        Ok(Response::new(kpi::QueryIndicatorResponse {
+            indicator: None,
+            series: vec![kpi::Series {
+                group: String::new(),
+                points: vec![kpi::Point {
+                    start_date: req.start_date,
+                    end_date: req.end_date,
+                    value: Some(share(80, 100)),
+                    significant_change: false,
+                    p_value: None,
+                }],
+            }],
+            min_count: 10,
+        }))
+    }
+
+    async fn query_indicator_across_agencies(
+        &self,
+        r: Request<kpi::QueryIndicatorAcrossAgenciesRequest>,
+    ) -> Result<Response<kpi::QueryIndicatorAcrossAgenciesResponse>, Status> {
+        self.enter(&r).await?;
+        let caller = Caller::from_request(&r)?;
+        let req = r.into_inner();
+        for a in &req.agencies {
+            if !caller.can_access_agency(a) {
+                return Err(Status::permission_denied(
+                    "the token does not cover the agency",
+                ));
+            }
+        }
+        let mut s = self.0.lock().expect("lock");
+        s.asked.push(req.agencies.clone());
+        let values = req
+            .agencies
+            .iter()
+            .map(|a| kpi::AgencyValue {
+                agency: a.clone(),
+                value: s.across.get(a).copied(),
+            })
+            .collect();
+        Ok(Response::new(kpi::QueryIndicatorAcrossAgenciesResponse {
+            values,
+            min_count: 10,
+        }))
+    }
+
+    async fn get_charter_report(
+        &self,
+        r: Request<kpi::GetCharterReportRequest>,
+    ) -> Result<Response<kpi::CharterReport>, Status> {
+        self.enter(&r).await?;
+        let req = r.into_inner();
+        let previous = req.date.is_some_and(|d| d.month < 7);
+        Ok(Response::new(kpi::CharterReport {
+            agency: req.agency.clone(),
+            start_date: req.date,
+            end_date: req.date,
+            lines: vec![kpi::CharterLine {
+                standard: Some(kpi::Standard {
+                    name: format!("{}/standards/ack", req.agency),
+                    display_name: "Complaints acknowledged within 2 working days".into(),
+                    indicator: "acknowledged_within_standard".into(),
+                    comparator: kpi::Comparator::AtLeast as i32,
+                    target: 0.9,
+                    period: kpi::Granularity::Quarter as i32,
+                    published: true,
+                    ..Default::default()
+                }),
+                value: Some(if previous {
+                    share(700, 1000)
+                } else {
+                    share(950, 1000)
+                }),
+                verdict: kpi::Verdict::Met as i32,
+            }],
+            min_count: 10,
+        }))
+    }
+
+    async fn get_equity_report(
+        &self,
+        r: Request<kpi::GetEquityReportRequest>,
+    ) -> Result<Response<kpi::EquityReport>, Status> {
+        self.enter(&r).await?;
+        let req = r.into_inner();
+        let segments = if req.dimension == kpi::Dimension::Disability as i32 {
+            vec![kpi::SegmentValue {
+                segment: "ANSWER_YES".into(),
+                value: Some(share(50, 100)),
+                gap: Some(-0.3),
+                significant: true,
+                p_value: Some(0.001),
+            }]
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(kpi::EquityReport {
+            indicator: None,
+            whole: Some(share(80, 100)),
+            segments,
+            min_count: 10,
+        }))
+    }
+
+    async fn create_standard(
+        &self,
+        _: Request<kpi::CreateStandardRequest>,
+    ) -> Result<Response<kpi::Standard>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn get_standard(
+        &self,
+        _: Request<kpi::GetStandardRequest>,
+    ) -> Result<Response<kpi::Standard>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn list_standards(
+        &self,
+        _: Request<kpi::ListStandardsRequest>,
+    ) -> Result<Response<kpi::ListStandardsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn update_standard(
+        &self,
+        _: Request<kpi::UpdateStandardRequest>,
+    ) -> Result<Response<kpi::Standard>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn delete_standard(
+        &self,
+        _: Request<kpi::DeleteStandardRequest>,
+    ) -> Result<Response<kpi::DeleteStandardResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn list_events(
+        &self,
+        _: Request<kpi::ListEventsRequest>,
+    ) -> Result<Response<kpi::ListEventsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    type WatchEventsStream = tokio_stream::Empty<Result<touchstone_api::common::v1::Event, Status>>;
+
+    async fn watch_events(
+        &self,
+        _: Request<kpi::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
+struct Harness {
+    dev: Arc<DevKey>,
+    _dir: tempfile::TempDir,
+    _dbs: Vec<TestDb>,
+    register: Server,
+    complaints: Server,
+    _feedback: Server,
+    _kpi: Server,
+    kpi: Arc<Mutex<KpiState>>,
+    gateway: Server,
+    http: std::net::SocketAddr,
+}
+
+const OFFICER: &[Role] = &[Role::Officer];
+const ANALYST: &[Role] = &[Role::Analyst];
+const ADMIN: &[Role] = &[Role::AgencyAdmin];
+/// What `touchstone up` gives its development user.
+const MANAGER: &[Role] = &[Role::Officer, Role::SeniorOfficer, Role::AgencyAdmin];
+
+impl Harness {
+    async fn start() -> Harness {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("warn")
+            .try_init();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = Arc::new(DevKey::load_or_create(dir.path()).expect("dev key"));
+        let verifier = Verifier::from_jwks_json(
+            AuthConfig {
+                issuer: DevKey::ISSUER.into(),
+                audience: DevKey::AUDIENCE.into(),
+                jwks_file: None,
+                jwks_url: None,
+                leeway_secs: 0,
+            },
+            &dev.jwks_json(),
+        )
+        .expect("verifier");
+        let service_token = |subject: &str| ServiceToken::Dev {
+            key: dev.clone(),
+            issuer: DevKey::ISSUER.into(),
+            audience: DevKey::AUDIENCE.into(),
+            subject: subject.into(),
+        };
+        let keys = || Arc::new(Keyring::new(MasterKey::generate()));
+
+        let register_db = testing::fresh(&touchstone_register::migration_sets()).await;
+        let register = Server::start(
+            "register",
+            touchstone_register::SERVICE_NAME,
+            touchstone_register::routes(register_db.db.clone(), keys(), verifier.clone()),
+            Some(register_db.db.clone()),
+        )
+        .await;
+
+        let complaints_db = testing::fresh(&touchstone_complaints::migration_sets()).await;
+        let peers =
+            touchstone_complaints::Peers::connect(&register.url(), service_token("complaints"))
+                .expect("peers");
+        let (routes, tasks) =
+            touchstone_complaints::start(complaints_db.db.clone(), keys(), verifier.clone(), peers);
+        for t in tasks {
+            t.abort();
+        }
+        let complaints = Server::start(
+            "complaints",
+            touchstone_complaints::SERVICE_NAME,
+            routes,
+            Some(complaints_db.db.clone()),
+        )
+        .await;
+
+        let feedback_db = testing::fresh(&touchstone_feedback::migration_sets()).await;
+        let peers = touchstone_feedback::Peers::connect(&register.url(), service_token("feedback"))
+            .expect("peers");
+        let (routes, tasks) =
+            touchstone_feedback::start(feedback_db.db.clone(), keys(), verifier.clone(), peers);
+        for t in tasks {
+            t.abort();
+        }
+        let feedback = Server::start(
+            "feedback",
+            touchstone_feedback::SERVICE_NAME,
+            routes,
+            Some(feedback_db.db.clone()),
+        )
+        .await;
+
+        let kpi_state = Arc::new(Mutex::new(KpiState::default()));
+        let kpi = Server::start(
+            "kpi",
+            "touchstone.kpi.v1.KpiService",
+            tonic::service::Routes::new(KpiServiceServer::with_interceptor(
+                FakeKpi(kpi_state.clone()),
+                AuthInterceptor::new(verifier.clone()),
+            )),
+            None,
+        )
+        .await;
+
+        let gateway_db = testing::fresh(&touchstone_gateway::migration_sets()).await;
+        let peers = touchstone_gateway::Peers::connect(
+            &register.url(),
+            &complaints.url(),
+            &feedback.url(),
+            &kpi.url(),
+            service_token("gateway"),
+            10,
+        )
+        .expect("peers");
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind http");
+        let http_addr = http.local_addr().expect("addr");
+        let (routes, _tasks) = touchstone_gateway::start(
+            gateway_db.db.clone(),
+            keys(),
+            verifier.clone(),
+            peers,
+            Some(http),
+        );
+        let gateway = Server::start(
+            "gateway",
+            touchstone_gateway::SERVICE_NAME,
+            routes,
+            Some(gateway_db.db.clone()),
+        )
+        .await;
+        Harness {
+            dev,
+            _dir: dir,
+            _dbs: vec![register_db, complaints_db, feedback_db, gateway_db],
+            register,
+            complaints,
+            _feedback: feedback,
+            _kpi: kpi,
+            kpi: kpi_state,
+            gateway,
+            http: http_addr,
+        }
+    }
+
+    fn token_as(&self, subject: &str, agency: Option<&str>, roles: &[Role]) -> String {
+        self.dev
+            .mint(&TokenRequest {
+                subject: subject.into(),
+                agency: agency.map(str::to_owned),
+                agencies: if roles.contains(&Role::HubAdmin) {
+                    Some(vec!["*".into()])
+                } else {
+                    None
+                },
+                roles: roles.to_vec(),
+                ttl: Duration::from_secs(600),
+                issuer: DevKey::ISSUER.into(),
+                audience: DevKey::AUDIENCE.into(),
+            })
+            .expect("mint")
+    }
+
+    fn token(&self, agency: &str, roles: &[Role]) -> String {
+        self.token_as(&format!("tester-{agency}"), Some(agency), roles)
+    }
+
+    fn hub(&self) -> String {
+        self.token_as("hub-admin", None, &[Role::HubAdmin])
+    }
+
+    async fn channel(server: &Server) -> Channel {
+        Channel::from_shared(server.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    async fn gateway(&self) -> GatewayServiceClient<Channel> {
+        GatewayServiceClient::new(Self::channel(&self.gateway).await)
+    }
+
+    async fn complaints_client(&self) -> ComplaintsServiceClient<Channel> {
+        ComplaintsServiceClient::new(Self::channel(&self.complaints).await)
+    }
+
+    async fn register_client(&self) -> RegisterServiceClient<Channel> {
+        RegisterServiceClient::new(Self::channel(&self.register).await)
+    }
+
+    /// A raw HTTP/1.1 GET to the dashboard: status and body.
+    async fn http_get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(self.http)
+            .await
+            .expect("connect");
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read");
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+fn req<T>(message: T, token: &str) -> Request<T> {
+    let mut r = Request::new(message);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    r
+}
+
+fn violations(s: &Status) -> Vec<String> {
+    s.get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn reason(s: &Status) -> String {
+    s.get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+fn complaint(who: cpb::complainant::Who) -> cpb::Complaint {
+    cpb::Complaint {
+        complainant: Some(cpb::Complainant { who: Some(who) }),
+        channel: Via::Web as i32,
+        unit: "passports-north".into(),
+        service: "passport renewal".into(),
+        category: "delay".into(),
+        description: "It took months.".into(),
+        severity: cpb::Severity::High as i32,
+        ..Default::default()
+    }
+}
+
+async fn file_complaint(h: &Harness, agency: &str, who: cpb::complainant::Who) -> cpb::Complaint {
+    h.complaints_client()
+        .await
+        .create_complaint(req(
+            cpb::CreateComplaintRequest {
+                parent: format!("agencies/{agency}"),
+                complaint: Some(complaint(who)),
+                complaint_id: String::new(),
+                request_id: String::new(),
+            },
+            &h.token(agency, OFFICER),
+        ))
+        .await
+        .expect("complaint")
+        .into_inner()
+}
+
+async fn dashboard(
+    h: &Harness,
+    agency: &str,
+    token: &str,
+    timeout: Option<Duration>,
+) -> Result<pb::Dashboard, Status> {
+    let mut r = req(
+        pb::GetDashboardRequest {
+            agency: format!("agencies/{agency}"),
+            period: "2026-Q3".into(),
+        },
+        token,
+    );
+    if let Some(t) = timeout {
+        r.set_timeout(t);
+    }
+    h.gateway()
+        .await
+        .get_dashboard(r)
+        .await
+        .map(Response::into_inner)
+}
+
+#[tokio::test]
+async fn dashboard_joins_every_backend_with_the_callers_token() {
+    let h = Harness::start().await;
+    file_complaint(&h, "passports", cpb::complainant::Who::Anonymous(true)).await;
+    file_complaint(&h, "passports", cpb::complainant::Who::Anonymous(true)).await;
+    file_complaint(&h, "customs", cpb::complainant::Who::Anonymous(true)).await;
+    let d = dashboard(
+        &h,
+        "passports",
+        &h.token_as("manager-1", Some("passports"), MANAGER),
+        None,
+    )
+    .await
+    .expect("dashboard");
+    assert!(d.unreachable.is_empty(), "{:?}", d.unreachable);
+    assert!(d.withheld.is_empty(), "{:?}", d.withheld);
+    assert_eq!(d.period, "2026-Q3");
+    let c = d.complaints.expect("complaints");
+    assert_eq!(c.open, 2, "only this agency's complaints");
+    assert_eq!(c.queue.len(), 2);
+    assert!(
+        c.queue
+            .iter()
+            .all(|q| q.complaint.starts_with("agencies/passports/"))
+    );
+    assert_eq!(c.counts.len(), 1);
+    assert_eq!(c.counts[0].severity, cpb::Severity::High as i32);
+    // Charter lines with the trend against the previous quarter.
+    assert_eq!(d.headlines.len(), 1);
+    assert_eq!(d.headlines[0].trend, pb::Trend::Up as i32);
+    assert!(d.headlines[0].significant_change);
+    let f = d.feedback.expect("feedback");
+    assert_eq!(f.satisfaction.and_then(|v| v.n.into()), Some(100));
+    assert_eq!(f.follow_ups_open, 0);
+    let significant: Vec<_> = d
+        .equity
+        .iter()
+        .filter(|g| g.segment.as_ref().is_some_and(|s| s.significant))
+        .collect();
+    assert_eq!(significant.len(), 1);
+    // The KPI service saw the caller's own token, not the gateway's.
+    let subjects = h.kpi.lock().expect("lock").subjects.clone();
+    assert!(!subjects.is_empty());
+    assert!(subjects.iter().all(|s| s == "manager-1"), "{subjects:?}");
+
+    // An analyst sees the figures but not the complaints queue or follow-ups.
+    let d = dashboard(&h, "passports", &h.token("passports", ANALYST), None)
+        .await
+        .expect("analyst dashboard");
+    assert!(d.complaints.is_none());
+    assert!(
+        d.withheld.contains(&"complaints".to_string()),
+        "{:?}",
+        d.withheld
+    );
+    assert!(
+        d.withheld.contains(&"follow_ups".to_string()),
+        "{:?}",
+        d.withheld
+    );
+    assert!(d.unreachable.is_empty());
+    assert_eq!(d.headlines.len(), 1);
+
+    // Another agency's dashboard, a bad period, a role without dashboards.
+    let e = dashboard(&h, "customs", &h.token("passports", MANAGER), None)
+        .await
+        .expect_err("tenancy");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = h
+        .gateway()
+        .await
+        .get_dashboard(req(
+            pb::GetDashboardRequest {
+                agency: "agencies/passports".into(),
+                period: "2026-Q9".into(),
+            },
+            &h.token("passports", MANAGER),
+        ))
+        .await
+        .expect_err("bad period");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(violations(&e), ["period"]);
+    let e = dashboard(
+        &h,
+        "passports",
+        &h.token("passports", &[Role::Intake]),
+        None,
+    )
+    .await
+    .expect_err("intake");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = h
+        .gateway()
+        .await
+        .get_dashboard(Request::new(pb::GetDashboardRequest::default()))
+        .await
+        .expect_err("no token");
+    assert_eq!(e.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn a_stopped_backend_is_named_and_the_rest_stays() {
+    let mut h = Harness::start().await;
+    file_complaint(&h, "passports", cpb::complainant::Who::Anonymous(true)).await;
+    h.complaints.stop().await;
+    let d = dashboard(&h, "passports", &h.token("passports", MANAGER), None)
+        .await
+        .expect("dashboard");
+    assert_eq!(d.unreachable, ["complaints"]);
+    assert!(d.complaints.is_none());
+    assert_eq!(d.headlines.len(), 1, "the KPI part is intact");
+    assert!(d.feedback.is_some());
+}
+
+#[tokio::test]
+async fn a_slow_backend_does_not_hold_the_callers_deadline() {
+    let h = Harness::start().await;
+    file_complaint(&h, "passports", cpb::complainant::Who::Anonymous(true)).await;
+    h.kpi.lock().expect("lock").delay = Duration::from_secs(30);
+    // The caller gives the gateway two seconds; the KPI service would take
+    // thirty. The dashboard comes back (not DEADLINE_EXCEEDED) without it.
+    let d = dashboard(
+        &h,
+        "passports",
+        &h.token("passports", MANAGER),
+        Some(Duration::from_secs(2)),
+    )
+    .await
+    .expect("an answer within the deadline");
+    assert_eq!(d.unreachable, ["kpi"]);
+    assert!(d.headlines.is_empty());
+    assert_eq!(d.complaints.expect("complaints").open, 1);
+}
+
+async fn create_agency(
+    h: &Harness,
+    id: &str,
+    consent: pb::BenchmarkConsent,
+    token: &str,
+) -> Result<pb::Agency, Status> {
+    h.gateway()
+        .await
+        .create_agency(req(
+            pb::CreateAgencyRequest {
+                agency: Some(pb::Agency {
+                    display_name: format!("Agency {}", id.to_uppercase()),
+                    time_zone: "Australia/Sydney".into(),
+                    benchmark_consent: consent as i32,
+                    ..Default::default()
+                }),
+                agency_id: id.into(),
+                request_id: format!("create-{id}"),
+            },
+            token,
+        ))
+        .await
+        .map(Response::into_inner)
+}
+
+#[tokio::test]
+async fn directory_roles_tenancy_and_validation() {
+    let h = Harness::start().await;
+    let mut g = h.gateway().await;
+    let hub = h.hub();
+    let a = create_agency(&h, "passports", pb::BenchmarkConsent::Named, &hub)
+        .await
+        .expect("create");
+    assert_eq!(a.name, "agencies/passports");
+    assert_eq!(a.benchmark_consent, pb::BenchmarkConsent::Named as i32);
+    // A retry returns the first answer.
+    let again = create_agency(&h, "passports", pb::BenchmarkConsent::Named, &hub)
+        .await
+        .expect("retry");
+    assert_eq!(again, a);
+    let e = g
+        .create_agency(req(
+            pb::CreateAgencyRequest {
+                agency: Some(pb::Agency {
+                    display_name: "Other".into(),
+                    time_zone: "Australia/Sydney".into(),
+                    ..Default::default()
+                }),
+                agency_id: "passports".into(),
+                request_id: "another".into(),
+            },
+            &hub,
+        ))
+        .await
+        .expect_err("taken");
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let e = create_agency(
+        &h,
+        "customs",
+        pb::BenchmarkConsent::None,
+        &h.token("customs", ADMIN),
+    )
+    .await
+    .expect_err("only hub_admin");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = g
+        .create_agency(req(
+            pb::CreateAgencyRequest {
+                agency: Some(pb::Agency {
+                    display_name: String::new(),
+                    time_zone: "Mars/Olympus".into(),
+                    ..Default::default()
+                }),
+                agency_id: "Bad Id".into(),
+                request_id: String::new(),
+            },
+            &hub,
+        ))
+        .await
+        .expect_err("invalid");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        violations(&e),
+        ["agency_id", "agency.display_name", "agency.time_zone"]
+    );
+    create_agency(&h, "customs", pb::BenchmarkConsent::Anonymous, &hub)
+        .await
+        .expect("customs");
+
+    // Reads: own agency, or hub_admin.
+    let own = g
+        .get_agency(req(
+            pb::GetAgencyRequest {
+                name: "agencies/passports".into(),
+            },
+            &h.token("passports", ANALYST),
+        ))
+        .await
+        .expect("own")
+        .into_inner();
+    assert_eq!(own.display_name, "Agency PASSPORTS");
+    let e = g
+        .get_agency(req(
+            pb::GetAgencyRequest {
+                name: "agencies/customs".into(),
+            },
+            &h.token("passports", ADMIN),
+        ))
+        .await
+        .expect_err("other agency");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let all = g
+        .list_agencies(req(
+            pb::ListAgenciesRequest {
+                page_size: 1,
+                page_token: String::new(),
+            },
+            &hub,
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(all.agencies.len(), 1);
+    assert!(!all.next_page_token.is_empty());
+    let rest = g
+        .list_agencies(req(
+            pb::ListAgenciesRequest {
+                page_size: 1,
+                page_token: all.next_page_token,
+            },
+            &hub,
+        ))
+        .await
+        .expect("page 2")
+        .into_inner();
+    assert_eq!(rest.agencies[0].name, "agencies/passports");
+    assert!(rest.next_page_token.is_empty());
+    let mine = g
+        .list_agencies(req(
+            pb::ListAgenciesRequest::default(),
+            &h.token("customs", ANALYST),
+        ))
+        .await
+        .expect("own list")
+        .into_inner();
+    assert_eq!(mine.agencies.len(), 1);
+    assert_eq!(mine.agencies[0].name, "agencies/customs");
+
+    // Updates with etags.
+    let update =
+        |etag: &str, consent: pb::BenchmarkConsent, request_id: &str| pb::UpdateAgencyRequest {
+            agency: Some(pb::Agency {
+                name: "agencies/customs".into(),
+                benchmark_consent: consent as i32,
+                etag: etag.into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["benchmark_consent".into()],
+            }),
+            request_id: request_id.into(),
+        };
+    let e = g
+        .update_agency(req(
+            update("\"7\"", pb::BenchmarkConsent::Named, "u1"),
+            &hub,
+        ))
+        .await
+        .expect_err("stale");
+    assert_eq!(e.code(), Code::Aborted);
+    let updated = g
+        .update_agency(req(
+            update("\"1\"", pb::BenchmarkConsent::Named, "u2"),
+            &hub,
+        ))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(
+        updated.benchmark_consent,
+        pb::BenchmarkConsent::Named as i32
+    );
+    assert_eq!(
+        updated.display_name, "Agency CUSTOMS",
+        "outside the mask, unchanged"
+    );
+    let e = g
+        .update_agency(req(
+            update("", pb::BenchmarkConsent::None, "u3"),
+            &h.token("customs", ADMIN),
+        ))
+        .await
+        .expect_err("consent is the hub's");
+    assert_eq!(e.code(), Code::PermissionDenied);
+
+    // Units: the agency's own agency_admin.
+    let unit = |agency: &str, id: &str| pb::CreateUnitRequest {
+        parent: format!("agencies/{agency}"),
+        unit: Some(pb::Unit {
+            display_name: "Passports North".into(),
+            ..Default::default()
+        }),
+        unit_id: id.into(),
+        request_id: String::new(),
+    };
+    let u = g
+        .create_unit(req(
+            unit("passports", "north"),
+            &h.token("passports", ADMIN),
+        ))
+        .await
+        .expect("unit")
+        .into_inner();
+    assert_eq!(u.name, "agencies/passports/units/north");
+    for (token, code) in [
+        (h.token("customs", ADMIN), Code::PermissionDenied),
+        (h.token("passports", OFFICER), Code::PermissionDenied),
+        (hub.clone(), Code::PermissionDenied),
+    ] {
+        let e = g
+            .create_unit(req(unit("passports", "south"), &token))
+            .await
+            .expect_err("not the agency's admin");
+        assert_eq!(e.code(), code);
+    }
+    let e = g
+        .create_unit(req(unit("unlisted", "x"), &h.token("unlisted", ADMIN)))
+        .await
+        .expect_err("agency not in the directory");
+    assert_eq!(reason(&e), "AGENCY_NOT_IN_DIRECTORY");
+    let units = g
+        .list_units(req(
+            pb::ListUnitsRequest {
+                parent: "agencies/passports".into(),
+                ..Default::default()
+            },
+            &h.token("passports", OFFICER),
+        ))
+        .await
+        .expect("units")
+        .into_inner();
+    assert_eq!(units.units, std::slice::from_ref(&u));
+    let e = g
+        .list_units(req(
+            pb::ListUnitsRequest {
+                parent: "agencies/passports".into(),
+                ..Default::default()
+            },
+            &h.token("customs", OFFICER),
+        ))
+        .await
+        .expect_err("another agency's units");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = g
+        .list_units(req(
+            pb::ListUnitsRequest {
+                parent: "agencies/passports".into(),
+                page_size: -1,
+                ..Default::default()
+            },
+            &h.token("passports", OFFICER),
+        ))
+        .await
+        .expect_err("negative page size");
+    assert_eq!(violations(&e), ["page_size"]);
+    g.delete_unit(req(
+        pb::DeleteUnitRequest {
+            name: u.name.clone(),
+            etag: u.etag.clone(),
+        },
+        &h.token("passports", ADMIN),
+    ))
+    .await
+    .expect("delete");
+    let e = g
+        .get_unit(req(
+            pb::GetUnitRequest { name: u.name },
+            &h.token("passports", ADMIN),
+        ))
+        .await
+        .expect_err("gone");
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Peer groups: members must be in the directory.
+    let e = g
+        .create_peer_group(req(
+            pb::CreatePeerGroupRequest {
+                peer_group: Some(pb::PeerGroup {
+                    display_name: "Licensing".into(),
+                    agencies: vec!["agencies/passports".into(), "agencies/nowhere".into()],
+                    ..Default::default()
+                }),
+                peer_group_id: "licensing".into(),
+                request_id: String::new(),
+            },
+            &hub,
+        ))
+        .await
+        .expect_err("unknown member");
+    assert_eq!(violations(&e), ["peer_group.agencies[1]"]);
+}
+
+/// A hub of six agencies in one peer group, with the given figures.
+async fn benchmark_hub(h: &Harness) {
+    let hub = h.hub();
+    use pb::BenchmarkConsent::{Anonymous, Named, None as NoConsent};
+    for (id, consent) in [
+        ("a", Anonymous),
+        ("b", Named),
+        ("c", Anonymous),
+        ("d", NoConsent),
+        ("e", Anonymous),
+        ("f", Anonymous),
+    ] {
+        create_agency(h, id, consent, &hub).await.expect("agency");
+    }
+    create_agency(h, "outsider", Anonymous, &hub)
+        .await
+        .expect("agency");
+    h.gateway()
+        .await
+        .create_peer_group(req(
+            pb::CreatePeerGroupRequest {
+                peer_group: Some(pb::PeerGroup {
+                    display_name: "Licensing".into(),
+                    agencies: ["a", "b", "c", "d", "e", "f"]
+                        .iter()
+                        .map(|a| format!("agencies/{a}"))
+                        .collect(),
+                    ..Default::default()
+                }),
+                peer_group_id: "licensing".into(),
+                request_id: String::new(),
+            },
+            &hub,
+        ))
+        .await
+        .expect("peer group");
+    let mut s = h.kpi.lock().expect("lock");
+    s.across = HashMap::from([
+        ("a".to_string(), share(180, 200)),
+        ("b".to_string(), share(120, 150)),
+        ("c".to_string(), share(70, 100)),
+        ("d".to_string(), share(99, 100)),
+        // Below k = 10: withheld, and another with it.
+        ("e".to_string(), share(4, 6)),
+        ("f".to_string(), share(300, 400)),
+    ]);
+}
+
+fn benchmark_request() -> pb::GetBenchmarkRequest {
+    pb::GetBenchmarkRequest {
+        indicator: SATISFACTION.into(),
+        period: "2026-Q3".into(),
+        peer_group: "peerGroups/licensing".into(),
+    }
+}
+
+#[tokio::test]
+async fn benchmark_discloses_only_what_consent_and_counts_allow() {
+    let h = Harness::start().await;
+    benchmark_hub(&h).await;
+    let mut g = h.gateway().await;
+    let b = g
+        .get_benchmark(req(
+            benchmark_request(),
+            &h.token_as("analyst-a", Some("a"), ANALYST),
+        ))
+        .await
+        .expect("benchmark")
+        .into_inner();
+    assert!(b.unreachable.is_empty());
+    // d gave no consent: not asked for, not shown.
+    let asked = h.kpi.lock().expect("lock").asked.clone();
+    assert_eq!(asked, [vec!["a", "b", "c", "e", "f"]]);
+    assert_eq!(b.entries.len(), 5);
+    // The gateway read the peers on its own behalf (an analyst's token does
+    // not reach other agencies), and the catalogue with the caller's token.
+    let subjects = h.kpi.lock().expect("lock").subjects.clone();
+    assert!(subjects.contains(&"gateway".to_string()), "{subjects:?}");
+    assert!(subjects.contains(&"analyst-a".to_string()), "{subjects:?}");
+
+    let by_label: HashMap<&str, &pb::BenchmarkEntry> =
+        b.entries.iter().map(|e| (e.label.as_str(), e)).collect();
+    let own = by_label["Agency A"];
+    assert_eq!(own.agency, "agencies/a");
+    assert_eq!(own.disclosure, pb::Disclosure::Own as i32);
+    assert_eq!(own.rank, 1);
+    assert_eq!(own.quartile, 1);
+    let named = by_label["Agency B"];
+    assert_eq!(named.agency, "agencies/b");
+    assert_eq!(named.disclosure, pb::Disclosure::Named as i32);
+    // Anonymous peers carry neither name nor id.
+    let anonymous: Vec<_> = b
+        .entries
+        .iter()
+        .filter(|e| e.disclosure == pb::Disclosure::Anonymous as i32)
+        .collect();
+    assert_eq!(anonymous.len(), 3);
+    assert!(
+        anonymous
+            .iter()
+            .all(|e| e.agency.is_empty() && e.label.starts_with("Peer "))
+    );
+    assert!(
+        !b.entries
+            .iter()
+            .any(|e| e.label.contains('C') && e.label.contains("Agency"))
+    );
+    // e (n = 6) is withheld, and so is the smallest other peer (c, n = 100),
+    // so the published total cannot give e away.
+    let primary: Vec<_> = b
+        .entries
+        .iter()
+        .filter(|e| e.suppression == pb::Suppression::Primary as i32)
+        .collect();
+    let secondary: Vec<_> = b
+        .entries
+        .iter()
+        .filter(|e| e.suppression == pb::Suppression::Secondary as i32)
+        .collect();
+    assert_eq!(primary.len(), 1);
+    assert_eq!(secondary.len(), 1);
+    for e in primary.iter().chain(&secondary) {
+        let v = e.value.expect("value");
+        assert!(v.suppressed);
+        assert_eq!((v.n, v.value, v.numerator), (0, None, None));
+        assert_eq!(e.rank, 0);
+    }
+    let published_n: i64 = b
+        .entries
+        .iter()
+        .filter_map(|e| e.value.filter(|v| !v.suppressed).map(|v| v.n))
+        .collect::<Vec<_>>()
+        .iter()
+        .sum();
+    assert_eq!(published_n, 200 + 150 + 400);
+    let total = b.total_n.expect("total published");
+    assert_eq!(total, 856);
+    assert!(
+        total - published_n >= 10,
+        "what is withheld is more than one small cell"
+    );
+    // Median of the published values (0.9, 0.8, 0.75) and the comparison.
+    assert!((b.peer_median.expect("median") - 0.8).abs() < 1e-9);
+    assert_eq!(own.versus_median, pb::Comparison::Above as i32);
+    assert_eq!(named.versus_median, pb::Comparison::NotSignificant as i32);
+
+    // A hub_admin sees no one as its own, and reads with its own token.
+    let b = g
+        .get_benchmark(req(benchmark_request(), &h.hub()))
+        .await
+        .expect("hub benchmark")
+        .into_inner();
+    assert!(
+        b.entries
+            .iter()
+            .all(|e| e.disclosure != pb::Disclosure::Own as i32)
+    );
+    assert_eq!(
+        b.entries
+            .iter()
+            .filter(|e| e.disclosure == pb::Disclosure::Anonymous as i32)
+            .count(),
+        4
+    );
+
+    // Without consent an agency sees no benchmark; outside the group, none either.
+    let e = g
+        .get_benchmark(req(benchmark_request(), &h.token("d", ANALYST)))
+        .await
+        .expect_err("no consent");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&e), "BENCHMARK_CONSENT_REQUIRED");
+    let e = g
+        .get_benchmark(req(benchmark_request(), &h.token("outsider", ANALYST)))
+        .await
+        .expect_err("not a member");
+    assert_eq!(e.code(), Code::NotFound);
+    let e = g
+        .get_benchmark(req(benchmark_request(), &h.token("a", OFFICER)))
+        .await
+        .expect_err("officers do not benchmark");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = g
+        .get_benchmark(req(
+            pb::GetBenchmarkRequest {
+                indicator: "no_such_thing".into(),
+                ..benchmark_request()
+            },
+            &h.token("a", ANALYST),
+        ))
+        .await
+        .expect_err("unknown indicator");
+    assert_eq!(violations(&e), ["indicator"]);
+    let e = g
+        .get_benchmark(req(
+            pb::GetBenchmarkRequest {
+                indicator: String::new(),
+                period: "soon".into(),
+                peer_group: "groups/x".into(),
+            },
+            &h.token("a", ANALYST),
+        ))
+        .await
+        .expect_err("bad request");
+    assert_eq!(violations(&e), ["indicator", "peer_group", "period"]);
+}
+
+async fn export(h: &Harness, token: String, name: String) -> Result<pb::ClientDataExport, Status> {
+    h.gateway()
+        .await
+        .export_client_data(req(pb::ExportClientDataRequest { client: name }, &token))
+        .await
+        .map(Response::into_inner)
+}
+
+#[tokio::test]
+async fn export_gathers_one_clients_data() {
+    let mut h = Harness::start().await;
+    let officer = h.token("passports", OFFICER);
+    let client = h
+        .register_client()
+        .await
+        .create_client(req(
+            reg::CreateClientRequest {
+                parent: "agencies/passports".into(),
+                client: Some(reg::Client {
+                    kind: reg::ClientKind::Person as i32,
+                    given_names: "Aroha".into(),
+                    family_name: "Ngata".into(),
+                    email: "aroha@example.org".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &officer,
+        ))
+        .await
+        .expect("client")
+        .into_inner();
+    let mine = file_complaint(
+        &h,
+        "passports",
+        cpb::complainant::Who::Client(client.name.clone()),
+    )
+    .await;
+    file_complaint(&h, "passports", cpb::complainant::Who::Anonymous(true)).await;
+    let x = export(&h, officer.clone(), client.name.clone())
+        .await
+        .expect("export");
+    assert!(x.unreachable.is_empty());
+    assert_eq!(
+        x.register.expect("register").client.expect("client").email,
+        "aroha@example.org"
+    );
+    assert_eq!(x.complaints.len(), 1);
+    assert_eq!(x.complaints[0].name, mine.name);
+    let e = export(&h, h.token("passports", ANALYST), client.name.clone())
+        .await
+        .expect_err("analyst");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = export(&h, h.token("customs", OFFICER), client.name.clone())
+        .await
+        .expect_err("tenancy");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = export(
+        &h,
+        officer.clone(),
+        "agencies/passports/clients/nobody".into(),
+    )
+    .await
+    .expect_err("unknown");
+    assert_eq!(e.code(), Code::NotFound);
+    h.complaints.stop().await;
+    let x = export(&h, officer, client.name.clone())
+        .await
+        .expect("partial export");
+    assert_eq!(x.unreachable, ["complaints"]);
+    assert!(x.register.is_some());
+}
+
+#[tokio::test]
+async fn json_api_and_pages_answer() {
+    let h = Harness::start().await;
+    benchmark_hub(&h).await;
+    file_complaint(&h, "a", cpb::complainant::Who::Anonymous(true)).await;
+    let (status, body) = h.http_get("/", None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<main"), "{body}");
+    for asset in ["/assets/app.js", "/assets/app.css"] {
+        assert_eq!(h.http_get(asset, None).await.0, 200, "{asset}");
+    }
+    let (status, body) = h.http_get("/api/dashboard", None).await;
+    assert_eq!(status, 401);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(json["error"]["code"], "Unauthenticated");
+
+    let token = h.token_as("manager-a", Some("a"), &[Role::Officer, Role::AgencyAdmin]);
+    let (status, body) = h.http_get("/api/me", Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    let me: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(me["agency"], "a");
+
+    let (status, body) = h
+        .http_get("/api/dashboard?period=2026-Q3", Some(&token))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let d: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(d["agency"], "agencies/a");
+    assert_eq!(d["complaints"]["open"], 1);
+    assert_eq!(d["complaints"]["queue"][0]["severity"], "HIGH");
+    assert_eq!(d["headlines"][0]["verdict"], "MET");
+    assert_eq!(d["headlines"][0]["trend"], "UP");
+    assert_eq!(d["equity"][0]["dimension"], "DISABILITY");
+    assert_eq!(d["start_date"], "2026-07-01");
+
+    let (status, body) = h
+        .http_get("/api/dashboard?period=nonsense", Some(&token))
+        .await;
+    assert_eq!(status, 400);
+    let e: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(e["error"]["fields"][0]["field"], "period");
+
+    let (status, body) = h
+        .http_get(
+            "/api/benchmark?peer_group=peerGroups/licensing&indicator=share_satisfied.a11_satisfaction&period=2026-Q3",
+            Some(&token),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let b: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(b["entries"].as_array().expect("entries").len(), 5);
+    assert_eq!(b["entries"][0]["disclosure"], "OWN");
+    for path in ["/api/peer-groups", "/api/agencies", "/api/indicators"] {
+        let (status, body) = h.http_get(path, Some(&token)).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    assert_eq!(h.http_get("/nothing-here", None).await.0, 404);
+}
