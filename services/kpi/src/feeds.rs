@@ -438,8 +438,8 @@ pub fn spawn(
     ]
 }
 
-/// Clears the rollups and both cursors in one transaction, then replays
-/// both feeds from their first event. Returns the events applied per feed.
+/// Checks that both producers answer, clears the rollups and both cursors
+/// in one transaction, then replays both feeds from their first event. Returns the events applied per feed.
 /// Safe beside running consumers of the same database: their cursor
 /// compare-and-set makes them yield or replay with it.
 pub async fn rebuild(
@@ -447,6 +447,10 @@ pub async fn rebuild(
     complaints: &dyn FeedSource,
     feedback: &dyn FeedSource,
 ) -> Result<(u64, u64), ConsumeError> {
+    // Both producers must answer before anything is cleared.
+    for source in [complaints, feedback] {
+        source.list(0, 1).await.map_err(ConsumeError::Source)?;
+    }
     let mut tx = db.write(Scope::AllAgencies).await?;
     // Cursors first: a running consumer that has applied a page but not yet
     // moved the cursor then finds it moved (its compare-and-set fails and it
