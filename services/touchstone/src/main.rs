@@ -6,6 +6,7 @@ mod bench;
 mod clients;
 mod complaints;
 mod csv_import;
+mod demo;
 mod feedback;
 mod kpi;
 mod run;
@@ -34,7 +35,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run every service on the embedded SQLite default, with development keys.
-    Up,
+    Up {
+        /// Fill the hub with demo data (as `touchstone demo`) once the services are up.
+        #[arg(long)]
+        demo: bool,
+        #[command(flatten)]
+        demo_options: demo::DemoOptions,
+    },
     /// Run one service (for Kubernetes): needs a master key and a JWKS source.
     Serve {
         /// The service to run.
@@ -61,6 +68,9 @@ enum Command {
     /// KPI maintenance: rebuild the rollups from the change feeds.
     #[command(subcommand)]
     Kpi(kpi::KpiCommand),
+    /// Create a demo hub of several agencies with a year of activity,
+    /// through the services' APIs (run `touchstone up` first).
+    Demo(demo::DemoOptions),
     /// Generate load against a fresh register and a bare tonic echo server in
     /// this process, and report req/s, latency percentiles and ratios.
     Bench(bench::BenchArgs),
@@ -121,7 +131,7 @@ fn main() -> std::process::ExitCode {
 
 async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
-        Command::Up => run::up(settings).await,
+        Command::Up { demo, demo_options } => run::up(settings, demo.then_some(demo_options)).await,
         Command::Serve { service } => run::serve(settings, service).await,
         Command::Migrate { service } => run::migrate(settings, service).await,
         Command::Token(args) => {
@@ -143,6 +153,10 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Feedback(cmd) => feedback::run(cmd, &settings).await,
         Command::Complaints(cmd) => complaints::run(cmd, &settings).await,
         Command::Kpi(cmd) => kpi::run(cmd, &settings).await,
+        Command::Demo(options) => {
+            let targets = demo::Targets::from_settings(&settings);
+            demo::run(&settings, &targets, &options).await
+        }
         Command::Bench(args) => bench::run(args, &settings).await,
     }
 }

@@ -340,8 +340,12 @@ async fn wait_all(running: Vec<Running>, stop: watch::Sender<bool>) -> anyhow::R
     first_error.map_or(Ok(()), Err)
 }
 
-/// `touchstone up`: every service, development keys, a token to try it with.
-pub(crate) async fn up(mut settings: Settings) -> anyhow::Result<()> {
+/// `touchstone up`: every service, development keys, a token to try it with;
+/// with `demo`, the demo hub created through their APIs before the banner.
+pub(crate) async fn up(
+    mut settings: Settings,
+    demo: Option<crate::demo::DemoOptions>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir).with_context(|| {
         format!(
             "creating {} (setting data_dir)",
@@ -377,6 +381,25 @@ pub(crate) async fn up(mut settings: Settings) -> anyhow::Result<()> {
     let mut running = Vec::new();
     for service in ServiceName::ALL {
         running.push(start_service(&settings, service, &env, rx.clone()).await?);
+    }
+    if let Some(options) = &demo {
+        let addr = |name: &str| {
+            running
+                .iter()
+                .find(|r| r.name == name)
+                .map_or_else(String::new, |r| format!("http://{}", r.addr))
+        };
+        let targets = crate::demo::Targets {
+            register: addr("register"),
+            complaints: addr("complaints"),
+            feedback: addr("feedback"),
+            kpi: addr("kpi"),
+            gateway: addr("gateway"),
+        };
+        if let Err(e) = crate::demo::run(&settings, &targets, options).await {
+            let _ = stop.send(true);
+            return Err(e.context("creating the demo data"));
+        }
     }
     let token = dev.mint(&TokenRequest {
         subject: "dev-user".into(),
