@@ -42,6 +42,10 @@ pub fn migration_sets() -> [&'static MigrationSet; 2] {
     [&touchstone_platform::db::PLATFORM_MIGRATIONS, &MIGRATIONS]
 }
 
+/// Calls in flight to one backend at a time (below the services' default
+/// per-connection limit of 256).
+pub const MAX_CALLS_PER_BACKEND: usize = 128;
+
 /// The services the gateway joins, and what it needs besides.
 #[derive(Debug, Clone)]
 pub struct Peers {
@@ -61,9 +65,13 @@ impl Peers {
         token: ServiceToken,
         min_count: u64,
     ) -> Result<Peers, tonic::transport::Error> {
+        // One HTTP/2 connection per backend carries every dashboard's calls;
+        // past this many at once they wait their turn here rather than be
+        // shed by the backend's per-connection limit.
         let lazy = |url: &str| {
             tonic::transport::Endpoint::from_shared(url.to_string()).map(|e| {
                 e.connect_timeout(std::time::Duration::from_secs(2))
+                    .concurrency_limit(MAX_CALLS_PER_BACKEND)
                     .connect_lazy()
             })
         };

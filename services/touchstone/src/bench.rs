@@ -13,6 +13,7 @@
 mod complaints;
 mod echo;
 mod feedback;
+mod gateway;
 mod kpi;
 mod load;
 mod target;
@@ -111,6 +112,9 @@ enum ScenarioArg {
     Complaints,
     /// KPI events applied vs raw inserts; QueryIndicator vs a raw SQL aggregate.
     Kpi,
+    /// GetDashboard's parallel fan-out vs the same calls one after another;
+    /// its req/s vs echo.
+    Gateway,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +264,7 @@ pub(crate) async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<
             return complaints::run(&args, pg_url.as_deref(), settings).await;
         }
         ScenarioArg::Kpi => return kpi::run(&args, pg_url.as_deref(), settings).await,
+        ScenarioArg::Gateway => return gateway::run(&args, settings).await,
     };
     let needs_register = scenarios.iter().any(|s| *s != Scenario::Echo);
     let pool = args
