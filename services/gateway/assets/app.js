@@ -107,8 +107,9 @@ function token() {
 }
 
 async function api(path) {
-  const headers = { Accept: "application/json" };
-  if (token()) headers.Authorization = "Bearer " + token();
+  // Without a token there is nothing to ask: say so without a failed request.
+  if (!token()) return { error: { code: "Unauthenticated", message: "not signed in" } };
+  const headers = { Accept: "application/json", Authorization: "Bearer " + token() };
   let response;
   try {
     response = await fetch(path, { headers });
@@ -294,6 +295,12 @@ async function renderEquity(content) {
 }
 
 async function renderBenchmark(content) {
+  const me = await api("/api/me");
+  if (me.error) return showError(me.error);
+  if (!me.roles.some((r) => r === "analyst" || r === "agency_admin" || r === "hub_admin")) {
+    content.append(el("p", { text: "Benchmarks are for the analyst, agency_admin and hub_admin roles." }));
+    return;
+  }
   const [groups, catalogue] = await Promise.all([api("/api/peer-groups"), api("/api/indicators")]);
   if (groups.error) return showError(groups.error);
   if (catalogue.error) return showError(catalogue.error);
