@@ -426,16 +426,23 @@ pub fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
-/// The group's value over the members whose value is known: pooled shares
-/// and rates from their counts, means and NPS weighted by n, counts summed.
-/// Quantiles do not pool.
+/// The group's value over every member with data, when all their values are
+/// known: pooled shares and rates from their counts, means and NPS weighted
+/// by n, counts summed. Quantiles do not pool.
 fn pooled_value(members: &[MemberFigure], kind: kpi::IndicatorKind) -> Option<f64> {
-    let known: Vec<&kpi::Value> = members
+    let with_data: Vec<&kpi::Value> = members
         .iter()
         .filter_map(|m| m.value.as_ref())
+        .filter(|v| v.n > 0)
+        .collect();
+    let known: Vec<&kpi::Value> = with_data
+        .iter()
+        .copied()
         .filter(|v| v.value.is_some() && !v.suppressed)
         .collect();
-    if known.is_empty() {
+    // A member whose value the KPI service withheld cannot be pooled; a
+    // pool without it would pass for the group's and is not given.
+    if known.is_empty() || known.len() < with_data.len() {
         return None;
     }
     match kind {
@@ -719,6 +726,18 @@ mod tests {
             .collect();
         assert_eq!(published, [200, 120]);
         assert_eq!(d.total_n, Some(374));
+        // Every value is known to the gateway, so the pool is whole: 180 + 40 + 2 + 84 of 374.
+        assert!((d.pooled.unwrap() - 306.0 / 374.0).abs() < 1e-9);
+        // A value the KPI service withheld leaves the pool unpublished.
+        let mut partial = members.clone();
+        partial[2].value = Some(kpi::Value {
+            n: 4,
+            suppressed: true,
+            ..Default::default()
+        });
+        let d = disclose(&partial, Some("a"), 10, kpi::IndicatorKind::Share, true);
+        assert_eq!(d.total_n, Some(374));
+        assert_eq!(d.pooled, None);
         // Withheld entries carry nothing but the flag.
         for e in d.entries.iter().filter(|e| e.suppression != 0) {
             assert_eq!(e.value.as_ref().unwrap().n, 0);
