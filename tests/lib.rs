@@ -28,7 +28,7 @@ pub const REGISTER_SERVICE: &str = "touchstone.register.v1.RegisterService";
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The services `up` runs besides the register, by their setting names.
-pub const OTHER_SERVICES: &[&str] = &["complaints", "feedback", "kpi"];
+pub const OTHER_SERVICES: &[&str] = &["complaints", "feedback", "kpi", "gateway"];
 
 /// How long `touchstone up` may take to report SERVING.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -388,6 +388,11 @@ impl Up {
                     format!("http://127.0.0.1:{p}"),
                 );
             }
+            // The gateway's web dashboard, likewise.
+            cmd.env(
+                "TOUCHSTONE_HUB__HTTP_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            );
             let mut up = Up {
                 proc: Proc::spawn(cmd),
                 port,
