@@ -95,9 +95,9 @@ pub(crate) const AGENCIES: &[AgencySpec] = &[
         responses: 9000,
         ack_on_time: 0.96,
         respond_on_time: 0.9,
-        quality: 0.72,
+        quality: 0.82,
         trend: 0.06,
-        remote_gap: 0.05,
+        remote_gap: 0.14,
     },
     AgencySpec {
         id: "tenancy",
@@ -135,9 +135,9 @@ pub(crate) const AGENCIES: &[AgencySpec] = &[
         responses: 7000,
         ack_on_time: 0.88,
         respond_on_time: 0.76,
-        quality: 0.58,
+        quality: 0.7,
         trend: 0.0,
-        remote_gap: 0.12,
+        remote_gap: 0.16,
     },
     AgencySpec {
         id: "customs",
@@ -174,9 +174,9 @@ pub(crate) const AGENCIES: &[AgencySpec] = &[
         responses: 6000,
         ack_on_time: 0.8,
         respond_on_time: 0.64,
-        quality: 0.5,
+        quality: 0.62,
         trend: -0.05,
-        remote_gap: 0.04,
+        remote_gap: 0.06,
     },
     AgencySpec {
         id: "licensing",
@@ -214,9 +214,9 @@ pub(crate) const AGENCIES: &[AgencySpec] = &[
         responses: 7000,
         ack_on_time: 0.93,
         respond_on_time: 0.84,
-        quality: 0.66,
+        quality: 0.76,
         trend: 0.02,
-        remote_gap: 0.15,
+        remote_gap: 0.18,
     },
     AgencySpec {
         id: "veterans",
@@ -252,7 +252,7 @@ pub(crate) const AGENCIES: &[AgencySpec] = &[
         responses: 2500,
         ack_on_time: 0.9,
         respond_on_time: 0.7,
-        quality: 0.62,
+        quality: 0.72,
         trend: 0.03,
         remote_gap: 0.08,
     },
@@ -904,8 +904,24 @@ fn plan_complaints(
             }
         })
         .collect();
-    // Steps after the anchor have not happened yet: recent complaints stay open.
+    // Steps after the anchor have not happened yet: recent complaints stay
+    // open. Some recent ones are stuck (not yet acknowledged, or in progress
+    // with no response), more so in a late agency: the overdue queue.
     for c in &mut out {
+        let received = c
+            .complaint
+            .receive_time
+            .as_ref()
+            .map_or(0, |t| t.seconds * 1000);
+        let age = anchor_ms - received;
+        if age < 6 * DAY && rng.gen_bool((1.0 - spec.ack_on_time) * 3.0) {
+            c.steps.clear();
+        } else if age < 45 * DAY
+            && rng.gen_bool(((1.0 - spec.respond_on_time) * 1.5).min(1.0))
+            && let Some(start) = c.steps.iter().position(|s| s.action == A::Start as i32)
+        {
+            c.steps.truncate(start + 1);
+        }
         let keep = c
             .steps
             .iter()
@@ -965,7 +981,7 @@ fn plan_responses(
                 [weighted(rng, &[50.0, 20.0, 18.0, 7.0, 5.0])];
             let (unit, _) = *pick(rng, spec.units);
             let client =
-                (!linkable.is_empty() && rng.gen_bool(0.15)).then(|| *pick(rng, &linkable));
+                (!linkable.is_empty() && rng.gen_bool(0.35)).then(|| *pick(rng, &linkable));
             // Quality: the agency's, its trend over the year, the channel,
             // and an equity gap for remote respondents; then noise.
             let age = 1.0 - (anchor_ms - submit_ms) as f64 / (HISTORY_DAYS * DAY) as f64;
@@ -976,7 +992,7 @@ fn plan_responses(
             if client.is_some_and(|c| c.remote) {
                 q -= spec.remote_gap;
             }
-            let noise: f64 = (0..3).map(|_| rng.r#gen::<f64>() - 0.5).sum::<f64>() * 0.6;
+            let noise: f64 = (0..3).map(|_| rng.r#gen::<f64>() - 0.5).sum::<f64>() * 0.45;
             let latent = (q + noise).clamp(0.0, 1.0);
             let five =
                 |rng: &mut StdRng| clamp(1.0 + latent * 4.0 + rng.gen_range(-0.6..0.6), 1, 5);

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Headless-browser test of the web dashboard: starts `touchstone up --demo`
+# on a fresh data directory and free ports, signs in to the dashboard with a
+# development token in Debian's chromium (driven by playwright-core), opens
+# every page, checks each shows the demo data with no console error, saves a
+# screenshot per page in target/browser/, and stops the server.
+#
+#   tests/browser/run.sh
+#
+# Environment:
+#   TOUCHSTONE_BIN  the binary to test (default: target/release/touchstone if
+#                   it exists, else target/debug/touchstone, built if missing)
+#   DEMO_SCALE      share of the full demo volume (default 0.2)
+#   BROWSER_OUT     where screenshots and logs go (default target/browser)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+out="${BROWSER_OUT:-$root/target/browser}"
+scale="${DEMO_SCALE:-0.2}"
+mkdir -p "$out"
+rm -f "$out"/*.png "$out"/results.json
+
+# Debian's chromium; `apt-get` needs root (or sudo).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "browser test: installing chromium and chromium-driver"
+  sudo_=""
+  [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
+# playwright-core, pinned by package-lock.json; it never downloads a browser.
+if [ ! -f "$here/node_modules/playwright-core/package.json" ]; then
+  echo "browser test: npm ci"
+  (cd "$here" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+bin="${TOUCHSTONE_BIN:-}"
+if [ -z "$bin" ]; then
+  if [ -x "$root/target/release/touchstone" ]; then
+    bin="$root/target/release/touchstone"
+  else
+    bin="$root/target/debug/touchstone"
+    [ -x "$bin" ] || (cd "$root" && cargo build -p touchstone)
+  fi
+fi
+
+data="$(mktemp -d -t touchstone-browser-XXXXXX)"
+server=""
+cleanup() {
+  if [ -n "$server" ] && kill -0 "$server" 2>/dev/null; then
+    kill -TERM "$server" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      kill -0 "$server" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$server" 2>/dev/null || true
+  fi
+  rm -rf "$data"
+}
+trap cleanup EXIT
+
+# Every service and the dashboard on a free port of its own.
+free_ports() {
+  node -e '
+    const net = require("net");
+    const n = Number(process.argv[1]);
+    const servers = [];
+    let got = [];
+    for (let i = 0; i < n; i++) {
+      const s = net.createServer();
+      s.listen(0, "127.0.0.1", () => {
+        got.push(s.address().port);
+        servers.push(s);
+        if (got.length === n) { console.log(got.join(" ")); servers.forEach((x) => x.close()); }
+      });
+    }' "$1"
+}
+read -r p_register p_complaints p_feedback p_kpi p_gateway p_http < <(free_ports 6)
+env_vars=(
+  "TOUCHSTONE_DATA_DIR=$data"
+  "TOUCHSTONE_LOG_LEVEL=warn"
+  "TOUCHSTONE_HUB__HTTP_LISTEN=127.0.0.1:$p_http"
+)
+for pair in register:$p_register complaints:$p_complaints feedback:$p_feedback kpi:$p_kpi gateway:$p_gateway; do
+  name="${pair%%:*}"
+  port="${pair##*:}"
+  upper="$(echo "$name" | tr '[:lower:]' '[:upper:]')"
+  env_vars+=("TOUCHSTONE_${upper}__LISTEN=127.0.0.1:$port" "TOUCHSTONE_PEERS__${upper}=http://127.0.0.1:$port")
+done
+
+echo "browser test: $bin up --demo --scale $scale (data in $data, dashboard on 127.0.0.1:$p_http)"
+env "${env_vars[@]}" "$bin" up --demo --scale "$scale" >"$out/up.log" 2>"$out/up.err" &
+server=$!
+for _ in $(seq 1 600); do
+  grep -q "Stop with Ctrl-C" "$out/up.log" 2>/dev/null && break
+  if ! kill -0 "$server" 2>/dev/null; then
+    echo "browser test: touchstone up exited early" >&2
+    cat "$out/up.log" "$out/up.err" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
+if ! grep -q "Stop with Ctrl-C" "$out/up.log"; then
+  echo "browser test: touchstone up --demo did not become ready in 300 s" >&2
+  tail -n 50 "$out/up.log" "$out/up.err" >&2
+  exit 1
+fi
+grep "^Demo hub\|^The KPI" "$out/up.log" || true
+
+token="$(env "${env_vars[@]}" "$bin" token --agency passports \
+  --role analyst --role agency_admin --role officer --role senior_officer --subject browser-test)"
+
+node "$here/check.mjs" "http://127.0.0.1:$p_http" "$token" "$out"
