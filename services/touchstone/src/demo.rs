@@ -239,6 +239,14 @@ pub(crate) async fn run(
     options: &DemoOptions,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
+    if !DevKey::jwks_path(&settings.data_dir).exists() {
+        bail!(
+            "the demo signs its tokens with the development key that `touchstone up` keeps in \
+             its data directory, and there is none in {} (setting data_dir): run it with the \
+             configuration of `touchstone up`",
+            settings.data_dir.display()
+        );
+    }
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     // The year of activity ends at the start of today (UTC), so a re-run on
     // the same day sends exactly the same requests.

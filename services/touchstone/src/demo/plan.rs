@@ -97,7 +97,7 @@ pub(crate) const AGENCIES: &[AgencySpec] = &[
         respond_on_time: 0.9,
         quality: 0.82,
         trend: 0.06,
-        remote_gap: 0.14,
+        remote_gap: 0.22,
     },
     AgencySpec {
         id: "tenancy",
@@ -137,7 +137,7 @@ pub(crate) const AGENCIES: &[AgencySpec] = &[
         respond_on_time: 0.76,
         quality: 0.7,
         trend: 0.0,
-        remote_gap: 0.16,
+        remote_gap: 0.25,
     },
     AgencySpec {
         id: "customs",
@@ -176,7 +176,7 @@ pub(crate) const AGENCIES: &[AgencySpec] = &[
         respond_on_time: 0.64,
         quality: 0.62,
         trend: -0.05,
-        remote_gap: 0.06,
+        remote_gap: 0.1,
     },
     AgencySpec {
         id: "licensing",
@@ -216,7 +216,7 @@ pub(crate) const AGENCIES: &[AgencySpec] = &[
         respond_on_time: 0.84,
         quality: 0.76,
         trend: 0.02,
-        remote_gap: 0.18,
+        remote_gap: 0.28,
     },
     AgencySpec {
         id: "veterans",
@@ -254,7 +254,7 @@ pub(crate) const AGENCIES: &[AgencySpec] = &[
         respond_on_time: 0.7,
         quality: 0.72,
         trend: 0.03,
-        remote_gap: 0.08,
+        remote_gap: 0.15,
     },
 ];
 
@@ -508,7 +508,7 @@ fn plan_clients(spec: &AgencySpec, rng: &mut StdRng, n: usize) -> Vec<PlannedCli
             let id = format!("demo-{:05}", i + 1);
             let organisation = spec.id == "customs" && rng.gen_bool(0.15)
                 || spec.id == "tenancy" && rng.gen_bool(0.08);
-            let remote = rng.gen_bool(0.14);
+            let remote = rng.gen_bool(0.25);
             let yes_no = |rng: &mut StdRng, p: f64| match weighted(rng, &[p, 1.0 - p - 0.06, 0.06])
             {
                 0 => Y::Yes,
