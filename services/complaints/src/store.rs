@@ -65,13 +65,9 @@ pub static COMPLAINT_SCHEMA: Schema = Schema {
         field("service", "service", FieldType::Text, false),
         field("senior_queue", "senior_queue", FieldType::Bool, false),
         field("receive_time", "receive_time", FieldType::Timestamp, true),
-        Field {
-            name: "due_time",
-            column: "due_time",
-            ty: FieldType::Timestamp,
-            sortable: true,
-            nullable: true,
-        },
+        // Never NULL: the largest BIGINT when nothing is pending (see
+        // DueColumns), so ordering by it can walk an index.
+        field("due_time", "due_time", FieldType::Timestamp, true),
         Field {
             name: "overdue",
             column: "overdue_from",
@@ -198,6 +194,14 @@ pub struct DueColumns {
     pub overdue_from: Option<i64>,
 }
 
+impl DueColumns {
+    /// The due time as stored: nothing pending is "due never", the largest
+    /// BIGINT, which sorts last and matches no `due_time < …` filter.
+    pub fn stored_due_time(&self) -> i64 {
+        self.due_time.unwrap_or(i64::MAX)
+    }
+}
+
 fn aad(agency: &str, id: &str, what: &str) -> String {
     format!("complaints/{agency}/{id}/{what}")
 }
@@ -299,7 +303,7 @@ pub async fn insert_complaint(
     .bind(s.stage.proto() as i64)
     .bind(s.senior_queue)
     .bind(s.receive_time)
-    .bind(due.due_time)
+    .bind(due.stored_due_time())
     .bind(due.overdue_from)
     .bind(serde_json::to_string(&r.needs).map_err(|_| Error::Corrupt("needs"))?)
     .bind(state_json(s)?)
@@ -348,7 +352,7 @@ pub async fn update_complaint(
     .bind(s.status.proto() as i64)
     .bind(s.stage.proto() as i64)
     .bind(s.senior_queue)
-    .bind(due.due_time)
+    .bind(due.stored_due_time())
     .bind(due.overdue_from)
     .bind(serde_json::to_string(&r.needs).map_err(|_| Error::Corrupt("needs"))?)
     .bind(state_json(s)?)
@@ -773,7 +777,7 @@ pub async fn set_due(tx: &mut Tx, agency: &str, id: &str, due: DueColumns) -> Re
     sqlx::query(
         "UPDATE complaints SET due_time = $1, overdue_from = $2 WHERE agency = $3 AND id = $4",
     )
-    .bind(due.due_time)
+    .bind(due.stored_due_time())
     .bind(due.overdue_from)
     .bind(agency)
     .bind(id)

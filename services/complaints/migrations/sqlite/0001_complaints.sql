@@ -18,7 +18,7 @@ CREATE TABLE complaints (
     stage         INTEGER NOT NULL,
     senior_queue  INTEGER NOT NULL,
     receive_time  INTEGER NOT NULL,
-    due_time      INTEGER,
+    due_time      INTEGER NOT NULL,
     overdue_from  INTEGER,
     accessibility TEXT    NOT NULL,
     state         TEXT    NOT NULL,
@@ -31,7 +31,10 @@ CREATE TABLE complaints (
 );
 CREATE INDEX complaints_by_receipt ON complaints (agency, receive_time);
 CREATE INDEX complaints_by_overdue ON complaints (agency, overdue_from) WHERE overdue_from IS NOT NULL;
-CREATE INDEX complaints_by_due ON complaints (agency, due_time) WHERE due_time IS NOT NULL;
+-- Lists by due time, and the overdue list (overdue rows are the earliest due):
+-- due_time is the largest BIGINT when nothing is pending, so it is never NULL
+-- and an ORDER BY due_time, id walks this index.
+CREATE INDEX complaints_by_due ON complaints (agency, due_time, id);
 CREATE INDEX complaints_by_officer ON complaints (agency, officer, status);
 CREATE INDEX complaints_by_client ON complaints (agency, client_id);
 CREATE INDEX complaints_pending_check ON complaints (client_check) WHERE client_check = 2;

@@ -37,13 +37,13 @@ CREATE TABLE bench_raw_complaints (
     anonymous INTEGER NOT NULL, channel INTEGER NOT NULL, service TEXT NOT NULL,
     category TEXT NOT NULL, unit TEXT NOT NULL, officer TEXT NOT NULL, severity INTEGER NOT NULL,
     status INTEGER NOT NULL, stage INTEGER NOT NULL, senior_queue INTEGER NOT NULL,
-    receive_time INTEGER NOT NULL, due_time INTEGER, overdue_from INTEGER,
+    receive_time INTEGER NOT NULL, due_time INTEGER NOT NULL, overdue_from INTEGER,
     accessibility TEXT NOT NULL, state TEXT NOT NULL, personal BLOB, redacted INTEGER NOT NULL,
     revision INTEGER NOT NULL, create_time INTEGER NOT NULL, update_time INTEGER NOT NULL,
     PRIMARY KEY (agency, id));
 CREATE INDEX bench_raw_complaints_by_receipt ON bench_raw_complaints (agency, receive_time);
 CREATE INDEX bench_raw_complaints_by_overdue ON bench_raw_complaints (agency, overdue_from) WHERE overdue_from IS NOT NULL;
-CREATE INDEX bench_raw_complaints_by_due ON bench_raw_complaints (agency, due_time) WHERE due_time IS NOT NULL;
+CREATE INDEX bench_raw_complaints_by_due ON bench_raw_complaints (agency, due_time, id);
 CREATE INDEX bench_raw_complaints_by_officer ON bench_raw_complaints (agency, officer, status);
 CREATE INDEX bench_raw_complaints_by_client ON bench_raw_complaints (agency, client_id);";
 
@@ -53,13 +53,13 @@ CREATE TABLE bench_raw_complaints (
     anonymous BOOLEAN NOT NULL, channel BIGINT NOT NULL, service TEXT NOT NULL,
     category TEXT NOT NULL, unit TEXT NOT NULL, officer TEXT NOT NULL, severity BIGINT NOT NULL,
     status BIGINT NOT NULL, stage BIGINT NOT NULL, senior_queue BOOLEAN NOT NULL,
-    receive_time BIGINT NOT NULL, due_time BIGINT, overdue_from BIGINT,
+    receive_time BIGINT NOT NULL, due_time BIGINT NOT NULL, overdue_from BIGINT,
     accessibility TEXT NOT NULL, state TEXT NOT NULL, personal BYTEA, redacted BOOLEAN NOT NULL,
     revision BIGINT NOT NULL, create_time BIGINT NOT NULL, update_time BIGINT NOT NULL,
     PRIMARY KEY (agency, id));
 CREATE INDEX bench_raw_complaints_by_receipt ON bench_raw_complaints (agency, receive_time);
 CREATE INDEX bench_raw_complaints_by_overdue ON bench_raw_complaints (agency, overdue_from) WHERE overdue_from IS NOT NULL;
-CREATE INDEX bench_raw_complaints_by_due ON bench_raw_complaints (agency, due_time) WHERE due_time IS NOT NULL;
+CREATE INDEX bench_raw_complaints_by_due ON bench_raw_complaints (agency, due_time, id);
 CREATE INDEX bench_raw_complaints_by_officer ON bench_raw_complaints (agency, officer, status);
 CREATE INDEX bench_raw_complaints_by_client ON bench_raw_complaints (agency, client_id);";
 
@@ -394,7 +394,7 @@ async fn bulk_load(db: &Db, keys: &Keyring, n: u64) -> anyhow::Result<u64> {
                 .bind(state.status.proto() as i64)
                 .bind(false)
                 .bind(receive)
-                .bind(clocks.due_time)
+                .bind(clocks.due_time.unwrap_or(i64::MAX))
                 .bind(clocks.overdue_from)
                 .bind(serde_json::to_string(&state)?)
                 .bind(sealed)
