@@ -450,8 +450,17 @@ pub async fn insert_response(
     out.pop().ok_or(Error::Corrupt("no insert result"))
 }
 
-/// Most parameters bound to one statement (SQLite allows 32,766, PostgreSQL 65,535).
-const MAX_PARAMS: usize = 30_000;
+/// Most parameters to bind to one multi-row statement. PostgreSQL allows
+/// 65,535 and each statement is a round trip, so large ones pay. SQLite
+/// allows 32,766, but binding by position looks each parameter's name up in
+/// a list (sqlite3_bind_parameter_name), so the cost of a statement grows
+/// with the square of its parameters: small statements are cheaper there.
+fn params_per_statement(tx: &Tx) -> usize {
+    match tx.backend() {
+        Backend::Sqlite => 120,
+        Backend::Postgres => 30_000,
+    }
+}
 
 /// Inserts responses of one agency (with their import keys) and their
 /// standard-item scores in as few statements as the parameter limits allow;
@@ -467,8 +476,9 @@ pub async fn insert_responses(
         return Ok(Vec::new());
     };
     let agency = first.agency.as_str();
+    let limit = params_per_statement(tx);
     let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
-    for chunk in rows.chunks(MAX_PARAMS / COLUMNS) {
+    for chunk in rows.chunks(limit / COLUMNS) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| {
                 let p: Vec<String> = (1..=COLUMNS)
@@ -528,7 +538,7 @@ pub async fn insert_responses(
         .filter_map(|(_, k)| *k)
         .collect();
     let mut existing: HashMap<(String, String), String> = HashMap::new();
-    for chunk in missed.chunks(MAX_PARAMS) {
+    for chunk in missed.chunks(limit - 1) {
         let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
         let sql = format!(
             "SELECT survey_id, import_key, id FROM responses WHERE agency = $1 AND import_key IN ({})",
@@ -553,7 +563,7 @@ pub async fn insert_responses(
                 .filter_map(move |a| a.score.map(|s| (*r, a.item, s)))
         })
         .collect();
-    for chunk in scores.chunks(MAX_PARAMS / 6) {
+    for chunk in scores.chunks(limit / 6) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| {
                 let b = i * 6;
@@ -718,7 +728,7 @@ pub async fn append_events(tx: &mut Tx, agency: &str, events: &[BatchEvent]) -> 
     };
     outbox::append_pending(tx, agency, &first.name, &first.pending).await?;
     let now = touchstone_platform::times::now_millis();
-    for chunk in rest.chunks(MAX_PARAMS / 3) {
+    for chunk in rest.chunks((params_per_statement(tx) - 2) / 3) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| format!("($1, ${}, ${}, $2, ${})", 3 * i + 3, 3 * i + 4, 3 * i + 5))
             .collect();

@@ -5,8 +5,9 @@
 //!   the bare tonic echo, with the same connections and requests in flight;
 //! - `ImportResponses` rows per second (one client stream of `--import-rows`
 //!   rows) against a raw batched insert of the same rows (multi-row INSERTs
-//!   of 200 rows, one transaction each) into a scratch table shaped like
-//!   `responses`, in the same database.
+//!   of 200 rows per transaction, split into statements of at most as many
+//!   parameters as the service's own store binds) into a scratch table shaped
+//!   like `responses`, in the same database.
 
 use super::load::{self, Measured, Op, Window};
 use super::{
@@ -28,9 +29,16 @@ use touchstone_platform::config::Settings;
 use touchstone_platform::db::Db;
 use touchstone_platform::keyring::Keyring;
 
-/// Rows per raw INSERT statement (and per transaction) of the baseline; the
-/// service also writes imported rows 200 to a transaction.
+/// Rows per transaction of the raw baseline, as the service writes imports.
 const RAW_BATCH: usize = 200;
+/// Parameters per raw INSERT statement, as the service's store binds them:
+/// SQLite's cost per statement grows with the square of its parameters.
+fn raw_params(db: &Db) -> usize {
+    match db.backend() {
+        touchstone_platform::db::Backend::Sqlite => 120,
+        touchstone_platform::db::Backend::Postgres => 30_000,
+    }
+}
 
 /// The scratch table of the raw baseline: the columns, keys and indexes of `responses`.
 const RAW_TABLE: &str = "\
@@ -279,41 +287,53 @@ async fn raw_insert(db: &Db, survey_id: &str, rows: u64) -> anyhow::Result<Durat
     ]))?;
     let started = Instant::now();
     let mut done = 0u64;
+    let per_statement = raw_params(db) / 7;
     while done < rows {
         let n = RAW_BATCH.min((rows - done) as usize);
-        let values: Vec<String> = (0..n)
-            .map(|i| {
-                let b = i * 7;
-                format!(
-                    "($1, ${}, $2, 2, 'north', ${}, NULL, ${}, NULL, FALSE, NULL, ${}, ${}, ${}, TRUE, NULL, FALSE, ${})",
-                    b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9
-                )
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO bench_raw_responses (agency, id, survey_id, channel, unit, submit_time, \
-             transaction_id, import_key, client_id, contact_agreed, characteristics, answers, \
-             originals, sentiment, anonymous, follow_up_id, erased, create_time) VALUES {}",
-            values.join(", ")
-        );
+        let now = touchstone_platform::times::now_millis();
         let mut tx = db
             .write(touchstone_platform::db::Scope::Agency(AGENCY))
             .await?;
-        let now = touchstone_platform::times::now_millis();
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(AGENCY)
-            .bind(survey_id);
-        for i in 0..n {
-            q = q
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(now)
-                .bind(format!("r:raw-{}", done + i as u64))
-                .bind(answers_json.clone())
-                .bind(blob.clone())
-                .bind(10i64)
-                .bind(now);
+        let mut offset = 0;
+        while offset < n {
+            let m = per_statement.min(n - offset);
+            let values: Vec<String> = (0..m)
+                .map(|i| {
+                    let b = i * 7;
+                    format!(
+                        "($1, ${}, $2, 2, 'north', ${}, NULL, ${}, NULL, FALSE, NULL, ${}, ${}, ${}, TRUE, NULL, FALSE, ${})",
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8,
+                        b + 9
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO bench_raw_responses (agency, id, survey_id, channel, unit, submit_time, \
+                 transaction_id, import_key, client_id, contact_agreed, characteristics, answers, \
+                 originals, sentiment, anonymous, follow_up_id, erased, create_time) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(AGENCY)
+                .bind(survey_id);
+            for i in 0..m {
+                q = q
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(now)
+                    .bind(format!("r:raw-{}", done + (offset + i) as u64))
+                    .bind(answers_json.clone())
+                    .bind(blob.clone())
+                    .bind(10i64)
+                    .bind(now);
+            }
+            q.execute(tx.conn()).await?;
+            offset += m;
         }
-        q.execute(tx.conn()).await?;
         tx.commit().await?;
         done += n as u64;
     }
@@ -485,7 +505,7 @@ pub(super) async fn run(
         import_time.as_secs_f64()
     );
     println!(
-        "raw batched insert{:>10.1} rows/s ({} rows, {} per statement, {:.2}s)",
+        "raw batched insert{:>10.1} rows/s ({} rows, {} per transaction, {:.2}s)",
         raw_rate,
         args.import_rows,
         RAW_BATCH,
