@@ -83,6 +83,40 @@ async function rows(p, selector, atLeast) {
   if (n < atLeast) throw new Error(`expected at least ${atLeast} rows in ${selector}, found ${n}`);
 }
 
+// Basic accessibility of what is on screen: one h1, every visible form
+// control labelled, every table captioned, charts described; and a skip
+// link first in the tab order.
+async function accessibility(p) {
+  const found = await p.evaluate(() => {
+    const out = [];
+    const visible = (e) => !!(e.offsetWidth || e.offsetHeight || e.getClientRects().length);
+    if (document.querySelectorAll("h1").length !== 1) out.push("not exactly one h1");
+    for (const c of document.querySelectorAll("input, select, textarea")) {
+      if (!visible(c) || c.type === "hidden") continue;
+      if (!(c.labels && c.labels.length) && !c.getAttribute("aria-label")) {
+        out.push(`unlabelled ${c.tagName.toLowerCase()}#${c.id || "?"}`);
+      }
+    }
+    for (const t of document.querySelectorAll("main table")) {
+      if (!t.querySelector("caption")) out.push("table without a caption");
+    }
+    for (const g of document.querySelectorAll("main svg")) {
+      if (!g.getAttribute("aria-label") && !g.querySelector("title")) out.push("chart without a description");
+    }
+    return out;
+  });
+  // The skip link comes first in the tab order, and the keyboard reaches it.
+  const first = await p.evaluate(() => {
+    const focusable = document.querySelectorAll(
+      'a[href], button, input, select, textarea, [tabindex]:not([tabindex="-1"])');
+    return focusable.length ? focusable[0].className : "";
+  });
+  if (first !== "skip") found.push(`the first focusable element is ".${first}", not the skip link`);
+  await p.locator("a.skip").focus();
+  if (!(await p.locator("a.skip").isVisible())) found.push("the skip link does not show when focused");
+  return found;
+}
+
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
@@ -149,6 +183,7 @@ try {
       await page.waitForLoadState("networkidle");
       const errors = await page.locator("main .notice.error").allInnerTexts();
       for (const e of errors) problems.push(`error notice: ${e}`);
+      for (const a of await accessibility(page)) problems.push(`accessibility: ${a}`);
       await spec.expect(page);
     } catch (e) {
       problems.push(String(e.message || e).split("\n")[0]);
