@@ -75,11 +75,16 @@ impl Partial {
             Err(status) => {
                 match classify(&status) {
                     Failure::Unreachable => {
-                        tracing::warn!(backend, code = ?status.code(), "backend unreachable");
-                        self.unreachable.insert(backend);
+                        if self.unreachable.insert(backend) {
+                            tracing::warn!(backend, code = ?status.code(), "backend unreachable");
+                        }
                     }
                     Failure::Withheld => {
                         self.withheld.insert(section);
+                    }
+                    Failure::Empty if status.code() == tonic::Code::InvalidArgument => {
+                        // The gateway built a request the backend refuses: a bug here.
+                        tracing::warn!(backend, section, "backend refused the gateway's request");
                     }
                     Failure::Empty => {
                         tracing::debug!(backend, code = ?status.code(), "backend had nothing");
