@@ -290,6 +290,20 @@ async fn up_demo_creates_a_hub_through_the_apis_and_a_rerun_adds_nothing() {
             .entries;
         assert_eq!(history.first().map(|e| e.action.as_str()), Some("RECEIVE"));
         assert!(history.len() > 1, "{history:?}");
+        let issues = ComplaintsServiceClient::new(ports.channel("complaints").await)
+            .list_issues(with_token(
+                cpb::ListIssuesRequest {
+                    parent: format!("agencies/{AGENCY}"),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .expect("ListIssues")
+            .into_inner()
+            .issues;
+        assert_eq!(issues.len(), 3, "the learning register: {issues:?}");
+        assert!(issues.iter().all(|i| !i.complaints.is_empty()));
 
         // Responses carry their own past submit times and, some, comments.
         assert!(

@@ -145,6 +145,7 @@ made!(
     reg::Client,
     cpb::Calendar,
     cpb::Complaint,
+    cpb::Issue,
     kpb::Standard,
     fpb::Volume
 );
@@ -334,6 +335,9 @@ pub(crate) async fn run(
     )
     .await?;
     tally.add_n("volume records", v_new, v_old);
+    for p in &plans {
+        record_issues(&apis, p, &mut tally).await?;
+    }
     bar.finish_and_clear();
     let seeded = started.elapsed();
     println!(
@@ -364,12 +368,40 @@ pub(crate) async fn run(
             Err(e) => println!("The KPI service has not caught up yet: {e:#}"),
         }
     }
+    let sign_in = DevKey::load_or_create(&settings.data_dir)?.mint(&TokenRequest {
+        subject: "demo-manager".into(),
+        agency: Some(SIGN_IN_AGENCY.into()),
+        agencies: None,
+        roles: vec![
+            Role::Officer,
+            Role::SeniorOfficer,
+            Role::Analyst,
+            Role::AgencyAdmin,
+        ],
+        ttl: Duration::from_secs(12 * 3600),
+        issuer: settings.auth.issuer.clone(),
+        audience: settings.auth.audience.clone(),
+    })?;
     println!(
-        "Sign in to the dashboard with a token of a demo agency, e.g. \
-         `touchstone token --agency passports --role analyst --role agency_admin --role officer`."
+        "Demo token (agency \"{SIGN_IN_AGENCY}\"; roles officer, senior_officer, analyst, \
+         agency_admin; 12 hours), for the dashboard's sign-in or the APIs:"
+    );
+    println!("  export DEMO_TOKEN={sign_in}");
+    println!(
+        "Other demo agencies: {}; mint their tokens with \
+         `touchstone token --agency AGENCY --role analyst --role officer`.",
+        plans
+            .iter()
+            .map(|p| p.spec.id)
+            .filter(|a| *a != SIGN_IN_AGENCY)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
+
+/// The agency whose ready-made token the demo prints.
+const SIGN_IN_AGENCY: &str = "passports";
 
 /// A hub_admin token for every agency, minted with the local development key.
 fn hub_admin(settings: &Settings) -> anyhow::Result<MetadataValue<Ascii>> {
@@ -916,6 +948,88 @@ async fn import_responses(
         existing += e;
     }
     Ok((created, existing))
+}
+
+/// The learning register: systemic issues found across the agency's
+/// complaints, with the solutions recommended and where each stands.
+async fn record_issues(apis: &Apis, p: &AgencyPlan, tally: &mut Tally) -> anyhow::Result<()> {
+    use cpb::issue::State;
+    let agency = p.spec.id;
+    let issues = [
+        (
+            "online-uploads",
+            "Online form loses uploaded documents",
+            "Clients complain that documents uploaded through the online form are lost when \
+             the session times out, so they have to apply again.",
+            "online-service",
+            "Save drafts automatically and extend the upload time-out; tell clients when an \
+             upload has been received.",
+            p.spec.units[p.spec.units.len() - 1].0,
+            State::Actioned,
+        ),
+        (
+            "first-response-delays",
+            "Slow first response at peak times",
+            "Acknowledgements and first responses run late in the weeks after public \
+             holidays, when intake doubles.",
+            p.spec.categories[0],
+            "Roster extra staff after public holidays and send an automatic acknowledgement \
+             that gives the expected timeframe.",
+            p.spec.units[0].0,
+            State::Open,
+        ),
+        (
+            "plain-language-decisions",
+            "Decisions not explained in plain language",
+            "Complainants say decision letters do not explain why or what they can do next.",
+            "staff-conduct",
+            "Rewrite the decision letter templates in plain language and train staff to \
+             explain review rights.",
+            "quality-and-training",
+            State::Closed,
+        ),
+    ];
+    for (id, title, description, category, solution, owner, state) in issues {
+        let mut complaints: Vec<String> = p
+            .complaints
+            .iter()
+            .filter(|c| c.complaint.category == category)
+            .take(5)
+            .map(|c| format!("agencies/{agency}/complaints/{}", c.id))
+            .collect();
+        if complaints.is_empty() {
+            complaints.extend(
+                p.complaints
+                    .iter()
+                    .take(2)
+                    .map(|c| format!("agencies/{agency}/complaints/{}", c.id)),
+            );
+        }
+        let req = cpb::CreateIssueRequest {
+            parent: format!("agencies/{agency}"),
+            issue_id: id.into(),
+            request_id: format!("demo-issue-{agency}-{id}"),
+            issue: Some(cpb::Issue {
+                title: title.into(),
+                description: description.into(),
+                complaints,
+                recommended_solution: solution.into(),
+                owner: owner.into(),
+                state: state as i32,
+                ..Default::default()
+            }),
+        };
+        let done = settle(
+            "CreateIssue",
+            apis.complaints
+                .clone()
+                .create_issue(request(req, apis.token(agency)))
+                .await,
+            apis.since_ms,
+        )?;
+        tally.add("learning-register issues", done);
+    }
+    Ok(())
 }
 
 /// Customers served and offered each survey per month, consistent with the

@@ -257,7 +257,12 @@ pub(super) async fn run(
         raw_insert(&fresh.db, n).await?;
         let raw_s = started.elapsed().as_secs_f64();
         if let Some(admin) = fresh.admin() {
-            for t in ["kpi_cells", "kpi_day_totals", "bench_raw_responses"] {
+            for t in [
+                "kpi_cells",
+                "kpi_unit_days",
+                "kpi_day_totals",
+                "bench_raw_responses",
+            ] {
                 sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {t}")))
                     .execute(admin.pool())
                     .await?;
