@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use futures::{StreamExt, stream};
 use indicatif::{ProgressBar, ProgressStyle};
 use plan::{AgencyPlan, DAY, Form, PlannedAnswer, timestamp};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -323,8 +323,10 @@ pub(crate) async fn run(
     );
     let (c_new, c_old) = complaints_done?;
     tally.add_n("complaints", c_new, c_old);
-    let (r_new, r_old) = responses_done?;
+    let (r_new, r_old, submitted) = responses_done?;
     tally.add_n("survey responses", r_new, r_old);
+    let closed = close_follow_ups(&apis, &plans, &submitted, anchor_ms, concurrency).await?;
+    tally.add_n("follow-ups worked", closed, 0);
     let (v_new, v_old) = record_volumes(
         &apis,
         &plans,
@@ -862,7 +864,7 @@ async fn import_responses(
     plans: &[AgencyPlan],
     surveys: &BTreeMap<&'static str, Vec<String>>,
     bar: &ProgressBar,
-) -> anyhow::Result<(u64, u64)> {
+) -> anyhow::Result<(u64, u64, HashMap<String, i64>)> {
     let streams = plans.iter().map(|p| {
         let agency = p.spec.id;
         let names = &surveys[agency];
@@ -937,17 +939,110 @@ async fn import_responses(
                     out.rejected
                 );
             }
-            anyhow::Ok((out.created as u64, out.already_imported as u64))
+            // When each stored response was submitted, by its name.
+            let submitted: Vec<(String, i64)> = out
+                .results
+                .iter()
+                .filter_map(|r| {
+                    let planned = p.responses.get(usize::try_from(r.row).ok()?)?;
+                    Some((r.response.clone(), planned.submit_ms))
+                })
+                .collect();
+            anyhow::Ok((out.created as u64, out.already_imported as u64, submitted))
         }
     });
     let mut results = stream::iter(streams).buffer_unordered(plans.len());
-    let (mut created, mut existing) = (0, 0);
+    let (mut created, mut existing, mut submitted) = (0, 0, HashMap::new());
     while let Some(done) = results.next().await {
-        let (c, e) = done?;
+        let (c, e, s) = done?;
         created += c;
         existing += e;
+        submitted.extend(s);
     }
-    Ok((created, existing))
+    Ok((created, existing, submitted))
+}
+
+/// Follow-ups the responses opened, dealt with as an agency would: those
+/// opened by responses more than three weeks old are closed (mostly
+/// resolved, some with no action) or under way, recent ones stay open.
+async fn close_follow_ups(
+    apis: &Apis,
+    plans: &[AgencyPlan],
+    submitted: &HashMap<String, i64>,
+    anchor_ms: i64,
+    concurrency: usize,
+) -> anyhow::Result<u64> {
+    let mut jobs = Vec::new();
+    for p in plans {
+        let agency = p.spec.id;
+        let mut page_token = String::new();
+        loop {
+            let page = apis
+                .feedback
+                .clone()
+                .list_follow_ups(request(
+                    fpb::ListFollowUpsRequest {
+                        parent: format!("agencies/{agency}"),
+                        page_size: 1000,
+                        page_token: page_token.clone(),
+                        filter: "status = OPEN".into(),
+                        order_by: String::new(),
+                    },
+                    apis.token(agency),
+                ))
+                .await
+                .map_err(|s| describe("ListFollowUps", &s))?
+                .into_inner();
+            for f in page.follow_ups {
+                let Some(at) = submitted.get(&f.response) else {
+                    continue;
+                };
+                if anchor_ms - at < 21 * DAY {
+                    continue;
+                }
+                // One in ten is still being worked on (the client was
+                // contacted), one in eight could not be reached (closed
+                // with no action).
+                let status = if at % 10 == 0 {
+                    fpb::FollowUpStatus::Contacted
+                } else if at % 8 == 1 {
+                    fpb::FollowUpStatus::NoAction
+                } else {
+                    fpb::FollowUpStatus::Resolved
+                };
+                let req = fpb::UpdateFollowUpRequest {
+                    request_id: format!("demo-close-{}", f.name.replace('/', "-")),
+                    follow_up: Some(fpb::FollowUp {
+                        name: f.name,
+                        status: status as i32,
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["status".into()],
+                    }),
+                };
+                let mut feedback = apis.feedback.clone();
+                let token = apis.token(agency);
+                jobs.push(async move {
+                    feedback
+                        .update_follow_up(request(req, token))
+                        .await
+                        .map_err(|s| describe("UpdateFollowUp", &s))
+                });
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+    let mut results = stream::iter(jobs).buffer_unordered(concurrency);
+    let mut closed = 0;
+    while let Some(done) = results.next().await {
+        done?;
+        closed += 1;
+    }
+    Ok(closed)
 }
 
 /// The learning register: systemic issues found across the agency's
