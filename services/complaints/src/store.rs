@@ -63,6 +63,7 @@ pub static COMPLAINT_SCHEMA: Schema = Schema {
         field("unit", "unit", FieldType::Text, true),
         field("category", "category", FieldType::Text, true),
         field("service", "service", FieldType::Text, false),
+        field("client_id", "client_id", FieldType::Text, false),
         field("senior_queue", "senior_queue", FieldType::Bool, false),
         field("receive_time", "receive_time", FieldType::Timestamp, true),
         // Never NULL: the largest BIGINT when nothing is pending (see

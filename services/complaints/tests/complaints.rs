@@ -1058,6 +1058,25 @@ async fn intake_copies_needs_and_survives_the_register_being_down() {
         .into_inner();
     assert_eq!(got.client_check, pb::ClientCheck::Verified as i32);
     assert!(got.accessibility.expect("needs").interpreter_needed);
+    // A subject-access search: the client's complaints only.
+    create(&mut c, &t, "dia", anonymous("Someone else's."), "")
+        .await
+        .expect("other");
+    let id = client.name.rsplit('/').next().expect("id");
+    let theirs = c
+        .list_complaints(req(
+            pb::ListComplaintsRequest {
+                parent: "agencies/dia".into(),
+                filter: format!("client_id = \"{id}\""),
+                ..Default::default()
+            },
+            &t,
+        ))
+        .await
+        .expect("by client")
+        .into_inner()
+        .complaints;
+    assert_eq!(theirs.len(), 2);
     h.stop().await;
 }
 
