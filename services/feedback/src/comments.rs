@@ -4,6 +4,8 @@
 //! in tests/data/comments.csv.
 
 use crate::domain::TopicRuleDef;
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 /// Replaces email addresses, phone numbers, card-like and id-like numbers.
 /// What is left keeps the comment readable: "[email]", "[phone]", "[card]",
@@ -335,6 +337,33 @@ const BOOSTERS: &[&str] = &[
     "most",
 ];
 
+/// The lexicon, for lookups.
+static VALENCE: LazyLock<HashMap<&'static str, f64>> =
+    LazyLock::new(|| LEXICON.iter().copied().collect());
+
+/// First words of the lexicon's phrases: only after one of them is a
+/// phrase looked for.
+static PHRASE_HEADS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    LEXICON
+        .iter()
+        .filter_map(|(p, _)| p.split_once(' ').map(|(head, _)| head))
+        .collect()
+});
+
+/// A keyword as it is searched for: its words, space-separated and padded.
+fn needle(keyword: &str) -> Option<String> {
+    let w = words(keyword);
+    (!w.is_empty()).then(|| format!(" {} ", w.join(" ")))
+}
+
+/// The built-in topics' keywords, normalised once.
+static TOPIC_NEEDLES: LazyLock<Vec<(&'static str, Vec<String>)>> = LazyLock::new(|| {
+    TOPICS
+        .iter()
+        .map(|(topic, keywords)| (*topic, keywords.iter().filter_map(|k| needle(k)).collect()))
+        .collect()
+});
+
 /// Lower-case words, apostrophes kept inside words.
 fn words(text: &str) -> Vec<String> {
     text.to_lowercase()
@@ -358,12 +387,16 @@ pub fn sentiment(text: &str) -> f64 {
     while i < w.len() {
         // Longest phrase first (up to four words).
         let mut matched = None;
-        for len in (1..=4.min(w.len() - i)).rev() {
-            let phrase = w[i..i + len].join(" ");
-            if let Some((_, v)) = LEXICON.iter().find(|(p, _)| *p == phrase) {
-                matched = Some((len, *v));
-                break;
+        if PHRASE_HEADS.contains(w[i].as_str()) {
+            for len in (2..=4.min(w.len() - i)).rev() {
+                if let Some(v) = VALENCE.get(w[i..i + len].join(" ").as_str()) {
+                    matched = Some((len, *v));
+                    break;
+                }
             }
+        }
+        if matched.is_none() {
+            matched = VALENCE.get(w[i].as_str()).map(|v| (1, *v));
         }
         let Some((len, mut value)) = matched else {
             i += 1;
@@ -559,17 +592,18 @@ pub const TOPICS: &[(&str, &[&str])] = &[
 /// once, sorted.
 pub fn topics(text: &str, rules: &[TopicRuleDef]) -> Vec<String> {
     let haystack = format!(" {} ", words(text).join(" "));
-    let has = |keyword: &str| {
-        let needle = format!(" {} ", words(keyword).join(" "));
-        !needle.trim().is_empty() && haystack.contains(&needle)
-    };
-    let mut found: Vec<String> = TOPICS
+    let mut found: Vec<String> = TOPIC_NEEDLES
         .iter()
-        .filter(|(_, kws)| kws.iter().any(|k| has(k)))
+        .filter(|(_, needles)| needles.iter().any(|n| haystack.contains(n.as_str())))
         .map(|(t, _)| t.to_string())
         .collect();
     for rule in rules {
-        if rule.keywords.iter().any(|k| has(k)) {
+        if rule
+            .keywords
+            .iter()
+            .filter_map(|k| needle(k))
+            .any(|n| haystack.contains(&n))
+        {
             found.push(rule.topic.clone());
         }
     }
