@@ -403,4 +403,62 @@ async fn figures_from_the_real_producers_over_grpc() {
     assert_eq!((rate.numerator, rate.denominator), (Some(12), Some(120)));
     let per_1000 = value("complaints_per_1000_served").await;
     assert!((per_1000.value.expect("rate") - 6.0).abs() < 1e-9);
+
+    // The same service wired as `touchstone up` wires it: `start` spawns both
+    // consumers, which reach the same figures on their own.
+    let started_db = testing::fresh(&touchstone_kpi::migration_sets()).await;
+    let peers = touchstone_kpi::Peers::connect(
+        &format!("http://{complaints_addr}"),
+        &format!("http://{feedback_addr}"),
+        service_token("kpi"),
+    )
+    .expect("peers");
+    let (routes, tasks) = touchstone_kpi::start(
+        started_db.db.clone(),
+        Arc::new(Keyring::new(MasterKey::generate())),
+        verifier.clone(),
+        peers,
+    );
+    assert_eq!(tasks.len(), 2);
+    let (started_addr, _s) = serve(
+        "kpi",
+        touchstone_kpi::SERVICE_NAME,
+        routes,
+        started_db.db.clone(),
+    )
+    .await;
+    let mut started = KpiServiceClient::new(channel(started_addr).await);
+    let mut seen = (0, 0);
+    for _ in 0..300 {
+        let n = |indicator: &str| {
+            req(
+                pb::QueryIndicatorRequest {
+                    agency: "agencies/dia".into(),
+                    indicator: indicator.into(),
+                    start_date: Some(wire(start)),
+                    end_date: Some(wire(end)),
+                    ..Default::default()
+                },
+                &analyst,
+            )
+        };
+        let c = started
+            .query_indicator(n("complaints_received"))
+            .await
+            .expect("query");
+        let f = started
+            .query_indicator(n("share_satisfied.a11_satisfaction"))
+            .await
+            .expect("query");
+        let count = |r: pb::QueryIndicatorResponse| r.series[0].points[0].value.map_or(0, |v| v.n);
+        seen = (count(c.into_inner()), count(f.into_inner()));
+        if seen == (3, 12) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, (3, 12));
+    for t in tasks {
+        t.abort();
+    }
 }
