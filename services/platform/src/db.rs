@@ -106,11 +106,14 @@ impl Db {
                 Box::pin(async move {
                     // WAL lets readers run beside the one writer; secure_delete
                     // overwrites erased personal data instead of leaving it in
-                    // free pages.
+                    // free pages; `optimize` gathers the planner's statistics
+                    // where they are missing or stale (bounded by
+                    // analysis_limit), as SQLite advises for each connection.
                     conn.execute(sqlx::raw_sql(
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                          PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                         PRAGMA secure_delete = ON;",
+                         PRAGMA secure_delete = ON; PRAGMA analysis_limit = 1000; \
+                         PRAGMA optimize = 0x10002;",
                     ))
                     .await?;
                     Ok(())
