@@ -403,7 +403,7 @@ pub(crate) async fn run(
 }
 
 /// The agency whose ready-made token the demo prints.
-const SIGN_IN_AGENCY: &str = "passports";
+pub(crate) const SIGN_IN_AGENCY: &str = "passports";
 
 /// A hub_admin token for every agency, minted with the local development key.
 fn hub_admin(settings: &Settings) -> anyhow::Result<MetadataValue<Ascii>> {

@@ -401,16 +401,22 @@ pub(crate) async fn up(
             return Err(e.context("creating the demo data"));
         }
     }
+    // With the demo, the ready-to-use token is for an agency that has data.
+    let agency = if demo.is_some() {
+        crate::demo::SIGN_IN_AGENCY
+    } else {
+        DEV_AGENCY
+    };
     let token = dev.mint(&TokenRequest {
         subject: "dev-user".into(),
-        agency: Some(DEV_AGENCY.into()),
+        agency: Some(agency.into()),
         agencies: None,
         roles: vec![Role::Officer, Role::SeniorOfficer, Role::AgencyAdmin],
         ttl: Duration::from_secs(12 * 3600),
         issuer: settings.auth.issuer.clone(),
         audience: settings.auth.audience.clone(),
     })?;
-    print_banner(&running, &token);
+    print_banner(&running, &token, agency);
     if settings.hub.dashboard {
         println!(
             "Dashboard: http://{}/  (sign in with the development token above)",
@@ -420,21 +426,21 @@ pub(crate) async fn up(
     wait_all(running, stop).await
 }
 
-fn print_banner(running: &[Running], token: &str) {
+fn print_banner(running: &[Running], token: &str, agency: &str) {
     println!("Touchstone is up.");
     for r in running {
         println!("  {:<10} {}  (gRPC, gRPC-Web, /metrics)", r.name, r.addr);
     }
     println!();
     println!(
-        "Development token (agency \"{DEV_AGENCY}\"; roles officer, senior_officer, agency_admin; 12 hours):"
+        "Development token (agency \"{agency}\"; roles officer, senior_officer, agency_admin; 12 hours):"
     );
     println!("  export TOKEN={token}");
     if let Some(register) = running.iter().find(|r| r.name == "register") {
         println!();
         println!("Try it:");
         println!(
-            "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"parent\":\"agencies/{DEV_AGENCY}\"}}' {} touchstone.register.v1.RegisterService/ListClients",
+            "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"parent\":\"agencies/{agency}\"}}' {} touchstone.register.v1.RegisterService/ListClients",
             register.addr
         );
     }
