@@ -41,7 +41,7 @@ const POLL: Duration = Duration::from_millis(50);
 pub const BIN_ENV: &str = "E2E_TOUCHSTONE_BIN";
 
 /// The `touchstone` binary next to this test executable (target/<profile>/),
-/// built with `cargo build -p touchstone` first when it is missing, or the one
+/// brought up to date with `cargo build -p touchstone` first, or the one
 /// named by `E2E_TOUCHSTONE_BIN`. Panics with instructions when it cannot be
 /// found or built.
 ///
@@ -71,11 +71,11 @@ fn locate_or_build() -> Result<PathBuf, String> {
         .and_then(Path::parent)
         .ok_or_else(|| format!("unexpected test executable path {}", exe.display()))?;
     let bin = profile_dir.join(format!("touchstone{}", std::env::consts::EXE_SUFFIX));
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    let how = "build it with `cargo build -p touchstone` (same profile and --target as the tests), \
-               or run `cargo test --workspace`, which builds every binary first";
+    // Always ask cargo: a binary left by an earlier build would test old code
+    // (`cargo test` does not rebuild the binary of a package without
+    // integration tests); when it is up to date this costs a moment.
+    let how = "build it with `cargo build -p touchstone` (same profile and --target as the \
+               tests) and name it in E2E_TOUCHSTONE_BIN";
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let mut build = Command::new(&cargo);
@@ -91,13 +91,12 @@ fn locate_or_build() -> Result<PathBuf, String> {
             build.args(["--profile", other]);
         }
     }
-    eprintln!("e2e: {} is missing; running {build:?}", bin.display());
     let status = build.stdin(Stdio::null()).status().map_err(|e| {
-        format!("the `touchstone` binary is missing and running cargo failed ({e}); {how}")
+        format!("running cargo to build the `touchstone` binary failed ({e}); {how}")
     })?;
     if !status.success() {
         return Err(format!(
-            "the `touchstone` binary is missing and `cargo build -p touchstone` failed ({status}); {how}"
+            "`cargo build -p touchstone` failed ({status}); {how}"
         ));
     }
     if bin.is_file() {
