@@ -471,6 +471,34 @@ pub fn estimate(indicator: &Indicator, cells: &Cells, k: u64) -> Estimate {
     e
 }
 
+/// Withholds a published estimate (keeps only n).
+pub fn withhold(e: &mut Estimate) {
+    e.suppressed = true;
+    e.value = None;
+    e.interval = None;
+    e.fraction = None;
+    e.basis = Basis::None;
+}
+
+/// Secondary suppression across the groups of one period, whose total is
+/// published elsewhere (the unsplit query): when exactly one non-empty group
+/// is withheld, the smallest other published group is withheld too, so the
+/// first cannot be recovered by subtraction. Returns the index withheld.
+pub fn suppress_secondary(groups: &mut [&mut Estimate]) -> Option<usize> {
+    let hidden = groups.iter().filter(|e| e.suppressed && e.n > 0).count();
+    if hidden != 1 {
+        return None;
+    }
+    let partner = groups
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !e.suppressed && e.n > 0)
+        .min_by_key(|(_, e)| e.n)
+        .map(|(i, _)| i)?;
+    withhold(groups[partner]);
+    Some(partner)
+}
+
 /// The test of `current` against `previous` (a period before, or the rest
 /// of the population), when one applies and both are published.
 pub fn compare(current: &Estimate, previous: &Estimate) -> Option<stats::Test> {

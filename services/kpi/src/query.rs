@@ -110,6 +110,18 @@ pub async fn series(tx: &mut Tx, q: &Query<'_>) -> Result<Vec<(String, Vec<Point
         }
         out.push((group, points));
     }
+    if out.len() > 1 {
+        for i in 0..periods.len() {
+            let mut column: Vec<&mut Estimate> =
+                out.iter_mut().map(|(_, p)| &mut p[i].estimate).collect();
+            if let Some(g) = domain::suppress_secondary(&mut column) {
+                out[g].1[i].test = None;
+                if let Some(next) = out[g].1.get_mut(i + 1) {
+                    next.test = None;
+                }
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -159,7 +171,7 @@ pub async fn equity(tx: &mut Tx, q: &Query<'_>) -> Result<(Estimate, Vec<Segment
         domain::merge(&mut all, cells);
     }
     let whole = domain::estimate(q.indicator, &all, q.k);
-    let segments = parts
+    let mut segments: Vec<Segment> = parts
         .into_iter()
         .map(|(label, cells)| {
             let estimate = domain::estimate(q.indicator, &cells, q.k);
@@ -177,5 +189,10 @@ pub async fn equity(tx: &mut Tx, q: &Query<'_>) -> Result<(Estimate, Vec<Segment
             }
         })
         .collect();
+    let mut column: Vec<&mut Estimate> = segments.iter_mut().map(|s| &mut s.estimate).collect();
+    if let Some(g) = domain::suppress_secondary(&mut column) {
+        segments[g].gap = None;
+        segments[g].test = None;
+    }
     Ok((whole, segments))
 }

@@ -1870,3 +1870,66 @@ async fn hub_reads_one_indicator_across_agencies() {
         .expect_err("partial");
     assert_eq!(err.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn a_suppressed_group_cannot_be_recovered_from_the_total() {
+    let h = Harness::start(10).await;
+    let (complaints, mut feedback) = (VecFeed::default(), VecFeed::default());
+    let mut i = 0;
+    for (unit, n) in [("north", 30), ("south", 20), ("east", 5)] {
+        for k in 0..n {
+            i += 1;
+            let mut r = response("a1", i, date(2026, 6, 1 + (k % 28)), 4 + (k % 2), 2);
+            r.unit = unit.into();
+            feedback.push("a1", "r", &r);
+        }
+    }
+    h.feed(&complaints, &feedback).await;
+    let mut c = h.client().await;
+    let token = h.token("a1", ANALYST);
+    let r = query(
+        &mut c,
+        &token,
+        "a1",
+        "share_satisfied.a11_satisfaction",
+        date(2026, 6, 1),
+        date(2026, 6, 30),
+        pb::Granularity::Month,
+        pb::Dimension::Unit,
+        "",
+    )
+    .await
+    .expect("query");
+    let cells: Vec<(String, i64, bool, Option<f64>)> = r
+        .series
+        .iter()
+        .map(|s| {
+            let v = s.points[0].value.as_ref().expect("value");
+            (s.group.clone(), v.n, v.suppressed, v.value)
+        })
+        .collect();
+    // East (5) is below k; south, the smallest other unit, is withheld too,
+    // or east would be the unsplit total minus north and south.
+    assert_eq!(
+        cells,
+        vec![
+            ("east".to_string(), 5, true, None),
+            ("north".to_string(), 30, false, Some(1.0)),
+            ("south".to_string(), 20, true, None),
+        ]
+    );
+    let whole = query(
+        &mut c,
+        &token,
+        "a1",
+        "share_satisfied.a11_satisfaction",
+        date(2026, 6, 1),
+        date(2026, 6, 30),
+        pb::Granularity::Month,
+        pb::Dimension::Unspecified,
+        "",
+    )
+    .await
+    .expect("query");
+    assert_eq!(whole.series[0].points[0].value.as_ref().expect("v").n, 55);
+}
