@@ -42,7 +42,6 @@ CREATE TABLE bench_raw_complaints (
     revision INTEGER NOT NULL, create_time INTEGER NOT NULL, update_time INTEGER NOT NULL,
     PRIMARY KEY (agency, id));
 CREATE INDEX bench_raw_complaints_by_receipt ON bench_raw_complaints (agency, receive_time);
-CREATE INDEX bench_raw_complaints_by_overdue ON bench_raw_complaints (agency, overdue_from) WHERE overdue_from IS NOT NULL;
 CREATE INDEX bench_raw_complaints_by_due ON bench_raw_complaints (agency, due_time, id);
 CREATE INDEX bench_raw_complaints_by_officer ON bench_raw_complaints (agency, officer, status);
 CREATE INDEX bench_raw_complaints_by_client ON bench_raw_complaints (agency, client_id);";
@@ -58,7 +57,6 @@ CREATE TABLE bench_raw_complaints (
     revision BIGINT NOT NULL, create_time BIGINT NOT NULL, update_time BIGINT NOT NULL,
     PRIMARY KEY (agency, id));
 CREATE INDEX bench_raw_complaints_by_receipt ON bench_raw_complaints (agency, receive_time);
-CREATE INDEX bench_raw_complaints_by_overdue ON bench_raw_complaints (agency, overdue_from) WHERE overdue_from IS NOT NULL;
 CREATE INDEX bench_raw_complaints_by_due ON bench_raw_complaints (agency, due_time, id);
 CREATE INDEX bench_raw_complaints_by_officer ON bench_raw_complaints (agency, officer, status);
 CREATE INDEX bench_raw_complaints_by_client ON bench_raw_complaints (agency, client_id);";
