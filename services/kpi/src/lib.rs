@@ -81,29 +81,6 @@ impl Peers {
     }
 }
 
-/// The environment variable that sets the suppression threshold `k`
-/// (default 10): figures from fewer observations are withheld.
-pub const MIN_COUNT_VAR: &str = "TOUCHSTONE_KPI_MIN_COUNT";
-
-/// The suppression threshold from the environment, or the default. A value
-/// that is not a whole number of at least 1 is ignored with a warning
-/// rather than lowering protection.
-pub fn min_count_from_env() -> u64 {
-    match std::env::var(MIN_COUNT_VAR) {
-        Ok(v) => match v.trim().parse::<u64>() {
-            Ok(k) if k >= 1 => k,
-            _ => {
-                tracing::warn!(
-                    setting = MIN_COUNT_VAR,
-                    "not a whole number of at least 1; using the default"
-                );
-                touchstone_stats::DEFAULT_K
-            }
-        },
-        Err(_) => touchstone_stats::DEFAULT_K,
-    }
-}
-
 /// The service's routes (behind token authentication) with suppression
 /// threshold `min_count`, without consumers (tests start those themselves).
 pub fn routes(
@@ -125,6 +102,7 @@ pub fn start(
     keys: Arc<Keyring>,
     verifier: Arc<Verifier>,
     peers: Peers,
+    min_count: u64,
 ) -> (tonic::service::Routes, Vec<JoinHandle<()>>) {
     let tasks = feeds::spawn(
         &db,
@@ -137,5 +115,5 @@ pub fn start(
             token: peers.token.clone(),
         },
     );
-    (routes(db, keys, verifier, min_count_from_env()), tasks)
+    (routes(db, keys, verifier, min_count), tasks)
 }

@@ -418,6 +418,7 @@ async fn figures_from_the_real_producers_over_grpc() {
         Arc::new(Keyring::new(MasterKey::generate())),
         verifier.clone(),
         peers,
+        touchstone_stats::DEFAULT_K,
     );
     assert_eq!(tasks.len(), 2);
     let (started_addr, _s) = serve(

@@ -237,7 +237,13 @@ impl ServiceName {
                     &env.peers.feedback,
                     env.service_token.clone(),
                 )?;
-                touchstone_kpi::start(db.clone(), env.keys.clone(), env.verifier.clone(), peers)
+                touchstone_kpi::start(
+                    db.clone(),
+                    env.keys.clone(),
+                    env.verifier.clone(),
+                    peers,
+                    env.hub.min_count,
+                )
             }
             ServiceName::Gateway => {
                 let peers = touchstone_gateway::Peers::connect(

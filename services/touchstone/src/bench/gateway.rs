@@ -134,6 +134,7 @@ pub(super) async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result
         keys(),
         verifier.clone(),
         touchstone_kpi::Peers::connect(nowhere, nowhere, ServiceToken::None)?,
+        touchstone_stats::DEFAULT_K,
     );
     tasks.iter().for_each(|t| t.abort());
     let kpi_served = Served::start(

@@ -234,7 +234,7 @@ pub(super) async fn run(
         fresh.db.clone(),
         keys,
         target::verifier(&dev)?,
-        touchstone_kpi::min_count_from_env(),
+        touchstone_stats::DEFAULT_K,
     );
     let served = Served::start(
         "kpi",
