@@ -9,14 +9,16 @@
 #
 # Environment:
 #   TOUCHSTONE_BIN  the binary to test (default: target/release/touchstone if
-#                   it exists, else target/debug/touchstone, built if missing)
+#                   it exists, else target/debug/touchstone, built if missing;
+#                   target/ is $CARGO_TARGET_DIR when that is set)
 #   DEMO_SCALE      share of the full demo volume (default 0.2)
 #   BROWSER_OUT     where screenshots and logs go (default target/browser)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-out="${BROWSER_OUT:-$root/target/browser}"
+target="${CARGO_TARGET_DIR:-$root/target}"
+out="${BROWSER_OUT:-$target/browser}"
 scale="${DEMO_SCALE:-0.2}"
 mkdir -p "$out"
 rm -f "$out"/*.png "$out"/results.json
@@ -38,11 +40,12 @@ fi
 
 bin="${TOUCHSTONE_BIN:-}"
 if [ -z "$bin" ]; then
-  if [ -x "$root/target/release/touchstone" ]; then
-    bin="$root/target/release/touchstone"
+  if [ -x "$target/release/touchstone" ]; then
+    bin="$target/release/touchstone"
   else
-    bin="$root/target/debug/touchstone"
-    [ -x "$bin" ] || (cd "$root" && cargo build -p touchstone)
+    bin="$target/debug/touchstone"
+    # Always ask cargo, so a binary from an earlier build is never tested.
+    (cd "$root" && cargo build --quiet -p touchstone)
   fi
 fi
 
