@@ -2401,17 +2401,17 @@ impl ComplaintsService for Complaints {
     ) -> Reply<pb::ListEventsResponse> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let run = async {
-            let feed = outbox::feed_scope(&caller, Action::Feed.allowed(&caller))
-                .map_err(Error::PermissionDenied)?;
-            if req.after_sequence < 0 {
-                return Err(Error::invalid("after_sequence", "must not be negative"));
-            }
-            let size = touchstone_list::page_size(req.page_size).map_err(list_error)?;
-            let events = outbox::list(&self.db, &feed, req.after_sequence, size as i64).await?;
-            Ok::<_, Error>(pb::ListEventsResponse { events })
-        };
-        Ok(Response::new(run.await?))
+        let allowed = Action::Feed.allowed(&caller);
+        let events = outbox::list_for(
+            &self.db,
+            &caller,
+            allowed,
+            req.after_sequence,
+            req.page_size,
+        )
+        .await
+        .map_err(Error::from)?;
+        Ok(Response::new(pb::ListEventsResponse { events }))
     }
 
     type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'static>>;
@@ -2423,12 +2423,9 @@ impl ComplaintsService for Complaints {
     ) -> Reply<Self::WatchEventsStream> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let feed = outbox::feed_scope(&caller, Action::Feed.allowed(&caller))
-            .map_err(Error::PermissionDenied)?;
-        if req.after_sequence < 0 {
-            return Err(Error::invalid("after_sequence", "must not be negative").into());
-        }
-        let stream = outbox::watch(self.db.clone(), feed, req.after_sequence)
+        let allowed = Action::Feed.allowed(&caller);
+        let stream = outbox::watch_for(self.db.clone(), &caller, allowed, req.after_sequence)
+            .map_err(Error::from)?
             .map(|item| item.map_err(|e| Status::from(Error::Database(e))));
         Ok(Response::new(Box::pin(stream)))
     }

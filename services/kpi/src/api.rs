@@ -745,13 +745,16 @@ impl KpiService for Kpi {
     ) -> Reply<pb::ListEventsResponse> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let feed = outbox::feed_scope(&caller, caller.has_any(&[Role::Service, Role::AgencyAdmin]))
-            .map_err(Status::permission_denied)?;
-        let size = touchstone_list::page_size(req.page_size)
-            .map_err(|e| Status::invalid_argument(e.description))?;
-        let events = outbox::list(&self.db, &feed, req.after_sequence.max(0), size as i64)
-            .await
-            .map_err(|_| Status::unavailable("database"))?;
+        let allowed = caller.has_any(&[Role::Service, Role::AgencyAdmin]);
+        let events = outbox::list_for(
+            &self.db,
+            &caller,
+            allowed,
+            req.after_sequence,
+            req.page_size,
+        )
+        .await
+        .map_err(Error::from)?;
         Ok(Response::new(pb::ListEventsResponse { events }))
     }
 
@@ -763,10 +766,10 @@ impl KpiService for Kpi {
     ) -> Reply<Self::WatchEventsStream> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let feed = outbox::feed_scope(&caller, caller.has_any(&[Role::Service, Role::AgencyAdmin]))
-            .map_err(Status::permission_denied)?;
-        let stream = outbox::watch(self.db.clone(), feed, req.after_sequence.max(0))
-            .map(|item| item.map_err(|_| Status::unavailable("database")));
+        let allowed = caller.has_any(&[Role::Service, Role::AgencyAdmin]);
+        let stream = outbox::watch_for(self.db.clone(), &caller, allowed, req.after_sequence)
+            .map_err(Error::from)?
+            .map(|item| item.map_err(|e| Status::from(Error::Database(e))));
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -65,6 +65,17 @@ impl From<FieldViolation> for Error {
     }
 }
 
+impl From<touchstone_platform::outbox::FeedError> for Error {
+    fn from(e: touchstone_platform::outbox::FeedError) -> Self {
+        use touchstone_platform::outbox::FeedError;
+        match e {
+            FeedError::Denied(why) => Error::PermissionDenied(why),
+            FeedError::Invalid(v) => Error::InvalidArgument(vec![v]),
+            FeedError::Database(e) => Error::Database(e),
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let simple =

@@ -106,14 +106,14 @@ impl Db {
                 Box::pin(async move {
                     // WAL lets readers run beside the one writer; secure_delete
                     // overwrites erased personal data instead of leaving it in
-                    // free pages; `optimize` gathers the planner's statistics
-                    // where they are missing or stale (bounded by
-                    // analysis_limit), as SQLite advises for each connection.
+                    // free pages. (No `PRAGMA optimize` here: it writes the
+                    // statistics tables outside the in-process writer lock,
+                    // and a writer upgrading past it fails with
+                    // SQLITE_BUSY_SNAPSHOT.)
                     conn.execute(sqlx::raw_sql(
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                          PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                         PRAGMA secure_delete = ON; PRAGMA analysis_limit = 1000; \
-                         PRAGMA optimize = 0x10002;",
+                         PRAGMA secure_delete = ON;",
                     ))
                     .await?;
                     Ok(())

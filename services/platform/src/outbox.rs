@@ -104,6 +104,60 @@ pub fn feed_scope(
         .ok_or("the token names no agency")
 }
 
+/// Why a change-feed read was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The caller may not read the feed.
+    #[error("{0}")]
+    Denied(&'static str),
+    /// A request field is out of range.
+    #[error("{}: {}", .0.field, .0.description)]
+    Invalid(crate::error::FieldViolation),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+fn check_after(after_sequence: i64) -> Result<(), FeedError> {
+    if after_sequence < 0 {
+        return Err(FeedError::Invalid(crate::error::FieldViolation::new(
+            "after_sequence",
+            "must not be negative",
+        )));
+    }
+    Ok(())
+}
+
+/// Every service's `ListEvents`: one page of the feed `caller` may read
+/// (`allowed`: whether its roles may read the feed at all).
+pub async fn list_for(
+    db: &Db,
+    caller: &touchstone_auth::Caller,
+    allowed: bool,
+    after_sequence: i64,
+    page_size: i32,
+) -> Result<Vec<Event>, FeedError> {
+    let feed = feed_scope(caller, allowed).map_err(FeedError::Denied)?;
+    check_after(after_sequence)?;
+    let size = touchstone_list::page_size(page_size).map_err(|e| {
+        FeedError::Invalid(crate::error::FieldViolation::new(e.field, e.description))
+    })?;
+    Ok(list(db, &feed, after_sequence, size as i64).await?)
+}
+
+/// Every service's `WatchEvents`: the feed `caller` may read, replayed from
+/// `after_sequence` and then followed.
+pub fn watch_for(
+    db: Db,
+    caller: &touchstone_auth::Caller,
+    allowed: bool,
+    after_sequence: i64,
+) -> Result<impl Stream<Item = Result<Event, sqlx::Error>> + Send + 'static, FeedError> {
+    let feed = feed_scope(caller, allowed).map_err(FeedError::Denied)?;
+    check_after(after_sequence)?;
+    Ok(watch(db, feed, after_sequence))
+}
+
 /// Up to `limit` events after `after_sequence`, in sequence order.
 pub async fn list(
     db: &Db,

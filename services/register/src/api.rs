@@ -24,7 +24,7 @@ use touchstone_platform::db::{Db, Scope, Tx};
 use touchstone_platform::error::FieldViolation;
 use touchstone_platform::idempotency;
 use touchstone_platform::keyring::Keyring;
-use touchstone_platform::outbox::{self, FeedScope};
+use touchstone_platform::outbox;
 use touchstone_platform::{names, times};
 
 /// Most results of one search.
@@ -269,10 +269,6 @@ fn not_erased(r: &ClientRecord) -> Result<(), Error> {
         });
     }
     Ok(())
-}
-
-fn feed_scope(caller: &Caller) -> Result<FeedScope, Error> {
-    outbox::feed_scope(caller, Action::Feed.allowed(caller)).map_err(Error::PermissionDenied)
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -1012,16 +1008,17 @@ impl RegisterService for Register {
     ) -> Reply<pb::ListEventsResponse> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let run = async {
-            let feed = feed_scope(&caller)?;
-            if req.after_sequence < 0 {
-                return Err(Error::invalid("after_sequence", "must not be negative"));
-            }
-            let size = touchstone_list::page_size(req.page_size).map_err(list_error)?;
-            let events = outbox::list(&self.db, &feed, req.after_sequence, size as i64).await?;
-            Ok::<_, Error>(pb::ListEventsResponse { events })
-        };
-        Ok(Response::new(run.await?))
+        let allowed = Action::Feed.allowed(&caller);
+        let events = outbox::list_for(
+            &self.db,
+            &caller,
+            allowed,
+            req.after_sequence,
+            req.page_size,
+        )
+        .await
+        .map_err(Error::from)?;
+        Ok(Response::new(pb::ListEventsResponse { events }))
     }
 
     type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'static>>;
@@ -1033,11 +1030,9 @@ impl RegisterService for Register {
     ) -> Reply<Self::WatchEventsStream> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let feed = feed_scope(&caller)?;
-        if req.after_sequence < 0 {
-            return Err(Error::invalid("after_sequence", "must not be negative").into());
-        }
-        let stream = outbox::watch(self.db.clone(), feed, req.after_sequence)
+        let allowed = Action::Feed.allowed(&caller);
+        let stream = outbox::watch_for(self.db.clone(), &caller, allowed, req.after_sequence)
+            .map_err(Error::from)?
             .map(|item| item.map_err(|e| Status::from(Error::Database(e))));
         Ok(Response::new(Box::pin(stream)))
     }

@@ -63,6 +63,17 @@ impl From<BeginError> for Error {
     }
 }
 
+impl From<touchstone_platform::outbox::FeedError> for Error {
+    fn from(e: touchstone_platform::outbox::FeedError) -> Self {
+        use touchstone_platform::outbox::FeedError;
+        match e {
+            FeedError::Denied(why) => Error::PermissionDenied(why),
+            FeedError::Invalid(v) => Error::InvalidArgument(vec![v]),
+            FeedError::Database(e) => Error::Database(e),
+        }
+    }
+}
+
 impl From<Violations> for Error {
     fn from(v: Violations) -> Self {
         Error::InvalidArgument(v.finish().err().unwrap_or_default())

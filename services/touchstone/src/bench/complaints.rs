@@ -177,8 +177,9 @@ pub(super) async fn run(
         bar.set_message(format!("storing {n} complaints for the overdue list"));
         let started = Instant::now();
         let overdue = bulk_load(&fresh.db, &keys, n).await?;
-        // Statistics for the planners, as a running system has them (the
-        // platform runs `PRAGMA optimize` on SQLite; autovacuum on PostgreSQL).
+        // Statistics for the planners, as a running system has them
+        // (autovacuum on PostgreSQL; the overdue list does not depend on
+        // them on SQLite, where only the due-time index serves it).
         let owner = fresh.admin().unwrap_or(&fresh.db);
         sqlx::query("ANALYZE complaints")
             .execute(owner.pool())
