@@ -90,11 +90,7 @@ fn parse_survey<'a>(field: &str, name: &'a str) -> Result<(&'a str, &'a str), Er
 }
 
 fn chosen_id(field: &str, id: &str) -> Result<String, Error> {
-    if id.is_empty() {
-        return Ok(names::new_id());
-    }
-    names::check_id(id).map_err(|e| Error::invalid(field, e.0))?;
-    Ok(id.to_string())
+    names::chosen_id(field, id).map_err(|v| Error::InvalidArgument(vec![v]))
 }
 
 /// Role first (a caller without the role learns nothing), then tenant:

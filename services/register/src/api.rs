@@ -61,11 +61,7 @@ fn parse_agency<'a>(field: &str, parent: &'a str) -> Result<&'a str, Error> {
 }
 
 fn chosen_id(field: &str, id: &str) -> Result<String, Error> {
-    if id.is_empty() {
-        return Ok(names::new_id());
-    }
-    names::check_id(id).map_err(|e| Error::invalid(field, e.0))?;
-    Ok(id.to_string())
+    names::chosen_id(field, id).map_err(|v| Error::InvalidArgument(vec![v]))
 }
 
 /// Role first (an analyst learns nothing), then tenant: another agency's
