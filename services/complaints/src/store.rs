@@ -10,6 +10,7 @@ use sqlx::any::AnyRow;
 use touchstone_crypto::DataKey;
 use touchstone_list::{Field, FieldType, ListQuery, Schema};
 use touchstone_platform::db::{Backend, Tx};
+use touchstone_platform::{CHANNELS, list_field as field};
 use touchstone_platform::{list_bind, row_bool};
 
 const STATUSES: &[(&str, i64)] = &[
@@ -29,28 +30,7 @@ const STAGES: &[(&str, i64)] = &[
     ("EXTERNAL_REVIEW", 4),
 ];
 const SEVERITIES: &[(&str, i64)] = &[("LOW", 1), ("MEDIUM", 2), ("HIGH", 3), ("SERIOUS", 4)];
-const CHANNELS: &[(&str, i64)] = &[
-    ("WEB", 1),
-    ("PHONE", 2),
-    ("EMAIL", 3),
-    ("IN_PERSON", 4),
-    ("LETTER", 5),
-    ("SOCIAL_MEDIA", 6),
-    ("SMS", 7),
-    ("APP", 8),
-    ("REFERRAL", 9),
-];
 const ISSUE_STATES: &[(&str, i64)] = &[("OPEN", 1), ("ACTIONED", 2), ("CLOSED", 3)];
-
-const fn field(name: &'static str, column: &'static str, ty: FieldType, sortable: bool) -> Field {
-    Field {
-        name,
-        column,
-        ty,
-        sortable,
-        nullable: false,
-    }
-}
 
 /// Complaint fields that `ListComplaints` filters and orders on.
 pub static COMPLAINT_SCHEMA: Schema = Schema {
@@ -1098,18 +1078,8 @@ pub async fn list_issues(
     agency: &str,
     query: &ListQuery,
 ) -> Result<(Vec<IssueRecord>, String), Error> {
-    let sql = format!(
-        "SELECT {ISSUE_COLUMNS} FROM issues WHERE agency = $1 AND ({}) ORDER BY {} LIMIT {}",
-        query.where_sql(),
-        query.order_sql(),
-        query.fetch_limit()
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
-    for p in query.params() {
-        q = list_bind(q, p);
-    }
-    let mut rows = q.fetch_all(tx.conn()).await?;
-    let next = query.finish(&mut rows)?;
+    let (rows, next) =
+        touchstone_platform::list_page(tx, ISSUE_COLUMNS, "issues", agency, query).await?;
     let out = rows.iter().map(issue_from_row).collect::<Result<_, _>>()?;
     Ok((out, next))
 }

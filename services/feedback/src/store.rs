@@ -12,19 +12,9 @@ use touchstone_crypto::DataKey;
 use touchstone_list::{Field, FieldType, ListQuery, Schema};
 use touchstone_platform::db::{Backend, Tx};
 use touchstone_platform::outbox;
+use touchstone_platform::{CHANNELS, list_field as field};
 use touchstone_platform::{list_bind, row_bool};
 
-const CHANNELS: &[(&str, i64)] = &[
-    ("WEB", 1),
-    ("PHONE", 2),
-    ("EMAIL", 3),
-    ("IN_PERSON", 4),
-    ("LETTER", 5),
-    ("SOCIAL_MEDIA", 6),
-    ("SMS", 7),
-    ("APP", 8),
-    ("REFERRAL", 9),
-];
 const SURVEY_STATES: &[(&str, i64)] = &[("DRAFT", 1), ("PUBLISHED", 2), ("CLOSED", 3)];
 const FOLLOW_UP_STATUSES: &[(&str, i64)] = &[
     ("OPEN", 1),
@@ -32,16 +22,6 @@ const FOLLOW_UP_STATUSES: &[(&str, i64)] = &[
     ("RESOLVED", 3),
     ("NO_ACTION", 4),
 ];
-
-const fn field(name: &'static str, column: &'static str, ty: FieldType, sortable: bool) -> Field {
-    Field {
-        name,
-        column,
-        ty,
-        sortable,
-        nullable: false,
-    }
-}
 
 /// Survey fields that `ListSurveys` filters and orders on.
 pub static SURVEY_SCHEMA: Schema = Schema {
@@ -278,18 +258,8 @@ pub async fn list_surveys(
     agency: &str,
     query: &ListQuery,
 ) -> Result<(Vec<SurveyRecord>, String), Error> {
-    let sql = format!(
-        "SELECT {SURVEY_COLUMNS} FROM surveys WHERE agency = $1 AND ({}) ORDER BY {} LIMIT {}",
-        query.where_sql(),
-        query.order_sql(),
-        query.fetch_limit()
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
-    for p in query.params() {
-        q = list_bind(q, p);
-    }
-    let mut rows = q.fetch_all(tx.conn()).await?;
-    let next = query.finish(&mut rows)?;
+    let (rows, next) =
+        touchstone_platform::list_page(tx, SURVEY_COLUMNS, "surveys", agency, query).await?;
     let records = rows.iter().map(survey_from_row).collect::<Result<_, _>>()?;
     Ok((records, next))
 }
@@ -457,7 +427,7 @@ pub async fn insert_response(
 /// with the square of its parameters: small statements are cheaper there.
 fn params_per_statement(tx: &Tx) -> usize {
     match tx.backend() {
-        Backend::Sqlite => 120,
+        Backend::Sqlite => 10_000,
         Backend::Postgres => 30_000,
     }
 }
@@ -479,20 +449,12 @@ pub async fn insert_responses(
     let limit = params_per_statement(tx);
     let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
     for chunk in rows.chunks(limit / COLUMNS) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let p: Vec<String> = (1..=COLUMNS)
-                    .map(|k| format!("${}", i * COLUMNS + k))
-                    .collect();
-                format!("({})", p.join(", "))
-            })
-            .collect();
+        let values = tx.backend().values_list(chunk.len(), COLUMNS);
         let sql = format!(
             "INSERT INTO responses (agency, id, survey_id, channel, unit, submit_time, \
              transaction_id, import_key, client_id, contact_agreed, characteristics, answers, \
-             originals, sentiment, anonymous, follow_up_id, erased, create_time) VALUES {} \
-             ON CONFLICT DO NOTHING RETURNING id",
-            values.join(", ")
+             originals, sentiment, anonymous, follow_up_id, erased, create_time) VALUES {values} \
+             ON CONFLICT DO NOTHING RETURNING id"
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (r, import_key) in chunk {
@@ -539,9 +501,11 @@ pub async fn insert_responses(
         .collect();
     let mut existing: HashMap<(String, String), String> = HashMap::new();
     for chunk in missed.chunks(limit - 1) {
-        let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let backend = tx.backend();
+        let placeholders: Vec<String> = (0..chunk.len()).map(|i| backend.param(i + 2)).collect();
         let sql = format!(
-            "SELECT survey_id, import_key, id FROM responses WHERE agency = $1 AND import_key IN ({})",
+            "SELECT survey_id, import_key, id FROM responses WHERE agency = {} AND import_key IN ({})",
+            backend.param(1),
             placeholders.join(", ")
         );
         let mut q =
@@ -564,24 +528,10 @@ pub async fn insert_responses(
         })
         .collect();
     for chunk in scores.chunks(limit / 6) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let b = i * 6;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6
-                )
-            })
-            .collect();
         let sql = format!(
             "INSERT INTO response_scores (agency, response_id, survey_id, item, score, submit_time) \
              VALUES {}",
-            values.join(", ")
+            tx.backend().values_list(chunk.len(), 6)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (r, item, score) in chunk {
@@ -728,19 +678,18 @@ pub async fn append_events(tx: &mut Tx, agency: &str, events: &[BatchEvent]) -> 
     };
     outbox::append_pending(tx, agency, &first.name, &first.pending).await?;
     let now = touchstone_platform::times::now_millis();
-    for chunk in rest.chunks((params_per_statement(tx) - 2) / 3) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("($1, ${}, ${}, $2, ${})", 3 * i + 3, 3 * i + 4, 3 * i + 5))
-            .collect();
+    for chunk in rest.chunks(params_per_statement(tx) / 5) {
         let sql = format!(
             "INSERT INTO events (agency, type, name, occurred_time, payload) VALUES {}",
-            values.join(", ")
+            tx.backend().values_list(chunk.len(), 5)
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency).bind(now);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for e in chunk {
             q = q
+                .bind(agency)
                 .bind(e.type_name.clone())
                 .bind(e.name.clone())
+                .bind(now)
                 .bind(e.payload.clone());
         }
         q.execute(tx.conn()).await?;

@@ -540,26 +540,17 @@ impl Kpi {
     ) -> Result<pb::ListStandardsResponse, Error> {
         let agency = parse_agency("parent", &req.parent)?;
         authorize(caller, READERS, agency, false)?;
-        let size = touchstone_list::page_size(req.page_size)
-            .map_err(|e| Error::invalid("page_size", e.description))?;
-        let after = match req.page_token.as_str() {
-            "" => "",
-            t => t
-                .strip_prefix("after:")
-                .filter(|id| names::check_id(id).is_ok())
-                .ok_or_else(|| Error::invalid("page_token", "not a token from a previous page"))?,
+        let params = touchstone_list::ListParams {
+            filter: &req.filter,
+            order_by: &req.order_by,
+            page_size: req.page_size,
+            page_token: &req.page_token,
         };
+        let query =
+            touchstone_list::ListQuery::plan(&store::STANDARD_SCHEMA, &req.parent, &params, 2)?;
         let mut tx = self.db.read(Scope::Agency(agency)).await?;
-        let mut rows = store::standards(&mut tx, agency, after, size as i64 + 1, false).await?;
+        let (rows, next) = store::list_standards(&mut tx, agency, &query).await?;
         tx.commit().await?;
-        let next = if rows.len() > size {
-            rows.truncate(size);
-            rows.last()
-                .map(|r| format!("after:{}", r.id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
         Ok(pb::ListStandardsResponse {
             standards: rows.iter().map(|r| standard_proto(agency, r)).collect(),
             next_page_token: next,

@@ -47,6 +47,12 @@ impl Error {
     }
 }
 
+impl From<touchstone_list::ListError> for Error {
+    fn from(e: touchstone_list::ListError) -> Self {
+        Error::invalid(e.field, e.description)
+    }
+}
+
 impl From<BeginError> for Error {
     fn from(e: BeginError) -> Self {
         match e {

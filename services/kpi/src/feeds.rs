@@ -16,7 +16,7 @@ use touchstone_api::complaints::v1::complaints_service_client::ComplaintsService
 use touchstone_api::feedback::v1 as fpb;
 use touchstone_api::feedback::v1::feedback_service_client::FeedbackServiceClient;
 use touchstone_auth::ServiceToken;
-use touchstone_platform::consumer::{self, BoxFuture, ConsumeError, FeedSource, Handler};
+use touchstone_platform::consumer::{self, BoxFuture, ConsumeError, FeedSource, Handler, Skipped};
 use touchstone_platform::db::{Db, Scope, Tx};
 
 /// The complaints feed's name in `feed_cursors`.
@@ -165,22 +165,102 @@ fn cohort_cell(measure: &str, day: i64, c: &ComplaintCohort, value: i64) -> Cell
     }
 }
 
+/// What one event adds: its effects on the service's own records (the
+/// complaint cohort, volumes, follow-ups) are written in `tx` at once, in
+/// order; its rollup deltas are pushed to `deltas` for the caller to merge.
+trait Deltas: Send + Sync {
+    fn deltas<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        event: &'a Event,
+        deltas: &'a mut Vec<(Cell, i64)>,
+    ) -> BoxFuture<'a, Result<(), ConsumeError>>;
+}
+
+/// Applies `events` in order and merges their rollup deltas into one write
+/// per agency, so a page of a thousand responses costs a few statements,
+/// not three per response. A malformed event's deltas are dropped; with
+/// `strict` its error is returned instead of being reported as skipped.
+async fn apply_run<H: Deltas + ?Sized>(
+    handler: &H,
+    tx: &mut Tx,
+    events: &[Event],
+    strict: bool,
+) -> Result<Vec<Skipped>, ConsumeError> {
+    let mut skipped = Vec::new();
+    let mut pending: Vec<(Cell, i64)> = Vec::new();
+    let mut agency: Option<&str> = None;
+    for event in events {
+        if agency.is_some_and(|a| a != event.agency) {
+            store::apply(tx, agency.unwrap_or_default(), &pending).await?;
+            pending.clear();
+        }
+        agency = Some(event.agency.as_str());
+        let before = pending.len();
+        match handler.deltas(tx, event, &mut pending).await {
+            Ok(()) => {}
+            Err(ConsumeError::Malformed(why)) if !strict => {
+                pending.truncate(before);
+                skipped.push(Skipped {
+                    sequence: event.sequence,
+                    why,
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(agency) = agency {
+        store::apply(tx, agency, &pending).await?;
+    }
+    Ok(skipped)
+}
+
+/// The consumer's `Handler` for a `Deltas`: one event through the same
+/// path as a run of one.
+macro_rules! rollup_handler {
+    ($h:ty) => {
+        impl Handler for $h {
+            fn apply<'a>(
+                &'a self,
+                tx: &'a mut Tx,
+                event: &'a Event,
+            ) -> BoxFuture<'a, Result<(), ConsumeError>> {
+                Box::pin(async move {
+                    apply_run(self, tx, std::slice::from_ref(event), true)
+                        .await
+                        .map(drop)
+                })
+            }
+
+            fn apply_run<'a>(
+                &'a self,
+                tx: &'a mut Tx,
+                events: &'a [Event],
+            ) -> BoxFuture<'a, Result<Vec<Skipped>, ConsumeError>> {
+                Box::pin(apply_run(self, tx, events, false))
+            }
+        }
+    };
+}
+
 /// What complaints events add to the rollup.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ComplaintsHandler;
 
-impl Handler for ComplaintsHandler {
-    fn apply<'a>(
+rollup_handler!(ComplaintsHandler);
+
+impl Deltas for ComplaintsHandler {
+    fn deltas<'a>(
         &'a self,
         tx: &'a mut Tx,
         event: &'a Event,
+        deltas: &'a mut Vec<(Cell, i64)>,
     ) -> BoxFuture<'a, Result<(), ConsumeError>> {
         Box::pin(async move {
             let Some(kind) = event.r#type.strip_prefix(COMPLAINTS) else {
                 return Ok(());
             };
             let agency = event.agency.as_str();
-            let mut deltas: Vec<(Cell, i64)> = Vec::new();
             match kind {
                 "ComplaintReceived" => {
                     let e: cpb::ComplaintReceived = consumer::payload(event)?;
@@ -262,7 +342,6 @@ impl Handler for ComplaintsHandler {
                 }
                 _ => {}
             }
-            store::apply(tx, agency, &deltas).await?;
             Ok(())
         })
     }
@@ -298,18 +377,20 @@ fn volume_deltas(v: &VolumeRecord, sign: i64) -> Result<Vec<(Cell, i64)>, Consum
     Ok(out)
 }
 
-impl Handler for FeedbackHandler {
-    fn apply<'a>(
+rollup_handler!(FeedbackHandler);
+
+impl Deltas for FeedbackHandler {
+    fn deltas<'a>(
         &'a self,
         tx: &'a mut Tx,
         event: &'a Event,
+        deltas: &'a mut Vec<(Cell, i64)>,
     ) -> BoxFuture<'a, Result<(), ConsumeError>> {
         Box::pin(async move {
             let Some(kind) = event.r#type.strip_prefix(FEEDBACK) else {
                 return Ok(());
             };
             let agency = event.agency.as_str();
-            let mut deltas: Vec<(Cell, i64)> = Vec::new();
             match kind {
                 "ResponseSubmitted" => {
                     let e: fpb::ResponseSubmitted = consumer::payload(event)?;
@@ -410,7 +491,6 @@ impl Handler for FeedbackHandler {
                 }
                 _ => {}
             }
-            store::apply(tx, agency, &deltas).await?;
             Ok(())
         })
     }

@@ -3,7 +3,9 @@
 use crate::domain::{Cell, Cells, Dimension};
 use sqlx::Row;
 use std::collections::{BTreeMap, HashMap};
+use touchstone_list::{FieldType, ListQuery, Schema};
 use touchstone_platform::db::Tx;
+use touchstone_platform::{CHANNELS, list_field as field};
 
 type Result<T> = std::result::Result<T, sqlx::Error>;
 
@@ -38,35 +40,19 @@ pub async fn apply(tx: &mut Tx, agency: &str, deltas: &[(Cell, i64)]) -> Result<
     cells.retain(|_, c| *c != 0);
     totals.retain(|_, c| *c != 0);
     units.retain(|_, c| *c != 0);
+    let backend = tx.backend();
     let cells: Vec<_> = cells.into_iter().collect();
     for chunk in cells.chunks(ROWS_PER_INSERT) {
-        let mut sql = String::from(
-            "INSERT INTO kpi_cells (agency, measure, day, service, unit, channel, segment, value, count) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let b = i * 8 + 2;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "($1, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                b,
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7
-            ));
-        }
-        sql.push_str(
-            " ON CONFLICT (agency, measure, day, service, unit, channel, segment, value) \
+        let sql = format!(
+            "INSERT INTO kpi_cells (agency, measure, day, service, unit, channel, segment, value, count) \
+             VALUES {} ON CONFLICT (agency, measure, day, service, unit, channel, segment, value) \
              DO UPDATE SET count = kpi_cells.count + excluded.count",
+            backend.values_list(chunk.len(), 9)
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (cell, count) in chunk {
             q = q
+                .bind(agency)
                 .bind(cell.measure.as_str())
                 .bind(cell.day)
                 .bind(cell.service.as_str())
@@ -80,32 +66,16 @@ pub async fn apply(tx: &mut Tx, agency: &str, deltas: &[(Cell, i64)]) -> Result<
     }
     let units: Vec<_> = units.into_iter().collect();
     for chunk in units.chunks(ROWS_PER_INSERT) {
-        let mut sql = String::from(
-            "INSERT INTO kpi_unit_days (agency, measure, day, service, unit, channel, value, count) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let b = i * 7 + 2;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "($1, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                b,
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6
-            ));
-        }
-        sql.push_str(
-            " ON CONFLICT (agency, measure, day, service, unit, channel, value) \
+        let sql = format!(
+            "INSERT INTO kpi_unit_days (agency, measure, day, service, unit, channel, value, count) \
+             VALUES {} ON CONFLICT (agency, measure, day, service, unit, channel, value) \
              DO UPDATE SET count = kpi_unit_days.count + excluded.count",
+            backend.values_list(chunk.len(), 8)
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for ((measure, day, service, unit, channel, value), count) in chunk {
             q = q
+                .bind(agency)
                 .bind(*measure)
                 .bind(*day)
                 .bind(*service)
@@ -118,22 +88,20 @@ pub async fn apply(tx: &mut Tx, agency: &str, deltas: &[(Cell, i64)]) -> Result<
     }
     let totals: Vec<_> = totals.into_iter().collect();
     for chunk in totals.chunks(ROWS_PER_INSERT) {
-        let mut sql =
-            String::from("INSERT INTO kpi_day_totals (agency, measure, day, value, count) VALUES ");
-        for i in 0..chunk.len() {
-            let b = i * 4 + 2;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!("($1, ${}, ${}, ${}, ${})", b, b + 1, b + 2, b + 3));
-        }
-        sql.push_str(
-            " ON CONFLICT (agency, measure, day, value) \
+        let sql = format!(
+            "INSERT INTO kpi_day_totals (agency, measure, day, value, count) VALUES {} \
+             ON CONFLICT (agency, measure, day, value) \
              DO UPDATE SET count = kpi_day_totals.count + excluded.count",
+            backend.values_list(chunk.len(), 5)
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for ((measure, day, value), count) in chunk {
-            q = q.bind(*measure).bind(*day).bind(*value).bind(*count);
+            q = q
+                .bind(agency)
+                .bind(*measure)
+                .bind(*day)
+                .bind(*value)
+                .bind(*count);
         }
         q.execute(tx.conn()).await?;
     }
@@ -644,6 +612,44 @@ pub async fn standards(
     .fetch_all(tx.conn())
     .await?;
     rows.iter().map(standard_row).collect()
+}
+
+const COMPARATORS: &[(&str, i64)] = &[("AT_LEAST", 1), ("AT_MOST", 2)];
+const PERIODS: &[(&str, i64)] = &[("MONTH", 3), ("QUARTER", 4), ("YEAR", 5)];
+
+/// Standard fields that `ListStandards` filters and orders on.
+pub static STANDARD_SCHEMA: Schema = Schema {
+    fields: &[
+        field("indicator", "indicator", FieldType::Text, true),
+        field("display_name", "display_name", FieldType::Text, true),
+        field("scope.service", "service", FieldType::Text, true),
+        field("scope.unit", "unit", FieldType::Text, true),
+        field("scope.channel", "channel", FieldType::Enum(CHANNELS), true),
+        field(
+            "comparator",
+            "comparator",
+            FieldType::Enum(COMPARATORS),
+            true,
+        ),
+        field("period", "period", FieldType::Enum(PERIODS), true),
+        field("create_time", "create_time", FieldType::Timestamp, true),
+        field("update_time", "update_time", FieldType::Timestamp, true),
+    ],
+    id_column: "id",
+    default_order: "create_time asc",
+};
+
+/// One page of an agency's standards, and the next page's token.
+pub async fn list_standards(
+    tx: &mut Tx,
+    agency: &str,
+    query: &ListQuery,
+) -> Result<(Vec<StandardRow>, String)> {
+    let (rows, next) =
+        touchstone_platform::list_page(tx, STANDARD_COLUMNS, "kpi_standards", agency, query)
+            .await?;
+    let standards = rows.iter().map(standard_row).collect::<Result<_>>()?;
+    Ok((standards, next))
 }
 
 /// Deletes a standard (at `revision` when given); false when nothing matched.

@@ -1085,6 +1085,9 @@ struct Flaky<H> {
     inner: H,
     calls: AtomicUsize,
     every: usize,
+    /// Whole runs through the handler's own `apply_run` (as the consumer
+    /// drives it), or one event at a time through `apply`.
+    batched: bool,
 }
 
 impl<H: Handler> Handler for Flaky<H> {
@@ -1102,6 +1105,40 @@ impl<H: Handler> Handler for Flaky<H> {
             }
             Ok(())
         })
+    }
+
+    fn apply_run<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        events: &'a [Event],
+    ) -> BoxFuture<'a, Result<Vec<consumer::Skipped>, ConsumeError>> {
+        Box::pin(async move {
+            if !self.batched {
+                return consumer::Handler::apply_run(&PerEvent(self), tx, events).await;
+            }
+            let skipped = self.inner.apply_run(tx, events).await?;
+            let before = self.calls.fetch_add(events.len(), Ordering::SeqCst);
+            if (before + events.len()) / self.every > before / self.every {
+                return Err(ConsumeError::Source(tonic::Status::unavailable(
+                    "crash between effect and commit",
+                )));
+            }
+            Ok(skipped)
+        })
+    }
+}
+
+/// A handler seen only through its one-event `apply`, so that the
+/// platform's default `apply_run` drives it.
+struct PerEvent<'h, H>(&'h H);
+
+impl<H: Handler> Handler for PerEvent<'_, H> {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), ConsumeError>> {
+        self.0.apply(tx, event)
     }
 }
 
@@ -1171,22 +1208,57 @@ async fn exactly_once_across_crashes_duplicates_and_rebuild() {
     let reference_rows = rollup_rows(&clean).await;
     assert!(!reference_rows.is_empty());
 
-    // A consumer that crashes between effect and commit, again and again.
-    let crashy = Harness::start(1).await;
-    let c = Flaky {
-        inner: ComplaintsHandler,
-        calls: AtomicUsize::new(0),
-        every: 37,
-    };
-    let f = Flaky {
-        inner: FeedbackHandler,
-        calls: AtomicUsize::new(0),
-        every: 53,
-    };
-    consume_through_failures(crashy.db(), feeds::COMPLAINTS_FEED, &complaints, &c).await;
-    consume_through_failures(crashy.db(), feeds::FEEDBACK_FEED, &feedback, &f).await;
-    assert_eq!(snapshot(&crashy, "a1").await, reference);
-    assert_eq!(rollup_rows(&crashy).await, reference_rows);
+    // A consumer that crashes between effect and commit, again and again:
+    // one event at a time, then whole runs at once.
+    for batched in [false, true] {
+        let crashy = Harness::start(1).await;
+        let c = Flaky {
+            inner: ComplaintsHandler,
+            calls: AtomicUsize::new(0),
+            every: 37,
+            batched,
+        };
+        let f = Flaky {
+            inner: FeedbackHandler,
+            calls: AtomicUsize::new(0),
+            every: 53,
+            batched,
+        };
+        consume_through_failures(crashy.db(), feeds::COMPLAINTS_FEED, &complaints, &c).await;
+        consume_through_failures(crashy.db(), feeds::FEEDBACK_FEED, &feedback, &f).await;
+        assert_eq!(
+            snapshot(&crashy, "a1").await,
+            reference,
+            "batched {batched}"
+        );
+        assert_eq!(
+            rollup_rows(&crashy).await,
+            reference_rows,
+            "batched {batched}"
+        );
+    }
+
+    // A malformed event in the middle of a page is skipped; its neighbours
+    // in the same run still count once.
+    let poisoned = Harness::start(1).await;
+    let mut with_poison = feedback.clone();
+    let at = with_poison.events.len() / 2;
+    let mut poison = with_poison.events[at].clone();
+    if let Some(p) = poison.payload.as_mut() {
+        p.value = vec![0xff, 0xff, 0xff];
+    }
+    with_poison.events.insert(at, poison);
+    for (i, e) in with_poison.events.iter_mut().enumerate() {
+        e.sequence = i as i64 + 1;
+    }
+    poisoned.feed(&complaints, &with_poison).await;
+    assert_eq!(
+        consumer::cursor(poisoned.db(), feeds::FEEDBACK_FEED)
+            .await
+            .expect("cursor"),
+        with_poison.events.len() as i64
+    );
+    assert_eq!(rollup_rows(&poisoned).await, reference_rows);
 
     // A producer that resends events: each still counts once.
     let stutter = Harness::start(1).await;
@@ -1202,15 +1274,15 @@ async fn exactly_once_across_crashes_duplicates_and_rebuild() {
     assert_eq!(rollup_rows(&stutter).await, reference_rows);
 
     // A rebuild from the start gives the same numbers as incremental consumption.
-    let (nc, nf) = feeds::rebuild(crashy.db(), &complaints, &feedback)
+    let (nc, nf) = feeds::rebuild(poisoned.db(), &complaints, &feedback)
         .await
         .expect("rebuild");
     assert_eq!(
         (nc as usize, nf as usize),
         (complaints.events.len(), feedback.events.len())
     );
-    assert_eq!(rollup_rows(&crashy).await, reference_rows);
-    assert_eq!(snapshot(&crashy, "a1").await, reference);
+    assert_eq!(rollup_rows(&poisoned).await, reference_rows);
+    assert_eq!(snapshot(&poisoned, "a1").await, reference);
 }
 
 #[tokio::test]
@@ -1704,7 +1776,7 @@ async fn standards_charter_roles_and_validation() {
             pb::ListStandardsRequest {
                 parent: "agencies/a1".into(),
                 page_size: 2,
-                page_token: String::new(),
+                ..Default::default()
             },
             &analyst,
         ))
@@ -1717,7 +1789,8 @@ async fn standards_charter_roles_and_validation() {
             pb::ListStandardsRequest {
                 parent: "agencies/a1".into(),
                 page_size: 2,
-                page_token: listed.next_page_token,
+                page_token: listed.next_page_token.clone(),
+                ..Default::default()
             },
             &analyst,
         ))
@@ -1726,6 +1799,76 @@ async fn standards_charter_roles_and_validation() {
         .into_inner();
     assert_eq!(rest.standards.len(), 2);
     assert!(rest.next_page_token.is_empty());
+    // Filtered and ordered; a page token serves only the query it came from.
+    let list = |filter: &str, order_by: &str, page_size: i32, page_token: &str| {
+        req(
+            pb::ListStandardsRequest {
+                parent: "agencies/a1".into(),
+                page_size,
+                page_token: page_token.into(),
+                filter: filter.into(),
+                order_by: order_by.into(),
+            },
+            &analyst,
+        )
+    };
+    let acks = c
+        .list_standards(list(
+            r#"indicator = "acknowledged_within_standard" AND period = QUARTER"#,
+            "display_name desc",
+            1,
+            "",
+        ))
+        .await
+        .expect("filtered")
+        .into_inner();
+    let names: Vec<&str> = acks
+        .standards
+        .iter()
+        .map(|s| s.display_name.as_str())
+        .collect();
+    assert_eq!(names, vec!["Strict"]);
+    let second = c
+        .list_standards(list(
+            r#"indicator = "acknowledged_within_standard" AND period = QUARTER"#,
+            "display_name desc",
+            1,
+            &acks.next_page_token,
+        ))
+        .await
+        .expect("second page")
+        .into_inner();
+    let names: Vec<&str> = second
+        .standards
+        .iter()
+        .map(|s| s.display_name.as_str())
+        .collect();
+    assert_eq!(names, vec!["Ack"]);
+    for (filter, order_by, token, field) in [
+        ("", "", acks.next_page_token.as_str(), "page_token"),
+        ("target > 1", "", "", "filter"),
+        ("period = DAY", "", "", "filter"),
+        ("", "target", "", "order_by"),
+        ("", "", "after:ack", "page_token"),
+    ] {
+        let err = c
+            .list_standards(list(filter, order_by, 0, token))
+            .await
+            .expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{filter} {order_by}");
+        assert_eq!(
+            violations(&err),
+            vec![field.to_string()],
+            "{filter} {order_by}"
+        );
+    }
+    assert_eq!(
+        c.list_standards(list("", "", -1, ""))
+            .await
+            .expect_err("negative page size")
+            .code(),
+        Code::InvalidArgument
+    );
     c.delete_standard(req(
         pb::DeleteStandardRequest {
             name: "agencies/a1/standards/internal".into(),

@@ -147,25 +147,25 @@ pub async fn record_each<S: AsRef<str>>(
     template: Access<'_>,
     resources: &[S],
 ) -> Result<(), sqlx::Error> {
-    // Five shared parameters plus two per row stays far below SQLite's and
-    // PostgreSQL's limits at this chunk size.
+    // Seven parameters per row stays far below SQLite's and PostgreSQL's
+    // limits at this chunk size.
+    let time = crate::times::now_millis();
     for chunk in resources.chunks(500) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| format!("($1, ${}, $2, $3, ${}, $4, $5)", 6 + 2 * i, 7 + 2 * i))
-            .collect();
         let sql = format!(
             "INSERT INTO audit_records (agency, id, actor, action, resource, request_id, time) \
              VALUES {}",
-            rows.join(", ")
+            tx.backend().values_list(chunk.len(), 7)
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(template.agency)
-            .bind(template.actor)
-            .bind(template.action)
-            .bind(template.request_id)
-            .bind(crate::times::now_millis());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for resource in chunk {
-            q = q.bind(crate::names::new_id()).bind(resource.as_ref());
+            q = q
+                .bind(template.agency)
+                .bind(crate::names::new_id())
+                .bind(template.actor)
+                .bind(template.action)
+                .bind(resource.as_ref())
+                .bind(template.request_id)
+                .bind(time);
         }
         q.execute(tx.conn()).await?;
     }

@@ -18,7 +18,7 @@ use touchstone_api::common::v1::Event;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Events read per page.
-pub const PAGE: i32 = 500;
+pub const PAGE: i32 = 1000;
 /// How long a caught-up consumer waits before asking again.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// Longest wait after a failure.
@@ -41,6 +41,40 @@ pub trait Handler: Send + Sync {
         tx: &'a mut Tx,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<(), ConsumeError>>;
+
+    /// Applies a run of consecutive events of one agency, in order, inside
+    /// `tx`, and returns the malformed ones it skipped. The default applies
+    /// them one at a time with [`Handler::apply`]; a handler whose effects
+    /// merge (counters) overrides it to write once per run.
+    fn apply_run<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        events: &'a [Event],
+    ) -> BoxFuture<'a, Result<Vec<Skipped>, ConsumeError>> {
+        Box::pin(async move {
+            let mut skipped = Vec::new();
+            for event in events {
+                match self.apply(tx, event).await {
+                    Ok(()) => {}
+                    Err(ConsumeError::Malformed(why)) => skipped.push(Skipped {
+                        sequence: event.sequence,
+                        why,
+                    }),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(skipped)
+        })
+    }
+}
+
+/// An event a handler could not understand and skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The event's sequence in its feed.
+    pub sequence: i64,
+    /// Why it was skipped (never the payload).
+    pub why: String,
 }
 
 /// Why consuming stopped for now.
@@ -62,13 +96,17 @@ pub enum ConsumeError {
 
 /// The last sequence applied from `feed` (0 before the first).
 pub async fn cursor(db: &Db, feed: &str) -> Result<i64, sqlx::Error> {
+    Ok(stored_cursor(db, feed).await?.unwrap_or(0))
+}
+
+async fn stored_cursor(db: &Db, feed: &str) -> Result<Option<i64>, sqlx::Error> {
     let mut tx = db.read(Scope::AllAgencies).await?;
     let seq: Option<i64> = sqlx::query_scalar("SELECT sequence FROM feed_cursors WHERE feed = $1")
         .bind(feed)
         .fetch_optional(tx.conn())
         .await?;
     tx.commit().await?;
-    Ok(seq.unwrap_or(0))
+    Ok(seq)
 }
 
 /// Sets the cursor of `feed`, e.g. back to 0 before a rebuild. Run it in the
@@ -107,8 +145,13 @@ pub async fn step(
     source: &dyn FeedSource,
     handler: &dyn Handler,
 ) -> Result<usize, ConsumeError> {
-    ensure_cursor(db, feed).await?;
-    let mut at = cursor(db, feed).await?;
+    let mut at = match stored_cursor(db, feed).await? {
+        Some(at) => at,
+        None => {
+            ensure_cursor(db, feed).await?;
+            cursor(db, feed).await?
+        }
+    };
     let events = source.list(at, PAGE).await.map_err(ConsumeError::Source)?;
     let total = events.len();
     let mut rest = events.as_slice();
@@ -117,16 +160,10 @@ pub async fn step(
         let (batch, tail) = rest.split_at(run);
         rest = tail;
         let mut tx = db.write(Scope::Agency(&first.agency)).await?;
-        for event in batch {
-            match handler.apply(&mut tx, event).await {
-                Ok(()) => {}
-                Err(ConsumeError::Malformed(why)) => {
-                    // A poison event must not stop the feed for ever; it is
-                    // named by sequence only (no payload in logs).
-                    tracing::warn!(feed, sequence = event.sequence, %why, "skipping a malformed event");
-                }
-                Err(e) => return Err(e),
-            }
+        // A poison event must not stop the feed for ever; it is named by
+        // sequence only (no payload in logs).
+        for s in handler.apply_run(&mut tx, batch).await? {
+            tracing::warn!(feed, sequence = s.sequence, why = %s.why, "skipping a malformed event");
         }
         let last = batch.last().map_or(at, |e| e.sequence);
         let moved = sqlx::query(

@@ -9,6 +9,7 @@ use sqlx::any::AnyRow;
 use std::collections::HashMap;
 use touchstone_crypto::DataKey;
 use touchstone_list::{Field, FieldType, ListQuery, Schema};
+use touchstone_platform::CHANNELS;
 use touchstone_platform::db::{Backend, Tx};
 use touchstone_platform::{list_bind, row_bool};
 
@@ -17,17 +18,6 @@ const CLIENT_COLUMNS: &str = "agency, id, kind, preferred_channel, preferred_lan
     update_time, revision";
 
 const KINDS: &[(&str, i64)] = &[("PERSON", 1), ("ORGANISATION", 2)];
-const CHANNELS: &[(&str, i64)] = &[
-    ("WEB", 1),
-    ("PHONE", 2),
-    ("EMAIL", 3),
-    ("IN_PERSON", 4),
-    ("LETTER", 5),
-    ("SOCIAL_MEDIA", 6),
-    ("SMS", 7),
-    ("APP", 8),
-    ("REFERRAL", 9),
-];
 const NEED_STATUSES: &[(&str, i64)] = &[("OPEN", 1), ("MET", 2), ("NO_LONGER_NEEDED", 3)];
 
 /// Client fields that `ListClients` filters and orders on. Personal data is
@@ -398,18 +388,8 @@ pub async fn list_clients(
     agency: &str,
     query: &ListQuery,
 ) -> Result<(Vec<ClientRecord>, String), Error> {
-    let sql = format!(
-        "SELECT {CLIENT_COLUMNS} FROM clients WHERE agency = $1 AND ({}) ORDER BY {} LIMIT {}",
-        query.where_sql(),
-        query.order_sql(),
-        query.fetch_limit()
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
-    for p in query.params() {
-        q = list_bind(q, p);
-    }
-    let mut rows = q.fetch_all(tx.conn()).await?;
-    let next = query.finish(&mut rows)?;
+    let (rows, next) =
+        touchstone_platform::list_page(tx, CLIENT_COLUMNS, "clients", agency, query).await?;
     let records = rows
         .iter()
         .map(|r| client_from_row(key, r))

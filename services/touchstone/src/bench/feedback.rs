@@ -31,11 +31,11 @@ use touchstone_platform::keyring::Keyring;
 
 /// Rows per transaction of the raw baseline, as the service writes imports.
 const RAW_BATCH: usize = 200;
-/// Parameters per raw INSERT statement, as the service's store binds them:
-/// SQLite's cost per statement grows with the square of its parameters.
+/// Parameters per raw INSERT statement, as the service's store binds them
+/// (anonymous `?` on SQLite, see `Backend::values_list`).
 fn raw_params(db: &Db) -> usize {
     match db.backend() {
-        touchstone_platform::db::Backend::Sqlite => 120,
+        touchstone_platform::db::Backend::Sqlite => 10_000,
         touchstone_platform::db::Backend::Postgres => 30_000,
     }
 }
@@ -287,7 +287,7 @@ async fn raw_insert(db: &Db, survey_id: &str, rows: u64) -> anyhow::Result<Durat
     ]))?;
     let started = Instant::now();
     let mut done = 0u64;
-    let per_statement = raw_params(db) / 7;
+    let per_statement = raw_params(db) / 9;
     while done < rows {
         let n = RAW_BATCH.min((rows - done) as usize);
         let now = touchstone_platform::times::now_millis();
@@ -297,18 +297,21 @@ async fn raw_insert(db: &Db, survey_id: &str, rows: u64) -> anyhow::Result<Durat
         let mut offset = 0;
         while offset < n {
             let m = per_statement.min(n - offset);
+            let backend = db.backend();
             let values: Vec<String> = (0..m)
                 .map(|i| {
-                    let b = i * 7;
+                    let p = |k: usize| backend.param(i * 9 + k);
                     format!(
-                        "($1, ${}, $2, 2, 'north', ${}, NULL, ${}, NULL, FALSE, NULL, ${}, ${}, ${}, TRUE, NULL, FALSE, ${})",
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6,
-                        b + 7,
-                        b + 8,
-                        b + 9
+                        "({}, {}, {}, 2, 'north', {}, NULL, {}, NULL, FALSE, NULL, {}, {}, {}, TRUE, NULL, FALSE, {})",
+                        p(1),
+                        p(2),
+                        p(3),
+                        p(4),
+                        p(5),
+                        p(6),
+                        p(7),
+                        p(8),
+                        p(9)
                     )
                 })
                 .collect();
@@ -318,12 +321,12 @@ async fn raw_insert(db: &Db, survey_id: &str, rows: u64) -> anyhow::Result<Durat
                  originals, sentiment, anonymous, follow_up_id, erased, create_time) VALUES {}",
                 values.join(", ")
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(AGENCY)
-                .bind(survey_id);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for i in 0..m {
                 q = q
+                    .bind(AGENCY)
                     .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(survey_id)
                     .bind(now)
                     .bind(format!("r:raw-{}", done + (offset + i) as u64))
                     .bind(answers_json.clone())

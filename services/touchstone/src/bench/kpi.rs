@@ -4,7 +4,7 @@
 //! - `--kpi-events` survey responses (default 1 million, a year of them)
 //!   applied through the real feedback-feed handler and consumer (cursor in
 //!   the same transaction, pages of 500), against inserting the same
-//!   responses as raw rows, one INSERT per row, 500 rows per transaction;
+//!   responses as raw rows, 500 rows per multi-row INSERT and transaction;
 //! - `QueryIndicator` for share satisfied, the year by month, through gRPC,
 //!   against the same figure computed by a plain SQL aggregate over the raw
 //!   rows; and the same split by unit (read from the fine cells). p50 of
@@ -64,13 +64,16 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn synthetic(i: u64) -> Synthetic {
+/// Response `i` of `n`: submitted in order over 2025, as a feed delivers
+/// them (a change feed is in commit order), with its unit, channel, segment
+/// and score drawn at random.
+fn synthetic(i: u64, n: u64) -> Synthetic {
     let r = mix(i);
     let start =
         time::Date::from_calendar_date(2025, time::Month::January, 1).unwrap_or(time::Date::MIN);
     let segment = !(r >> 20).is_multiple_of(4);
     Synthetic {
-        day: start + time::Duration::days((r % 365) as i64),
+        day: start + time::Duration::days((i * 365 / n.max(1)) as i64),
         unit: UNITS[((r >> 9) % 4) as usize],
         channel: 1 + ((r >> 12) % 3) as i32,
         segment: segment.then(|| reg::Characteristics {
@@ -105,7 +108,7 @@ impl FeedSource for Feed {
         let to = (from + limit.max(1) as u64).min(self.n);
         let events = (from..to)
             .map(|i| {
-                let s = synthetic(i);
+                let s = synthetic(i, self.n);
                 let m = fpb::ResponseSubmitted {
                     survey: format!("agencies/{AGENCY}/surveys/s"),
                     response: format!("agencies/{AGENCY}/surveys/s/responses/{i}"),
@@ -139,33 +142,39 @@ impl FeedSource for Feed {
     }
 }
 
+/// Raw rows per INSERT statement and per transaction in the baseline.
+const RAW_BATCH: u64 = 500;
+
 async fn raw_insert(db: &Db, n: u64) -> anyhow::Result<()> {
     let mut i = 0;
     while i < n {
-        let mut tx = db.pool().begin().await?;
-        for j in i..(i + 500).min(n) {
-            let s = synthetic(j);
+        let end = (i + RAW_BATCH).min(n);
+        let sql = format!(
+            "INSERT INTO bench_raw_responses (agency, id, day, service, unit, channel, segment, score) \
+             VALUES {}",
+            db.backend().values_list((end - i) as usize, 8)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for j in i..end {
+            let s = synthetic(j, n);
             let segment = s
                 .segment
                 .map(|c| format!("a{}d{}", c.age_band, c.disability))
                 .unwrap_or_default();
-            sqlx::query(
-                "INSERT INTO bench_raw_responses (agency, id, day, service, unit, channel, segment, score) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(AGENCY)
-            .bind(j as i64)
-            .bind(day_key(s.day))
-            .bind("passports")
-            .bind(s.unit)
-            .bind(i64::from(s.channel))
-            .bind(segment)
-            .bind(i64::from(s.satisfaction))
-            .execute(&mut *tx)
-            .await?;
+            q = q
+                .bind(AGENCY)
+                .bind(j as i64)
+                .bind(day_key(s.day))
+                .bind("passports")
+                .bind(s.unit)
+                .bind(i64::from(s.channel))
+                .bind(segment)
+                .bind(i64::from(s.satisfaction));
         }
+        let mut tx = db.pool().begin().await?;
+        q.execute(&mut *tx).await?;
         tx.commit().await?;
-        i = (i + 500).min(n);
+        i = end;
     }
     Ok(())
 }
