@@ -933,6 +933,21 @@ impl FeedbackService for Feedback {
             };
             let survey = self.load_survey(agency, survey_id).await?;
             if survey.state != SurveyState::Published as i32 {
+                // A retry of a response accepted before the survey closed
+                // still gets its first answer (AIP-155); anything else is
+                // refused, and the claim rolls back with the transaction.
+                let begun = self
+                    .begin::<pb::Response>(
+                        &caller,
+                        agency,
+                        "SubmitResponse",
+                        &req.request_id,
+                        idempotency::fingerprint(&req),
+                    )
+                    .await?;
+                if let Begun::Replay(r) = begun {
+                    return Ok(r);
+                }
                 return Err(not_published());
             }
             let now = times::now_millis();

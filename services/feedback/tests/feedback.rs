@@ -656,6 +656,20 @@ async fn surveys_life_cycle_versions_and_templates() {
     assert_eq!(v2.state, pb::SurveyState::Draft as i32);
     assert_eq!(v2.questions, renamed.questions);
 
+    // A response accepted while the survey was open...
+    let before_close = pb::SubmitResponseRequest {
+        parent: draft.name.clone(),
+        response: Some(pb::Response {
+            answers: vec![score("agree", 5)],
+            ..Default::default()
+        }),
+        request_id: "submitted-before-close".into(),
+    };
+    let first = c
+        .submit_response(req(before_close.clone(), &h.token("dia", INTAKE)))
+        .await
+        .expect("submit while open")
+        .into_inner();
     let closed = c
         .close_survey(req(
             pb::CloseSurveyRequest {
@@ -668,6 +682,13 @@ async fn surveys_life_cycle_versions_and_templates() {
         .expect("close")
         .into_inner();
     assert_eq!(closed.state, pb::SurveyState::Closed as i32);
+    // ...is still its answer when retried after the survey closed.
+    let retried = c
+        .submit_response(req(before_close, &h.token("dia", INTAKE)))
+        .await
+        .expect("retry after close")
+        .into_inner();
+    assert_eq!(retried, first);
     let err = submit(
         &mut c,
         &h.token("dia", INTAKE),
