@@ -2,6 +2,9 @@
 //! process with its own data directory and port, and drives it the way an
 //! operator or another service would (gRPC, HTTP, the command line, signals).
 
+// `touchstone up --demo` end to end: a module of this one test binary.
+mod demo;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;

@@ -10,6 +10,10 @@
     clippy::too_many_arguments
 )]
 
+// The kpi service fed by the real producers over gRPC; a module of this
+// one test binary per crate.
+mod producers;
+
 use prost::Name;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
