@@ -33,6 +33,11 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
             name: "unit days",
             sql: include_str!("../migrations/sqlite/0002_unit_days.sql"),
         },
+        Migration {
+            version: 3,
+            name: "unit months",
+            sql: include_str!("../migrations/sqlite/0003_unit_months.sql"),
+        },
     ],
     postgres: &[
         Migration {
@@ -44,6 +49,11 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
             version: 2,
             name: "unit days",
             sql: include_str!("../migrations/postgres/0002_unit_days.sql"),
+        },
+        Migration {
+            version: 3,
+            name: "unit months",
+            sql: include_str!("../migrations/postgres/0003_unit_months.sql"),
         },
     ],
 };

@@ -4,7 +4,7 @@
 use crate::domain::{self, Cells, Dimension, Estimate, Granularity, Indicator, Period};
 use crate::store::{self, Bucket, Filter};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use time::Date;
 use touchstone_platform::db::Tx;
 use touchstone_stats::Test;
@@ -52,15 +52,28 @@ async fn fold(tx: &mut Tx, q: &Query<'_>) -> Result<(Vec<Period>, Folded), sqlx:
         _ => Bucket::Day,
     };
     let measures = q.indicator.measures();
-    let read = store::Read {
-        measures: &measures,
-        from: domain::day_key(before.0),
-        to: domain::day_key(q.end),
-        filter: q.filter,
-        group: q.group,
-        bucket,
+    // The period before the first, then the range. When the range starts
+    // inside a period, the days between the two must not be read: a month
+    // or year bucket would fold them into the first point.
+    let ranges = if before.1.next_day() == Some(q.start) {
+        vec![(before.0, q.end)]
+    } else {
+        vec![before, (q.start, q.end)]
     };
-    let rows = store::counts(tx, q.agency, &read).await?;
+    let mut rows: HashMap<(i64, String), Cells> = HashMap::new();
+    for (from, to) in ranges {
+        let read = store::Read {
+            measures: &measures,
+            from: domain::day_key(from),
+            to: domain::day_key(to),
+            filter: q.filter,
+            group: q.group,
+            bucket,
+        };
+        for (key, cells) in store::counts(tx, q.agency, &read).await? {
+            domain::merge(rows.entry(key).or_default(), &cells);
+        }
+    }
     let mut out: Folded = BTreeMap::new();
     for ((b, raw), cells) in rows {
         let key = match bucket {

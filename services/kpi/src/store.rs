@@ -64,27 +64,36 @@ pub async fn apply(tx: &mut Tx, agency: &str, deltas: &[(Cell, i64)]) -> Result<
         }
         q.execute(tx.conn()).await?;
     }
-    let units: Vec<_> = units.into_iter().collect();
-    for chunk in units.chunks(ROWS_PER_INSERT) {
-        let sql = format!(
-            "INSERT INTO kpi_unit_days (agency, measure, day, service, unit, channel, value, count) \
-             VALUES {} ON CONFLICT (agency, measure, day, service, unit, channel, value) \
-             DO UPDATE SET count = kpi_unit_days.count + excluded.count",
-            backend.values_list(chunk.len(), 8)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for ((measure, day, service, unit, channel, value), count) in chunk {
-            q = q
-                .bind(agency)
-                .bind(*measure)
-                .bind(*day)
-                .bind(*service)
-                .bind(*unit)
-                .bind(i64::from(*channel))
-                .bind(*value)
-                .bind(*count);
+    let mut months: BTreeMap<(&str, i64, &str, &str, i32, i64), i64> = BTreeMap::new();
+    for (&(measure, day, service, unit, channel, value), count) in &units {
+        *months
+            .entry((measure, day / 100 * 100, service, unit, channel, value))
+            .or_default() += count;
+    }
+    months.retain(|_, c| *c != 0);
+    for (table, rows) in [("kpi_unit_days", units), ("kpi_unit_months", months)] {
+        let rows: Vec<_> = rows.into_iter().collect();
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO {table} (agency, measure, day, service, unit, channel, value, count) \
+                 VALUES {} ON CONFLICT (agency, measure, day, service, unit, channel, value) \
+                 DO UPDATE SET count = {table}.count + excluded.count",
+                backend.values_list(chunk.len(), 8)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for ((measure, day, service, unit, channel, value), count) in chunk {
+                q = q
+                    .bind(agency)
+                    .bind(*measure)
+                    .bind(*day)
+                    .bind(*service)
+                    .bind(*unit)
+                    .bind(i64::from(*channel))
+                    .bind(*value)
+                    .bind(*count);
+            }
+            q.execute(tx.conn()).await?;
         }
-        q.execute(tx.conn()).await?;
     }
     let totals: Vec<_> = totals.into_iter().collect();
     for chunk in totals.chunks(ROWS_PER_INSERT) {
@@ -183,40 +192,69 @@ pub async fn counts(
         Dimension::Channel => "CAST(channel AS TEXT)",
         Dimension::Segment(_) => "segment",
     };
-    // The coarsest table that still has the columns the query needs.
+    // The coarsest table that still has the columns the query needs; for
+    // a split or filtered query by month or year, the monthly sums for the
+    // range's whole months and the days only for its partial months.
     let fine = group != Dimension::None || !filter.is_empty();
-    let table = match group {
-        Dimension::Segment(_) => "kpi_cells",
-        _ if fine => "kpi_unit_days",
-        _ => "kpi_day_totals",
+    let in_range = "day >= $2 AND day <= $3".to_string();
+    let branches: Vec<(&str, String)> = match group {
+        Dimension::Segment(_) => vec![("kpi_cells", in_range)],
+        _ if fine => match whole_months(from, to).filter(|_| bucket != Bucket::Day) {
+            Some((first, last)) => vec![
+                (
+                    "kpi_unit_days",
+                    format!(
+                        "{in_range} AND (day < {} OR day > {})",
+                        first * 100,
+                        last * 100 + 99
+                    ),
+                ),
+                (
+                    "kpi_unit_months",
+                    format!("day >= {} AND day <= {}", first * 100, last * 100),
+                ),
+            ],
+            None => vec![("kpi_unit_days", in_range)],
+        },
+        _ => vec![("kpi_day_totals", in_range)],
     };
-    let mut sql = format!(
-        "SELECT {bucket_sql} AS b, {group_sql} AS g, measure, value, CAST(SUM(count) AS BIGINT) AS n \
-         FROM {table} WHERE agency = $1 AND day >= $2 AND day <= $3 AND measure IN ("
-    );
+    let mut measure_list = String::new();
     let mut next = 4;
     for i in 0..measures.len() {
         if i > 0 {
-            sql.push_str(", ");
+            measure_list.push_str(", ");
         }
-        sql.push_str(&format!("${next}"));
+        measure_list.push_str(&format!("${next}"));
         next += 1;
     }
-    sql.push(')');
+    let mut filters = String::new();
     if fine {
         if !filter.service.is_empty() {
-            sql.push_str(&format!(" AND service = ${next}"));
+            filters.push_str(&format!(" AND service = ${next}"));
             next += 1;
         }
         if !filter.unit.is_empty() {
-            sql.push_str(&format!(" AND unit = ${next}"));
+            filters.push_str(&format!(" AND unit = ${next}"));
             next += 1;
         }
         if filter.channel != 0 {
-            sql.push_str(&format!(" AND channel = ${next}"));
+            filters.push_str(&format!(" AND channel = ${next}"));
         }
     }
-    sql.push_str(" GROUP BY 1, 2, 3, 4");
+    let union: Vec<String> = branches
+        .iter()
+        .map(|(table, days)| {
+            format!(
+                "SELECT {bucket_sql} AS b, {group_sql} AS g, measure, value, count FROM {table} \
+                 WHERE agency = $1 AND {days} AND measure IN ({measure_list}){filters}"
+            )
+        })
+        .collect();
+    let sql = format!(
+        "SELECT b, g, measure, value, CAST(SUM(count) AS BIGINT) AS n FROM ({}) AS u \
+         GROUP BY 1, 2, 3, 4",
+        union.join(" UNION ALL ")
+    );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(agency)
         .bind(from)
@@ -251,6 +289,27 @@ pub async fn counts(
             .or_default() += n;
     }
     Ok(out)
+}
+
+/// The first and last whole calendar months (yyyymm) of the days `from` to
+/// `to` (yyyymmdd, inclusive), if it spans any.
+fn whole_months(from: i64, to: i64) -> Option<(i64, i64)> {
+    let next = |ym: i64| if ym % 100 == 12 { ym + 89 } else { ym + 1 };
+    let previous = |ym: i64| if ym % 100 == 1 { ym - 89 } else { ym - 1 };
+    let first = if from % 100 == 1 {
+        from / 100
+    } else {
+        next(from / 100)
+    };
+    let month_ends = crate::domain::key_date(to)
+        .and_then(|d| d.next_day())
+        .is_some_and(|d| d.day() == 1);
+    let last = if month_ends {
+        to / 100
+    } else {
+        previous(to / 100)
+    };
+    (first <= last).then_some((first, last))
 }
 
 /// What the rollup remembers of a complaint.
@@ -456,6 +515,7 @@ pub async fn clear_rollups(tx: &mut Tx) -> Result<()> {
     for table in [
         "kpi_cells",
         "kpi_unit_days",
+        "kpi_unit_months",
         "kpi_day_totals",
         "kpi_complaints",
         "kpi_follow_ups",
@@ -668,4 +728,21 @@ pub async fn delete_standard(
     .execute(tx.conn())
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_months;
+
+    #[test]
+    fn whole_months_of_a_range() {
+        assert_eq!(whole_months(20260101, 20261231), Some((202601, 202612)));
+        assert_eq!(whole_months(20260115, 20260410), Some((202602, 202603)));
+        assert_eq!(whole_months(20251201, 20260131), Some((202512, 202601)));
+        assert_eq!(whole_months(20251202, 20260130), None);
+        assert_eq!(whole_months(20240201, 20240229), Some((202402, 202402)));
+        assert_eq!(whole_months(20240201, 20240228), None);
+        assert_eq!(whole_months(20260110, 20260120), None);
+        assert_eq!(whole_months(20251215, 20260228), Some((202601, 202602)));
+    }
 }

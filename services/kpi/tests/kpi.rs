@@ -1081,6 +1081,44 @@ async fn every_indicator_matches_a_recomputation_from_raw_events() {
         .map(|m| t.received.get(m).copied().unwrap_or(0))
         .sum();
     assert_eq!(sum, whole);
+
+    // A range with partial months at both ends, by unit: whole months come
+    // from the monthly sums, the ends from the days; the same counts as the
+    // days alone.
+    for indicator in ["complaints_received", "acknowledged_within_standard"] {
+        let by = |granularity| {
+            let mut c = c.clone();
+            let token = token.clone();
+            async move {
+                let r = query(
+                    &mut c,
+                    &token,
+                    "a1",
+                    indicator,
+                    date(2026, 1, 15),
+                    date(2026, 3, 20),
+                    granularity,
+                    pb::Dimension::Unit,
+                    "",
+                )
+                .await
+                .expect("query");
+                let mut n: BTreeMap<(String, i32, i32), i64> = BTreeMap::new();
+                for s in &r.series {
+                    for p in &s.points {
+                        let d = p.start_date.as_ref().expect("start");
+                        *n.entry((s.group.clone(), d.year, d.month)).or_default() +=
+                            p.value.as_ref().map_or(0, |v| v.n);
+                    }
+                }
+                n
+            }
+        };
+        let months = by(pb::Granularity::Month).await;
+        assert_eq!(months, by(pb::Granularity::Day).await, "{indicator}");
+        assert_eq!(months.len(), 6, "{indicator}: 2 units x 3 months");
+        assert!(months.values().all(|n| *n > 0), "{indicator}: {months:?}");
+    }
 }
 
 /// A handler that fails after applying the effect of every `every`-th
@@ -1176,6 +1214,7 @@ async fn rollup_rows(
     let tables = [
         "SELECT 'cells', measure, day, service, unit, channel, segment, value, count FROM kpi_cells",
         "SELECT 'unit days', measure, day, service, unit, channel, '', value, count FROM kpi_unit_days",
+        "SELECT 'unit months', measure, day, service, unit, channel, '', value, count FROM kpi_unit_months",
         "SELECT 'totals', measure, day, '', '', 0, '', value, count FROM kpi_day_totals",
     ];
     let mut out = Vec::new();

@@ -201,7 +201,16 @@ impl Db {
             (Some(lock), true) => Some(lock.clone().lock_owned().await),
             _ => None,
         };
-        let mut tx = self.inner.pool.begin().await?;
+        // SQLite writers take the write lock at BEGIN, where the busy
+        // timeout applies. A deferred BEGIN would take it at the first
+        // write, after reads, and fail at once with SQLITE_BUSY while a
+        // dropped transaction's rollback (queued, not awaited, by sqlx) is
+        // still releasing it on another connection.
+        let mut tx = if write && self.inner.backend == Backend::Sqlite {
+            self.inner.pool.begin_with("BEGIN IMMEDIATE").await?
+        } else {
+            self.inner.pool.begin().await?
+        };
         if self.inner.backend == Backend::Postgres {
             sqlx::query("SELECT set_config('touchstone.agency', $1, true)")
                 .bind(scope.setting())
