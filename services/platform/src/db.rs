@@ -201,16 +201,7 @@ impl Db {
             (Some(lock), true) => Some(lock.clone().lock_owned().await),
             _ => None,
         };
-        // SQLite writers take the write lock at BEGIN, where the busy
-        // timeout applies. A deferred BEGIN would take it at the first
-        // write, after reads, and fail at once with SQLITE_BUSY while a
-        // dropped transaction's rollback (queued, not awaited, by sqlx) is
-        // still releasing it on another connection.
-        let mut tx = if write && self.inner.backend == Backend::Sqlite {
-            self.inner.pool.begin_with("BEGIN IMMEDIATE").await?
-        } else {
-            self.inner.pool.begin().await?
-        };
+        let mut tx = self.inner.pool.begin().await?;
         if self.inner.backend == Backend::Postgres {
             sqlx::query("SELECT set_config('touchstone.agency', $1, true)")
                 .bind(scope.setting())
@@ -218,8 +209,8 @@ impl Db {
                 .await?;
         }
         Ok(Tx {
-            tx,
-            _writer: guard,
+            tx: Some(tx),
+            writer: guard,
             db: self.clone(),
             appended_events: false,
         })
@@ -288,16 +279,40 @@ fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
 /// rolls back.
 #[derive(Debug)]
 pub struct Tx {
-    tx: sqlx::Transaction<'static, Any>,
-    _writer: Option<OwnedMutexGuard<()>>,
+    /// Open until `commit` or drop.
+    tx: Option<sqlx::Transaction<'static, Any>>,
+    /// SQLite's in-process writer lock, for write transactions.
+    writer: Option<OwnedMutexGuard<()>>,
     db: Db,
     appended_events: bool,
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        // sqlx only queues the rollback of a dropped transaction. Releasing
+        // SQLite's writer lock before it has run would let the next writer
+        // find the database still locked and fail with SQLITE_BUSY at its
+        // first write; so an uncommitted writer rolls back first, then
+        // releases the lock.
+        if let (Some(tx), Some(writer)) = (self.tx.take(), self.writer.take())
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Err(e) = tx.rollback().await {
+                    tracing::warn!(error = %e, "rolling back a dropped transaction failed");
+                }
+                drop(writer);
+            });
+        }
+    }
 }
 
 impl Tx {
     /// The connection to run statements on.
     pub fn conn(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+        self.tx
+            .as_deref_mut()
+            .expect("a Tx holds its transaction until commit")
     }
 
     /// The database this transaction runs on.
@@ -310,17 +325,13 @@ impl Tx {
     }
 
     /// Commits, then wakes change-feed watchers if events were appended.
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        let Tx {
-            tx,
-            _writer,
-            db,
-            appended_events,
-        } = self;
-        tx.commit().await?;
-        drop(_writer);
-        if appended_events {
-            db.notify_events();
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        if let Some(tx) = self.tx.take() {
+            tx.commit().await?;
+        }
+        self.writer.take();
+        if self.appended_events {
+            self.db.notify_events();
         }
         Ok(())
     }
