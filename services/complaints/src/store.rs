@@ -865,19 +865,14 @@ pub async fn list_calendars(
     agency: &str,
     query: &ListQuery,
 ) -> Result<(Vec<CalendarRecord>, String), Error> {
-    let sql = format!(
-        "SELECT agency, id, fields, revision, create_time, update_time FROM calendars \
-         WHERE agency = $1 AND ({}) ORDER BY {} LIMIT {}",
-        query.where_sql(),
-        query.order_sql(),
-        query.fetch_limit()
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
-    for p in query.params() {
-        q = list_bind(q, p);
-    }
-    let mut rows = q.fetch_all(tx.conn()).await?;
-    let next = query.finish(&mut rows)?;
+    let (rows, next) = touchstone_platform::list_page(
+        tx,
+        "agency, id, fields, revision, create_time, update_time",
+        "calendars",
+        agency,
+        query,
+    )
+    .await?;
     let out = rows
         .iter()
         .map(calendar_from_row)

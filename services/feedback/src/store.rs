@@ -861,18 +861,8 @@ pub async fn list_follow_ups(
     agency: &str,
     query: &ListQuery,
 ) -> Result<(Vec<FollowUpRecord>, String), Error> {
-    let sql = format!(
-        "SELECT {FOLLOW_UP_COLUMNS} FROM follow_ups WHERE agency = $1 AND ({}) ORDER BY {} LIMIT {}",
-        query.where_sql(),
-        query.order_sql(),
-        query.fetch_limit()
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
-    for p in query.params() {
-        q = list_bind(q, p);
-    }
-    let mut rows = q.fetch_all(tx.conn()).await?;
-    let next = query.finish(&mut rows)?;
+    let (rows, next) =
+        touchstone_platform::list_page(tx, FOLLOW_UP_COLUMNS, "follow_ups", agency, query).await?;
     let records = rows
         .iter()
         .map(follow_up_from_row)
