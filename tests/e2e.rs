@@ -4,6 +4,8 @@
 
 // `touchstone up --demo` end to end: a module of this one test binary.
 mod demo;
+// Every RPC against another agency's data, with every role combination.
+mod scope;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -81,27 +81,6 @@ impl Caller {
         rs.iter().any(|r| self.roles.contains(r))
     }
 
-    /// May this caller act within agency `a`? True when `a` is the caller's agency, or, for
-    /// the hub roles (`hub_admin`, `service`) only, when it is in the `agencies` list or that
-    /// list is all agencies: an agency role never reaches another agency, whatever its token
-    /// says (DESIGN §4). An empty `a` never matches.
-    pub fn can_access_agency(&self, a: &str) -> bool {
-        if a.is_empty() {
-            return false;
-        }
-        if self.agency.as_deref() == Some(a) {
-            return true;
-        }
-        if !self.has_any(&[Role::HubAdmin, Role::Service]) {
-            return false;
-        }
-        match &self.agencies {
-            AgencyScope::Own => false,
-            AgencyScope::List(list) => list.iter().any(|x| x == a),
-            AgencyScope::All => true,
-        }
-    }
-
     /// The caller that [`crate::AuthInterceptor`] stored in the request; `UNAUTHENTICATED`
     /// when the service was wired without the interceptor or the request bypassed it.
     pub fn from_request<T>(req: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
@@ -145,38 +124,6 @@ mod tests {
         assert!(c.has_any(&[Role::HubAdmin, Role::Officer]));
         assert!(!c.has_any(&[Role::HubAdmin, Role::Service]));
         assert!(!c.has_any(&[]));
-    }
-
-    #[test]
-    fn agency_access() {
-        let own = caller(Some("a"), AgencyScope::Own);
-        assert!(own.can_access_agency("a"));
-        assert!(!own.can_access_agency("b"));
-        assert!(!own.can_access_agency(""));
-
-        // The agencies claim counts only for hub roles.
-        let mut list = caller(None, AgencyScope::List(vec!["b".into(), "c".into()]));
-        assert!(
-            !list.can_access_agency("b"),
-            "an officer's agencies claim is ignored"
-        );
-        list.roles.insert(Role::HubAdmin);
-        assert!(list.can_access_agency("b"));
-        assert!(list.can_access_agency("c"));
-        assert!(!list.can_access_agency("a"));
-
-        let mut all = caller(Some("a"), AgencyScope::All);
-        assert!(
-            !all.can_access_agency("anything"),
-            "an officer stays in its agency"
-        );
-        assert!(all.can_access_agency("a"));
-        all.roles.insert(Role::Service);
-        assert!(all.can_access_agency("anything"));
-        assert!(!all.can_access_agency(""));
-
-        let none = caller(None, AgencyScope::Own);
-        assert!(!none.can_access_agency("a"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! interceptor that puts the caller into each request, and the development signing key used
 //! by `touchstone up` and `touchstone token`.
 
+mod access;
 mod caller;
 mod devkey;
 mod error;
@@ -10,6 +11,7 @@ mod interceptor;
 mod service_token;
 mod verifier;
 
+pub use access::{Denied, Target, authorize};
 pub use caller::{AgencyScope, Caller, Role};
 pub use devkey::{DevKey, TokenRequest};
 pub use error::AuthError;

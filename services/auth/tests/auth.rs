@@ -99,8 +99,8 @@ async fn dev_token_verifies_through_jwks_file() {
     assert_eq!(caller.agencies, AgencyScope::Own);
     assert!(caller.has_role(Role::Officer) && caller.has_role(Role::SeniorOfficer));
     assert!(!caller.has_role(Role::HubAdmin));
-    assert!(caller.can_access_agency("agency-a"));
-    assert!(!caller.can_access_agency("agency-b"));
+    assert!(caller.acts_in("agency-a"));
+    assert!(!caller.acts_in("agency-b"));
 }
 
 #[test]
@@ -195,7 +195,7 @@ fn agency_scopes_round_trip() {
     let caller = d.verifier.verify(&d.key.mint(&t).unwrap()).unwrap();
     assert_eq!(caller.agency, None);
     assert_eq!(caller.agencies, AgencyScope::All);
-    assert!(caller.can_access_agency("any-agency"));
+    assert!(caller.acts_in("any-agency"));
 
     t.agencies = Some(vec!["b".into(), "c".into()]);
     let caller = d.verifier.verify(&d.key.mint(&t).unwrap()).unwrap();
@@ -203,7 +203,7 @@ fn agency_scopes_round_trip() {
         caller.agencies,
         AgencyScope::List(vec!["b".into(), "c".into()])
     );
-    assert!(caller.can_access_agency("c") && !caller.can_access_agency("a"));
+    assert!(caller.acts_in("c") && !caller.acts_in("a"));
 }
 
 #[test]

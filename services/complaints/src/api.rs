@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use touchstone_api::common::v1::Event;
 use touchstone_api::complaints::v1 as pb;
 use touchstone_api::complaints::v1::complaints_service_server::ComplaintsService;
-use touchstone_auth::{Caller, Role};
+use touchstone_auth::{Caller, Role, Target, authorize};
 use touchstone_crypto::DataKey;
 use touchstone_list::{ListError, ListParams, ListQuery};
 use touchstone_platform::audit::{self, Access};
@@ -91,24 +91,6 @@ fn parse_two<'a>(field: &str, pattern: &str, value: &'a str) -> Result<(&'a str,
 
 fn parse_complaint<'a>(field: &str, value: &'a str) -> Result<(&'a str, &'a str), Error> {
     parse_two(field, "agencies/{}/complaints/{}", value)
-}
-
-/// Role first (an analyst learns nothing), then tenant: another agency's
-/// named resource is NOT_FOUND, another agency's collection PERMISSION_DENIED.
-fn authorize(caller: &Caller, action: Action, agency: &str, named: bool) -> Result<(), Error> {
-    if !action.allowed(caller) {
-        return Err(Error::PermissionDenied(
-            "the caller's roles do not allow this",
-        ));
-    }
-    if !caller.can_access_agency(agency) {
-        return Err(if named {
-            Error::NotFound("resource")
-        } else {
-            Error::PermissionDenied("the caller's token is not for this agency")
-        });
-    }
-    Ok(())
 }
 
 fn etag(revision: i64) -> String {
@@ -401,7 +383,7 @@ impl Complaints {
         build: impl FnOnce(&ComplaintRecord) -> Result<Command, Error>,
     ) -> Result<pb::Complaint, Error> {
         let (agency, id) = parse_complaint("name", verb.name)?;
-        authorize(caller, Action::Work, agency, true)?;
+        authorize(caller, Action::Work.roles(), agency, Target::Named)?;
         let note = note("note", verb.note)?;
         let mut change = match self
             .begin(
@@ -480,7 +462,7 @@ async fn advance(
     standard: &Standard,
 ) -> Result<Vec<outbox::Pending>, Error> {
     if let Some(why) = domain::needs_senior(&record.state, &step.command)
-        && !caller.has_role(Role::SeniorOfficer)
+        && !caller.acts_as(Role::SeniorOfficer, &record.agency)
     {
         return Err(Error::SeniorRequired(why));
     }
@@ -1095,7 +1077,7 @@ impl Complaints {
         deadline: Option<std::time::Duration>,
     ) -> Result<pb::Complaint, Error> {
         let agency = parse_agency("parent", req.parent)?;
-        authorize(caller, req.action, agency, false)?;
+        authorize(caller, req.action.roles(), agency, Target::Collection)?;
         let Some(complaint) = req.complaint else {
             return Err(Error::invalid("complaint", "required"));
         };
@@ -1305,7 +1287,7 @@ impl ComplaintsService for Complaints {
         let req = request.into_inner();
         let run = async {
             let (agency, id) = parse_complaint("name", &req.name)?;
-            authorize(&caller, Action::Read, agency, true)?;
+            authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
             let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
             let record = store::get_complaint(&mut tx, &key, agency, id)
@@ -1333,7 +1315,7 @@ impl ComplaintsService for Complaints {
         let req = request.into_inner();
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::Read, agency, false)?;
+            authorize(&caller, Action::Read.roles(), agency, Target::Collection)?;
             let params = ListParams {
                 filter: &req.filter,
                 order_by: &req.order_by,
@@ -1467,7 +1449,7 @@ impl ComplaintsService for Complaints {
                 return Err(v.into());
             }
             let (agency, id) = parse_complaint("complaint.name", &patch.name)?;
-            authorize(&caller, Action::Work, agency, true)?;
+            authorize(&caller, Action::Work.roles(), agency, Target::Named)?;
             let mut change = match self
                 .begin(
                     &caller,
@@ -1820,7 +1802,7 @@ impl ComplaintsService for Complaints {
         ) {
             return Err(Error::invalid("link.kind", "DUPLICATE or RELATED").into());
         }
-        authorize(&caller, Action::Work, agency, true)?;
+        authorize(&caller, Action::Work.roles(), agency, Target::Named).map_err(Error::from)?;
         {
             let mut tx = self
                 .db
@@ -1866,7 +1848,7 @@ impl ComplaintsService for Complaints {
         let req = request.into_inner();
         let run = async {
             let (agency, id) = parse_complaint("parent", &req.parent)?;
-            authorize(&caller, Action::Read, agency, true)?;
+            authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
             let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
             if !store::complaint_exists(&mut tx, agency, id).await? {
@@ -1908,7 +1890,7 @@ impl ComplaintsService for Complaints {
         let req = request.into_inner();
         let run = async {
             let (agency, id) = parse_complaint("parent", &req.parent)?;
-            authorize(&caller, Action::Work, agency, true)?;
+            authorize(&caller, Action::Work.roles(), agency, Target::Named)?;
             let Some(c) = req.contact.as_ref() else {
                 return Err(Error::invalid("contact", "required"));
             };
@@ -1993,7 +1975,7 @@ impl ComplaintsService for Complaints {
         let req = request.into_inner();
         let run = async {
             let (agency, id) = parse_complaint("parent", &req.parent)?;
-            authorize(&caller, Action::Read, agency, true)?;
+            authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
             let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
             if !store::complaint_exists(&mut tx, agency, id).await? {
@@ -2025,7 +2007,12 @@ impl ComplaintsService for Complaints {
         let req = request.into_inner();
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::Configure, agency, false)?;
+            authorize(
+                &caller,
+                Action::Configure.roles(),
+                agency,
+                Target::Collection,
+            )?;
             if req.calendar_id.is_empty() {
                 return Err(Error::invalid("calendar_id", "required, e.g. \"nsw\""));
             }
@@ -2066,7 +2053,7 @@ impl ComplaintsService for Complaints {
         let req = request.into_inner();
         let run = async {
             let (agency, id) = parse_two("name", "agencies/{}/calendars/{}", &req.name)?;
-            authorize(&caller, Action::ReadSettings, agency, true)?;
+            authorize(&caller, Action::ReadSettings.roles(), agency, Target::Named)?;
             let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let record = store::get_calendar(&mut tx, agency, id)
                 .await?
@@ -2089,7 +2076,7 @@ impl ComplaintsService for Complaints {
                 return Err(Error::invalid("calendar", "required"));
             };
             let (agency, id) = parse_two("calendar.name", "agencies/{}/calendars/{}", &patch.name)?;
-            authorize(&caller, Action::Configure, agency, true)?;
+            authorize(&caller, Action::Configure.roles(), agency, Target::Named)?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
             let mut record = store::get_calendar(&mut tx, agency, id)
                 .await?
@@ -2157,7 +2144,12 @@ impl ComplaintsService for Complaints {
         let req = request.into_inner();
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::ReadSettings, agency, false)?;
+            authorize(
+                &caller,
+                Action::ReadSettings.roles(),
+                agency,
+                Target::Collection,
+            )?;
             let params = ListParams {
                 filter: "",
                 order_by: "",
@@ -2186,7 +2178,7 @@ impl ComplaintsService for Complaints {
         let req = request.into_inner();
         let run = async {
             let agency = names::parse_field("name", "agencies/{}/complaintStandard", &req.name)?[0];
-            authorize(&caller, Action::ReadSettings, agency, true)?;
+            authorize(&caller, Action::ReadSettings.roles(), agency, Target::Named)?;
             let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let standard = store::get_standard(&mut tx, agency).await?;
             tx.commit().await?;
@@ -2211,7 +2203,7 @@ impl ComplaintsService for Complaints {
                 "agencies/{}/complaintStandard",
                 &s.name,
             )?[0];
-            authorize(&caller, Action::Configure, agency, true)?;
+            authorize(&caller, Action::Configure.roles(), agency, Target::Named)?;
             let mut v = Violations::new();
             let mut standard = Standard::parse(s, &mut v);
             if !s.calendar.is_empty()
@@ -2262,7 +2254,7 @@ impl ComplaintsService for Complaints {
         let req = request.into_inner();
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::Learn, agency, false)?;
+            authorize(&caller, Action::Learn.roles(), agency, Target::Collection)?;
             let Some(issue) = req.issue.as_ref() else {
                 return Err(Error::invalid("issue", "required"));
             };
@@ -2320,7 +2312,7 @@ impl ComplaintsService for Complaints {
         let req = request.into_inner();
         let run = async {
             let (agency, id) = parse_two("name", "agencies/{}/issues/{}", &req.name)?;
-            authorize(&caller, Action::ReadSettings, agency, true)?;
+            authorize(&caller, Action::ReadSettings.roles(), agency, Target::Named)?;
             let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let record = store::get_issue(&mut tx, agency, id)
                 .await?
@@ -2340,7 +2332,7 @@ impl ComplaintsService for Complaints {
                 return Err(Error::invalid("issue", "required"));
             };
             let (agency, id) = parse_two("issue.name", "agencies/{}/issues/{}", &patch.name)?;
-            authorize(&caller, Action::Learn, agency, true)?;
+            authorize(&caller, Action::Learn.roles(), agency, Target::Named)?;
             let paths = mask_paths(&req.update_mask);
             if paths.is_empty() {
                 return Err(Error::invalid("update_mask", "name the fields to change"));
@@ -2374,7 +2366,12 @@ impl ComplaintsService for Complaints {
         let req = request.into_inner();
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::ReadSettings, agency, false)?;
+            authorize(
+                &caller,
+                Action::ReadSettings.roles(),
+                agency,
+                Target::Collection,
+            )?;
             let params = ListParams {
                 filter: &req.filter,
                 order_by: &req.order_by,
@@ -2401,7 +2398,7 @@ impl ComplaintsService for Complaints {
     ) -> Reply<pb::ListEventsResponse> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let allowed = Action::Feed.allowed(&caller);
+        let allowed = Action::Feed.roles();
         let events = outbox::list_for(
             &self.db,
             &caller,
@@ -2423,7 +2420,7 @@ impl ComplaintsService for Complaints {
     ) -> Reply<Self::WatchEventsStream> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let allowed = Action::Feed.allowed(&caller);
+        let allowed = Action::Feed.roles();
         let stream = outbox::watch_for(self.db.clone(), &caller, allowed, req.after_sequence)
             .map_err(Error::from)?
             .map(|item| item.map_err(|e| Status::from(Error::Database(e))));

@@ -6,7 +6,7 @@
 use crate::clock::{self, Calendar, Clock, Pause};
 use serde::{Deserialize, Serialize};
 use touchstone_api::complaints::v1 as pb;
-use touchstone_auth::{Caller, Role};
+use touchstone_auth::Role;
 use touchstone_platform::error::Violations;
 
 /// Longest description or remedy sought, in characters.
@@ -922,11 +922,6 @@ impl Action {
             Action::Learn => &[Role::Officer, Role::SeniorOfficer, Role::AgencyAdmin],
             Action::Feed => &[Role::Service, Role::AgencyAdmin],
         }
-    }
-
-    /// Whether `caller` holds a role for this action.
-    pub fn allowed(self, caller: &Caller) -> bool {
-        caller.has_any(self.roles())
     }
 }
 

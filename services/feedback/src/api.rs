@@ -18,7 +18,7 @@ use touchstone_api::Named;
 use touchstone_api::common::v1::Event;
 use touchstone_api::feedback::v1 as pb;
 use touchstone_api::feedback::v1::feedback_service_server::FeedbackService;
-use touchstone_auth::Caller;
+use touchstone_auth::{Caller, Target, authorize};
 use touchstone_list::{ListError, ListParams, ListQuery};
 use touchstone_platform::audit::{self, Access};
 use touchstone_platform::change::{self, Begun};
@@ -91,25 +91,6 @@ fn parse_survey<'a>(field: &str, name: &'a str) -> Result<(&'a str, &'a str), Er
 
 fn chosen_id(field: &str, id: &str) -> Result<String, Error> {
     names::chosen_id(field, id).map_err(|v| Error::InvalidArgument(vec![v]))
-}
-
-/// Role first (a caller without the role learns nothing), then tenant:
-/// another agency's named resource is NOT_FOUND, so its existence stays
-/// private; acting on another agency's collection is PERMISSION_DENIED.
-fn authorize(caller: &Caller, action: Action, agency: &str, named: bool) -> Result<(), Error> {
-    if !action.allowed(caller) {
-        return Err(Error::PermissionDenied(
-            "the caller's roles do not allow this",
-        ));
-    }
-    if !caller.can_access_agency(agency) {
-        return Err(if named {
-            Error::NotFound("resource")
-        } else {
-            Error::PermissionDenied("the caller's token is not for this agency")
-        });
-    }
-    Ok(())
 }
 
 fn check_etag(given: &str, revision: i64) -> Result<(), Error> {
@@ -381,7 +362,7 @@ impl Feedback {
             "CloseSurvey"
         };
         let (agency, id) = parse_survey("name", name)?;
-        authorize(caller, Action::ManageSurveys, agency, true)?;
+        authorize(caller, Action::ManageSurveys.roles(), agency, Target::Named)?;
         let mut change = match self
             .begin(caller, agency, method, request_id, fingerprint)
             .await?
@@ -484,7 +465,12 @@ impl Feedback {
             let (row_agency, survey_id) = parse_survey("parent", &row.parent)?;
             match agency {
                 None => {
-                    authorize(caller, Action::Submit, row_agency, false)?;
+                    authorize(
+                        caller,
+                        Action::Submit.roles(),
+                        row_agency,
+                        Target::Collection,
+                    )?;
                     *agency = Some(row_agency.to_string());
                 }
                 Some(a) if a != row_agency => {
@@ -627,7 +613,12 @@ impl FeedbackService for Feedback {
         let req = request.into_inner();
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::ManageSurveys, agency, false)?;
+            authorize(
+                &caller,
+                Action::ManageSurveys.roles(),
+                agency,
+                Target::Collection,
+            )?;
             let Some(survey) = req.survey.as_ref() else {
                 return Err(Error::invalid("survey", "required"));
             };
@@ -665,7 +656,12 @@ impl FeedbackService for Feedback {
         let req = request.into_inner();
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::ManageSurveys, agency, false)?;
+            authorize(
+                &caller,
+                Action::ManageSurveys.roles(),
+                agency,
+                Target::Collection,
+            )?;
             let mut templates = Vec::new();
             let mut v = Violations::new();
             for (i, t) in req.templates.iter().enumerate() {
@@ -740,7 +736,7 @@ impl FeedbackService for Feedback {
         let req = request.into_inner();
         let run = async {
             let (agency, id) = parse_survey("name", &req.name)?;
-            authorize(&caller, Action::ReadSurveys, agency, true)?;
+            authorize(&caller, Action::ReadSurveys.roles(), agency, Target::Named)?;
             Ok::<_, Error>(survey_to_proto(&self.load_survey(agency, id).await?))
         };
         Ok(tonic::Response::new(run.await?))
@@ -755,7 +751,12 @@ impl FeedbackService for Feedback {
         let req = request.into_inner();
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::ReadSurveys, agency, false)?;
+            authorize(
+                &caller,
+                Action::ReadSurveys.roles(),
+                agency,
+                Target::Collection,
+            )?;
             let params = ListParams {
                 filter: &req.filter,
                 order_by: &req.order_by,
@@ -784,7 +785,12 @@ impl FeedbackService for Feedback {
                 return Err(Error::invalid("survey", "required"));
             };
             let (agency, id) = parse_survey("survey.name", &patch.name)?;
-            authorize(&caller, Action::ManageSurveys, agency, true)?;
+            authorize(
+                &caller,
+                Action::ManageSurveys.roles(),
+                agency,
+                Target::Named,
+            )?;
             let mut change = match self
                 .begin(
                     &caller,
@@ -878,7 +884,12 @@ impl FeedbackService for Feedback {
         let req = request.into_inner();
         let run = async {
             let (agency, source_id) = parse_survey("name", &req.name)?;
-            authorize(&caller, Action::ManageSurveys, agency, true)?;
+            authorize(
+                &caller,
+                Action::ManageSurveys.roles(),
+                agency,
+                Target::Named,
+            )?;
             let id = chosen_id("survey_id", &req.survey_id)?;
             let mut change = match self
                 .begin(
@@ -927,7 +938,7 @@ impl FeedbackService for Feedback {
         let req = request.into_inner();
         let run = async {
             let (agency, survey_id) = parse_survey("parent", &req.parent)?;
-            authorize(&caller, Action::Submit, agency, true)?;
+            authorize(&caller, Action::Submit.roles(), agency, Target::Named)?;
             let Some(response) = req.response.as_ref() else {
                 return Err(Error::invalid("response", "required"));
             };
@@ -987,7 +998,7 @@ impl FeedbackService for Feedback {
             }
             let name = prepared.record.name();
             change.event(&name, &prepared.submitted);
-            let personal = Action::SeePersonal.allowed(&caller);
+            let personal = caller.acts_as_any(Action::SeePersonal.roles(), agency);
             let reply = response_to_proto(&prepared.record, personal);
             Ok(change.finish(&name, reply).await?)
         };
@@ -1001,8 +1012,13 @@ impl FeedbackService for Feedback {
         let run = async {
             let ids = parse_name("name", "agencies/{}/surveys/{}/responses/{}", &req.name)?;
             let (agency, survey_id, id) = (ids[0], ids[1], ids[2]);
-            authorize(&caller, Action::ReadResponses, agency, true)?;
-            let personal = Action::SeePersonal.allowed(&caller);
+            authorize(
+                &caller,
+                Action::ReadResponses.roles(),
+                agency,
+                Target::Named,
+            )?;
+            let personal = caller.acts_as_any(Action::SeePersonal.roles(), agency);
             let key = self.keys.data_key(&self.db, agency).await?;
             let mut tx = if personal {
                 self.db.write(Scope::Agency(agency)).await?
@@ -1035,7 +1051,16 @@ impl FeedbackService for Feedback {
             if agency == "-" {
                 return Err(Error::invalid("parent", "the agency cannot be a wildcard"));
             }
-            authorize(&caller, Action::ReadResponses, agency, survey != "-")?;
+            authorize(
+                &caller,
+                Action::ReadResponses.roles(),
+                agency,
+                if survey != "-" {
+                    Target::Named
+                } else {
+                    Target::Collection
+                },
+            )?;
             let params = ListParams {
                 filter: &req.filter,
                 order_by: &req.order_by,
@@ -1044,7 +1069,7 @@ impl FeedbackService for Feedback {
             };
             let query = ListQuery::plan(&store::RESPONSE_SCHEMA, &req.parent, &params, 3)
                 .map_err(list_error)?;
-            let personal = Action::SeePersonal.allowed(&caller);
+            let personal = caller.acts_as_any(Action::SeePersonal.roles(), agency);
             let key = self.keys.data_key(&self.db, agency).await?;
             let mut tx = if personal {
                 self.db.write(Scope::Agency(agency)).await?
@@ -1081,8 +1106,8 @@ impl FeedbackService for Feedback {
         request: Request<Streaming<pb::ImportResponsesRequest>>,
     ) -> Reply<pb::ImportResponsesResponse> {
         let caller = Caller::from_request(&request)?;
-        if !Action::Submit.allowed(&caller) {
-            return Err(Error::PermissionDenied("the caller's roles do not allow this").into());
+        if !caller.has_any(Action::Submit.roles()) {
+            return Err(Error::from(touchstone_auth::Denied::Roles).into());
         }
         let mut stream = request.into_inner();
         let mut agency: Option<String> = None;
@@ -1147,7 +1172,12 @@ impl FeedbackService for Feedback {
         let req = request.into_inner();
         let run = async {
             let (agency, survey_id) = parse_survey("parent", &req.parent)?;
-            authorize(&caller, Action::RecordVolumes, agency, true)?;
+            authorize(
+                &caller,
+                Action::RecordVolumes.roles(),
+                agency,
+                Target::Named,
+            )?;
             let Some(volume) = req.volume.as_ref() else {
                 return Err(Error::invalid("volume", "required"));
             };
@@ -1206,7 +1236,7 @@ impl FeedbackService for Feedback {
         let run = async {
             let ids = parse_name("name", "agencies/{}/followUps/{}", &req.name)?;
             let (agency, id) = (ids[0], ids[1]);
-            authorize(&caller, Action::FollowUps, agency, true)?;
+            authorize(&caller, Action::FollowUps.roles(), agency, Target::Named)?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
             let record = store::get_follow_up(&mut tx, agency, id, false)
                 .await?
@@ -1227,7 +1257,12 @@ impl FeedbackService for Feedback {
         let req = request.into_inner();
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::FollowUps, agency, false)?;
+            authorize(
+                &caller,
+                Action::FollowUps.roles(),
+                agency,
+                Target::Collection,
+            )?;
             let params = ListParams {
                 filter: &req.filter,
                 order_by: &req.order_by,
@@ -1268,7 +1303,7 @@ impl FeedbackService for Feedback {
             };
             let ids = parse_name("follow_up.name", "agencies/{}/followUps/{}", &patch.name)?;
             let (agency, id) = (ids[0], ids[1]);
-            authorize(&caller, Action::FollowUps, agency, true)?;
+            authorize(&caller, Action::FollowUps.roles(), agency, Target::Named)?;
             let mut paths = mask_paths(&req.update_mask);
             if paths.is_empty() || paths.iter().any(|p| p == "*") {
                 paths = vec!["status".into(), "assignee".into(), "due_date".into()];
@@ -1381,7 +1416,7 @@ impl FeedbackService for Feedback {
         let req = request.into_inner();
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::Report, agency, false)?;
+            authorize(&caller, Action::Report.roles(), agency, Target::Collection)?;
             let (first, last) = domain::parse_quarter(&req.quarter)
                 .ok_or_else(|| Error::invalid("quarter", "a calendar quarter such as 2026Q3"))?;
             let from = day_start_millis(first);
@@ -1407,7 +1442,7 @@ impl FeedbackService for Feedback {
     ) -> Reply<pb::ListEventsResponse> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let allowed = Action::Feed.allowed(&caller);
+        let allowed = Action::Feed.roles();
         let events = outbox::list_for(
             &self.db,
             &caller,
@@ -1429,7 +1464,7 @@ impl FeedbackService for Feedback {
     ) -> Reply<Self::WatchEventsStream> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let allowed = Action::Feed.allowed(&caller);
+        let allowed = Action::Feed.roles();
         let stream = outbox::watch_for(self.db.clone(), &caller, allowed, req.after_sequence)
             .map_err(Error::from)?
             .map(|item| item.map_err(|e| Status::from(Error::Database(e))));

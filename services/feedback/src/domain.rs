@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use touchstone_api::common::v1::Channel;
 use touchstone_api::feedback::v1 as pb;
-use touchstone_auth::{Caller, Role};
+use touchstone_auth::Role;
 use touchstone_platform::error::Violations;
 use touchstone_platform::times;
 
@@ -1245,11 +1245,6 @@ impl Action {
             ],
             Action::Feed => &[Role::Service, Role::AgencyAdmin],
         }
-    }
-
-    /// Whether `caller` holds a role for this action.
-    pub fn allowed(self, caller: &Caller) -> bool {
-        caller.has_any(self.roles())
     }
 }
 

@@ -51,6 +51,15 @@ pub enum Error {
     Corrupt(&'static str),
 }
 
+impl From<touchstone_auth::Denied> for Error {
+    fn from(d: touchstone_auth::Denied) -> Self {
+        match d {
+            touchstone_auth::Denied::NotFound => Error::NotFound("resource"),
+            other => Error::PermissionDenied(other.message()),
+        }
+    }
+}
+
 impl From<BeginError> for Error {
     fn from(e: BeginError) -> Self {
         match e {

@@ -12,7 +12,7 @@ use touchstone_api::gateway::v1 as pb;
 use touchstone_api::gateway::v1::gateway_service_server::GatewayService;
 use touchstone_api::kpi::v1 as kpi;
 use touchstone_api::register::v1 as rpb;
-use touchstone_auth::{Caller, Role};
+use touchstone_auth::{Caller, Denied, Role, Target, authorize};
 use touchstone_platform::change::{self, Begun};
 use touchstone_platform::db::{Db, Scope};
 use touchstone_platform::error::Violations;
@@ -166,42 +166,30 @@ fn consent_of(value: i32, field: &str) -> Result<pb::BenchmarkConsent, Error> {
     }
 }
 
-fn require(caller: &Caller, roles: &[Role], why: &'static str) -> Result<(), Error> {
-    if caller.has_any(roles) {
-        Ok(())
-    } else {
-        Err(Error::PermissionDenied(why))
-    }
+/// Roles that read an agency's dashboard.
+const DASHBOARD_ROLES: &[Role] = &[
+    Role::Officer,
+    Role::SeniorOfficer,
+    Role::Analyst,
+    Role::AgencyAdmin,
+];
+
+/// Roles of an agency that see the peer groups it belongs to and their benchmarks.
+const PEER_ROLES: &[Role] = &[Role::Analyst, Role::AgencyAdmin];
+
+/// Whether `caller` acts as hub_admin in every member agency: only then may it manage a
+/// peer group or see it as the hub does (DESIGN §4: hub resources are scoped like agencies).
+fn hub_admin_of_all(caller: &Caller, members: &[String]) -> bool {
+    !members.is_empty() && members.iter().all(|m| caller.acts_as(Role::HubAdmin, m))
 }
 
-fn require_hub_admin(caller: &Caller) -> Result<(), Error> {
-    require(
-        caller,
-        &[Role::HubAdmin],
-        "only hub_admin manages the hub directory",
-    )
-}
-
-/// Any role of the agency (or a hub_admin whose token covers it) may read
-/// its directory entries.
-fn require_agency_reader(caller: &Caller, agency: &str) -> Result<(), Error> {
-    if caller.can_access_agency(agency) {
-        Ok(())
-    } else {
-        Err(Error::PermissionDenied(
-            "the token does not cover this agency",
-        ))
-    }
-}
-
-fn require_agency_admin(caller: &Caller, agency: &str) -> Result<(), Error> {
-    if caller.agency.as_deref() == Some(agency) && caller.has_role(Role::AgencyAdmin) {
-        Ok(())
-    } else {
-        Err(Error::PermissionDenied(
-            "only the agency's agency_admin manages its units",
-        ))
-    }
+/// Whether `caller` may see `group`: as hub_admin of every member, or as an analyst or
+/// agency_admin of a member agency.
+fn peer_group_visible(caller: &Caller, group: &PeerGroupRow) -> bool {
+    hub_admin_of_all(caller, &group.members)
+        || caller.agency.as_deref().is_some_and(|a| {
+            group.members.iter().any(|m| m == a) && caller.acts_as_any(PEER_ROLES, a)
+        })
 }
 
 fn rfc3339_day(d: jiff::civil::Date) -> String {
@@ -246,7 +234,9 @@ impl Gateway {
         caller: &Caller,
         req: pb::CreateAgencyRequest,
     ) -> Result<pb::Agency, Error> {
-        require_hub_admin(caller)?;
+        if !caller.has_role(Role::HubAdmin) {
+            return Err(Denied::Roles.into());
+        }
         let agency = req.agency.clone().unwrap_or_default();
         let mut v = Violations::new();
         if let Err(e) = names::check_id(&req.agency_id) {
@@ -305,7 +295,7 @@ impl Gateway {
 
     async fn get_agency(&self, caller: &Caller, name: &str) -> Result<pb::Agency, Error> {
         let id = agency_of("name", name)?;
-        require_agency_reader(caller, id)?;
+        authorize(caller, &Role::ALL, id, Target::Collection)?;
         let mut tx = self.db.read(Scope::Agency(id)).await?;
         store::get_agency(&mut tx, id)
             .await?
@@ -325,7 +315,7 @@ impl Gateway {
             store::list_agencies(&mut tx, &after, limit + 1)
                 .await?
                 .into_iter()
-                .filter(|a| caller.can_access_agency(&a.id))
+                .filter(|a| caller.acts_in(&a.id))
                 .collect()
         } else {
             let Some(own) = caller.agency.as_deref() else {
@@ -350,14 +340,9 @@ impl Gateway {
         caller: &Caller,
         req: pb::UpdateAgencyRequest,
     ) -> Result<pb::Agency, Error> {
-        require_hub_admin(caller)?;
         let agency = req.agency.clone().unwrap_or_default();
         let id = agency_of("agency.name", &agency.name)?.to_string();
-        if !caller.can_access_agency(&id) {
-            return Err(Error::PermissionDenied(
-                "the token does not cover this agency",
-            ));
-        }
+        authorize(caller, &[Role::HubAdmin], &id, Target::Collection)?;
         let paths = mask_paths(
             req.update_mask.as_ref(),
             &["display_name", "time_zone", "benchmark_consent"],
@@ -418,7 +403,7 @@ impl Gateway {
         req: pb::CreateUnitRequest,
     ) -> Result<pb::Unit, Error> {
         let agency = agency_of("parent", &req.parent)?.to_string();
-        require_agency_admin(caller, &agency)?;
+        authorize(caller, &[Role::AgencyAdmin], &agency, Target::Collection)?;
         let unit = req.unit.clone().unwrap_or_default();
         let mut v = Violations::new();
         if let Err(e) = names::check_id(&req.unit_id) {
@@ -465,7 +450,7 @@ impl Gateway {
 
     async fn get_unit(&self, caller: &Caller, name: &str) -> Result<pb::Unit, Error> {
         let ids = names::parse_field("name", "agencies/{}/units/{}", name)?;
-        require_agency_reader(caller, ids[0])?;
+        authorize(caller, &Role::ALL, ids[0], Target::Collection)?;
         let mut tx = self.db.read(Scope::Agency(ids[0])).await?;
         store::get_unit(&mut tx, ids[0], ids[1])
             .await?
@@ -479,7 +464,7 @@ impl Gateway {
         req: pb::ListUnitsRequest,
     ) -> Result<pb::ListUnitsResponse, Error> {
         let agency = agency_of("parent", &req.parent)?;
-        require_agency_reader(caller, agency)?;
+        authorize(caller, &Role::ALL, agency, Target::Collection)?;
         let limit = page_size(req.page_size)?;
         let after = decode_token(&req.page_token)?;
         let mut tx = self.db.read(Scope::Agency(agency)).await?;
@@ -499,7 +484,7 @@ impl Gateway {
         let unit = req.unit.clone().unwrap_or_default();
         let ids = names::parse_field("unit.name", "agencies/{}/units/{}", &unit.name)?;
         let (agency, id) = (ids[0].to_string(), ids[1].to_string());
-        require_agency_admin(caller, &agency)?;
+        authorize(caller, &[Role::AgencyAdmin], &agency, Target::Collection)?;
         mask_paths(req.update_mask.as_ref(), &["display_name"])?;
         domain::check_display_name(&unit.display_name)
             .map_err(|e| Error::invalid("unit.display_name", e))?;
@@ -526,7 +511,7 @@ impl Gateway {
 
     async fn delete_unit(&self, caller: &Caller, req: pb::DeleteUnitRequest) -> Result<(), Error> {
         let ids = names::parse_field("name", "agencies/{}/units/{}", &req.name)?;
-        require_agency_admin(caller, ids[0])?;
+        authorize(caller, &[Role::AgencyAdmin], ids[0], Target::Collection)?;
         let mut tx = self.db.write(Scope::Agency(ids[0])).await?;
         let row = store::get_unit(&mut tx, ids[0], ids[1])
             .await?
@@ -579,7 +564,9 @@ impl Gateway {
         caller: &Caller,
         req: pb::CreatePeerGroupRequest,
     ) -> Result<pb::PeerGroup, Error> {
-        require_hub_admin(caller)?;
+        if !caller.has_role(Role::HubAdmin) {
+            return Err(Denied::Roles.into());
+        }
         let group = req.peer_group.clone().unwrap_or_default();
         names::check_id(&req.peer_group_id)
             .map_err(|e| Error::invalid("peer_group_id", e.to_string()))?;
@@ -588,6 +575,11 @@ impl Gateway {
         let members = self
             .check_members("peer_group.agencies", &group.agencies)
             .await?;
+        if !hub_admin_of_all(caller, &members) {
+            return Err(Error::PermissionDenied(
+                "a hub_admin groups only agencies its token covers",
+            ));
+        }
         let fp = fingerprint(&req);
         let mut change = match self
             .begin::<pb::PeerGroup>(caller, HUB, "CreatePeerGroup", &req.request_id, fp)
@@ -617,25 +609,14 @@ impl Gateway {
         Ok(change.finish(&name, out).await?)
     }
 
-    /// A peer group the caller may see: hub_admin any, an agency's analyst
-    /// or agency_admin those its agency belongs to.
+    /// A peer group the caller may see (see [`peer_group_visible`]); any other is
+    /// NOT_FOUND, so that its existence stays private.
     async fn visible_peer_group(&self, caller: &Caller, id: &str) -> Result<PeerGroupRow, Error> {
         let mut tx = self.db.read(Scope::Agency(HUB)).await?;
-        let group = store::get_peer_group(&mut tx, id)
+        store::get_peer_group(&mut tx, id)
             .await?
-            .ok_or(Error::NotFound("peer group"))?;
-        if caller.has_role(Role::HubAdmin) {
-            return Ok(group);
-        }
-        let member = caller
-            .agency
-            .as_deref()
-            .is_some_and(|a| group.members.iter().any(|m| m == a));
-        if member && caller.has_any(&[Role::Analyst, Role::AgencyAdmin]) {
-            Ok(group)
-        } else {
-            Err(Error::NotFound("peer group"))
-        }
+            .filter(|g| peer_group_visible(caller, g))
+            .ok_or(Error::NotFound("peer group"))
     }
 
     pub(crate) async fn list_peer_groups(
@@ -645,17 +626,36 @@ impl Gateway {
     ) -> Result<pb::ListPeerGroupsResponse, Error> {
         let limit = page_size(req.page_size)?;
         let after = decode_token(&req.page_token)?;
+        let own = caller
+            .agency
+            .as_deref()
+            .filter(|a| caller.acts_as_any(PEER_ROLES, a));
         let member = if caller.has_role(Role::HubAdmin) {
             None
-        } else if caller.has_any(&[Role::Analyst, Role::AgencyAdmin]) && caller.agency.is_some() {
-            caller.agency.as_deref()
+        } else if own.is_some() {
+            own
         } else {
             return Err(Error::PermissionDenied(
                 "peer groups are for hub_admin, analyst and agency_admin",
             ));
         };
+        // A hub_admin sees only groups inside its scope: read on past the ones it may not
+        // see until the page is full.
         let mut tx = self.db.read(Scope::Agency(HUB)).await?;
-        let mut rows = store::list_peer_groups(&mut tx, member, &after, limit + 1).await?;
+        let mut rows = Vec::new();
+        let mut cursor = after;
+        loop {
+            let batch = store::list_peer_groups(&mut tx, member, &cursor, limit + 1).await?;
+            let exhausted = (batch.len() as i64) < limit + 1;
+            if let Some(last) = batch.last() {
+                cursor = last.id.clone();
+            }
+            rows.extend(batch.into_iter().filter(|g| peer_group_visible(caller, g)));
+            if exhausted || rows.len() as i64 > limit {
+                break;
+            }
+        }
+        rows.truncate(limit as usize + 1);
         let next_page_token = next_token(&mut rows, limit, |g| &g.id);
         Ok(pb::ListPeerGroupsResponse {
             peer_groups: rows.iter().map(PeerGroupRow::to_proto).collect(),
@@ -668,7 +668,9 @@ impl Gateway {
         caller: &Caller,
         req: pb::UpdatePeerGroupRequest,
     ) -> Result<pb::PeerGroup, Error> {
-        require_hub_admin(caller)?;
+        if !caller.has_role(Role::HubAdmin) {
+            return Err(Denied::Roles.into());
+        }
         let group = req.peer_group.clone().unwrap_or_default();
         let id =
             names::parse_field("peer_group.name", "peerGroups/{}", &group.name)?[0].to_string();
@@ -679,10 +681,15 @@ impl Gateway {
                 domain::check_display_name(&group.display_name)
                     .map_err(|e| Error::invalid("peer_group.display_name", e))?;
             } else {
-                members = Some(
-                    self.check_members("peer_group.agencies", &group.agencies)
-                        .await?,
-                );
+                let m = self
+                    .check_members("peer_group.agencies", &group.agencies)
+                    .await?;
+                if !hub_admin_of_all(caller, &m) {
+                    return Err(Error::PermissionDenied(
+                        "a hub_admin groups only agencies its token covers",
+                    ));
+                }
+                members = Some(m);
             }
         }
         let fp = fingerprint(&req);
@@ -695,6 +702,7 @@ impl Gateway {
         };
         let mut row = store::get_peer_group(&mut change.tx, &id)
             .await?
+            .filter(|g| hub_admin_of_all(caller, &g.members))
             .ok_or(Error::NotFound("peer group"))?;
         check_etag(&group.etag, row.revision)?;
         if paths.iter().any(|p| p == "display_name") {
@@ -716,11 +724,14 @@ impl Gateway {
         caller: &Caller,
         req: pb::DeletePeerGroupRequest,
     ) -> Result<(), Error> {
-        require_hub_admin(caller)?;
+        if !caller.has_role(Role::HubAdmin) {
+            return Err(Denied::Roles.into());
+        }
         let id = names::parse_field("name", "peerGroups/{}", &req.name)?[0];
         let mut tx = self.db.write(Scope::Agency(HUB)).await?;
         let row = store::get_peer_group(&mut tx, id)
             .await?
+            .filter(|g| hub_admin_of_all(caller, &g.members))
             .ok_or(Error::NotFound("peer group"))?;
         check_etag(&req.etag, row.revision)?;
         store::delete_peer_group(&mut tx, id).await?;
@@ -747,19 +758,7 @@ impl Gateway {
         req: pb::GetDashboardRequest,
     ) -> Result<pb::Dashboard, Error> {
         let agency = agency_of("agency", &req.agency)?.to_string();
-        require(
-            caller,
-            &[
-                Role::Officer,
-                Role::SeniorOfficer,
-                Role::Analyst,
-                Role::AgencyAdmin,
-            ],
-            "dashboards are for officer, senior_officer, analyst and agency_admin",
-        )?;
-        if caller.agency.as_deref() != Some(agency.as_str()) {
-            return Err(Error::PermissionDenied("the token is for another agency"));
-        }
+        authorize(caller, DASHBOARD_ROLES, &agency, Target::Collection)?;
         let tz = self.time_zone(&agency).await?;
         let today = domain::today_in(&tz);
         let period = Period::parse(&req.period, today).map_err(|e| Error::invalid("period", e))?;
@@ -1067,13 +1066,15 @@ impl Gateway {
         }
         v.finish().map_err(Error::InvalidArgument)?;
         let period = period.map_err(|e| Error::invalid("period", e))?;
-        let hub = caller.has_role(Role::HubAdmin);
-        if !hub && !caller.has_any(&[Role::Analyst, Role::AgencyAdmin]) {
+        if !caller.has_role(Role::HubAdmin) && !caller.has_any(PEER_ROLES) {
             return Err(Error::PermissionDenied(
                 "benchmarks are for analyst, agency_admin and hub_admin",
             ));
         }
         let group = self.visible_peer_group(caller, &group_id).await?;
+        // The hub's view (every member named as consent allows) only for a hub_admin of
+        // every member; otherwise the view of the caller's own member agency.
+        let hub = hub_admin_of_all(caller, &group.members);
         let mut tx = self.db.read(Scope::Agency(HUB)).await?;
         let rows = store::agencies_in(&mut tx, &group.members).await?;
         drop(tx);
@@ -1205,14 +1206,12 @@ impl Gateway {
     ) -> Result<pb::ClientDataExport, Error> {
         let ids = names::parse_field("client", "agencies/{}/clients/{}", &req.client)?;
         let agency = ids[0].to_string();
-        require(
+        authorize(
             caller,
             &[Role::Officer, Role::SeniorOfficer],
-            "a subject-access export is for officer and senior_officer",
+            &agency,
+            Target::Collection,
         )?;
-        if caller.agency.as_deref() != Some(agency.as_str()) {
-            return Err(Error::PermissionDenied("the token is for another agency"));
-        }
         let client = req.client.clone();
         let mut register = self.backends.register();
         let (reg, complaints, responses, follow_ups) = futures::join!(

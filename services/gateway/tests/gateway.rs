@@ -187,7 +187,7 @@ impl KpiService for FakeKpi {
         let caller = Caller::from_request(&r)?;
         let req = r.into_inner();
         for a in &req.agencies {
-            if !caller.can_access_agency(a) {
+            if !caller.acts_in(a) {
                 return Err(Status::permission_denied(
                     "the token does not cover the agency",
                 ));

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use touchstone_api::common::v1::{self as common, Event};
 use touchstone_api::kpi::v1 as pb;
 use touchstone_api::kpi::v1::kpi_service_server::KpiService;
-use touchstone_auth::{Caller, Role};
+use touchstone_auth::{Caller, Role, Target, authorize};
 use touchstone_platform::change::{self, Begun};
 use touchstone_platform::db::{Db, Scope};
 use touchstone_platform::error::FieldViolation;
@@ -56,24 +56,6 @@ const READERS: &[Role] = &[
     Role::HubAdmin,
     Role::Service,
 ];
-
-/// Role first, then tenant: another agency's named resource is NOT_FOUND,
-/// another agency's collection PERMISSION_DENIED.
-fn authorize(caller: &Caller, roles: &[Role], agency: &str, named: bool) -> Result<(), Error> {
-    if !caller.has_any(roles) {
-        return Err(Error::PermissionDenied(
-            "the caller's roles do not allow this",
-        ));
-    }
-    if !caller.can_access_agency(agency) {
-        return Err(if named {
-            Error::NotFound("standard")
-        } else {
-            Error::PermissionDenied("the caller's token is not for this agency")
-        });
-    }
-    Ok(())
-}
 
 fn parse_agency<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
     Ok(names::parse_field(field, "agencies/{}", value)?[0])
@@ -283,7 +265,7 @@ impl Kpi {
         req: pb::QueryIndicatorRequest,
     ) -> Result<pb::QueryIndicatorResponse, Error> {
         let agency = parse_agency("agency", &req.agency)?;
-        authorize(caller, READERS, agency, false)?;
+        authorize(caller, READERS, agency, Target::Collection)?;
         let indicator = parse_indicator("indicator", &req.indicator)?;
         let (start, end) = parse_range(req.start_date.as_ref(), req.end_date.as_ref())?;
         let granularity = Granularity::from_proto(req.granularity)
@@ -337,7 +319,7 @@ impl Kpi {
         }
         for (i, a) in req.agencies.iter().enumerate() {
             names::check_id(a).map_err(|e| Error::invalid(&format!("agencies[{i}]"), e.0))?;
-            if !caller.can_access_agency(a) {
+            if !caller.acts_as_any(&[Role::HubAdmin, Role::Service], a) {
                 return Err(Error::PermissionDenied(
                     "the caller's token does not cover every agency",
                 ));
@@ -378,7 +360,7 @@ impl Kpi {
         req: pb::GetCharterReportRequest,
     ) -> Result<pb::CharterReport, Error> {
         let agency = parse_agency("agency", &req.agency)?;
-        authorize(caller, READERS, agency, false)?;
+        authorize(caller, READERS, agency, Target::Collection)?;
         let granularity = match pb::Granularity::try_from(req.period) {
             Ok(pb::Granularity::Month) => Granularity::Month,
             Ok(pb::Granularity::Quarter) => Granularity::Quarter,
@@ -435,7 +417,7 @@ impl Kpi {
         req: pb::GetEquityReportRequest,
     ) -> Result<pb::EquityReport, Error> {
         let agency = parse_agency("agency", &req.agency)?;
-        authorize(caller, READERS, agency, false)?;
+        authorize(caller, READERS, agency, Target::Collection)?;
         let indicator = parse_indicator("indicator", &req.indicator)?;
         let (start, end) = parse_range(req.start_date.as_ref(), req.end_date.as_ref())?;
         let dimension = parse_dimension("dimension", req.dimension, &indicator)?;
@@ -479,7 +461,7 @@ impl Kpi {
         req: pb::CreateStandardRequest,
     ) -> Result<pb::Standard, Error> {
         let agency = parse_agency("parent", &req.parent)?;
-        authorize(caller, &[Role::AgencyAdmin], agency, false)?;
+        authorize(caller, &[Role::AgencyAdmin], agency, Target::Collection)?;
         let id = names::chosen_id("standard_id", &req.standard_id)?;
         let given = req.standard.clone().unwrap_or_default();
         let now = times::now_millis();
@@ -525,7 +507,7 @@ impl Kpi {
         req: pb::GetStandardRequest,
     ) -> Result<pb::Standard, Error> {
         let (agency, id) = parse_standard("name", &req.name)?;
-        authorize(caller, READERS, agency, true)?;
+        authorize(caller, READERS, agency, Target::Named)?;
         let mut tx = self.db.read(Scope::Agency(agency)).await?;
         let row = store::standard(&mut tx, agency, id).await?;
         tx.commit().await?;
@@ -539,7 +521,7 @@ impl Kpi {
         req: pb::ListStandardsRequest,
     ) -> Result<pb::ListStandardsResponse, Error> {
         let agency = parse_agency("parent", &req.parent)?;
-        authorize(caller, READERS, agency, false)?;
+        authorize(caller, READERS, agency, Target::Collection)?;
         let params = touchstone_list::ListParams {
             filter: &req.filter,
             order_by: &req.order_by,
@@ -567,7 +549,7 @@ impl Kpi {
             .clone()
             .ok_or_else(|| Error::invalid("standard", "required"))?;
         let (agency, id) = parse_standard("standard.name", &given.name)?;
-        authorize(caller, &[Role::AgencyAdmin], agency, true)?;
+        authorize(caller, &[Role::AgencyAdmin], agency, Target::Named)?;
         let paths = req
             .update_mask
             .as_ref()
@@ -610,7 +592,7 @@ impl Kpi {
         req: pb::DeleteStandardRequest,
     ) -> Result<pb::DeleteStandardResponse, Error> {
         let (agency, id) = parse_standard("name", &req.name)?;
-        authorize(caller, &[Role::AgencyAdmin], agency, true)?;
+        authorize(caller, &[Role::AgencyAdmin], agency, Target::Named)?;
         let revision = match req.etag.as_str() {
             "" => None,
             e => Some(e.parse::<i64>().map_err(|_| Error::StaleEtag)?),
@@ -736,7 +718,7 @@ impl KpiService for Kpi {
     ) -> Reply<pb::ListEventsResponse> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let allowed = caller.has_any(&[Role::Service, Role::AgencyAdmin]);
+        let allowed = &[Role::Service, Role::AgencyAdmin];
         let events = outbox::list_for(
             &self.db,
             &caller,
@@ -757,7 +739,7 @@ impl KpiService for Kpi {
     ) -> Reply<Self::WatchEventsStream> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let allowed = caller.has_any(&[Role::Service, Role::AgencyAdmin]);
+        let allowed = &[Role::Service, Role::AgencyAdmin];
         let stream = outbox::watch_for(self.db.clone(), &caller, allowed, req.after_sequence)
             .map_err(Error::from)?
             .map(|item| item.map_err(|e| Status::from(Error::Database(e))));

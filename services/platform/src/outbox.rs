@@ -83,25 +83,23 @@ impl FeedScope {
     }
 }
 
-/// Whose events `caller` may read: every agency's for a `service` caller
-/// whose token is for all agencies, else the caller's own agency's.
-/// `allowed` is whether the caller's roles may read the feed at all.
+/// Whose events `caller` may read with one of `roles`: every agency's when one of them
+/// applies in every agency (a hub role with `agencies: "*"`), else the caller's own
+/// agency's when one of them applies there (DESIGN §4: a role acts only in its scope).
 pub fn feed_scope(
     caller: &touchstone_auth::Caller,
-    allowed: bool,
+    roles: &[touchstone_auth::Role],
 ) -> Result<FeedScope, &'static str> {
-    use touchstone_auth::{AgencyScope, Role};
-    if !allowed {
+    if !caller.has_any(roles) {
         return Err("the change feed needs the service or agency_admin role");
     }
-    if caller.has_role(Role::Service) && caller.agencies == AgencyScope::All {
+    if caller.acts_everywhere_as_any(roles) {
         return Ok(FeedScope::All);
     }
-    caller
-        .agency
-        .clone()
-        .map(FeedScope::Agency)
-        .ok_or("the token names no agency")
+    match caller.agency.as_deref() {
+        Some(own) if caller.acts_as_any(roles, own) => Ok(FeedScope::Agency(own.to_string())),
+        _ => Err("the token's roles do not reach a change feed"),
+    }
 }
 
 /// Why a change-feed read was refused.
@@ -129,15 +127,15 @@ fn check_after(after_sequence: i64) -> Result<(), FeedError> {
 }
 
 /// Every service's `ListEvents`: one page of the feed `caller` may read
-/// (`allowed`: whether its roles may read the feed at all).
+/// with one of `roles`.
 pub async fn list_for(
     db: &Db,
     caller: &touchstone_auth::Caller,
-    allowed: bool,
+    roles: &[touchstone_auth::Role],
     after_sequence: i64,
     page_size: i32,
 ) -> Result<Vec<Event>, FeedError> {
-    let feed = feed_scope(caller, allowed).map_err(FeedError::Denied)?;
+    let feed = feed_scope(caller, roles).map_err(FeedError::Denied)?;
     check_after(after_sequence)?;
     let size = touchstone_list::page_size(page_size).map_err(|e| {
         FeedError::Invalid(crate::error::FieldViolation::new(e.field, e.description))
@@ -150,10 +148,10 @@ pub async fn list_for(
 pub fn watch_for(
     db: Db,
     caller: &touchstone_auth::Caller,
-    allowed: bool,
+    roles: &[touchstone_auth::Role],
     after_sequence: i64,
 ) -> Result<impl Stream<Item = Result<Event, sqlx::Error>> + Send + 'static, FeedError> {
-    let feed = feed_scope(caller, allowed).map_err(FeedError::Denied)?;
+    let feed = feed_scope(caller, roles).map_err(FeedError::Denied)?;
     check_after(after_sequence)?;
     Ok(watch(db, feed, after_sequence))
 }

@@ -15,7 +15,7 @@ use touchstone_api::Named;
 use touchstone_api::common::v1::Event;
 use touchstone_api::register::v1 as pb;
 use touchstone_api::register::v1::register_service_server::RegisterService;
-use touchstone_auth::Caller;
+use touchstone_auth::{Caller, Target, authorize};
 use touchstone_crypto::{DataKey, normalise};
 use touchstone_list::{ListError, ListParams, ListQuery};
 use touchstone_platform::audit::{self, Access};
@@ -62,25 +62,6 @@ fn parse_agency<'a>(field: &str, parent: &'a str) -> Result<&'a str, Error> {
 
 fn chosen_id(field: &str, id: &str) -> Result<String, Error> {
     names::chosen_id(field, id).map_err(|v| Error::InvalidArgument(vec![v]))
-}
-
-/// Role first (an analyst learns nothing), then tenant: another agency's
-/// named resource is NOT_FOUND, so its existence stays private; acting on
-/// another agency's collection is PERMISSION_DENIED.
-fn authorize(caller: &Caller, action: Action, agency: &str, named: bool) -> Result<(), Error> {
-    if !action.allowed(caller) {
-        return Err(Error::PermissionDenied(
-            "the caller's roles do not allow this",
-        ));
-    }
-    if !caller.can_access_agency(agency) {
-        return Err(if named {
-            Error::NotFound("resource")
-        } else {
-            Error::PermissionDenied("the caller's token is not for this agency")
-        });
-    }
-    Ok(())
 }
 
 fn etag(revision: i64) -> String {
@@ -288,7 +269,7 @@ impl Register {
         if req.source.chars().count() > 100 {
             return Err(Error::invalid("source", "at most 100 characters"));
         }
-        authorize(caller, Action::Write, agency, true)?;
+        authorize(caller, Action::Write.roles(), agency, Target::Named)?;
         let mut change = match self
             .begin(
                 caller,
@@ -346,7 +327,7 @@ impl RegisterService for Register {
         let req = request.into_inner();
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::Write, agency, false)?;
+            authorize(&caller, Action::Write.roles(), agency, Target::Collection)?;
             let Some(client) = req.client.as_ref() else {
                 return Err(Error::invalid("client", "required"));
             };
@@ -398,7 +379,7 @@ impl RegisterService for Register {
                     "must have the form agencies/{a}/clients/{c}",
                 ));
             };
-            authorize(&caller, Action::Read, agency, true)?;
+            authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
             let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
             let record = load_client(&mut tx, &key, agency, id).await?;
@@ -426,7 +407,7 @@ impl RegisterService for Register {
                     "must have the form agencies/{a}/clients/{c}",
                 ));
             };
-            authorize(&caller, Action::Write, agency, true)?;
+            authorize(&caller, Action::Write.roles(), agency, Target::Named)?;
             let mut change = match self
                 .begin(
                     &caller,
@@ -482,7 +463,7 @@ impl RegisterService for Register {
         let req = request.into_inner();
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::Read, agency, false)?;
+            authorize(&caller, Action::Read.roles(), agency, Target::Collection)?;
             let params = ListParams {
                 filter: &req.filter,
                 order_by: &req.order_by,
@@ -527,7 +508,7 @@ impl RegisterService for Register {
         let req = request.into_inner();
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::Read, agency, false)?;
+            authorize(&caller, Action::Read.roles(), agency, Target::Collection)?;
             let (kind, field, value) = match &req.query {
                 None => {
                     return Err(Error::invalid(
@@ -591,7 +572,7 @@ impl RegisterService for Register {
                     "must have the form agencies/{a}/clients/{c}",
                 ));
             };
-            authorize(&caller, Action::Erase, agency, true)?;
+            authorize(&caller, Action::Erase.roles(), agency, Target::Named)?;
             let mut change = match self
                 .begin(
                     &caller,
@@ -639,7 +620,7 @@ impl RegisterService for Register {
                     "must have the form agencies/{a}/clients/{c}",
                 ));
             };
-            authorize(&caller, Action::Export, agency, true)?;
+            authorize(&caller, Action::Export.roles(), agency, Target::Named)?;
             let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
             let record = load_client(&mut tx, &key, agency, id).await?;
@@ -722,7 +703,7 @@ impl RegisterService for Register {
                     "must have the form agencies/{a}/clients/{c}",
                 ));
             };
-            authorize(&caller, Action::Write, agency, true)?;
+            authorize(&caller, Action::Write.roles(), agency, Target::Named)?;
             let Some(need) = req.need.as_ref() else {
                 return Err(Error::invalid("need", "required"));
             };
@@ -771,7 +752,7 @@ impl RegisterService for Register {
                     "must have the form agencies/{a}/clients/{c}/needs/{n}",
                 ));
             };
-            authorize(&caller, Action::Read, agency, true)?;
+            authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
             let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
             let record = store::get_need(&mut tx, &key, agency, client_id, id)
@@ -800,7 +781,7 @@ impl RegisterService for Register {
                     "must have the form agencies/{a}/clients/{c}/needs/{n}",
                 ));
             };
-            authorize(&caller, Action::Write, agency, true)?;
+            authorize(&caller, Action::Write.roles(), agency, Target::Named)?;
             let mut change = match self
                 .begin(
                     &caller,
@@ -855,7 +836,16 @@ impl RegisterService for Register {
             if agency == "-" {
                 return Err(Error::invalid("parent", "the agency cannot be a wildcard"));
             }
-            authorize(&caller, Action::Read, agency, client != "-")?;
+            authorize(
+                &caller,
+                Action::Read.roles(),
+                agency,
+                if client != "-" {
+                    Target::Named
+                } else {
+                    Target::Collection
+                },
+            )?;
             let params = ListParams {
                 filter: &req.filter,
                 order_by: &req.order_by,
@@ -898,7 +888,7 @@ impl RegisterService for Register {
                     "must have the form agencies/{a}/clients/{c}/needs/{n}",
                 ));
             };
-            authorize(&caller, Action::Write, agency, true)?;
+            authorize(&caller, Action::Write.roles(), agency, Target::Named)?;
             let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
             let record = store::get_need(&mut tx, &key, agency, client_id, id)
@@ -928,7 +918,7 @@ impl RegisterService for Register {
         let req = request.into_inner();
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::Read, agency, false)?;
+            authorize(&caller, Action::Read.roles(), agency, Target::Collection)?;
             let day = match &req.review_on_or_before {
                 Some(d) => times::date_key(d).ok_or_else(|| {
                     Error::invalid("review_on_or_before", "not a valid calendar date")
@@ -977,7 +967,7 @@ impl RegisterService for Register {
         let req = request.into_inner();
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
-            authorize(&caller, Action::Audit, agency, false)?;
+            authorize(&caller, Action::Audit.roles(), agency, Target::Collection)?;
             let params = ListParams {
                 filter: &req.filter,
                 order_by: "",
@@ -1004,7 +994,7 @@ impl RegisterService for Register {
     ) -> Reply<pb::ListEventsResponse> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let allowed = Action::Feed.allowed(&caller);
+        let allowed = Action::Feed.roles();
         let events = outbox::list_for(
             &self.db,
             &caller,
@@ -1026,7 +1016,7 @@ impl RegisterService for Register {
     ) -> Reply<Self::WatchEventsStream> {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
-        let allowed = Action::Feed.allowed(&caller);
+        let allowed = Action::Feed.roles();
         let stream = outbox::watch_for(self.db.clone(), &caller, allowed, req.after_sequence)
             .map_err(Error::from)?
             .map(|item| item.map_err(|e| Status::from(Error::Database(e))));

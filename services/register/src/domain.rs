@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use touchstone_api::common::v1::Channel;
 use touchstone_api::register::v1 as pb;
-use touchstone_auth::{Caller, Role};
+use touchstone_auth::Role;
 use touchstone_platform::error::Violations;
 
 /// Longest name, in characters.
@@ -681,11 +681,6 @@ impl Action {
             Action::Audit => &[Role::AgencyAdmin],
             Action::Feed => &[Role::Service, Role::AgencyAdmin],
         }
-    }
-
-    /// Whether `caller` holds a role for this action.
-    pub fn allowed(self, caller: &Caller) -> bool {
-        caller.has_any(self.roles())
     }
 }
 
