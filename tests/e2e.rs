@@ -222,6 +222,12 @@ async fn up_serves_the_register_end_to_end() {
                     && l.contains("method=\"CreateClient\"")),
             "no touchstone_grpc_requests_total for CreateClient in /metrics:\n{metrics}"
         );
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("touchstone_outbox_horizon_lag_seconds ")),
+            "no change-feed horizon lag gauge in /metrics:\n{metrics}"
+        );
 
         // Without a token, or with a bad one, the register refuses.
         let mut anonymous = RegisterServiceClient::new(channel.clone());

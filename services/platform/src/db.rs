@@ -385,6 +385,11 @@ pub static PLATFORM_MIGRATIONS: MigrationSet = MigrationSet {
             name: "feed cursors",
             sql: include_str!("../migrations/postgres/0002_feed_cursors.sql"),
         },
+        Migration {
+            version: 3,
+            name: "feed transaction ids",
+            sql: include_str!("../migrations/postgres/0003_feed_xid.sql"),
+        },
     ],
 };
 

@@ -30,5 +30,6 @@ mod shed;
 pub mod shutdown;
 pub mod telemetry;
 
+pub use metrics::sample_gauge;
 pub use serve::{Readiness, ServeError, ServeOptions, serve};
 pub use telemetry::inject_trace_context;

@@ -1,7 +1,11 @@
 //! Prometheus metrics for the RPCs a server handles, and the `/metrics` response that exposes them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -73,6 +77,8 @@ impl Metrics {
             in_flight_family,
         );
 
+        registry.register_collector(Box::new(Sampled));
+
         Self {
             service,
             registry,
@@ -122,6 +128,36 @@ impl Metrics {
                 response
             }
         }
+    }
+}
+
+/// A gauge read at every scrape: its name (with unit suffix), help text, and reader.
+type SampledGauge = (&'static str, &'static str, fn() -> f64);
+
+static SAMPLED: Mutex<Vec<SampledGauge>> = Mutex::new(Vec::new());
+
+/// Adds a gauge whose value `read` returns at every scrape of every server in this
+/// process, for state kept outside the server (e.g. the change feed's horizon lag).
+/// Adding the same name twice keeps the first.
+pub fn sample_gauge(name: &'static str, help: &'static str, read: fn() -> f64) {
+    let mut list = SAMPLED.lock().unwrap_or_else(|p| p.into_inner());
+    if !list.iter().any(|(n, _, _)| *n == name) {
+        list.push((name, help, read));
+    }
+}
+
+#[derive(Debug)]
+struct Sampled;
+
+impl Collector for Sampled {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let list = SAMPLED.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (name, help, read) in list {
+            let gauge = ConstGauge::new(read());
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
     }
 }
 

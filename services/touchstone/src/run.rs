@@ -48,6 +48,13 @@ fn init_telemetry(
     settings: &Settings,
     name: &str,
 ) -> anyhow::Result<touchstone_server::telemetry::TelemetryGuard> {
+    touchstone_server::sample_gauge(
+        "touchstone_outbox_horizon_lag_seconds",
+        "PostgreSQL change feed: age of the oldest event written but not yet released to \
+         readers because an older transaction is still running, at the last feed read \
+         (0 on SQLite)",
+        touchstone_platform::outbox::horizon_lag_seconds,
+    );
     touchstone_server::telemetry::init(
         name,
         settings.log_format == LogFormat::Json,
