@@ -563,8 +563,13 @@ pub fn key_date(key: i64) -> Option<Date> {
     Date::from_calendar_date((key / 10_000) as i32, month, u8::try_from(key % 100).ok()?).ok()
 }
 
-/// A wire date as a date, if it is a real one.
+/// A wire date as a date, if it is a real one. Years are 1 to 9999, as `google.type.Date`
+/// defines them: the `time` crate also takes years before the common era, which no reporting
+/// period of an agency can fall in.
 pub fn wire_date(d: &common::Date) -> Option<Date> {
+    if !(1..=9999).contains(&d.year) {
+        return None;
+    }
     let month = Month::try_from(u8::try_from(d.month).ok()?).ok()?;
     Date::from_calendar_date(d.year, month, u8::try_from(d.day).ok()?).ok()
 }
