@@ -4,6 +4,8 @@
 
 // `touchstone up --demo` end to end: a module of this one test binary.
 mod demo;
+// Malformed requests to every method, and reflection per port.
+mod wire;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -813,6 +813,26 @@ mod tests {
     use time::macros::date;
 
     #[test]
+    fn wire_dates_are_real_days_of_years_1_to_9999() {
+        let d = |year, month, day| common::Date { year, month, day };
+        assert_eq!(wire_date(&d(2026, 2, 28)), Some(date!(2026 - 02 - 28)));
+        assert_eq!(wire_date(&d(1, 1, 1)), Some(date!(0001 - 01 - 01)));
+        assert_eq!(wire_date(&d(9999, 12, 31)), Some(date!(9999 - 12 - 31)));
+        for bad in [
+            d(-1, 1, 1),
+            d(0, 1, 1),
+            d(10_000, 1, 1),
+            d(-9999, 12, 31),
+            d(2026, 2, 29),
+            d(2026, 13, 1),
+            d(2026, 0, 1),
+            d(2026, 1, 0),
+        ] {
+            assert_eq!(wire_date(&bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn catalogue_ids_are_unique_and_cover_the_issue() {
         let all = catalogue();
         let mut ids: Vec<&str> = all.iter().map(|i| i.id.as_str()).collect();
