@@ -72,13 +72,19 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        Decoder { _type: PhantomData }
+        // Once per call (or stream), not per message.
+        Decoder {
+            request: SCHEMA.request(U::PACKAGE, U::NAME),
+            _type: PhantomData,
+        }
     }
 }
 
-/// Decodes `U`, checking it first when `U` is the request message of some RPC.
+/// Decodes `U`, checking it too when `U` is the request message of some RPC.
 #[derive(Debug, Clone)]
 pub struct Decoder<U> {
+    /// `U`'s index in the schema when it is a request.
+    request: Option<usize>,
     _type: PhantomData<U>,
 }
 
@@ -90,7 +96,7 @@ where
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        let Some(message) = SCHEMA.request(U::PACKAGE, U::NAME) else {
+        let Some(message) = self.request else {
             return ProstDecoder::<U>::default().decode(buf);
         };
         // tonic hands over one whole message in one contiguous buffer; taking it as `Bytes`
@@ -194,8 +200,6 @@ enum Kind {
 #[derive(Debug, Default)]
 struct Shape {
     fields: Vec<Field>,
-    /// Whether some field is repeated, so the walk counts occurrences for the path.
-    has_repeated: bool,
 }
 
 impl Shape {
@@ -260,11 +264,7 @@ impl Schema {
                     })
                     .collect();
                 fields.sort_by_key(|f| f.number);
-                let has_repeated = fields.iter().any(|f| f.repeated);
-                Shape {
-                    fields,
-                    has_repeated,
-                }
+                Shape { fields }
             })
             .collect();
         let mut requests: HashMap<String, HashMap<String, usize>> = HashMap::new();
@@ -303,10 +303,9 @@ impl Schema {
             return Err(Finding::Malformed);
         }
         let shape = &self.messages[message];
-        // Occurrences of each repeated field so far, for `[i]` in a path; only kept when the
-        // message has a repeated field at all.
-        let mut seen: Vec<(u32, u32)> = Vec::new();
+        let whole = bytes;
         while !bytes.is_empty() {
+            let at = whole.len() - bytes.len();
             let key = varint(&mut bytes)?;
             let number = u32::try_from(key >> 3).map_err(|_| Finding::Malformed)?;
             match key & 7 {
@@ -326,16 +325,14 @@ impl Schema {
                     let Some(field) = shape.field(number) else {
                         continue;
                     };
-                    let index = if shape.has_repeated && field.repeated {
-                        Some(occurrence(&mut seen, number))
-                    } else {
-                        None
-                    };
                     let found = match field.kind {
                         Kind::Text => check_text(value),
                         Kind::Message(inner) => self.scan(inner, value, path, depth + 1),
                     };
                     if let Err(finding) = found {
+                        // Only now count the field's earlier occurrences, for `[i]`: a clean
+                        // request pays nothing for it.
+                        let index = field.repeated.then(|| occurrences(&whole[..at], number));
                         path.segments.push((field.name.clone(), index));
                         return Err(finding);
                     }
@@ -363,25 +360,46 @@ fn collect<'a>(
     }
 }
 
-/// The 0-based occurrence of repeated field `number` now being read.
-fn occurrence(seen: &mut Vec<(u32, u32)>, number: u32) -> u32 {
-    match seen.iter_mut().find(|(n, _)| *n == number) {
-        Some((_, count)) => {
-            *count += 1;
-            *count - 1
-        }
-        None => {
-            seen.push((number, 1));
-            0
+/// How often length-delimited field `number` occurs in `bytes`, a prefix of a message that
+/// the walk has already been over.
+fn occurrences(mut bytes: &[u8], number: u32) -> u32 {
+    let mut count = 0;
+    while let Ok(key) = varint(&mut bytes) {
+        let skipped = match key & 7 {
+            0 => varint(&mut bytes).map(drop),
+            1 => skip(&mut bytes, 8),
+            5 => skip(&mut bytes, 4),
+            2 => match varint(&mut bytes).map(usize::try_from) {
+                Ok(Ok(len)) => {
+                    count += u32::from(key >> 3 == u64::from(number));
+                    skip(&mut bytes, len)
+                }
+                _ => Err(Finding::Malformed),
+            },
+            3 => u32::try_from(key >> 3)
+                .map_err(|_| Finding::Malformed)
+                .and_then(|n| skip_group(&mut bytes, n, 0)),
+            _ => Err(Finding::Malformed),
+        };
+        if skipped.is_err() {
+            break;
         }
     }
+    count
 }
 
 /// A string field's value: UTF-8 (prost has checked) without control characters.
 fn check_text(value: &[u8]) -> Result<(), Finding> {
     // Control characters are U+0000–U+001F, U+007F and U+0080–U+009F. The first two ranges are
-    // single bytes; the last is encoded as 0xC2 0x80–0x9F. Checking bytes keeps the common
-    // clean case a tight loop.
+    // single bytes; the last is encoded as 0xC2 0x80–0x9F. A first pass without branches (the
+    // compiler vectorises it) clears almost every value; only text with a byte that could be
+    // part of one (tab and line feed included) is looked at closely.
+    let suspect = value.iter().fold(false, |any, &b| {
+        any | (b < 0x20) | (b == 0x7F) | (b == 0xC2)
+    });
+    if !suspect {
+        return Ok(());
+    }
     let mut previous = 0u8;
     for &b in value {
         let control = match b {
