@@ -6,7 +6,7 @@
 //! reason `MALFORMED_REQUEST`, never the INTERNAL that tonic-prost returns. A request that
 //! decodes but carries a control character (anything `char::is_control` but tab, line feed and
 //! carriage return) in any string field is INVALID_ARGUMENT with a `BadRequest` violation
-//! naming the field path (`issue.description`, `rows[3].comment`): PostgreSQL cannot store
+//! naming the field path (`issue.description`, `client.external_references[1].id`): PostgreSQL cannot store
 //! U+0000 and SQLite would, so the one rule here keeps both backends answering alike, and no
 //! handler has to remember it field by field.
 //!
@@ -14,6 +14,9 @@
 //! once from the descriptor set (`FILE_DESCRIPTOR_SET`); it allocates nothing on a clean
 //! request. Responses decode as before (a client that receives bytes it cannot decode still
 //! gets INTERNAL: that is the server's fault, not its caller's).
+
+// The crate allows clippy's lints for the generated code; this module is written by hand.
+#![warn(clippy::all, clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
