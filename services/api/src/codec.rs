@@ -6,9 +6,9 @@
 //! reason `MALFORMED_REQUEST`, never the INTERNAL that tonic-prost returns. A request that
 //! decodes but carries a control character (anything `char::is_control` but tab, line feed and
 //! carriage return) in any string field is INVALID_ARGUMENT with a `BadRequest` violation
-//! naming the field path (`issue.description`, `client.external_references[1].id`): PostgreSQL cannot store
-//! U+0000 and SQLite would, so the one rule here keeps both backends answering alike, and no
-//! handler has to remember it field by field.
+//! naming the field path (`issue.description`, `client.external_references[1].id`):
+//! PostgreSQL cannot store U+0000 and SQLite would, so the one rule here keeps both backends
+//! answering alike, and no handler has to remember it field by field.
 //!
 //! The check walks the request's wire bytes with a table of string and message fields built
 //! once from the descriptor set (`FILE_DESCRIPTOR_SET`); it allocates nothing on a clean
