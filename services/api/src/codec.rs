@@ -562,6 +562,37 @@ mod tests {
     }
 
     #[test]
+    fn the_walk_never_panics_on_arbitrary_bytes() {
+        // A fixed xorshift sequence: arbitrary bytes, truncated and nested encodings alike,
+        // walked as every request message.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let requests: Vec<usize> = SCHEMA
+            .requests
+            .values()
+            .flat_map(|names| names.values().copied())
+            .collect();
+        for round in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if round % 2 == 0 && !bytes.is_empty() {
+                // Mostly valid-looking keys: field 1-15, wire types 0-5.
+                bytes[0] = ((next() % 15 + 1) << 3) as u8 | (next() % 6) as u8;
+            }
+            let message = requests[round % requests.len()];
+            let mut path = Path::default();
+            let _ = SCHEMA.scan(message, &bytes, &mut path, 0);
+            let _ = path.text();
+            let _ = occurrences(&bytes, 1);
+        }
+    }
+
+    #[test]
     fn domains_follow_the_package() {
         assert_eq!(domain("touchstone.kpi.v1"), "kpi.touchstone");
         assert_eq!(domain("grpc.health.v1"), "touchstone");
