@@ -6,6 +6,8 @@
 mod demo;
 // Every RPC against another agency's data, with every role combination.
 mod scope;
+// Malformed requests to every method, and reflection per port.
+mod wire;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.enable_type_names();
     tonic_prost_build::configure()
+        // tonic-prost's codec plus the request checks every service shares (src/codec.rs).
+        .codec_path("crate::codec::Codec")
         .build_client(true)
         .build_server(true)
         .compile_fds_with_config(fds, config)?;

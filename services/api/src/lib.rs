@@ -8,6 +8,8 @@
     missing_debug_implementations
 )]
 
+pub mod codec;
+
 /// Encoded `FileDescriptorSet` of every Touchstone proto, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/touchstone_descriptor.bin"));

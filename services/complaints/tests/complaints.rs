@@ -1496,6 +1496,27 @@ async fn learning_register() {
         .await
         .expect_err("missing complaint");
     assert_eq!(violations(&bad), ["issue.complaints[0]"]);
+    // A NUL in free text: PostgreSQL cannot store it and SQLite would, so both refuse it
+    // before the store, on the field's path.
+    let bad = c
+        .create_issue(req(
+            pb::CreateIssueRequest {
+                parent: "agencies/dia".into(),
+                issue: Some(pb::Issue {
+                    title: "Form loses data".into(),
+                    description: "Sessions\0time out.".into(),
+                    complaints: vec![one.name.clone()],
+                    ..Default::default()
+                }),
+                request_id: "issue-nul".into(),
+                ..Default::default()
+            },
+            &t,
+        ))
+        .await
+        .expect_err("a NUL in the description");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(violations(&bad), ["issue.description"]);
     h.stop().await;
 }
 

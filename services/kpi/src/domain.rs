@@ -563,8 +563,13 @@ pub fn key_date(key: i64) -> Option<Date> {
     Date::from_calendar_date((key / 10_000) as i32, month, u8::try_from(key % 100).ok()?).ok()
 }
 
-/// A wire date as a date, if it is a real one.
+/// A wire date as a date, if it is a real one. Years are 1 to 9999, as `google.type.Date`
+/// defines them: the `time` crate also takes years before the common era, which no reporting
+/// period of an agency can fall in.
 pub fn wire_date(d: &common::Date) -> Option<Date> {
+    if !(1..=9999).contains(&d.year) {
+        return None;
+    }
     let month = Month::try_from(u8::try_from(d.month).ok()?).ok()?;
     Date::from_calendar_date(d.year, month, u8::try_from(d.day).ok()?).ok()
 }
@@ -806,6 +811,26 @@ pub fn spread(total: i64, start: Date, end: Date) -> Vec<(i64, i64)> {
 mod tests {
     use super::*;
     use time::macros::date;
+
+    #[test]
+    fn wire_dates_are_real_days_of_years_1_to_9999() {
+        let d = |year, month, day| common::Date { year, month, day };
+        assert_eq!(wire_date(&d(2026, 2, 28)), Some(date!(2026 - 02 - 28)));
+        assert_eq!(wire_date(&d(1, 1, 1)), Some(date!(0001 - 01 - 01)));
+        assert_eq!(wire_date(&d(9999, 12, 31)), Some(date!(9999 - 12 - 31)));
+        for bad in [
+            d(-1, 1, 1),
+            d(0, 1, 1),
+            d(10_000, 1, 1),
+            d(-9999, 12, 31),
+            d(2026, 2, 29),
+            d(2026, 13, 1),
+            d(2026, 0, 1),
+            d(2026, 1, 0),
+        ] {
+            assert_eq!(wire_date(&bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn catalogue_ids_are_unique_and_cover_the_issue() {

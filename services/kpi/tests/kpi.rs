@@ -1945,6 +1945,32 @@ async fn standards_charter_roles_and_validation() {
             "start_date",
         ),
         (
+            // Before the common era: `time` takes it, google.type.Date does not.
+            pb::QueryIndicatorRequest {
+                agency: "agencies/a1".into(),
+                indicator: "nps".into(),
+                start_date: Some(date(-1, 1, 1)),
+                end_date: Some(date(2026, 1, 2)),
+                ..Default::default()
+            },
+            "start_date",
+        ),
+        (
+            // A NUL in a scope: refused by the shared codec, on the field's path.
+            pb::QueryIndicatorRequest {
+                agency: "agencies/a1".into(),
+                indicator: "nps".into(),
+                start_date: Some(date(2026, 1, 1)),
+                end_date: Some(date(2026, 1, 2)),
+                scope: Some(pb::Scope {
+                    service: "pass\0ports".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "scope.service",
+        ),
+        (
             pb::QueryIndicatorRequest {
                 agency: "agencies/a1".into(),
                 indicator: "nps".into(),

@@ -121,9 +121,13 @@ pub async fn serve(
 
     let routes = routes
         .add_service(health_service)
-        .add_service(reflection().build_v1().map_err(ServeError::Reflection)?)
         .add_service(
-            reflection()
+            reflection(&opts.grpc_services)
+                .build_v1()
+                .map_err(ServeError::Reflection)?,
+        )
+        .add_service(
+            reflection(&opts.grpc_services)
                 .build_v1alpha()
                 .map_err(ServeError::Reflection)?,
         )
@@ -216,12 +220,26 @@ pub async fn serve(
     Ok(())
 }
 
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    SERVED_DESCRIPTORS.into_iter().fold(
+/// Reflection for this port: every descriptor stays resolvable (one set holds all the
+/// Touchstone protos), but `ListServices` names only what the port serves, as a client that
+/// discovers services through it would otherwise call services that answer UNIMPLEMENTED here.
+fn reflection(served: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let builder = SERVED_DESCRIPTORS.into_iter().fold(
         tonic_reflection::server::Builder::configure(),
         tonic_reflection::server::Builder::register_encoded_file_descriptor_set,
+    );
+    served.iter().copied().chain(ALWAYS_SERVED).fold(
+        builder,
+        tonic_reflection::server::Builder::with_service_name,
     )
 }
+
+/// What every port serves beside its own services.
+const ALWAYS_SERVED: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
 
 fn connection_builder(limit: usize) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -234,9 +252,29 @@ fn connection_builder(limit: usize) -> Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(streams);
+        .max_concurrent_streams(streams)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
     builder
 }
+
+/// SETTINGS_INITIAL_WINDOW_SIZE: the request bytes one stream may send before the handler
+/// reads them. Requests are small, so HTTP/2's own default is plenty for full speed.
+const STREAM_WINDOW: u32 = 64 * 1024;
+
+/// The connection's receive window, sized for h2's flood protection rather than for bytes.
+///
+/// h2 charges every DATA frame under 256 bytes `256 - len` against a per-connection budget
+/// while the frame waits to be read, and closes the connection with GOAWAY ENHANCE_YOUR_CALM
+/// `too_many_data_frames` when the budget runs out. The budget cannot be set through hyper; h2
+/// makes it half the connection window. A client streaming small messages (grpcio sends one
+/// DATA frame per ImportResponses row of ~40 bytes) fills a stream's window with up to
+/// `STREAM_WINDOW / 5` frames (a gRPC frame is at least its 5-byte prefix) while the handler is
+/// busy writing a batch, which with hyper's 1 MiB default cut grpcio imports off after 7-9k
+/// rows. Half of this window covers a whole stream window of the smallest gRPC frames
+/// (`64 KiB / 5 * 251` is about 3.3 MB) with room to spare, and the stream window still bounds
+/// what each stream holds.
+const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 fn is_connection_error(error: &std::io::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
