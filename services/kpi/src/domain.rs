@@ -499,7 +499,11 @@ pub struct Guard {
 #[derive(Debug, Clone, PartialEq)]
 enum Family {
     /// Answers to a standard item: top-two box, NPS categories, values.
-    Item { measure: String, top_two: bool, nps: bool },
+    Item {
+        measure: String,
+        top_two: bool,
+        nps: bool,
+    },
     /// Complaints received (their escalation flags count them once each).
     Received,
     /// Resolutions: working days, outcome, and within standard at any stage.
@@ -547,7 +551,9 @@ impl Guard {
                     checks.push(Check::EachBlock(2));
                 }
                 if *nps {
-                    checks.push(Check::EachBlock(3));
+                    // Promoters, and detractors, each neither none nor all.
+                    checks.push(Check::EachBlock(2));
+                    checks.push(Check::EachBlock(2));
                 }
                 checks.push(Check::Varied);
                 (vec![measure.clone()], checks)
@@ -598,8 +604,9 @@ impl Guard {
                         part += 1;
                     }
                     if *nps {
-                        add(part, if *v >= 9 { 2 } else { i64::from(*v >= 7) }, *count);
-                        part += 1;
+                        add(part, i64::from(*v >= 9), *count);
+                        add(part + 1, i64::from(*v <= 6), *count);
+                        part += 2;
                     }
                     add(part, *v, *count);
                 }

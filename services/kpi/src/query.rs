@@ -137,7 +137,8 @@ impl Table {
                 count,
             } = row;
             let is_day = *bucket > 999_999;
-            let Some(day) = domain::key_date(if is_day { *bucket } else { bucket * 100 + 1 }) else {
+            let Some(day) = domain::key_date(if is_day { *bucket } else { bucket * 100 + 1 })
+            else {
                 continue;
             };
             let label = segment.map(|tag| domain::segment_label(raw_segment, tag));
@@ -164,11 +165,7 @@ impl Table {
                     if (slot.0 == 3) != is_day {
                         continue;
                     }
-                    let tier = if seg_tier {
-                        2
-                    } else {
-                        u8::from(slot.0 == 3)
-                    };
+                    let tier = if seg_tier { 2 } else { u8::from(slot.0 == 3) };
                     *acc.entry((tier, day.year(), slot, key.clone()))
                         .or_default()
                         .entry(measure.clone())
@@ -239,12 +236,6 @@ impl Table {
                 );
             }
             status = protected.status;
-        }
-        if std::env::var("KPI_DEBUG_TABLE").is_ok() {
-            let t0 = tiers.iter().filter(|&&t| t == 0).count();
-            let mut keys: Vec<_> = index.iter().filter(|(_, i)| **i < t0).map(|(k, i)| (k.clone(), status[*i], contents[*i].n)).collect();
-            keys.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
-            eprintln!("TABLE years {years:?} day {by_day} seg {segment:?} t0 {t0} {:?}", keys.iter().filter(|k| k.0.1.0 == 2 && k.0.1.1.month() == time::Month::March && k.0.0.iter().all(|x| x.is_none())).collect::<Vec<_>>());
         }
         Ok(Table {
             index,
@@ -329,7 +320,10 @@ fn grid(q: &Query<'_>) -> (u8, Slot, Vec<(Period, Slot)>) {
     (l, before, points)
 }
 
-async fn table(tx: &mut Tx, q: &Query<'_>) -> Result<(Table, u8, Slot, Vec<(Period, Slot)>), sqlx::Error> {
+async fn table(
+    tx: &mut Tx,
+    q: &Query<'_>,
+) -> Result<(Table, u8, Slot, Vec<(Period, Slot)>), sqlx::Error> {
     let (level, before, points) = grid(q);
     let years = (before.1.year(), q.end.year());
     let t = Table::build(tx, q, years, level == 3).await?;
@@ -427,7 +421,10 @@ pub async fn equity(tx: &mut Tx, q: &Query<'_>) -> Result<(Estimate, Vec<Segment
     };
     let (t, _, _, points) = table(tx, &q).await?;
     let Some(&(_, slot)) = points.first() else {
-        return Ok((domain::estimate(q.indicator, &Cells::new(), q.k), Vec::new()));
+        return Ok((
+            domain::estimate(q.indicator, &Cells::new(), q.k),
+            Vec::new(),
+        ));
     };
     let base = scope_key(q.filter);
     let whole = t.estimate(&q, &base, slot);

@@ -7,7 +7,8 @@
 //!
 //! 1. A cell is **empty** when it has no observations: that is not a secret.
 //! 2. A non-empty cell is withheld (**primary**) when it has fewer than `k`
-//!    observations, or when it is **degenerate**: one of its category checks
+//!    observations, or (unless `k` is 1, a hub's choice to publish every
+//!    figure) when it is **degenerate**: one of its category checks
 //!    fails (a share at 0% or 100%, an NPS without promoters, passives or
 //!    detractors, a mean or quantile whose observations all have one value).
 //!    A degenerate figure states the answer of every observation behind it,
@@ -84,7 +85,8 @@ pub struct Policy {
 impl Policy {
     /// Whether `c` states something about every one of its observations.
     pub fn degenerate(&self, c: &Content) -> bool {
-        if c.n == 0 {
+        // k = 1 is a hub's choice to publish every figure: no control.
+        if c.n == 0 || self.k <= 1 {
             return false;
         }
         let empty = Histogram::new();
