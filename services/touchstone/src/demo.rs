@@ -1244,8 +1244,8 @@ async fn wait_for_kpi(
                         kpb::QueryIndicatorRequest {
                             agency: format!("agencies/{agency}"),
                             indicator: indicator.into(),
-                            start_date: Some(start.clone()),
-                            end_date: Some(end.clone()),
+                            start_date: Some(start),
+                            end_date: Some(end),
                             granularity: kpb::Granularity::Year as i32,
                             ..Default::default()
                         },
