@@ -14,7 +14,7 @@
 //! by month publishes. A query then reads its points off the table.
 
 use crate::domain::{self, Cells, Dimension, Estimate, Granularity, Guard, Indicator, Period};
-use crate::store::{self, CubeRow, Filter};
+use crate::store::{self, Filter};
 
 use std::collections::{BTreeMap, HashMap};
 use time::{Date, Duration};
@@ -123,31 +123,34 @@ impl Table {
         // its dimensions with "all", in each grid period holding its day.
         // Tiers: 0 the months-and-up table without segments, 1 its days,
         // 2 the segments.
+        // Rows first summed per finest cell (its own key and day or
+        // month), then each finest cell spread over the cells that hold it:
+        // far fewer merges than spreading every value row.
+        let mut fine: BTreeMap<(i64, Key), Cells> = BTreeMap::new();
+        for row in &rows {
+            let label = segment.map(|tag| domain::segment_label(&row.segment, tag));
+            let full: Key = [
+                Some(row.service.clone()),
+                Some(row.unit.clone()),
+                Some(row.channel.to_string()),
+                label,
+            ];
+            *fine
+                .entry((row.bucket, full))
+                .or_default()
+                .entry(row.measure.clone())
+                .or_default()
+                .entry(row.value)
+                .or_default() += row.count;
+        }
         let mut acc: BTreeMap<(u8, i32, Slot, Key), Cells> = BTreeMap::new();
         let masks: u8 = if segment.is_some() { 16 } else { 8 };
-        for row in &rows {
-            let CubeRow {
-                bucket,
-                service,
-                unit,
-                channel,
-                segment: raw_segment,
-                measure,
-                value,
-                count,
-            } = row;
+        for ((bucket, full), cells) in &fine {
             let is_day = *bucket > 999_999;
             let Some(day) = domain::key_date(if is_day { *bucket } else { bucket * 100 + 1 })
             else {
                 continue;
             };
-            let label = segment.map(|tag| domain::segment_label(raw_segment, tag));
-            let full: Key = [
-                Some(service.clone()),
-                Some(unit.clone()),
-                Some(channel.to_string()),
-                label,
-            ];
             for mask in 0..masks {
                 // Bit 3 set: the segment is "all".
                 let mask = if segment.is_some() { mask } else { mask | 8 };
@@ -166,12 +169,11 @@ impl Table {
                         continue;
                     }
                     let tier = if seg_tier { 2 } else { u8::from(slot.0 == 3) };
-                    *acc.entry((tier, day.year(), slot, key.clone()))
-                        .or_default()
-                        .entry(measure.clone())
-                        .or_default()
-                        .entry(*value)
-                        .or_default() += count;
+                    domain::merge(
+                        acc.entry((tier, day.year(), slot, key.clone()))
+                            .or_default(),
+                        cells,
+                    );
                 }
             }
         }
