@@ -223,14 +223,15 @@ pub struct Disclosed {
 ///
 /// - The viewer's own agency is named; a peer is named only with NAMED
 ///   consent, otherwise labelled by its position ("Peer A", …).
-/// - A figure from fewer than `k` observations is withheld (primary).
-/// - The group total (observations, pooled value) is published only when no
-///   withheld figure can be worked out from it: the withheld figures the
-///   viewer does not already know (every one but its own) must be at least
-///   two and together at least `k` observations. Otherwise the published
-///   figure with the fewest observations (never the viewer's own) is
-///   withheld too (secondary), until that holds; if it cannot hold, the
-///   total is not published.
+/// - A figure the KPI service withheld, or from fewer than `k`
+///   observations, is withheld (primary). The KPI service gives no count
+///   for a withheld figure, so an empty one and a small one look alike.
+/// - The group total (observations, pooled value) is a line over the
+///   members: published only when no member's figure is withheld
+///   (`touchstone_stats::disclosure::total_publishable`, the rule the KPI
+///   service applies to its own lines), since the total minus the published
+///   figures would give the withheld ones' sum. No other figure needs to be
+///   withheld for it.
 /// - Ranks, quartiles and the median use published figures only, so they
 ///   say nothing about a withheld one.
 pub fn disclose(
@@ -244,42 +245,28 @@ pub fn disclose(
     enum State {
         Published,
         Primary,
-        Secondary,
         NoData,
     }
     let k = k.max(1) as i64;
-    let mut state: Vec<State> = members
+    let state: Vec<State> = members
         .iter()
         .map(|m| match &m.value {
             Some(v) if !v.suppressed && v.value.is_some() && v.n >= k => State::Published,
-            Some(v) if v.n > 0 => State::Primary,
+            Some(v) if v.suppressed || v.n > 0 => State::Primary,
             _ => State::NoData,
         })
         .collect();
     let is_own = |i: usize| viewer.is_some_and(|v| members[i].agency == v);
     let n_of = |i: usize| members[i].value.as_ref().map_or(0, |v| v.n.max(0));
-
-    // Secondary suppression, so the total gives nothing away.
-    let mut publish_total = true;
-    loop {
-        let hidden: Vec<usize> = (0..members.len())
-            .filter(|&i| matches!(state[i], State::Primary | State::Secondary) && !is_own(i))
-            .collect();
-        let hidden_n: i64 = hidden.iter().map(|&i| n_of(i)).sum();
-        if hidden.is_empty() || (hidden.len() >= 2 && hidden_n >= k) {
-            break;
-        }
-        let partner = (0..members.len())
-            .filter(|&i| state[i] == State::Published && !is_own(i))
-            .min_by_key(|&i| (n_of(i), members[i].agency.clone()));
-        match partner {
-            Some(i) => state[i] = State::Secondary,
-            None => {
-                publish_total = false;
-                break;
-            }
-        }
-    }
+    let withheld = state.iter().filter(|s| **s == State::Primary).count();
+    let publish_total = touchstone_stats::disclosure::total_publishable(
+        withheld,
+        None,
+        &touchstone_stats::disclosure::Policy {
+            k: k as u64,
+            checks: Vec::new(),
+        },
+    );
 
     // Ranks over published values.
     let value_of = |i: usize| members[i].value.as_ref().and_then(|v| v.value);
@@ -369,7 +356,6 @@ pub fn disclose(
         let (agency, label, disclosure) = label_for(i);
         let suppression = match state[i] {
             State::Primary => pb::Suppression::Primary,
-            State::Secondary => pb::Suppression::Secondary,
             _ => pb::Suppression::NoData,
         };
         entries.push(pb::BenchmarkEntry {
@@ -696,97 +682,56 @@ mod tests {
         );
     }
 
+    /// Issue 12: the total minus the published figures would give a
+    /// withheld one away, so a withheld member withholds the total (and
+    /// the pool), whatever the viewer; the withheld entry carries nothing.
     #[test]
-    fn one_small_cell_takes_a_partner_with_it() {
+    fn a_withheld_member_withholds_the_total() {
         let members = vec![
             member("a", Anonymous, 200, 0.9),
             member("b", Anonymous, 50, 0.8),
             member("c", Anonymous, 4, 0.5),
             member("d", Anonymous, 120, 0.7),
         ];
-        let d = disclose(&members, Some("a"), 10, kpi::IndicatorKind::Share, true);
-        let sup: Vec<i32> = d.entries.iter().map(|e| e.suppression).collect();
-        assert_eq!(
-            sup.iter()
-                .filter(|&&s| s == pb::Suppression::Primary as i32)
-                .count(),
-            1
-        );
-        assert_eq!(
-            sup.iter()
-                .filter(|&&s| s == pb::Suppression::Secondary as i32)
-                .count(),
-            1
-        );
-        // The partner is the smallest other published cell (b, n = 50), not the viewer.
-        let published: Vec<i64> = d
-            .entries
-            .iter()
-            .filter_map(|e| e.value.as_ref().filter(|v| !v.suppressed).map(|v| v.n))
-            .collect();
-        assert_eq!(published, [200, 120]);
-        assert_eq!(d.total_n, Some(374));
-        // Every value is known to the gateway, so the pool is whole: 180 + 40 + 2 + 84 of 374.
-        assert!((d.pooled.unwrap() - 306.0 / 374.0).abs() < 1e-9);
-        // A value the KPI service withheld leaves the pool unpublished.
-        let mut partial = members.clone();
-        partial[2].value = Some(kpi::Value {
-            n: 4,
+        for viewer in [Some("a"), Some("c"), None] {
+            let d = disclose(&members, viewer, 10, kpi::IndicatorKind::Share, true);
+            let primary: Vec<_> = d
+                .entries
+                .iter()
+                .filter(|e| e.suppression == pb::Suppression::Primary as i32)
+                .collect();
+            assert_eq!(primary.len(), 1);
+            let v = primary[0].value.as_ref().unwrap();
+            assert_eq!((v.n, v.value, v.numerator), (0, None, None));
+            assert_eq!(primary[0].rank, 0);
+            assert_eq!((d.total_n, d.pooled), (None, None));
+            let published: Vec<i64> = d
+                .entries
+                .iter()
+                .filter_map(|e| e.value.as_ref().filter(|v| !v.suppressed).map(|v| v.n))
+                .collect();
+            assert_eq!(published, [200, 50, 120]);
+        }
+        // A figure the KPI service withheld (no count at all) is withheld too.
+        let mut withheld = members.clone();
+        withheld[2].value = Some(kpi::Value {
             suppressed: true,
             ..Default::default()
         });
-        let d = disclose(&partial, Some("a"), 10, kpi::IndicatorKind::Share, true);
-        assert_eq!(d.total_n, Some(374));
-        assert_eq!(d.pooled, None);
-        // Withheld entries carry nothing but the flag.
-        for e in d.entries.iter().filter(|e| e.suppression != 0) {
-            assert_eq!(e.value.as_ref().unwrap().n, 0);
-            assert_eq!(e.value.as_ref().unwrap().value, None);
-            assert_eq!(e.rank, 0);
-        }
-    }
-
-    #[test]
-    fn the_viewers_own_small_cell_is_not_a_secret_from_it() {
-        let members = vec![
-            member("a", Anonymous, 5, 0.9),
-            member("b", Anonymous, 6, 0.8),
-            member("c", Anonymous, 300, 0.5),
-            member("d", Anonymous, 120, 0.7),
-        ];
-        // a knows its own 5; b's 6 must not come out of the total: d (the
-        // smallest other) goes too, and b + d >= k.
-        let d = disclose(&members, Some("a"), 10, kpi::IndicatorKind::Share, true);
-        let withheld = d.entries.iter().filter(|e| e.suppression != 0).count();
-        assert_eq!(withheld, 3);
-        assert_eq!(d.entries[0].value.as_ref().unwrap().n, 300);
-        assert_eq!(d.total_n, Some(431));
-    }
-
-    #[test]
-    fn no_partner_means_no_total() {
-        let members = vec![
-            member("a", Anonymous, 100, 0.9),
-            member("b", Anonymous, 3, 0.8),
-        ];
-        let d = disclose(&members, Some("a"), 10, kpi::IndicatorKind::Share, true);
+        let d = disclose(&withheld, Some("a"), 10, kpi::IndicatorKind::Share, true);
         assert_eq!(d.total_n, None);
-        assert_eq!(d.pooled, None);
-        assert_eq!(d.entries[0].rank, 1);
-    }
-
-    #[test]
-    fn two_small_cells_hide_each_other_only_when_together_above_k() {
-        let members = vec![
-            member("a", Anonymous, 100, 0.9),
-            member("b", Anonymous, 3, 0.8),
-            member("c", Anonymous, 4, 0.6),
-            member("d", Anonymous, 80, 0.6),
-        ];
-        let d = disclose(&members, None, 10, kpi::IndicatorKind::Share, true);
-        // 3 + 4 < 10: d is withheld too.
-        assert_eq!(d.entries.iter().filter(|e| e.suppression != 0).count(), 3);
-        assert_eq!(d.total_n, Some(187));
+        assert_eq!(
+            d.entries
+                .iter()
+                .filter(|e| e.suppression == pb::Suppression::Primary as i32)
+                .count(),
+            1
+        );
+        // With every figure published, the total and the pool are.
+        let all = vec![members[0].clone(), members[1].clone(), members[3].clone()];
+        let d = disclose(&all, Some("a"), 10, kpi::IndicatorKind::Share, true);
+        assert_eq!(d.total_n, Some(370));
+        assert!((d.pooled.unwrap() - (180.0 + 40.0 + 84.0) / 370.0).abs() < 1e-9);
     }
 
     #[test]

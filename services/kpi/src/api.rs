@@ -89,6 +89,14 @@ fn parse_range(
     Ok((s, e))
 }
 
+/// Checks that a range is released on the grid (one period, or whole
+/// periods of the granularity), naming the field that is off it.
+fn check_grid(start: Date, end: Date, g: Granularity, field: &str) -> Result<(), Error> {
+    domain::grid_level(start, end, g)
+        .map(|_| ())
+        .map_err(|why| Error::invalid(field, why))
+}
+
 fn parse_scope(field: &str, scope: Option<&pb::Scope>) -> Result<Filter, Error> {
     let Some(s) = scope else {
         return Ok(Filter::default());
@@ -272,6 +280,16 @@ impl Kpi {
             .ok_or_else(|| Error::invalid("granularity", "not a granularity"))?;
         let group = parse_dimension("group_by", req.group_by, &indicator)?;
         let filter = parse_scope("scope", req.scope.as_ref())?;
+        check_grid(
+            start,
+            end,
+            granularity,
+            if matches!(granularity, Granularity::Whole | Granularity::Week) {
+                "granularity"
+            } else {
+                "start_date"
+            },
+        )?;
         if domain::periods(start, end, granularity).1.len() > MAX_POINTS {
             return Err(Error::invalid(
                 "granularity",
@@ -327,6 +345,7 @@ impl Kpi {
         }
         let indicator = parse_indicator("indicator", &req.indicator)?;
         let (start, end) = parse_range(req.start_date.as_ref(), req.end_date.as_ref())?;
+        check_grid(start, end, Granularity::Whole, "start_date")?;
         let filter = parse_scope("scope", req.scope.as_ref())?;
         let mut values = Vec::with_capacity(req.agencies.len());
         for agency in &req.agencies {
@@ -425,6 +444,7 @@ impl Kpi {
             return Err(Error::invalid("dimension", "a dimension is required"));
         }
         let filter = parse_scope("scope", req.scope.as_ref())?;
+        check_grid(start, end, Granularity::Whole, "start_date")?;
         let q = Query {
             agency,
             indicator: &indicator,

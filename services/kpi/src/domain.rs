@@ -8,6 +8,7 @@ use touchstone_api::common::v1 as common;
 use touchstone_api::kpi::v1 as pb;
 use touchstone_api::register::v1 as reg;
 use touchstone_stats as stats;
+use touchstone_stats::disclosure::{Check, Content};
 
 /// Counts of each value of one measure: the sufficient statistics of the
 /// rollup (n = Σ count, sum = Σ value·count, sum of squares = Σ value²·count).
@@ -471,8 +472,9 @@ pub fn estimate(indicator: &Indicator, cells: &Cells, k: u64) -> Estimate {
     e
 }
 
-/// Withholds a published estimate (keeps only n).
+/// Withholds an estimate: it keeps nothing, not even its count (DESIGN §7).
 pub fn withhold(e: &mut Estimate) {
+    e.n = 0;
     e.suppressed = true;
     e.value = None;
     e.interval = None;
@@ -480,23 +482,166 @@ pub fn withhold(e: &mut Estimate) {
     e.basis = Basis::None;
 }
 
-/// Secondary suppression across the groups of one period, whose total is
-/// published elsewhere (the unsplit query): when exactly one non-empty group
-/// is withheld, the smallest other published group is withheld too, so the
-/// first cannot be recovered by subtraction. Returns the index withheld.
-pub fn suppress_secondary(groups: &mut [&mut Estimate]) -> Option<usize> {
-    let hidden = groups.iter().filter(|e| e.suppressed && e.n > 0).count();
-    if hidden != 1 {
-        return None;
+/// How the cells of an indicator are judged for disclosure: the measures
+/// that say how many observations a cell has and what must not be pinned
+/// of them. Indicators over the same observations share one guard (every
+/// figure of an A-11 item, of complaints received, of resolutions), so they
+/// hide the same cells: what one withholds, another cannot give away.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guard {
+    /// Measures read to judge a cell.
+    pub measures: Vec<String>,
+    /// What each part of a cell's content is checked for.
+    pub checks: Vec<Check>,
+    family: Family,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Family {
+    /// Answers to a standard item: top-two box, NPS categories, values.
+    Item {
+        measure: String,
+        top_two: bool,
+        nps: bool,
+    },
+    /// Complaints received (their escalation flags count them once each).
+    Received,
+    /// Resolutions: working days, outcome, and within standard at any stage.
+    Resolutions,
+    /// One measure of 0 (no) and 1 (yes).
+    YesNo(String),
+    /// One measure counted, nothing else to pin.
+    Count(String),
+}
+
+impl Guard {
+    /// The guard of `indicator`.
+    pub fn of(indicator: &Indicator) -> Guard {
+        let resolutions = matches!(
+            indicator.id.as_str(),
+            "responded_within_standard"
+                | "days_to_resolve_median"
+                | "days_to_resolve_p90"
+                | "share_upheld"
+        );
+        let first = indicator.measures().into_iter().next().unwrap_or_default();
+        let family = if resolutions {
+            Family::Resolutions
+        } else if first == measure::RECEIVED || first == measure::ESCALATION {
+            Family::Received
+        } else if let Some((n, _, top_two)) = ITEMS.iter().find(|i| measure::item(i.0) == first) {
+            Family::Item {
+                measure: first.clone(),
+                top_two: *top_two,
+                nps: *n == 8,
+            }
+        } else if matches!(indicator.spec, Spec::Share(..)) {
+            Family::YesNo(first.clone())
+        } else {
+            Family::Count(first.clone())
+        };
+        let (measures, checks) = match &family {
+            Family::Item {
+                measure,
+                top_two,
+                nps,
+            } => {
+                let mut checks = Vec::new();
+                if *top_two {
+                    checks.push(Check::EachBlock(2));
+                }
+                if *nps {
+                    // Promoters, and detractors, each neither none nor all.
+                    checks.push(Check::EachBlock(2));
+                    checks.push(Check::EachBlock(2));
+                }
+                checks.push(Check::Varied);
+                (vec![measure.clone()], checks)
+            }
+            Family::Received => (vec![measure::ESCALATION.into()], vec![Check::EachBlock(2)]),
+            Family::Resolutions => {
+                let mut m = vec![measure::RESOLVE_DAYS.into(), measure::OUTCOME.into()];
+                m.extend(STAGES.iter().map(|(n, _)| measure::responded(*n)));
+                (
+                    m,
+                    vec![Check::Varied, Check::EachBlock(2), Check::EachBlock(2)],
+                )
+            }
+            Family::YesNo(m) => (vec![m.clone()], vec![Check::EachBlock(2)]),
+            Family::Count(m) => (vec![m.clone()], Vec::new()),
+        };
+        Guard {
+            measures,
+            checks,
+            family,
+        }
     }
-    let partner = groups
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| !e.suppressed && e.n > 0)
-        .min_by_key(|(_, e)| e.n)
-        .map(|(i, _)| i)?;
-    withhold(groups[partner]);
-    Some(partner)
+
+    /// What the guard knows of a cell.
+    pub fn content(&self, cells: &Cells) -> Content {
+        let hist = |m: &str| cells.get(m);
+        let mut c = Content {
+            n: 0,
+            parts: vec![BTreeMap::new(); self.checks.len()],
+        };
+        let mut add = |part: usize, key: i64, count: i64| {
+            if let Some(h) = c.parts.get_mut(part) {
+                *h.entry(key).or_default() += count.max(0) as u64;
+            }
+        };
+        let mut n = 0i64;
+        match &self.family {
+            Family::Item {
+                measure,
+                top_two,
+                nps,
+            } => {
+                for (v, count) in hist(measure).into_iter().flatten() {
+                    n += count;
+                    let mut part = 0;
+                    if *top_two {
+                        add(part, i64::from(*v >= 4), *count);
+                        part += 1;
+                    }
+                    if *nps {
+                        add(part, i64::from(*v >= 9), *count);
+                        add(part + 1, i64::from(*v <= 6), *count);
+                        part += 2;
+                    }
+                    add(part, *v, *count);
+                }
+            }
+            Family::Received => {
+                for (v, count) in hist(measure::ESCALATION).into_iter().flatten() {
+                    n += count;
+                    add(0, i64::from(*v == 1), *count);
+                }
+            }
+            Family::Resolutions => {
+                for (v, count) in hist(measure::RESOLVE_DAYS).into_iter().flatten() {
+                    n += count;
+                    add(0, *v, *count);
+                }
+                for (v, count) in hist(measure::OUTCOME).into_iter().flatten() {
+                    add(1, i64::from(*v == 1 || *v == 2), *count);
+                }
+                for (stage, _) in STAGES {
+                    for (v, count) in hist(&measure::responded(stage)).into_iter().flatten() {
+                        add(2, i64::from(*v == 1), *count);
+                    }
+                }
+            }
+            Family::YesNo(m) => {
+                for (v, count) in hist(m).into_iter().flatten() {
+                    n += count;
+                    add(0, i64::from(*v == 1), *count);
+                }
+            }
+            Family::Count(m) => n = total(hist(m)),
+        }
+        c.n = n.max(0) as u64;
+        c
+    }
 }
 
 /// The test of `current` against `previous` (a period before, or the rest
@@ -539,8 +684,15 @@ pub fn subtract(whole: &Cells, part: &Cells) -> Cells {
     out
 }
 
-/// The wire form of an estimate.
+/// The wire form of an estimate: a withheld one carries nothing but the
+/// flag, not even its count (DESIGN §7).
 pub fn value_proto(e: &Estimate) -> pb::Value {
+    if e.suppressed {
+        return pb::Value {
+            suppressed: true,
+            ..Default::default()
+        };
+    }
     pb::Value {
         n: e.n,
         suppressed: e.suppressed,
@@ -646,6 +798,33 @@ impl Granularity {
             Granularity::Quarter => add_months(3),
             Granularity::Year => add_months(12),
         }
+    }
+}
+
+/// The grid level of a query (DESIGN §7: figures are released on a fixed
+/// grid of periods). A series must start on the first day of one of its
+/// periods and end on the last day of one; a single figure
+/// (`Granularity::Whole`) must cover exactly one day, month, quarter or
+/// year. Weeks are not on the grid: they cut across months, so a week's
+/// figure beside its days' and its month's would let a withheld day be
+/// worked out. Returns the level whose periods the query's points are.
+pub fn grid_level(start: Date, end: Date, g: Granularity) -> Result<Granularity, &'static str> {
+    let whole_periods = |g: Granularity| {
+        g.start_of(start) == start && g.next(g.start_of(end)) - Duration::days(1) == end
+    };
+    match g {
+        Granularity::Week => Err("weeks are not released (they cut across months): use DAY or MONTH"),
+        Granularity::Whole => [
+            Granularity::Day,
+            Granularity::Month,
+            Granularity::Quarter,
+            Granularity::Year,
+        ]
+        .into_iter()
+        .find(|&l| whole_periods(l) && l.next(start) - Duration::days(1) == end)
+        .ok_or("a single figure covers one day, month, quarter or year: ask for a granularity to get several"),
+        _ if whole_periods(g) => Ok(g),
+        _ => Err("the range must start on the first day of a period of the granularity and end on the last day of one"),
     }
 }
 

@@ -1,13 +1,26 @@
 //! Indicator series, equity splits and single figures, read from the rollup
-//! (one grouped SQL read of value counts, folded into periods here).
+//! and published under disclosure control (DESIGN §7, docs/kpi.md "What a
+//! caller can and cannot learn").
+//!
+//! Every query of an indicator builds the same table for its agency: every
+//! cell a caller could ask for (each service, unit and channel and every
+//! combination of them with their totals; each month, quarter and year of
+//! the calendar years around the range; the days, and one characteristic's
+//! segments, when the query needs them) linked by the lines that add up
+//! (groups to their total, months to their quarter, …), and
+//! `touchstone_stats::disclosure::protect` decides which cells are published.
+//! The months-and-up table is decided first and days and segments after it
+//! with it fixed, so a query by day or by segment never changes what a query
+//! by month publishes. A query then reads its points off the table.
 
-use crate::domain::{self, Cells, Dimension, Estimate, Granularity, Indicator, Period};
-use crate::store::{self, Bucket, Filter};
+use crate::domain::{self, Cells, Dimension, Estimate, Granularity, Guard, Indicator, Period};
+use crate::store::{self, Filter};
 
 use std::collections::{BTreeMap, HashMap};
-use time::Date;
+use time::{Date, Duration};
 use touchstone_platform::db::Tx;
 use touchstone_stats::Test;
+use touchstone_stats::disclosure::{self, Content, Line, Policy, Status};
 
 /// What to compute.
 #[derive(Debug, Clone)]
@@ -16,9 +29,9 @@ pub struct Query<'a> {
     pub agency: &'a str,
     /// The indicator.
     pub indicator: &'a Indicator,
-    /// First day.
+    /// First day (the first of a grid period, see `domain::grid_level`).
     pub start: Date,
-    /// Last day.
+    /// Last day (the last of a grid period).
     pub end: Date,
     /// Period length.
     pub granularity: Granularity,
@@ -33,7 +46,7 @@ pub struct Query<'a> {
 /// One point of a series.
 #[derive(Debug, Clone)]
 pub struct Point {
-    /// The period (clipped to the range).
+    /// The period.
     pub period: Period,
     /// The estimate.
     pub estimate: Estimate,
@@ -41,104 +54,333 @@ pub struct Point {
     pub test: Option<Test>,
 }
 
-/// Cells per group label and period (None: the period before the first).
-type Folded = BTreeMap<String, BTreeMap<Option<usize>, Cells>>;
+/// A dimension's value in a cube key: service, unit, channel and segment
+/// label, `None` for all of them.
+type Key = [Option<String>; 4];
 
-async fn fold(tx: &mut Tx, q: &Query<'_>) -> Result<(Vec<Period>, Folded), sqlx::Error> {
-    let (before, periods) = domain::periods(q.start, q.end, q.granularity);
-    let bucket = match q.granularity {
-        Granularity::Month | Granularity::Quarter => Bucket::Month,
-        Granularity::Year => Bucket::Year,
-        _ => Bucket::Day,
-    };
-    let measures = q.indicator.measures();
-    // The period before the first, then the range. When the range starts
-    // inside a period, the days between the two must not be read: a month
-    // or year bucket would fold them into the first point.
-    let ranges = if before.1.next_day() == Some(q.start) {
-        vec![(before.0, q.end)]
-    } else {
-        vec![before, (q.start, q.end)]
-    };
-    let mut rows: HashMap<(i64, String), Cells> = HashMap::new();
-    for (from, to) in ranges {
-        let read = store::Read {
-            measures: &measures,
-            from: domain::day_key(from),
-            to: domain::day_key(to),
-            filter: q.filter,
-            group: q.group,
-            bucket,
-        };
-        for (key, cells) in store::counts(tx, q.agency, &read).await? {
-            domain::merge(rows.entry(key).or_default(), &cells);
+/// A grid period: level (0 year, 1 quarter, 2 month, 3 day) and first day.
+type Slot = (u8, Date);
+
+fn level_of(g: Granularity) -> u8 {
+    match g {
+        Granularity::Year => 0,
+        Granularity::Quarter => 1,
+        Granularity::Day => 3,
+        _ => 2,
+    }
+}
+
+fn granularity_of(level: u8) -> Granularity {
+    [
+        Granularity::Year,
+        Granularity::Quarter,
+        Granularity::Month,
+        Granularity::Day,
+    ][usize::from(level.min(3))]
+}
+
+/// The grid periods holding day `d`, coarsest first, down to `finest`.
+fn slots_of(d: Date, finest: u8) -> impl Iterator<Item = Slot> {
+    (0..=finest).map(move |l| (l, granularity_of(l).start_of(d)))
+}
+
+/// The disclosure table of one query.
+struct Table {
+    index: HashMap<(Key, Slot), usize>,
+    cells: Vec<Cells>,
+    status: Vec<Status>,
+}
+
+impl Table {
+    /// Reads and protects every cell of the years from `from` to `to`.
+    async fn build(
+        tx: &mut Tx,
+        q: &Query<'_>,
+        years: (i32, i32),
+        by_day: bool,
+    ) -> Result<Table, sqlx::Error> {
+        let guard = Guard::of(q.indicator);
+        let mut measures = q.indicator.measures();
+        for m in &guard.measures {
+            if !measures.contains(m) {
+                measures.push(m.clone());
+            }
         }
-    }
-    let mut out: Folded = BTreeMap::new();
-    for ((b, raw), cells) in rows {
-        let key = match bucket {
-            Bucket::Day => b,
-            Bucket::Month => b * 100 + 1,
-            Bucket::Year => b * 10_000 + 101,
+        let segment = match q.group {
+            Dimension::Segment(tag) => Some(tag),
+            _ => None,
         };
-        let Some(d) = domain::key_date(key) else {
-            continue;
+        // From yyyy0000: the monthly sums are filed under yyyymm00.
+        let span = (
+            i64::from(years.0) * 10_000,
+            i64::from(years.1) * 10_000 + 1231,
+        );
+        let mut rows = store::cube(tx, q.agency, &measures, span, false, segment.is_some()).await?;
+        if by_day {
+            rows.extend(store::cube(tx, q.agency, &measures, span, true, segment.is_some()).await?);
+        }
+        // Each row counts in every cell that holds it: each combination of
+        // its dimensions with "all", in each grid period holding its day.
+        // Tiers: 0 the months-and-up table without segments, 1 its days,
+        // 2 the segments.
+        // Rows first summed per finest cell (its own key and day or
+        // month), then each finest cell spread over the cells that hold it:
+        // far fewer merges than spreading every value row.
+        let mut fine: BTreeMap<(i64, Key), Cells> = BTreeMap::new();
+        for row in &rows {
+            let label = segment.map(|tag| domain::segment_label(&row.segment, tag));
+            let full: Key = [
+                Some(row.service.clone()),
+                Some(row.unit.clone()),
+                Some(row.channel.to_string()),
+                label,
+            ];
+            *fine
+                .entry((row.bucket, full))
+                .or_default()
+                .entry(row.measure.clone())
+                .or_default()
+                .entry(row.value)
+                .or_default() += row.count;
+        }
+        let mut acc: BTreeMap<(u8, i32, Slot, Key), Cells> = BTreeMap::new();
+        let masks: u8 = if segment.is_some() { 16 } else { 8 };
+        for ((bucket, full), cells) in &fine {
+            let is_day = *bucket > 999_999;
+            let Some(day) = domain::key_date(if is_day { *bucket } else { bucket * 100 + 1 })
+            else {
+                continue;
+            };
+            for mask in 0..masks {
+                // Bit 3 set: the segment is "all".
+                let mask = if segment.is_some() { mask } else { mask | 8 };
+                let key: Key = std::array::from_fn(|d| {
+                    if mask & (1 << d) != 0 {
+                        None
+                    } else {
+                        full[d].clone()
+                    }
+                });
+                let seg_tier = key[3].is_some();
+                for slot in slots_of(day, if is_day { 3 } else { 2 }) {
+                    // Days come from the daily read only, months and up
+                    // from the monthly one.
+                    if (slot.0 == 3) != is_day {
+                        continue;
+                    }
+                    let tier = if seg_tier { 2 } else { u8::from(slot.0 == 3) };
+                    domain::merge(
+                        acc.entry((tier, day.year(), slot, key.clone()))
+                            .or_default(),
+                        cells,
+                    );
+                }
+            }
+        }
+        let mut index = HashMap::with_capacity(acc.len());
+        let mut cells = Vec::with_capacity(acc.len());
+        let mut tiers = Vec::with_capacity(acc.len());
+        for ((tier, _, slot, key), c) in acc {
+            index.insert((key, slot), cells.len());
+            cells.push(c);
+            tiers.push(tier);
+        }
+        let contents: Vec<Content> = cells.iter().map(|c| guard.content(c)).collect();
+        // Lines, by the tier of their children.
+        let mut lines: BTreeMap<(u8, usize, u8), Vec<usize>> = BTreeMap::new();
+        for ((key, slot), &i) in &index {
+            for d in 0..4 {
+                if key[d].is_some() {
+                    let mut parent = key.clone();
+                    parent[d] = None;
+                    if let Some(&p) = index.get(&(parent, *slot)) {
+                        lines.entry((tiers[i], p, d as u8)).or_default().push(i);
+                    }
+                }
+            }
+            if slot.0 > 0 {
+                let up = (slot.0 - 1, granularity_of(slot.0 - 1).start_of(slot.1));
+                if let Some(&p) = index.get(&(key.clone(), up)) {
+                    lines.entry((tiers[i], p, 4)).or_default().push(i);
+                }
+            }
+        }
+        let policy = Policy {
+            k: q.k,
+            checks: guard.checks.clone(),
         };
-        let slot = if d <= before.1 {
-            None
-        } else {
-            Some(periods.iter().rposition(|p| p.0 <= d).unwrap_or(0))
-        };
-        let dst = out
-            .entry(q.group.label(&raw))
-            .or_default()
-            .entry(slot)
-            .or_default();
-        domain::merge(dst, &cells);
+        let mut status: Vec<Status> = Vec::new();
+        for tier in 0..3u8 {
+            let end = tiers.iter().take_while(|&&t| t <= tier).count();
+            if end == status.len() {
+                continue;
+            }
+            let tier_lines: Vec<Line> = lines
+                .iter()
+                .filter(|((t, _, _), _)| *t == tier)
+                .map(|((_, parent, _), children)| {
+                    let mut children = children.clone();
+                    children.sort_unstable();
+                    Line {
+                        parent: *parent,
+                        children,
+                        // Lines into days or segments never withhold a
+                        // cell of the table they extend.
+                        may_hide_parent: *parent >= status.len(),
+                    }
+                })
+                .collect();
+            let protected = disclosure::protect(&contents[..end], &tier_lines, &policy, &status);
+            if !protected.unprotected.is_empty() {
+                tracing::debug!(
+                    lines = protected.unprotected.len(),
+                    "disclosure: lines left unprotected"
+                );
+            }
+            status = protected.status;
+        }
+        Ok(Table {
+            index,
+            cells,
+            status,
+        })
     }
-    if out.is_empty() && q.group == Dimension::None {
-        out.insert(String::new(), BTreeMap::new());
+
+    /// The published estimate of cell `key` in `slot` (withheld unless the
+    /// table publishes it).
+    fn estimate(&self, q: &Query<'_>, key: &Key, slot: Slot) -> Estimate {
+        let empty = Cells::new();
+        let i = self.index.get(&(key.clone(), slot)).copied();
+        let cells = i.map_or(&empty, |i| &self.cells[i]);
+        let mut e = domain::estimate(q.indicator, cells, q.k);
+        if i.is_none_or(|i| self.status[i] != Status::Published) {
+            domain::withhold(&mut e);
+        }
+        e
     }
-    Ok((periods, out))
+
+    fn cells_of(&self, key: &Key, slot: Slot) -> Cells {
+        self.index
+            .get(&(key.clone(), slot))
+            .map(|&i| self.cells[i].clone())
+            .unwrap_or_default()
+    }
+
+    /// The values of dimension `d` under `base` (its other dimensions as
+    /// given) in any of `slots`, sorted.
+    fn groups(&self, base: &Key, d: usize, slots: &[Slot]) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .index
+            .keys()
+            .filter(|(key, slot)| {
+                slots.contains(slot)
+                    && key[d].is_some()
+                    && (0..4).all(|x| x == d || key[x] == base[x])
+            })
+            .filter_map(|(key, _)| key[d].clone())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+fn dimension_index(d: Dimension) -> Option<usize> {
+    match d {
+        Dimension::None => None,
+        Dimension::Service => Some(0),
+        Dimension::Unit => Some(1),
+        Dimension::Channel => Some(2),
+        Dimension::Segment(_) => Some(3),
+    }
+}
+
+/// The cube key of a query's scope.
+fn scope_key(f: &Filter) -> Key {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    [
+        some(&f.service),
+        some(&f.unit),
+        (f.channel != 0).then(|| f.channel.to_string()),
+        None,
+    ]
+}
+
+/// The periods of a query and the one before its first, as grid slots.
+fn grid(q: &Query<'_>) -> (u8, Slot, Vec<(Period, Slot)>) {
+    let level = domain::grid_level(q.start, q.end, q.granularity).unwrap_or(Granularity::Day);
+    let l = level_of(level);
+    let g = granularity_of(l);
+    let mut points = Vec::new();
+    let mut at = q.start;
+    while at <= q.end {
+        let next = g.next(at);
+        points.push(((at, next - Duration::days(1)), (l, at)));
+        at = next;
+    }
+    let before = (l, g.start_of(q.start - Duration::days(1)));
+    (l, before, points)
+}
+
+async fn table(
+    tx: &mut Tx,
+    q: &Query<'_>,
+) -> Result<(Table, u8, Slot, Vec<(Period, Slot)>), sqlx::Error> {
+    let (level, before, points) = grid(q);
+    let years = (before.1.year(), q.end.year());
+    let t = Table::build(tx, q, years, level == 3).await?;
+    Ok((t, level, before, points))
 }
 
 /// The series of `q`, one per group (sorted), each with a point per period.
 pub async fn series(tx: &mut Tx, q: &Query<'_>) -> Result<Vec<(String, Vec<Point>)>, sqlx::Error> {
-    let (periods, folded) = fold(tx, q).await?;
-    let empty = Cells::new();
-    let mut out = Vec::new();
-    for (group, slots) in folded {
-        let mut previous = domain::estimate(q.indicator, slots.get(&None).unwrap_or(&empty), q.k);
-        let mut points = Vec::with_capacity(periods.len());
-        for (i, period) in periods.iter().enumerate() {
-            let estimate =
-                domain::estimate(q.indicator, slots.get(&Some(i)).unwrap_or(&empty), q.k);
+    let (t, _, before, points) = table(tx, q).await?;
+    let base = scope_key(q.filter);
+    let groups: Vec<(String, Key)> = match dimension_index(q.group) {
+        None => vec![(String::new(), base.clone())],
+        Some(d) => {
+            let mut slots: Vec<Slot> = points.iter().map(|p| p.1).collect();
+            slots.push(before);
+            let values = match &base[d] {
+                Some(v) => vec![v.clone()],
+                None => t.groups(&base, d, &slots),
+            };
+            let mut out: Vec<(String, Key)> = values
+                .into_iter()
+                .map(|v| {
+                    let mut key = base.clone();
+                    let label = match q.group {
+                        Dimension::Segment(_) => v.clone(),
+                        other => other.label(&v),
+                    };
+                    key[d] = Some(v);
+                    (label, key)
+                })
+                .collect();
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            out
+        }
+    };
+    let mut out = Vec::with_capacity(groups.len());
+    for (label, key) in groups {
+        let mut previous = t.estimate(q, &key, before);
+        let mut series = Vec::with_capacity(points.len());
+        for (period, slot) in &points {
+            let estimate = t.estimate(q, &key, *slot);
             let test = domain::compare(&estimate, &previous);
-            points.push(Point {
+            series.push(Point {
                 period: *period,
                 estimate: estimate.clone(),
                 test,
             });
             previous = estimate;
         }
-        out.push((group, points));
-    }
-    if out.len() > 1 {
-        for i in 0..periods.len() {
-            let mut column: Vec<&mut Estimate> =
-                out.iter_mut().map(|(_, p)| &mut p[i].estimate).collect();
-            if let Some(g) = domain::suppress_secondary(&mut column) {
-                out[g].1[i].test = None;
-                if let Some(next) = out[g].1.get_mut(i + 1) {
-                    next.test = None;
-                }
-            }
-        }
+        out.push((label, series));
     }
     Ok(out)
 }
 
-/// The indicator over the whole range, unsplit.
+/// The indicator over the whole range (one grid period), unsplit.
 pub async fn whole(tx: &mut Tx, q: &Query<'_>) -> Result<Estimate, sqlx::Error> {
     let q = Query {
         granularity: Granularity::Whole,
@@ -150,7 +392,11 @@ pub async fn whole(tx: &mut Tx, q: &Query<'_>) -> Result<Estimate, sqlx::Error> 
         .next()
         .and_then(|(_, points)| points.into_iter().next())
         .map_or_else(
-            || domain::estimate(q.indicator, &Cells::new(), q.k),
+            || {
+                let mut e = domain::estimate(q.indicator, &Cells::new(), q.k);
+                domain::withhold(&mut e);
+                e
+            },
             |p| p.estimate,
         ))
 }
@@ -168,44 +414,59 @@ pub struct Segment {
     pub test: Option<Test>,
 }
 
-/// The whole and each segment of `q.group` over the whole range.
+/// The whole and each segment of `q.group` over the whole range (one grid
+/// period).
 pub async fn equity(tx: &mut Tx, q: &Query<'_>) -> Result<(Estimate, Vec<Segment>), sqlx::Error> {
     let q = Query {
         granularity: Granularity::Whole,
         ..q.clone()
     };
-    let (_, folded) = fold(tx, &q).await?;
-    let parts: Vec<(String, Cells)> = folded
+    let (t, _, _, points) = table(tx, &q).await?;
+    let Some(&(_, slot)) = points.first() else {
+        return Ok((
+            domain::estimate(q.indicator, &Cells::new(), q.k),
+            Vec::new(),
+        ));
+    };
+    let base = scope_key(q.filter);
+    let whole = t.estimate(&q, &base, slot);
+    let all = t.cells_of(&base, slot);
+    let Some(d) = dimension_index(q.group) else {
+        return Ok((whole, Vec::new()));
+    };
+    let segments = t
+        .groups(&base, d, &[slot])
         .into_iter()
-        .map(|(label, mut slots)| (label, slots.remove(&Some(0)).unwrap_or_default()))
-        .collect();
-    let mut all = Cells::new();
-    for (_, cells) in &parts {
-        domain::merge(&mut all, cells);
-    }
-    let whole = domain::estimate(q.indicator, &all, q.k);
-    let mut segments: Vec<Segment> = parts
-        .into_iter()
-        .map(|(label, cells)| {
-            let estimate = domain::estimate(q.indicator, &cells, q.k);
-            let rest = domain::estimate(q.indicator, &domain::subtract(&all, &cells), q.k);
+        .map(|label| {
+            let mut key = base.clone();
+            key[d] = Some(label.clone());
+            let estimate = t.estimate(&q, &key, slot);
+            // Everyone else: the whole minus a published segment, which the
+            // caller could work out from the two anyway.
+            let rest = domain::estimate(
+                q.indicator,
+                &domain::subtract(&all, &t.cells_of(&key, slot)),
+                q.k,
+            );
             let gap = match (estimate.value, whole.value) {
                 (Some(s), Some(w)) => Some(s - w),
                 _ => None,
             };
-            let test = domain::compare(&estimate, &rest);
+            let test = if estimate.suppressed || whole.suppressed {
+                None
+            } else {
+                domain::compare(&estimate, &rest)
+            };
             Segment {
-                label,
+                label: match q.group {
+                    Dimension::Segment(_) => label,
+                    other => other.label(&label),
+                },
                 estimate,
                 gap,
                 test,
             }
         })
         .collect();
-    let mut column: Vec<&mut Estimate> = segments.iter_mut().map(|s| &mut s.estimate).collect();
-    if let Some(g) = domain::suppress_secondary(&mut column) {
-        segments[g].gap = None;
-        segments[g].test = None;
-    }
     Ok((whole, segments))
 }

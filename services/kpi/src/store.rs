@@ -291,6 +291,89 @@ pub async fn counts(
     Ok(out)
 }
 
+/// One row of `cube`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CubeRow {
+    /// yyyymm, or yyyymmdd when read by day.
+    pub bucket: i64,
+    /// Service.
+    pub service: String,
+    /// Unit.
+    pub unit: String,
+    /// Channel number.
+    pub channel: i64,
+    /// Segment key, or empty when not read by segment.
+    pub segment: String,
+    /// Measure.
+    pub measure: String,
+    /// Value.
+    pub value: i64,
+    /// Observations.
+    pub count: i64,
+}
+
+/// Value counts of `measures` for `agency` between two days (yyyymmdd,
+/// inclusive, whole months) per month or day, service, unit, channel and,
+/// when asked, segment: what disclosure control needs to see every cell a
+/// caller could ask for. Reads the monthly sums, the daily cells without
+/// segment, or the fine cells.
+pub async fn cube(
+    tx: &mut Tx,
+    agency: &str,
+    measures: &[String],
+    (from, to): (i64, i64),
+    by_day: bool,
+    segments: bool,
+) -> Result<Vec<CubeRow>> {
+    let (table, bucket) = match (segments, by_day) {
+        (true, true) => ("kpi_cells", "day"),
+        (true, false) => ("kpi_cells", "day / 100"),
+        (false, true) => ("kpi_unit_days", "day"),
+        (false, false) => ("kpi_unit_months", "day / 100"),
+    };
+    let segment = if segments {
+        "segment"
+    } else {
+        "CAST('' AS TEXT)"
+    };
+    let measure_list: Vec<String> = (0..measures.len()).map(|i| format!("${}", i + 4)).collect();
+    let sql = format!(
+        "SELECT {bucket} AS b, service, unit, CAST(channel AS BIGINT) AS c, {segment} AS s, \
+         measure, value, CAST(SUM(count) AS BIGINT) AS n FROM {table} \
+         WHERE agency = $1 AND day >= $2 AND day <= $3 AND measure IN ({}) \
+         GROUP BY 1, 2, 3, 4, 5, 6, 7",
+        measure_list.join(", ")
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(from)
+        .bind(to);
+    for m in measures {
+        q = q.bind(m.as_str());
+    }
+    let mut out = Vec::new();
+    for row in q.fetch_all(tx.conn()).await? {
+        let count: i64 = row.try_get(7)?;
+        if count == 0 {
+            continue;
+        }
+        out.push(CubeRow {
+            bucket: row.try_get(0)?,
+            service: row.try_get(1)?,
+            unit: row.try_get(2)?,
+            channel: row.try_get(3)?,
+            segment: row.try_get(4)?,
+            measure: row.try_get(5)?,
+            value: row.try_get(6)?,
+            count,
+        });
+    }
+    // Rows in one order whatever the database returns, so that the same
+    // data always gives the same table.
+    out.sort_unstable();
+    Ok(out)
+}
+
 /// The first and last whole calendar months (yyyymm) of the days `from` to
 /// `to` (yyyymmdd, inclusive), if it spans any.
 fn whole_months(from: i64, to: i64) -> Option<(i64, i64)> {

@@ -14,6 +14,10 @@
 // one test binary per crate.
 mod producers;
 
+// The attacker of DESIGN §7: every query, then linear algebra and bounds
+// over the published figures against each withheld one.
+mod attacker;
+
 use prost::Name;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -1095,8 +1099,8 @@ async fn every_indicator_matches_a_recomputation_from_raw_events() {
                     &token,
                     "a1",
                     indicator,
-                    date(2026, 1, 15),
-                    date(2026, 3, 20),
+                    date(2026, 1, 1),
+                    date(2026, 3, 31),
                     granularity,
                     pb::Dimension::Unit,
                     "",
@@ -1471,6 +1475,9 @@ async fn suppression_significance_and_equity_on_constructed_data() {
     // May: the whole is 70%, respondents with a disability 40%.
     add(&mut feedback, date(2026, 5, 10), 16, 40, 1);
     add(&mut feedback, date(2026, 5, 11), 89, 110, 2);
+    // June: 20 answers, so that the second quarter has a month smaller than
+    // May to withhold beside April (else May would go with it).
+    add(&mut feedback, date(2026, 6, 10), 10, 20, 2);
     h.feed(&complaints, &feedback).await;
 
     let mut c = h.client().await;
@@ -1498,9 +1505,10 @@ async fn suppression_significance_and_equity_on_constructed_data() {
     assert!(!p[2].significant_change && p[2].p_value.is_some_and(|v| v > 0.5));
     let april = p[3].value.as_ref().expect("april");
     assert!(april.suppressed);
+    // Withheld: no value, interval or count of any kind (not even n).
     assert_eq!(
         (april.n, april.value, april.lower, april.numerator),
-        (9, None, None, None)
+        (0, None, None, None)
     );
     assert!(!p[3].significant_change);
     // NPS too carries its test: 50 and 80 promoters per 100, the rest detractors.
@@ -2064,7 +2072,7 @@ async fn hub_reads_one_indicator_across_agencies() {
         got,
         vec![
             ("a1".into(), n1, false),
-            ("a2".into(), 5, true),
+            ("a2".into(), 0, true),
             ("a3".into(), 0, true)
         ]
     );
@@ -2083,15 +2091,21 @@ async fn hub_reads_one_indicator_across_agencies() {
     assert_eq!(err.code(), Code::PermissionDenied);
 }
 
+/// Issue 12, items 1 and 2: total 45/53, north 27/35, east 6/6 and south
+/// 12/12. East is below k; withholding south beside it (the smallest other
+/// unit) would leave a hidden remainder of 18 of 18, both cells pinned at
+/// 100%. South is 100% itself, so north goes too; and no withheld cell
+/// carries its count.
 #[tokio::test]
 async fn a_suppressed_group_cannot_be_recovered_from_the_total() {
     let h = Harness::start(10).await;
     let (complaints, mut feedback) = (VecFeed::default(), VecFeed::default());
     let mut i = 0;
-    for (unit, n) in [("north", 30), ("south", 20), ("east", 5)] {
+    for (unit, n, satisfied) in [("north", 35, 27), ("south", 12, 12), ("east", 6, 6)] {
         for k in 0..n {
             i += 1;
-            let mut r = response("a1", i, date(2026, 6, 1 + (k % 28)), 4 + (k % 2), 2);
+            let score = if k < satisfied { 4 + (k % 2) } else { 2 };
+            let mut r = response("a1", i, date(2026, 6, 1 + (k % 28)), score, 2);
             r.unit = unit.into();
             feedback.push("a1", "r", &r);
         }
@@ -2099,11 +2113,51 @@ async fn a_suppressed_group_cannot_be_recovered_from_the_total() {
     h.feed(&complaints, &feedback).await;
     let mut c = h.client().await;
     let token = h.token("a1", ANALYST);
+    let split = |dim| {
+        let mut c = c.clone();
+        let token = token.clone();
+        async move {
+            query(
+                &mut c,
+                &token,
+                "a1",
+                "share_satisfied.a11_satisfaction",
+                date(2026, 6, 1),
+                date(2026, 6, 30),
+                pb::Granularity::Month,
+                dim,
+                "",
+            )
+            .await
+            .expect("query")
+        }
+    };
+    let r = split(pb::Dimension::Unit).await;
+    let cells: Vec<(String, i64, bool, Option<f64>, Option<i64>)> = r
+        .series
+        .iter()
+        .map(|s| {
+            let v = s.points[0].value.as_ref().expect("value");
+            (s.group.clone(), v.n, v.suppressed, v.value, v.numerator)
+        })
+        .collect();
+    assert_eq!(
+        cells,
+        vec![
+            ("east".to_string(), 0, true, None, None),
+            ("north".to_string(), 0, true, None, None),
+            ("south".to_string(), 0, true, None, None),
+        ]
+    );
+    let whole = split(pb::Dimension::Unspecified).await;
+    let v = whole.series[0].points[0].value.clone().expect("v");
+    assert_eq!((v.n, v.numerator), (53, Some(45)));
+    // The mean on the same answers hides the same cells.
     let r = query(
         &mut c,
         &token,
         "a1",
-        "share_satisfied.a11_satisfaction",
+        "mean_score.a11_satisfaction",
         date(2026, 6, 1),
         date(2026, 6, 30),
         pb::Granularity::Month,
@@ -2112,36 +2166,100 @@ async fn a_suppressed_group_cannot_be_recovered_from_the_total() {
     )
     .await
     .expect("query");
-    let cells: Vec<(String, i64, bool, Option<f64>)> = r
-        .series
-        .iter()
-        .map(|s| {
-            let v = s.points[0].value.as_ref().expect("value");
-            (s.group.clone(), v.n, v.suppressed, v.value)
-        })
-        .collect();
-    // East (5) is below k; south, the smallest other unit, is withheld too,
-    // or east would be the unsplit total minus north and south.
-    assert_eq!(
-        cells,
-        vec![
-            ("east".to_string(), 5, true, None),
-            ("north".to_string(), 30, false, Some(1.0)),
-            ("south".to_string(), 20, true, None),
-        ]
+    assert!(
+        r.series
+            .iter()
+            .all(|s| s.points[0].value.as_ref().expect("v").suppressed)
     );
-    let whole = query(
+}
+
+/// Issue 12, item 3: a month withheld inside a published quarter is not
+/// the quarter minus the other months, and ranges off the grid of periods
+/// are refused (an arbitrary range minus another would isolate any day).
+#[tokio::test]
+async fn a_withheld_month_cannot_be_recovered_from_its_quarter() {
+    let h = Harness::start(10).await;
+    let (complaints, mut feedback) = (VecFeed::default(), VecFeed::default());
+    let mut i = 0;
+    for (month, n) in [(7, 20), (8, 30), (9, 4)] {
+        for k in 0..n {
+            i += 1;
+            let score = if k % 3 == 0 { 2 } else { 5 };
+            feedback.push(
+                "a1",
+                "r",
+                &response("a1", i, date(2026, month, 10), score, 2),
+            );
+        }
+    }
+    h.feed(&complaints, &feedback).await;
+    let mut c = h.client().await;
+    let token = h.token("a1", ANALYST);
+    let ask = |c: &mut KpiServiceClient<Channel>, g, from: Date, to: Date| {
+        let token = token.clone();
+        let mut c = c.clone();
+        async move {
+            query(
+                &mut c,
+                &token,
+                "a1",
+                "share_satisfied.a11_satisfaction",
+                from,
+                to,
+                g,
+                pb::Dimension::Unspecified,
+                "",
+            )
+            .await
+        }
+    };
+    let quarter = ask(
         &mut c,
-        &token,
-        "a1",
-        "share_satisfied.a11_satisfaction",
-        date(2026, 6, 1),
-        date(2026, 6, 30),
-        pb::Granularity::Month,
-        pb::Dimension::Unspecified,
-        "",
+        pb::Granularity::Quarter,
+        date(2026, 7, 1),
+        date(2026, 9, 30),
     )
     .await
-    .expect("query");
-    assert_eq!(whole.series[0].points[0].value.as_ref().expect("v").n, 55);
+    .expect("quarter");
+    let q3 = quarter.series[0].points[0].value.clone().expect("q3");
+    assert_eq!((q3.suppressed, q3.n), (false, 54));
+    let months = ask(
+        &mut c,
+        pb::Granularity::Month,
+        date(2026, 7, 1),
+        date(2026, 9, 30),
+    )
+    .await
+    .expect("months");
+    let withheld: Vec<bool> = months.series[0]
+        .points
+        .iter()
+        .map(|p| p.value.as_ref().expect("v").suppressed)
+        .collect();
+    // September (4) and the smallest other month of the quarter (July, 20).
+    assert_eq!(withheld, vec![true, false, true]);
+    for (g, from, to, field) in [
+        (
+            pb::Granularity::Unspecified,
+            date(2026, 9, 1),
+            date(2026, 11, 30),
+            "granularity",
+        ),
+        (
+            pb::Granularity::Month,
+            date(2026, 9, 2),
+            date(2026, 11, 30),
+            "start_date",
+        ),
+        (
+            pb::Granularity::Week,
+            date(2026, 9, 7),
+            date(2026, 9, 13),
+            "granularity",
+        ),
+    ] {
+        let err = ask(&mut c, g, from, to).await.expect_err("off the grid");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(violations(&err), vec![field]);
+    }
 }

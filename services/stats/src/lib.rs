@@ -2,8 +2,11 @@
 //! shares (Wilson), means (Student t) and NPS (its standard error);
 //! significance by the two-proportion z-test and Welch's t-test; quantiles
 //! from a histogram of whole values (working days); and the rule that
-//! withholds a figure computed from too few observations. No I/O, no
+//! withholds a figure computed from too few observations, with the
+//! disclosure control that keeps it withheld ([`disclosure`]). No I/O, no
 //! dependencies: the kpi service and the gateway's benchmarks share it.
+
+pub mod disclosure;
 
 /// The standard normal quantile for a two-sided 95% interval.
 pub const Z95: f64 = 1.959_963_984_540_054;
@@ -238,26 +241,6 @@ pub fn quantile(histogram: &[(i64, u64)], q: f64) -> Option<QuantileEstimate> {
             high: at_rank(high),
         },
     })
-}
-
-/// Secondary suppression for a row of cells whose total is published: when
-/// exactly one cell is below `k`, the smallest other non-zero cell is
-/// withheld too, so the first cannot be recovered by subtraction. Returns
-/// which cells to withhold.
-pub fn suppress_row(cells: &[u64], k: u64) -> Vec<bool> {
-    let mut hidden: Vec<bool> = cells.iter().map(|&n| suppressed(n, k)).collect();
-    if hidden.iter().filter(|&&h| h).count() == 1 {
-        let partner = cells
-            .iter()
-            .enumerate()
-            .filter(|(i, n)| !hidden[*i] && **n > 0)
-            .min_by_key(|(_, n)| **n)
-            .map(|(i, _)| i);
-        if let Some(i) = partner {
-            hidden[i] = true;
-        }
-    }
-    hidden
 }
 
 /// The standard normal distribution function.
@@ -563,14 +546,5 @@ mod tests {
     fn suppression_rules() {
         assert!(suppressed(9, DEFAULT_K));
         assert!(!suppressed(10, DEFAULT_K));
-        assert_eq!(
-            suppress_row(&[50, 4, 30, 12], 10),
-            vec![false, true, false, true]
-        );
-        assert_eq!(
-            suppress_row(&[50, 4, 3, 12], 10),
-            vec![false, true, true, false]
-        );
-        assert_eq!(suppress_row(&[50, 40], 10), vec![false, false]);
     }
 }

@@ -1,0 +1,407 @@
+//! Disclosure control: which cells of a set of linked tables may be
+//! published so that no suppressed cell can be worked out from the others
+//! (DESIGN §7). One rule for the kpi service and the gateway.
+//!
+//! The policy, in the words docs/kpi.md uses ("What a caller can and cannot
+//! learn"):
+//!
+//! 1. A cell is **empty** when it has no observations: that is not a secret.
+//! 2. A non-empty cell is withheld (**primary**) when it has fewer than `k`
+//!    observations, or (unless `k` is 1, a hub's choice to publish every
+//!    figure) when it is **degenerate**: one of its category checks
+//!    fails (a share at 0% or 100%, an NPS without promoters, passives or
+//!    detractors, a mean or quantile whose observations all have one value).
+//!    A degenerate figure states the answer of every observation behind it,
+//!    and so of every smaller group inside it.
+//! 3. The caller can combine cells through **lines**: a parent cell (a total,
+//!    or a longer period) and the children that add up to it (its groups, or
+//!    its sub-periods). In every line whose parent is published, the hidden
+//!    non-empty children must be none, or at least two whose sum (the part
+//!    of the parent the caller cannot see) has at least `k` observations and
+//!    is not degenerate itself. Otherwise the published child with the fewest
+//!    observations is withheld too (**secondary**), and so on; a child that
+//!    is the only non-empty one of some line equals that line's parent, so
+//!    it is chosen last, and only where that parent may be withheld with
+//!    it. In every line whose parent is hidden, at least one non-empty child
+//!    is hidden, or the parent would be their sum.
+//! 4. Lines are revisited until none changes (withholding only ever grows, so
+//!    this ends). When a line cannot be mended by its children, its parent is
+//!    withheld if the line allows it; otherwise the line is reported as
+//!    unprotected.
+//!
+//! The result depends only on the cells and lines given, in their order, so
+//! two queries that build the same table publish the same cells.
+
+use std::collections::BTreeMap;
+
+/// Counts of observations by key (a value, or a block of a partition).
+pub type Histogram = BTreeMap<i64, u64>;
+
+/// What is known of a cell: its number of observations and, per check of the
+/// policy, a histogram the check reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Content {
+    /// Observations.
+    pub n: u64,
+    /// One histogram per check of the policy, in the policy's order.
+    pub parts: Vec<Histogram>,
+}
+
+impl Content {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Content) {
+        self.n += other.n;
+        if self.parts.len() < other.parts.len() {
+            self.parts.resize(other.parts.len(), Histogram::new());
+        }
+        for (dst, src) in self.parts.iter_mut().zip(&other.parts) {
+            for (key, count) in src {
+                *dst.entry(*key).or_default() += count;
+            }
+        }
+    }
+}
+
+/// A check of a cell's categories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Keys 0..blocks are the blocks of a partition (e.g. satisfied or not):
+    /// each must hold some observations but not all of them.
+    EachBlock(i64),
+    /// At least two different keys (values) must occur, so a mean or a
+    /// quantile is not the one value every observation has.
+    Varied,
+}
+
+/// The disclosure policy of one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The least number of observations of a published figure.
+    pub k: u64,
+    /// The category checks, one per part of each cell's content.
+    pub checks: Vec<Check>,
+}
+
+impl Policy {
+    /// Whether `c` states something about every one of its observations.
+    pub fn degenerate(&self, c: &Content) -> bool {
+        // k = 1 is a hub's choice to publish every figure: no control.
+        if c.n == 0 || self.k <= 1 {
+            return false;
+        }
+        let empty = Histogram::new();
+        self.checks.iter().enumerate().any(|(i, check)| {
+            let h = c.parts.get(i).unwrap_or(&empty);
+            match *check {
+                Check::EachBlock(blocks) => (0..blocks).any(|b| {
+                    let x = h.get(&b).copied().unwrap_or(0);
+                    x == 0 || x >= c.n
+                }),
+                Check::Varied => h.values().filter(|&&x| x > 0).count() < 2,
+            }
+        })
+    }
+
+    /// Whether a cell may be published on its own (rule 2).
+    pub fn publishable(&self, c: &Content) -> bool {
+        c.n >= self.k.max(1) && !self.degenerate(c)
+    }
+}
+
+/// The fate of a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// No observations: shown as empty.
+    Empty,
+    /// Published.
+    Published,
+    /// Withheld: too few observations, or degenerate.
+    Primary,
+    /// Withheld so that a primary cell cannot be worked out.
+    Secondary,
+}
+
+impl Status {
+    /// Whether the cell is withheld.
+    pub fn hidden(self) -> bool {
+        matches!(self, Status::Primary | Status::Secondary)
+    }
+}
+
+/// A parent cell and the children that add up to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// The parent's index.
+    pub parent: usize,
+    /// The children's indexes.
+    pub children: Vec<usize>,
+    /// Whether the parent may be withheld when the children cannot protect
+    /// the line. A table that other tables extend (finer periods, more
+    /// dimensions) says no for the lines into the extension, so that the
+    /// extension never changes what the base publishes.
+    pub may_hide_parent: bool,
+}
+
+/// What `protect` decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protected {
+    /// One status per cell.
+    pub status: Vec<Status>,
+    /// Lines that could not be protected (indexes into the lines given).
+    pub unprotected: Vec<usize>,
+}
+
+/// Applies the policy to a table of `cells` linked by `lines`. The first
+/// `preset.len()` cells keep the statuses given (a table decided before,
+/// which this one extends); the lines should only have them as parents.
+pub fn protect(cells: &[Content], lines: &[Line], policy: &Policy, preset: &[Status]) -> Protected {
+    let fixed = preset.len().min(cells.len());
+    let mut status: Vec<Status> = cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if i < fixed {
+                preset[i]
+            } else if c.n == 0 {
+                Status::Empty
+            } else if policy.publishable(c) {
+                Status::Published
+            } else {
+                Status::Primary
+            }
+        })
+        .collect();
+    // A child that is the only non-empty one of a line equals its parent:
+    // it is a complement of last resort, and only when every such parent
+    // may be withheld with it.
+    let mut sole = vec![false; cells.len()];
+    let mut sole_ok = vec![true; cells.len()];
+    for line in lines {
+        let mut non_empty = line.children.iter().filter(|&&c| cells[c].n > 0);
+        if let (Some(&only), None) = (non_empty.next(), non_empty.next()) {
+            sole[only] = true;
+            sole_ok[only] &= line.may_hide_parent && line.parent >= fixed;
+        }
+    }
+    let mut unprotected = Vec::new();
+    loop {
+        let mut changed = false;
+        for (li, line) in lines.iter().enumerate() {
+            let non_empty: Vec<usize> = line
+                .children
+                .iter()
+                .copied()
+                .filter(|&c| cells[c].n > 0)
+                .collect();
+            if non_empty.is_empty() {
+                continue;
+            }
+            let hidden: Vec<usize> = non_empty
+                .iter()
+                .copied()
+                .filter(|&c| status[c].hidden())
+                .collect();
+            let parent_hidden = status[line.parent].hidden();
+            let safe = if parent_hidden {
+                !hidden.is_empty()
+            } else if hidden.is_empty() {
+                true
+            } else {
+                let mut rest = Content::default();
+                for &c in &hidden {
+                    rest.add(&cells[c]);
+                }
+                hidden.len() >= 2 && policy.publishable(&rest)
+            };
+            if safe {
+                continue;
+            }
+            let smallest = |eligible: &dyn Fn(usize) -> bool| {
+                non_empty
+                    .iter()
+                    .copied()
+                    .filter(|&c| c >= fixed && status[c] == Status::Published && eligible(c))
+                    .min_by_key(|&c| (cells[c].n, c))
+            };
+            let pick = smallest(&|c| !sole[c])
+                .or_else(|| smallest(&|c| sole_ok[c]))
+                .or_else(|| parent_hidden.then(|| smallest(&|_| true)).flatten());
+            match pick {
+                Some(c) => status[c] = Status::Secondary,
+                None if !parent_hidden && line.may_hide_parent && line.parent >= fixed => {
+                    status[line.parent] = Status::Secondary
+                }
+                None => {
+                    if !unprotected.contains(&li) {
+                        unprotected.push(li);
+                    }
+                    continue;
+                }
+            }
+            changed = true;
+        }
+        if !changed {
+            break;
+        }
+    }
+    Protected {
+        status,
+        unprotected,
+    }
+}
+
+/// Whether the total of a row of figures may be published beside them: only
+/// when none of its non-empty figures is withheld, or the withheld ones are
+/// at least two, their sum `hidden` is publishable (and every withheld
+/// count is known to the caller of this function). The gateway's benchmark
+/// uses it for the total of a peer group.
+pub fn total_publishable(withheld: usize, hidden: Option<&Content>, policy: &Policy) -> bool {
+    match (withheld, hidden) {
+        (0, _) => true,
+        (1, _) | (_, None) => false,
+        (_, Some(h)) => policy.publishable(h),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A share: part 0 is satisfied (block 1) or not (block 0).
+    fn share(n: u64, yes: u64) -> Content {
+        Content {
+            n,
+            parts: vec![[(0, n - yes), (1, yes)].into_iter().collect()],
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            k: 10,
+            checks: vec![Check::EachBlock(2)],
+        }
+    }
+
+    fn line(parent: usize, children: &[usize]) -> Line {
+        Line {
+            parent,
+            children: children.to_vec(),
+            may_hide_parent: true,
+        }
+    }
+
+    #[test]
+    fn degenerate_figures_are_withheld() {
+        let p = policy();
+        assert!(p.degenerate(&share(30, 30)));
+        assert!(p.degenerate(&share(30, 0)));
+        assert!(!p.degenerate(&share(30, 29)));
+        assert!(!p.degenerate(&share(0, 0)));
+        let mean = Policy {
+            k: 10,
+            checks: vec![Check::Varied],
+        };
+        let same = Content {
+            n: 12,
+            parts: vec![[(4, 12)].into_iter().collect()],
+        };
+        assert!(mean.degenerate(&same));
+    }
+
+    /// The issue's case: total 45/53, north 27/35, east 6 (primary): the
+    /// smallest other group, south 12/12, would leave 18 of 18 hidden, both
+    /// cells pinned at 100%. South is 12 of 12 itself, so it is primary
+    /// too; the hidden remainder is then all satisfied, and north must go.
+    #[test]
+    fn an_all_or_nothing_remainder_takes_more_cells() {
+        let cells = vec![share(53, 45), share(35, 27), share(6, 6), share(12, 12)];
+        let out = protect(&cells, &[line(0, &[1, 2, 3])], &policy(), &[]);
+        assert_eq!(
+            out.status,
+            vec![
+                Status::Published,
+                Status::Secondary,
+                Status::Primary,
+                Status::Primary
+            ]
+        );
+        assert!(out.unprotected.is_empty());
+    }
+
+    #[test]
+    fn one_small_cell_takes_the_smallest_partner_with_a_mixed_remainder() {
+        let cells = vec![
+            share(100, 60),
+            share(50, 30),
+            share(4, 2),
+            share(30, 20),
+            share(16, 8),
+        ];
+        let out = protect(&cells, &[line(0, &[1, 2, 3, 4])], &policy(), &[]);
+        assert_eq!(
+            out.status,
+            vec![
+                Status::Published,
+                Status::Published,
+                Status::Primary,
+                Status::Published,
+                Status::Secondary
+            ]
+        );
+    }
+
+    /// A 2×2 table with margins: one small interior cell needs a rectangle.
+    #[test]
+    fn two_dimensions_hide_a_rectangle() {
+        // 0: total; 1, 2: rows; 3, 4: columns; 5..8: (r1c1, r1c2, r2c1, r2c2).
+        let cells = vec![
+            share(100, 50),
+            share(40, 20),
+            share(60, 30),
+            share(45, 22),
+            share(55, 28),
+            share(5, 2),
+            share(35, 18),
+            share(40, 20),
+            share(20, 10),
+        ];
+        let lines = vec![
+            line(0, &[1, 2]),
+            line(0, &[3, 4]),
+            line(1, &[5, 6]),
+            line(2, &[7, 8]),
+            line(3, &[5, 7]),
+            line(4, &[6, 8]),
+        ];
+        let out = protect(&cells, &lines, &policy(), &[]);
+        for i in 5..9 {
+            assert!(out.status[i].hidden(), "{i}");
+        }
+        for i in 0..5 {
+            assert_eq!(out.status[i], Status::Published, "{i}");
+        }
+    }
+
+    #[test]
+    fn a_hidden_parent_is_not_the_sum_of_published_children() {
+        // 0 = 1 + 2 (a quarter and its months), 0 hidden by its own line.
+        let cells = vec![share(30, 15), share(20, 10), share(10, 5), share(5, 2)];
+        let lines = vec![line(3, &[]), line(0, &[1, 2])];
+        let mut status = protect(&cells, &lines, &policy(), &[]).status;
+        assert_eq!(status[0], Status::Published);
+        let degenerate = vec![share(30, 30), share(20, 19), share(10, 9)];
+        status = protect(&degenerate, &[line(0, &[1, 2])], &policy(), &[]).status;
+        assert_eq!(status[0], Status::Primary);
+        assert!(status[1].hidden() || status[2].hidden());
+    }
+
+    #[test]
+    fn a_total_beside_withheld_figures() {
+        let p = policy();
+        assert!(total_publishable(0, None, &p));
+        assert!(!total_publishable(1, Some(&share(40, 20)), &p));
+        assert!(!total_publishable(2, None, &p));
+        assert!(total_publishable(2, Some(&share(40, 20)), &p));
+        assert!(!total_publishable(2, Some(&share(40, 40)), &p));
+    }
+}
