@@ -22,7 +22,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Executor};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
@@ -131,17 +131,8 @@ struct Inner {
     backend: Backend,
     writer: Option<Arc<Mutex<()>>>,
     events: watch::Sender<u64>,
-    /// What the latest write found: [`WRITES_UNKNOWN`], [`WRITES_OK`] or
-    /// [`WRITES_FAILING`].
-    writes: AtomicU8,
+    faults: Arc<Faults>,
 }
-
-/// No write has ended since [`Db::writable`] last looked.
-const WRITES_UNKNOWN: u8 = 0;
-/// The latest write committed.
-const WRITES_OK: u8 = 1;
-/// The latest write failed for a reason of the database's, not the request's.
-const WRITES_FAILING: u8 = 2;
 
 /// How long the write probe of [`Db::writable`] waits for SQLite's writer
 /// lock before trusting what the writers ahead of it find instead.
@@ -197,9 +188,19 @@ impl Db {
         } else {
             return Err(DbError::BadUrl);
         };
+        let faults = Arc::new(Faults::new(
+            sqlite_path(url).filter(|_| backend == Backend::Sqlite),
+        ));
+        // A connection that was open during a storage fault is closed when
+        // it is next released (see `Faults::keep`).
+        let on_release = faults.clone();
         let mut options = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10));
+            .acquire_timeout(Duration::from_secs(10))
+            .after_release(move |_conn, meta| {
+                let keep = on_release.keep(meta.age);
+                Box::pin(async move { Ok(keep) })
+            });
         if backend == Backend::Sqlite {
             if let Some(dir) = sqlite_path(url).and_then(|p| p.parent().map(Path::to_path_buf))
                 && !dir.as_os_str().is_empty()
@@ -211,15 +212,9 @@ impl Db {
             // its life, long after the fault that caused it is gone; so every
             // connection that was open while the files could not be written is
             // closed when it is next released.
-            let files = sqlite_path(url).map(|p| Arc::new(SqliteFiles::new(p)));
-            if let Some(files) = files.clone() {
-                options = options.after_release(move |_conn, meta| {
-                    let keep = files.keep(meta.age);
-                    Box::pin(async move { Ok(keep) })
-                });
-            }
+            let on_connect = faults.clone();
             options = options.after_connect(move |conn, _meta| {
-                let files = files.clone();
+                let faults = on_connect.clone();
                 Box::pin(async move {
                     // WAL lets readers run beside the one writer; secure_delete
                     // overwrites erased personal data instead of leaving it in
@@ -233,9 +228,7 @@ impl Db {
                          PRAGMA secure_delete = ON;",
                     ))
                     .await?;
-                    if let Some(files) = files {
-                        files.check();
-                    }
+                    faults.files_writable();
                     Ok(())
                 })
             });
@@ -248,7 +241,7 @@ impl Db {
                 backend,
                 writer: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
                 events,
-                writes: AtomicU8::new(WRITES_UNKNOWN),
+                faults,
             }),
         })
     }
@@ -309,16 +302,15 @@ impl Db {
 
     /// Records how a write ended, for [`Db::writable`].
     fn note_write(&self, outcome: &Result<(), &sqlx::Error>) {
-        let state = match outcome {
-            Ok(()) => WRITES_OK,
-            Err(e) if is_storage_fault(e) => WRITES_FAILING,
-            Err(_) => return,
-        };
-        self.inner.writes.store(state, Ordering::Release);
+        match outcome {
+            Ok(()) => self.inner.faults.committed(),
+            Err(e) if is_storage_fault(e) => self.inner.faults.failed(),
+            Err(_) => {}
+        }
     }
 
     fn writes_failing(&self) -> bool {
-        self.inner.writes.load(Ordering::Acquire) == WRITES_FAILING
+        self.inner.faults.failing.load(Ordering::Acquire)
     }
 
     /// Whether the database answers a trivial query within two seconds.
@@ -335,27 +327,18 @@ impl Db {
     /// last call and none has failed after it, yes without asking; otherwise
     /// a one-row write is tried, so an idle service finds out too. While
     /// other SQLite writers hold the writer lock, their outcome will answer
-    /// the next call, and this one goes by what the last call knew.
+    /// the next call, and this one goes by whether writes are failing.
     pub async fn writable(&self) -> bool {
-        let last = self.inner.writes.swap(WRITES_UNKNOWN, Ordering::AcqRel);
-        if last == WRITES_OK {
+        let faults = &self.inner.faults;
+        let committed = faults.committed_since_asked.swap(false, Ordering::AcqRel);
+        if committed && !self.writes_failing() {
             return true;
         }
         let writer = match &self.inner.writer {
             Some(lock) => {
                 match tokio::time::timeout(PROBE_LOCK_WAIT, lock.clone().lock_owned()).await {
                     Ok(guard) => Some(guard),
-                    Err(_) => {
-                        if last == WRITES_FAILING {
-                            let _ = self.inner.writes.compare_exchange(
-                                WRITES_UNKNOWN,
-                                WRITES_FAILING,
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            );
-                        }
-                        return last != WRITES_FAILING;
-                    }
+                    Err(_) => return !self.writes_failing(),
                 }
             }
             None => None,
@@ -441,24 +424,36 @@ fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
     (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
 }
 
-/// A SQLite database file and its write-ahead log, and the last time this
-/// process found that it could not write them.
+/// What this process knows about the database's ability to take writes,
+/// shared by the pool's hooks, the transactions and [`Db::writable`].
 #[derive(Debug)]
-struct SqliteFiles {
-    files: [std::path::PathBuf; 2],
+struct Faults {
+    /// A SQLite file and its write-ahead log.
+    files: Option<[std::path::PathBuf; 2]>,
     since: std::time::Instant,
-    /// Microseconds after `since` (plus one; 0 = never).
-    unwritable_at: std::sync::atomic::AtomicU64,
+    /// Set by a write that failed with a storage fault (or SQLite files
+    /// found unwritable); cleared by the next write that commits.
+    failing: AtomicBool,
+    /// When `failing` was last cleared: microseconds after `since`, plus one
+    /// (0 = never).
+    ended_at: AtomicU64,
+    /// A write committed since [`Db::writable`] last asked.
+    committed_since_asked: AtomicBool,
 }
 
-impl SqliteFiles {
-    fn new(db: std::path::PathBuf) -> Self {
-        let mut wal = db.as_os_str().to_owned();
-        wal.push("-wal");
-        SqliteFiles {
-            files: [db, wal.into()],
+impl Faults {
+    fn new(sqlite: Option<std::path::PathBuf>) -> Self {
+        let files = sqlite.map(|db| {
+            let mut wal = db.as_os_str().to_owned();
+            wal.push("-wal");
+            [db, wal.into()]
+        });
+        Faults {
+            files,
             since: std::time::Instant::now(),
-            unwritable_at: std::sync::atomic::AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            ended_at: AtomicU64::new(0),
+            committed_since_asked: AtomicBool::new(false),
         }
     }
 
@@ -466,38 +461,56 @@ impl SqliteFiles {
         u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// Whether this process may write both files (a missing log counts as
-    /// writable), remembering when it may not. `access(2)` rather than an
-    /// open: closing any descriptor of the file would drop SQLite's locks.
-    fn check(&self) -> bool {
+    fn failed(&self) {
+        self.failing.store(true, Ordering::Release);
+    }
+
+    fn committed(&self) {
+        self.committed_since_asked.store(true, Ordering::Release);
+        if self.failing.swap(false, Ordering::AcqRel) {
+            self.ended_at
+                .store(self.now().saturating_add(1), Ordering::Release);
+        }
+    }
+
+    /// Whether this process may write the SQLite files (a missing log
+    /// counts as writable; PostgreSQL: always), noting a fault when not.
+    /// `access(2)` rather than an open: closing any descriptor of the file
+    /// would drop SQLite's locks on it.
+    fn files_writable(&self) -> bool {
+        let Some(files) = &self.files else {
+            return true;
+        };
         #[cfg(unix)]
-        let writable = self.files.iter().all(|file| {
-            match rustix::fs::access(file, rustix::fs::Access::WRITE_OK) {
-                Ok(()) | Err(rustix::io::Errno::NOENT) => true,
-                Err(_) => false,
-            }
+        let writable = files.iter().all(|file| {
+            matches!(
+                rustix::fs::access(file, rustix::fs::Access::WRITE_OK),
+                Ok(()) | Err(rustix::io::Errno::NOENT)
+            )
         });
         #[cfg(not(unix))]
-        let writable = true;
+        let writable = !files.is_empty();
         if !writable {
-            self.unwritable_at
-                .store(self.now().saturating_add(1), Ordering::Release);
+            self.failed();
         }
         writable
     }
 
     /// Whether a connection released after `age` of life may go back to the
-    /// pool: only when the files are writable now and were not seen
-    /// otherwise while it was open.
+    /// pool: not while writes are failing, nor if it was open during a
+    /// fault. Such a connection may be in a state nothing can see: a SQLite
+    /// file opened read-only because it could not be written then, a
+    /// PostgreSQL session made read-only by the server, a transaction the
+    /// driver lost track of.
     fn keep(&self, age: Duration) -> bool {
-        if !self.check() {
+        if !self.files_writable() || self.failing.load(Ordering::Acquire) {
             return false;
         }
-        let seen = self.unwritable_at.load(Ordering::Acquire);
+        let ended = self.ended_at.load(Ordering::Acquire);
         let opened = self
             .now()
             .saturating_sub(u64::try_from(age.as_micros()).unwrap_or(u64::MAX));
-        seen == 0 || opened >= seen
+        ended == 0 || opened >= ended
     }
 }
 
