@@ -4,6 +4,8 @@
 
 // `touchstone up --demo` end to end: a module of this one test binary.
 mod demo;
+// The crash suite (SIGKILL and storage faults under load), likewise.
+mod crash;
 
 use std::collections::BTreeSet;
 use std::path::Path;
