@@ -169,6 +169,13 @@ enum Store {
 }
 
 impl Store {
+    fn label(&self) -> &'static str {
+        match self {
+            Store::Sqlite => "SQLite",
+            Store::Postgres(_) => "PostgreSQL",
+        }
+    }
+
     fn settings(&self) -> Vec<(String, String)> {
         match self {
             Store::Sqlite => Vec::new(),
@@ -366,9 +373,10 @@ async fn check_exactly_once(up: &Up, token: &str, ledger: &Ledger, issued: usize
     );
 }
 
-/// Waits until health reports `want` for the register.
+/// Waits until health reports `want` for the register; after two minutes
+/// (a hang, not slowness) fails with the server's log.
 async fn until_health(up: &Up, want: ServingStatus) {
-    loop {
+    for _ in 0..1200 {
         if let Ok(statuses) = up.health().await
             && statuses.iter().all(|s| *s == want)
         {
@@ -376,6 +384,12 @@ async fn until_health(up: &Up, want: ServingStatus) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let log = up.proc.stdout() + &up.proc.stderr();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    panic!(
+        "health never reported {want:?}; last log lines, newest first:\n{}",
+        tail.join("\n")
+    );
 }
 
 async fn restart(mut up: Up, dir: &Path, store: &Store) -> Up {
@@ -422,6 +436,7 @@ async fn a_storage_fault_loses_no_acknowledged_write() {
         if matches!(store, Store::Sqlite) && !fault::available(dir.path()) {
             continue;
         }
+        eprintln!("storage fault on {}", store.label());
         within(CRASH_TIMEOUT, "a storage fault under load", async {
             let up = Up::start_with(dir.path(), &store.settings()).await;
             let token = mint_token(dir.path(), "officer").await;
@@ -438,7 +453,9 @@ async fn a_storage_fault_loses_no_acknowledged_write() {
                     pg.terminate_sessions().await;
                 }
             }
+            eprintln!("fault injected");
             until_health(&up, ServingStatus::NotServing).await;
+            eprintln!("NOT_SERVING");
             let failed_before = load.failures();
             while load.failures() == failed_before {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -453,9 +470,12 @@ async fn a_storage_fault_loses_no_acknowledged_write() {
             }
 
             // Recovered without a restart: SERVING again, and writes succeed.
+            eprintln!("fault removed");
             until_health(&up, ServingStatus::Serving).await;
+            eprintln!("SERVING");
             let recovered = load.acknowledged();
             load.until_acknowledged(recovered + STEP).await;
+            eprintln!("writes succeed again");
             let (ledger, issued) = load.stop().await;
             let codes: Vec<&String> = ledger.failures.keys().collect();
             assert!(

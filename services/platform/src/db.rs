@@ -152,20 +152,22 @@ pub fn is_storage_fault(e: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(d) => {
             let code = d.code().unwrap_or_default();
-            match code.parse::<u32>() {
+            if d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                // SQLSTATE: read-only transaction, connection exceptions,
+                // insufficient resources, operator intervention (admin
+                // shutdown, terminated backend), system errors.
+                code == "25006"
+                    || ["08", "53", "57", "58"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+            } else {
                 // SQLite's primary result code is the low byte of the
                 // extended one: BUSY, LOCKED, NOMEM, READONLY, IOERR,
                 // CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
-                Ok(n) => matches!(n & 0xff, 5 | 6 | 7 | 8 | 10 | 11 | 13 | 14 | 15 | 26),
-                // PostgreSQL SQLSTATE: read-only transaction, connection
-                // exceptions, insufficient resources, operator intervention
-                // (admin shutdown, terminated backend), system errors.
-                Err(_) => {
-                    code == "25006"
-                        || ["08", "53", "57", "58"]
-                            .iter()
-                            .any(|class| code.starts_with(class))
-                }
+                code.parse::<u32>()
+                    .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 7 | 8 | 10 | 11 | 13 | 14 | 15 | 26))
             }
         }
         _ => false,
@@ -895,6 +897,38 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    }
+
+    /// A database that refuses writes is a storage fault on both backends
+    /// (PostgreSQL's SQLSTATE 25006 once passed for a SQLite code); a
+    /// statement that is wrong is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn storage_faults_are_told_from_bad_statements() {
+        assert!(is_storage_fault(&sqlx::Error::PoolTimedOut));
+        assert!(!is_storage_fault(&sqlx::Error::RowNotFound));
+        let t = crate::testing::fresh(&[&PLATFORM_MIGRATIONS]).await;
+        let mut tx = t.db.write(Scope::AllAgencies).await.expect("begin");
+        let bad = sqlx::query("SELECT * FROM no_such_table")
+            .execute(tx.conn())
+            .await
+            .expect_err("no such table");
+        assert!(!is_storage_fault(&bad), "{bad}");
+        drop(tx);
+        let mut tx = t.db.write(Scope::AllAgencies).await.expect("begin");
+        let (read_only, writable) = match t.db.backend() {
+            Backend::Sqlite => ("PRAGMA query_only = 1", "PRAGMA query_only = 0"),
+            Backend::Postgres => ("SET TRANSACTION READ ONLY", "SELECT 1"),
+        };
+        tx.conn()
+            .execute(sqlx::raw_sql(read_only))
+            .await
+            .expect("read-only");
+        let refused = sqlx::query("UPDATE write_probe SET probe_time = 1")
+            .execute(tx.conn())
+            .await
+            .expect_err("a write in a read-only transaction");
+        assert!(is_storage_fault(&refused), "{refused}");
+        let _ = tx.conn().execute(sqlx::raw_sql(writable)).await;
     }
 
     #[test]
