@@ -8,6 +8,8 @@ mod demo;
 mod scope;
 // Malformed requests to every method, and reflection per port.
 mod wire;
+// The crash suite (SIGKILL and storage faults under load), likewise.
+mod crash;
 
 use std::collections::BTreeSet;
 use std::path::Path;

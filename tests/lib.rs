@@ -283,6 +283,16 @@ impl Proc {
         }
     }
 
+    /// Kills the process with SIGKILL (a crash: nothing is flushed or
+    /// closed) and waits for it to be gone.
+    pub async fn kill9(&mut self) {
+        if self.try_status().is_none() {
+            let _ = self.child.kill();
+        }
+        let status = self.wait(COMMAND_TIMEOUT).await;
+        assert!(status.is_some(), "the process outlived SIGKILL");
+    }
+
     /// Sends SIGTERM (through the `kill` command).
     pub fn terminate(&self) {
         let status = Command::new("kill")
@@ -360,12 +370,18 @@ impl Up {
     /// Starts `touchstone up` on a free port with `data_dir`, and waits until
     /// health reports SERVING for the server and the register.
     pub async fn start(data_dir: &Path) -> Up {
+        Up::start_with(data_dir, &[]).await
+    }
+
+    /// [`Up::start`] with extra environment variables (settings).
+    pub async fn start_with(data_dir: &Path, vars: &[(String, String)]) -> Up {
         let mut attempts = 0;
         loop {
             attempts += 1;
             let port = free_port();
             let mut ports = Vec::new();
             let mut cmd = touchstone(data_dir);
+            cmd.envs(vars.iter().map(|(k, v)| (k, v)));
             cmd.arg("up")
                 .env("TOUCHSTONE_REGISTER__LISTEN", format!("127.0.0.1:{port}"))
                 .env(

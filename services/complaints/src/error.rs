@@ -159,18 +159,7 @@ impl From<Error> for Status {
                     "already used for a different request",
                 )],
             ),
-            Error::Database(sqlx::Error::PoolTimedOut) => simple(
-                Code::Unavailable,
-                "DATABASE_BUSY",
-                "the database is busy; retry with backoff".into(),
-            ),
-            Error::Database(sqlx::Error::Io(_)) | Error::Database(sqlx::Error::PoolClosed) => {
-                simple(
-                    Code::Unavailable,
-                    "DATABASE_UNAVAILABLE",
-                    "the database is unavailable; retry with backoff".into(),
-                )
-            }
+            Error::Database(e) => error::database(DOMAIN, &e),
             other => error::internal(DOMAIN, &other),
         }
     }

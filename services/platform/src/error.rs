@@ -101,6 +101,25 @@ pub fn invalid_argument(domain: &str, violations: &[FieldViolation]) -> Status {
     )
 }
 
+/// The status of a failed database call. A storage fault (see
+/// [`crate::db::is_storage_fault`]) is UNAVAILABLE: the caller retries with
+/// backoff and the same `request_id`, which is safe whether or not the failed
+/// call's transaction committed. Anything else is INTERNAL.
+pub fn database(domain: &str, e: &sqlx::Error) -> Status {
+    if !crate::db::is_storage_fault(e) {
+        return internal(domain, e);
+    }
+    let (reason, message) = match e {
+        sqlx::Error::PoolTimedOut => ("DATABASE_BUSY", "the database is busy; retry with backoff"),
+        _ => (
+            "DATABASE_UNAVAILABLE",
+            "the database is unavailable; retry with backoff and the same request_id",
+        ),
+    };
+    tracing::warn!(error = %e, "database unavailable");
+    status(Code::Unavailable, domain, reason, message, &[])
+}
+
 /// Logs an internal failure with an id the operator can grep for, and returns
 /// an INTERNAL status that carries only that id.
 pub fn internal(domain: &str, cause: &dyn std::fmt::Display) -> Status {

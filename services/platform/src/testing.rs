@@ -128,3 +128,89 @@ async fn fresh_postgres(url: &str, sets: &[&MigrationSet]) -> TestDb {
         _dir: None,
     }
 }
+
+/// Storage faults for tests: a SQLite database file and its write-ahead log
+/// made immutable (`chattr +i`), so that every write to them fails with
+/// EPERM while the process keeps its open handles, as a failing disk would
+/// behave; removed with `chattr -i`. Needs root on a filesystem with
+/// extended attributes (ext4, xfs, btrfs).
+pub mod fault {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+
+    /// Set when a run must inject faults (CI): a test that cannot then fails
+    /// instead of skipping.
+    pub const REQUIRE_VAR: &str = "TOUCHSTONE_TEST_REQUIRE_FAULTS";
+
+    fn chattr(flag: &str, path: &Path) -> bool {
+        Command::new("chattr")
+            .arg(flag)
+            .arg(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Whether files in `dir` can be made immutable here. When they cannot
+    /// and [`REQUIRE_VAR`] is set, panics; otherwise prints why the caller
+    /// skips.
+    pub fn available(dir: &Path) -> bool {
+        let probe = dir.join("fault-probe");
+        let ok = std::fs::write(&probe, b"probe").is_ok() && chattr("+i", &probe) && {
+            let refused = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&probe)
+                .is_err();
+            chattr("-i", &probe) && refused
+        };
+        let _ = std::fs::remove_file(&probe);
+        if !ok {
+            let why = format!(
+                "cannot make files in {} immutable (needs root and chattr on ext4/xfs/btrfs)",
+                dir.display()
+            );
+            assert!(
+                std::env::var_os(REQUIRE_VAR).is_none(),
+                "{REQUIRE_VAR} is set but {why}"
+            );
+            eprintln!("skipping the storage-fault test: {why}");
+        }
+        ok
+    }
+
+    /// A SQLite file and its `-wal` made immutable until `clear` or drop.
+    #[derive(Debug)]
+    pub struct Immutable {
+        paths: Vec<PathBuf>,
+    }
+
+    impl Immutable {
+        /// Makes `db` and `db-wal` immutable.
+        pub fn sqlite(db: &Path) -> Immutable {
+            let mut wal = db.as_os_str().to_owned();
+            wal.push("-wal");
+            let paths = vec![db.to_path_buf(), PathBuf::from(wal)];
+            for p in &paths {
+                assert!(chattr("+i", p), "chattr +i {} failed", p.display());
+            }
+            Immutable { paths }
+        }
+
+        /// Makes the files writable again.
+        pub fn clear(&mut self) {
+            for p in self.paths.drain(..) {
+                assert!(chattr("-i", &p), "chattr -i {} failed", p.display());
+            }
+        }
+    }
+
+    impl Drop for Immutable {
+        fn drop(&mut self) {
+            for p in self.paths.drain(..) {
+                let _ = chattr("-i", &p);
+            }
+        }
+    }
+}

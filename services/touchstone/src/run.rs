@@ -309,7 +309,7 @@ async fn start_service(
     let probe_db = db.clone();
     let readiness: Readiness = Arc::new(move || {
         let db = probe_db.clone();
-        Box::pin(async move { db.ping().await })
+        Box::pin(async move { db.writable().await })
     });
     let opts = ServeOptions {
         service: name,

@@ -210,7 +210,7 @@ async fn serve(db: Db, dev: &DevKey, per_connection: usize) -> anyhow::Result<Se
     let addr = listener.local_addr()?;
     let readiness: touchstone_server::Readiness = Arc::new(move || {
         let db = db.clone();
-        Box::pin(async move { db.ping().await })
+        Box::pin(async move { db.writable().await })
     });
     let mut opts =
         touchstone_server::ServeOptions::new("feedback", vec![touchstone_feedback::SERVICE_NAME]);

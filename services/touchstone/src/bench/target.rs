@@ -290,7 +290,7 @@ impl Served {
         let addr = listener.local_addr()?;
         let readiness: touchstone_server::Readiness = Arc::new(move || {
             let db = db.clone();
-            Box::pin(async move { db.ping().await })
+            Box::pin(async move { db.writable().await })
         });
         let opts = touchstone_server::ServeOptions {
             service,
