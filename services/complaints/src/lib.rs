@@ -17,7 +17,7 @@ use touchstone_api::complaints::v1::complaints_service_server::ComplaintsService
 use touchstone_auth::{AuthInterceptor, ServiceToken, Verifier};
 use touchstone_platform::consumer;
 use touchstone_platform::db::{Db, Migration, MigrationSet};
-use touchstone_platform::keyring::Keyring;
+use touchstone_crypto::MasterKey;
 
 /// Full gRPC name, for health and reflection.
 pub const SERVICE_NAME: &str = "touchstone.complaints.v1.ComplaintsService";
@@ -67,12 +67,12 @@ impl Peers {
 /// register's change feed (erasures).
 pub fn start(
     db: Db,
-    keys: Arc<Keyring>,
+    master: MasterKey,
     verifier: Arc<Verifier>,
     peers: Peers,
 ) -> (tonic::service::Routes, Vec<JoinHandle<()>>) {
     let register = intake::RegisterClient::new(peers.register, peers.token);
-    let service = api::Complaints::new(db.clone(), keys, register.clone());
+    let service = api::Complaints::new(db.clone(), master, register.clone());
     let routes = tonic::service::Routes::new(ComplaintsServiceServer::with_interceptor(
         service,
         AuthInterceptor::new(verifier),

@@ -26,6 +26,7 @@ use touchstone_platform::db::{Db, Scope};
 use touchstone_platform::error::{FieldViolation, Violations};
 use touchstone_platform::idempotency;
 use touchstone_platform::keyring::Keyring;
+use touchstone_crypto::MasterKey;
 use touchstone_platform::outbox;
 use touchstone_platform::{names, times};
 
@@ -43,7 +44,8 @@ pub struct Feedback {
 impl Feedback {
     /// The service over `db`, encrypting with keys from `keys`, asking
     /// `register` about clients.
-    pub fn new(db: Db, keys: Arc<Keyring>, register: Register) -> Self {
+    pub fn new(db: Db, master: MasterKey, register: Register) -> Self {
+        let keys = Arc::new(Keyring::new(master, db.clone()));
         Self { db, keys, register }
     }
 
@@ -557,8 +559,8 @@ impl Feedback {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let key = self.keys.data_key(&self.db, agency).await?;
         let mut tx = self.db.write(Scope::Agency(agency)).await?;
+        let key = self.keys.data_key(&mut tx, agency).await?;
         let keyed: Vec<(&ResponseRecord, Option<&str>)> = rows
             .iter()
             .map(|r| (&r.prepared.record, Some(r.import_key.as_str())))
@@ -1003,12 +1005,12 @@ impl FeedbackService for Feedback {
             let (agency, survey_id, id) = (ids[0], ids[1], ids[2]);
             authorize(&caller, Action::ReadResponses, agency, true)?;
             let personal = Action::SeePersonal.allowed(&caller);
-            let key = self.keys.data_key(&self.db, agency).await?;
             let mut tx = if personal {
                 self.db.write(Scope::Agency(agency)).await?
             } else {
                 self.db.read(Scope::Agency(agency)).await?
             };
+            let key = self.keys.data_key(&mut tx, agency).await?;
             let record = store::get_response(&mut tx, &key, agency, survey_id, id)
                 .await?
                 .ok_or(Error::NotFound("response"))?;
@@ -1045,12 +1047,12 @@ impl FeedbackService for Feedback {
             let query = ListQuery::plan(&store::RESPONSE_SCHEMA, &req.parent, &params, 3)
                 .map_err(list_error)?;
             let personal = Action::SeePersonal.allowed(&caller);
-            let key = self.keys.data_key(&self.db, agency).await?;
             let mut tx = if personal {
                 self.db.write(Scope::Agency(agency)).await?
             } else {
                 self.db.read(Scope::Agency(agency)).await?
             };
+            let key = self.keys.data_key(&mut tx, agency).await?;
             let survey_id = (survey != "-").then_some(survey);
             let (records, next_page_token) =
                 store::list_responses(&mut tx, &key, agency, survey_id, &query).await?;

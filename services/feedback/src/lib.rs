@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use touchstone_api::feedback::v1::feedback_service_server::FeedbackServiceServer;
 use touchstone_auth::{AuthInterceptor, ServiceToken, Verifier};
 use touchstone_platform::db::{Db, Migration, MigrationSet};
-use touchstone_platform::keyring::Keyring;
+use touchstone_crypto::MasterKey;
 
 /// Full gRPC name, for health and reflection.
 pub const SERVICE_NAME: &str = "touchstone.feedback.v1.FeedbackService";
@@ -65,12 +65,12 @@ impl Peers {
 /// The service's routes (behind token authentication) and its background tasks.
 pub fn start(
     db: Db,
-    keys: Arc<Keyring>,
+    master: MasterKey,
     verifier: Arc<Verifier>,
     peers: Peers,
 ) -> (tonic::service::Routes, Vec<JoinHandle<()>>) {
     let register = peers::Register::new(peers.register, peers.token);
-    let service = api::Feedback::new(db.clone(), keys, register.clone());
+    let service = api::Feedback::new(db.clone(), master, register.clone());
     let routes = tonic::service::Routes::new(FeedbackServiceServer::with_interceptor(
         service,
         AuthInterceptor::new(verifier),

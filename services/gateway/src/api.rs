@@ -18,6 +18,7 @@ use touchstone_platform::db::{Db, Scope};
 use touchstone_platform::error::Violations;
 use touchstone_platform::idempotency::fingerprint;
 use touchstone_platform::keyring::Keyring;
+use touchstone_platform::crypto::MasterKey;
 use touchstone_platform::names;
 use touchstone_platform::times;
 
@@ -210,10 +211,12 @@ fn rfc3339_day(d: jiff::civil::Date) -> String {
 
 impl Gateway {
     /// The service over its directory database and the backends it joins.
-    pub fn new(db: Db, keys: Arc<Keyring>, backends: Backends, min_count: u64) -> Gateway {
+    /// Data keys (for request fingerprints and stored responses) are stored
+    /// in `db`, wrapped by `master`.
+    pub fn new(db: Db, master: MasterKey, backends: Backends, min_count: u64) -> Gateway {
         Gateway {
+            keys: Arc::new(Keyring::new(master, db.clone())),
             db,
-            keys,
             backends,
             min_count: min_count.max(1),
         }

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use touchstone_api::gateway::v1::gateway_service_server::GatewayServiceServer;
 use touchstone_auth::{AuthInterceptor, ServiceToken, Verifier};
 use touchstone_platform::db::{Db, Migration, MigrationSet};
-use touchstone_platform::keyring::Keyring;
+use touchstone_platform::crypto::MasterKey;
 
 /// Full gRPC name, for health and reflection.
 pub const SERVICE_NAME: &str = "touchstone.gateway.v1.GatewayService";
@@ -92,12 +92,12 @@ impl Peers {
 /// background tasks: the web dashboard on `http`, when given.
 pub fn start(
     db: Db,
-    keys: Arc<Keyring>,
+    master: MasterKey,
     verifier: Arc<Verifier>,
     peers: Peers,
     http: Option<tokio::net::TcpListener>,
 ) -> (tonic::service::Routes, Vec<JoinHandle<()>>) {
-    let gateway = api::Gateway::new(db, keys, peers.backends, peers.min_count);
+    let gateway = api::Gateway::new(db, master, peers.backends, peers.min_count);
     let mut tasks = Vec::new();
     if let Some(listener) = http {
         let app = web::router(Arc::new(gateway.clone()), verifier.clone());

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use touchstone_api::kpi::v1::kpi_service_server::KpiServiceServer;
 use touchstone_auth::{AuthInterceptor, ServiceToken, Verifier};
 use touchstone_platform::db::{Db, Migration, MigrationSet};
-use touchstone_platform::keyring::Keyring;
+use touchstone_crypto::MasterKey;
 
 /// Full gRPC name, for health and reflection.
 pub const SERVICE_NAME: &str = "touchstone.kpi.v1.KpiService";
@@ -95,12 +95,12 @@ impl Peers {
 /// threshold `min_count`, without consumers (tests start those themselves).
 pub fn routes(
     db: Db,
-    keys: Arc<Keyring>,
+    master: MasterKey,
     verifier: Arc<Verifier>,
     min_count: u64,
 ) -> tonic::service::Routes {
     tonic::service::Routes::new(KpiServiceServer::with_interceptor(
-        api::Kpi::new(db, keys, min_count),
+        api::Kpi::new(db, master, min_count),
         AuthInterceptor::new(verifier),
     ))
 }
@@ -109,7 +109,7 @@ pub fn routes(
 /// tasks: the consumers of the complaints and feedback change feeds.
 pub fn start(
     db: Db,
-    keys: Arc<Keyring>,
+    master: MasterKey,
     verifier: Arc<Verifier>,
     peers: Peers,
     min_count: u64,
@@ -125,5 +125,5 @@ pub fn start(
             token: peers.token.clone(),
         },
     );
-    (routes(db, keys, verifier, min_count), tasks)
+    (routes(db, master, verifier, min_count), tasks)
 }

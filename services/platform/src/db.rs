@@ -212,6 +212,7 @@ impl Db {
             tx: Some(tx),
             writer: guard,
             db: self.clone(),
+            write,
             appended_events: false,
         })
     }
@@ -284,6 +285,8 @@ pub struct Tx {
     /// SQLite's in-process writer lock, for write transactions.
     writer: Option<OwnedMutexGuard<()>>,
     db: Db,
+    /// Opened with [`Db::write`].
+    write: bool,
     appended_events: bool,
 }
 
@@ -318,6 +321,17 @@ impl Tx {
     /// The database this transaction runs on.
     pub fn backend(&self) -> Backend {
         self.db.backend()
+    }
+
+    /// Whether this transaction runs on `db` (the same pool, not merely the
+    /// same URL).
+    pub fn is_on(&self, db: &Db) -> bool {
+        Arc::ptr_eq(&self.db.inner, &db.inner)
+    }
+
+    /// Whether it was opened with [`Db::write`].
+    pub fn is_write(&self) -> bool {
+        self.write
     }
 
     pub(crate) fn mark_events_appended(&mut self) {

@@ -1,5 +1,5 @@
-//! AIP-155 request ids. A state-changing call claims its `request_id` as the
-//! first statement of its write transaction and stores its response before
+//! AIP-155 request ids. A state-changing call claims its `request_id` before
+//! any change in its write transaction and stores its response before
 //! committing, so a retry, even one racing the first call, gets the first
 //! response and changes nothing.
 

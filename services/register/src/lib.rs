@@ -11,7 +11,7 @@ use std::sync::Arc;
 use touchstone_api::register::v1::register_service_server::RegisterServiceServer;
 use touchstone_auth::{AuthInterceptor, Verifier};
 use touchstone_platform::db::{Db, Migration, MigrationSet};
-use touchstone_platform::keyring::Keyring;
+use touchstone_crypto::MasterKey;
 
 /// Full gRPC name, for health and reflection.
 pub const SERVICE_NAME: &str = "touchstone.register.v1.RegisterService";
@@ -37,8 +37,8 @@ pub fn migration_sets() -> [&'static MigrationSet; 2] {
 }
 
 /// The register's routes, behind token authentication.
-pub fn routes(db: Db, keys: Arc<Keyring>, verifier: Arc<Verifier>) -> tonic::service::Routes {
-    let service = api::Register::new(db, keys);
+pub fn routes(db: Db, master: MasterKey, verifier: Arc<Verifier>) -> tonic::service::Routes {
+    let service = api::Register::new(db, master);
     tonic::service::Routes::new(RegisterServiceServer::with_interceptor(
         service,
         AuthInterceptor::new(verifier),

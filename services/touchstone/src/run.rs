@@ -12,7 +12,6 @@ use touchstone_auth::{AuthConfig, DevKey, Role, ServiceToken, TokenRequest, Veri
 use touchstone_crypto::MasterKey;
 use touchstone_platform::config::{HubSettings, LogFormat, Peers, ServiceSettings, Settings};
 use touchstone_platform::db::{Db, MigrationSet};
-use touchstone_platform::keyring::Keyring;
 use touchstone_server::{Readiness, ServeOptions};
 
 /// The services this binary can run.
@@ -143,7 +142,9 @@ struct Running {
 /// What every service is started with.
 #[derive(Clone)]
 pub(crate) struct Env {
-    pub(crate) keys: Arc<Keyring>,
+    /// Wraps the data keys; each service builds its own keyring over its
+    /// own database from it (DESIGN §5: no key cache is shared).
+    pub(crate) master: MasterKey,
     pub(crate) verifier: Arc<Verifier>,
     /// The token a service presents when it calls another on its own behalf.
     pub(crate) service_token: ServiceToken,
@@ -204,7 +205,7 @@ impl ServiceName {
         let purger = touchstone_platform::idempotency::spawn_purger(db.clone());
         let (routes, mut tasks) = match self {
             ServiceName::Register => (
-                touchstone_register::routes(db.clone(), env.keys.clone(), env.verifier.clone()),
+                touchstone_register::routes(db.clone(), env.master.clone(), env.verifier.clone()),
                 Vec::new(),
             ),
             ServiceName::Complaints => {
@@ -214,7 +215,7 @@ impl ServiceName {
                 )?;
                 touchstone_complaints::start(
                     db.clone(),
-                    env.keys.clone(),
+                    env.master.clone(),
                     env.verifier.clone(),
                     peers,
                 )
@@ -226,7 +227,7 @@ impl ServiceName {
                 )?;
                 touchstone_feedback::start(
                     db.clone(),
-                    env.keys.clone(),
+                    env.master.clone(),
                     env.verifier.clone(),
                     peers,
                 )
@@ -239,7 +240,7 @@ impl ServiceName {
                 )?;
                 touchstone_kpi::start(
                     db.clone(),
-                    env.keys.clone(),
+                    env.master.clone(),
                     env.verifier.clone(),
                     peers,
                     env.hub.min_count,
@@ -266,7 +267,7 @@ impl ServiceName {
                 };
                 touchstone_gateway::start(
                     db.clone(),
-                    env.keys.clone(),
+                    env.master.clone(),
                     env.verifier.clone(),
                     peers,
                     http,
@@ -377,7 +378,7 @@ pub(crate) async fn up(
         },
     };
     let env = Env {
-        keys: Arc::new(Keyring::new(dev_master_key(&settings)?)),
+        master: dev_master_key(&settings)?,
         verifier: verifier(&settings).await?,
         service_token,
         peers: settings.peers.clone(),
@@ -468,7 +469,7 @@ pub(crate) async fn serve(settings: Settings, service: ServiceName) -> anyhow::R
     }
     let _telemetry = init_telemetry(&settings, &format!("touchstone-{}", service.label()))?;
     let env = Env {
-        keys: Arc::new(Keyring::new(MasterKey::from_base64(master)?)),
+        master: MasterKey::from_base64(master)?,
         verifier: verifier(&settings).await?,
         service_token: settings
             .service_token_file

@@ -27,7 +27,6 @@ use touchstone_auth::{AuthConfig, DevKey, Role, ServiceToken, TokenRequest, Veri
 use touchstone_crypto::MasterKey;
 use touchstone_platform::config::Settings;
 use touchstone_platform::db::Db;
-use touchstone_platform::keyring::Keyring;
 
 /// Rows per transaction of the raw baseline, as the service writes imports.
 const RAW_BATCH: usize = 200;
@@ -198,7 +197,7 @@ async fn serve(db: Db, dev: &DevKey, per_connection: usize) -> anyhow::Result<Se
     let peers = touchstone_feedback::Peers::connect("http://127.0.0.1:9", ServiceToken::None)?;
     let (routes, background) = touchstone_feedback::start(
         db.clone(),
-        Arc::new(Keyring::new(MasterKey::generate())),
+        MasterKey::generate(),
         verifier,
         peers,
     );
