@@ -19,6 +19,7 @@ use touchstone_api::common::v1::Event;
 use touchstone_api::feedback::v1 as pb;
 use touchstone_api::feedback::v1::feedback_service_server::FeedbackService;
 use touchstone_auth::Caller;
+use touchstone_crypto::MasterKey;
 use touchstone_list::{ListError, ListParams, ListQuery};
 use touchstone_platform::audit::{self, Access};
 use touchstone_platform::change::{self, Begun};
@@ -26,7 +27,6 @@ use touchstone_platform::db::{Db, Scope};
 use touchstone_platform::error::{FieldViolation, Violations};
 use touchstone_platform::idempotency;
 use touchstone_platform::keyring::Keyring;
-use touchstone_crypto::MasterKey;
 use touchstone_platform::outbox;
 use touchstone_platform::{names, times};
 

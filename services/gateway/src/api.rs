@@ -14,11 +14,11 @@ use touchstone_api::kpi::v1 as kpi;
 use touchstone_api::register::v1 as rpb;
 use touchstone_auth::{Caller, Role};
 use touchstone_platform::change::{self, Begun};
+use touchstone_platform::crypto::MasterKey;
 use touchstone_platform::db::{Db, Scope};
 use touchstone_platform::error::Violations;
 use touchstone_platform::idempotency::fingerprint;
 use touchstone_platform::keyring::Keyring;
-use touchstone_platform::crypto::MasterKey;
 use touchstone_platform::names;
 use touchstone_platform::times;
 

@@ -13,11 +13,11 @@ use touchstone_api::common::v1::{self as common, Event};
 use touchstone_api::kpi::v1 as pb;
 use touchstone_api::kpi::v1::kpi_service_server::KpiService;
 use touchstone_auth::{Caller, Role};
+use touchstone_crypto::MasterKey;
 use touchstone_platform::change::{self, Begun};
 use touchstone_platform::db::{Db, Scope};
 use touchstone_platform::error::FieldViolation;
 use touchstone_platform::keyring::Keyring;
-use touchstone_crypto::MasterKey;
 use touchstone_platform::{idempotency, names, outbox, times};
 
 /// Most points a series may have.

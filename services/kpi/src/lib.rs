@@ -13,8 +13,8 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use touchstone_api::kpi::v1::kpi_service_server::KpiServiceServer;
 use touchstone_auth::{AuthInterceptor, ServiceToken, Verifier};
-use touchstone_platform::db::{Db, Migration, MigrationSet};
 use touchstone_crypto::MasterKey;
+use touchstone_platform::db::{Db, Migration, MigrationSet};
 
 /// Full gRPC name, for health and reflection.
 pub const SERVICE_NAME: &str = "touchstone.kpi.v1.KpiService";
@@ -57,6 +57,12 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
         },
     ],
 };
+
+/// The service's sealed columns besides the platform's, for the start-up
+/// key check: none (only the platform's stored request responses).
+pub fn sealed_columns() -> &'static [touchstone_platform::keycheck::SealedColumn] {
+    &[]
+}
 
 /// Every migration set the service's database needs, in order.
 pub fn migration_sets() -> [&'static MigrationSet; 2] {

@@ -92,8 +92,8 @@ pub async fn begin<'a, R: prost::Message + Default + Named>(
     // Fetched in the change's own transaction: a key created here commits
     // with the first values it seals (DESIGN §5).
     let key = keys.data_key(&mut tx, agency).await?;
-    let fingerprint = key.blind_index("request-fingerprint", &fingerprint);
-    match idempotency::claim::<R>(&mut tx, &key, agency, method, request_id, &fingerprint).await? {
+    let fingerprints = key.blind_indexes("request-fingerprint", &fingerprint);
+    match idempotency::claim::<R>(&mut tx, &key, agency, method, request_id, &fingerprints).await? {
         Claim::Replay(r) => {
             // A replay hands out the first response again: audit it like a read.
             let access = Access {

@@ -387,6 +387,11 @@ pub static PLATFORM_MIGRATIONS: MigrationSet = MigrationSet {
             name: "feed cursors",
             sql: include_str!("../migrations/sqlite/0002_feed_cursors.sql"),
         },
+        Migration {
+            version: 3,
+            name: "key repair",
+            sql: include_str!("../migrations/sqlite/0003_key_repair.sql"),
+        },
     ],
     postgres: &[
         Migration {
@@ -398,6 +403,11 @@ pub static PLATFORM_MIGRATIONS: MigrationSet = MigrationSet {
             version: 2,
             name: "feed cursors",
             sql: include_str!("../migrations/postgres/0002_feed_cursors.sql"),
+        },
+        Migration {
+            version: 3,
+            name: "key repair",
+            sql: include_str!("../migrations/postgres/0003_key_repair.sql"),
         },
     ],
 };

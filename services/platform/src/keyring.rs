@@ -70,7 +70,8 @@ impl Keyring {
         if let Some(wrapped) = stored(tx, agency).await? {
             // Visible to `tx` and not inserted by it (an insert below is
             // never cached): committed, so safe to cache.
-            return Ok(self.remember(agency, &wrapped)?);
+            let older = stored_older(tx, agency).await?;
+            return self.remember(agency, &wrapped, &older);
         }
         if tx.is_write() {
             let wrapped = create(tx, &self.master, agency).await?;
@@ -81,7 +82,7 @@ impl Keyring {
         let mut own = self.db.write(Scope::Agency(agency)).await?;
         let wrapped = create(&mut own, &self.master, agency).await?;
         own.commit().await?;
-        Ok(self.remember(agency, &wrapped)?)
+        self.remember(agency, &wrapped, &[])
     }
 
     fn cached(&self, agency: &str) -> Option<Arc<DataKey>> {
@@ -92,8 +93,17 @@ impl Keyring {
         DataKey::unwrap(&self.master, agency, wrapped).map_err(|_| KeyError::Unwrap)
     }
 
-    fn remember(&self, agency: &str, wrapped: &[u8]) -> Result<Arc<DataKey>, KeyError> {
-        let key = Arc::new(self.unwrap(agency, wrapped)?);
+    fn remember(
+        &self,
+        agency: &str,
+        wrapped: &[u8],
+        older: &[Vec<u8>],
+    ) -> Result<Arc<DataKey>, KeyError> {
+        let older = older
+            .iter()
+            .map(|w| self.unwrap(agency, w))
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = Arc::new(self.unwrap(agency, wrapped)?.with_older(older));
         if let Ok(mut cache) = self.cache.write() {
             cache.insert(agency.to_string(), key.clone());
         }
@@ -106,6 +116,14 @@ pub async fn stored(tx: &mut Tx, agency: &str) -> Result<Option<Vec<u8>>, sqlx::
     sqlx::query_scalar("SELECT wrapped_key FROM agency_keys WHERE agency = $1")
         .bind(agency)
         .fetch_optional(tx.conn())
+        .await
+}
+
+/// The wrapped older keys of `agency` (see [`crate::keycheck`]) that `tx` sees.
+pub async fn stored_older(tx: &mut Tx, agency: &str) -> Result<Vec<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT wrapped_key FROM agency_older_keys WHERE agency = $1")
+        .bind(agency)
+        .fetch_all(tx.conn())
         .await
 }
 

@@ -10,8 +10,8 @@ pub mod store;
 use std::sync::Arc;
 use touchstone_api::register::v1::register_service_server::RegisterServiceServer;
 use touchstone_auth::{AuthInterceptor, Verifier};
-use touchstone_platform::db::{Db, Migration, MigrationSet};
 use touchstone_crypto::MasterKey;
+use touchstone_platform::db::{Db, Migration, MigrationSet};
 
 /// Full gRPC name, for health and reflection.
 pub const SERVICE_NAME: &str = "touchstone.register.v1.RegisterService";
@@ -30,6 +30,12 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
         sql: include_str!("../migrations/postgres/0001_register.sql"),
     }],
 };
+
+/// The service's sealed columns besides the platform's, for the start-up
+/// key check.
+pub fn sealed_columns() -> &'static [touchstone_platform::keycheck::SealedColumn] {
+    store::SEALED
+}
 
 /// Every migration set the register's database needs, in order.
 pub fn migration_sets() -> [&'static MigrationSet; 2] {

@@ -195,12 +195,8 @@ async fn serve(db: Db, dev: &DevKey, per_connection: usize) -> anyhow::Result<Se
     )?;
     // Responses in the benchmark name no client, so the register is never called.
     let peers = touchstone_feedback::Peers::connect("http://127.0.0.1:9", ServiceToken::None)?;
-    let (routes, background) = touchstone_feedback::start(
-        db.clone(),
-        MasterKey::generate(),
-        verifier,
-        peers,
-    );
+    let (routes, background) =
+        touchstone_feedback::start(db.clone(), MasterKey::generate(), verifier, peers);
     // No register runs here, so the erasure consumer has nothing to read.
     for task in &background {
         task.abort();
