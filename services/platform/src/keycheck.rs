@@ -148,10 +148,13 @@ impl Stored {
 
 /// Checks every database in `stores` and repairs what can be repaired with
 /// keys found in the others (see the module's documentation). Writes nothing
-/// when any database holds a value no known key opens.
+/// when any database holds a value no known key opens. With `rescan`, opens
+/// every sealed value even where the proof is recorded (an operator's
+/// explicit repair); without it, a recorded proof skips the scan.
 pub async fn check_and_repair(
     stores: &[Store<'_>],
     master: &MasterKey,
+    rescan: bool,
 ) -> Result<Vec<Outcome>, CheckError> {
     let mut stored = Vec::with_capacity(stores.len());
     for store in stores {
@@ -172,7 +175,7 @@ pub async fn check_and_repair(
     let mut plans = Vec::with_capacity(stores.len());
     let mut failure = None;
     for (store, keys) in stores.iter().zip(&stored) {
-        if proved(store.db).await? {
+        if !rescan && proved(store.db).await? {
             plans.push((
                 Outcome {
                     already_proved: true,
@@ -402,4 +405,236 @@ async fn write_keys(
         .await?;
     }
     tx.commit().await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! Store tests (SQLite, and PostgreSQL when `TOUCHSTONE_TEST_PG_URL` is
+    //! set): data directories in the state the shared key cache of
+    //! `touchstone up` left them, built with the calls it made.
+
+    use super::*;
+    use crate::db::PLATFORM_MIGRATIONS;
+    use crate::idempotency::{self, Claim};
+    use crate::keyring::Keyring;
+    use crate::testing::{self, TestDb};
+    use prost_types::Timestamp;
+
+    const AGENCY: &str = "k";
+
+    /// One state-changing call as the old code made it in `db`: sealed with
+    /// `key`, whichever database that key was stored in.
+    async fn change_sealed_with(db: &Db, key: &DataKey, request_id: &str, seconds: i64) {
+        let mut tx = db.write(Scope::Agency(AGENCY)).await.unwrap();
+        let fingerprints = vec![key.blind_index("request-fingerprint", request_id)];
+        let claim = idempotency::claim::<Timestamp>(
+            &mut tx,
+            key,
+            AGENCY,
+            "Test",
+            request_id,
+            &fingerprints,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(claim, Claim::Fresh));
+        let response = Timestamp { seconds, nanos: 0 };
+        idempotency::complete(&mut tx, key, AGENCY, "Test", request_id, "r", &response)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    /// The key the old shared cache handed out after finding or creating it
+    /// in `db` (the first service to touch the agency).
+    async fn first_touch(db: &Db, master: &MasterKey) -> Arc<DataKey> {
+        let keys = Keyring::new(master.clone(), db.clone());
+        let mut tx = db.write(Scope::Agency(AGENCY)).await.unwrap();
+        let key = keys.data_key(&mut tx, AGENCY).await.unwrap();
+        tx.commit().await.unwrap();
+        key
+    }
+
+    /// What a new process reads back for `request_id` in `db`: the first
+    /// response's seconds, or why not.
+    async fn replay(db: &Db, master: &MasterKey, request_id: &str) -> Result<i64, String> {
+        let keys = Keyring::new(master.clone(), db.clone());
+        let mut tx = db.write(Scope::Agency(AGENCY)).await.unwrap();
+        let key = keys.data_key(&mut tx, AGENCY).await.unwrap();
+        let fingerprints = key.blind_indexes("request-fingerprint", request_id);
+        let claim = idempotency::claim::<Timestamp>(
+            &mut tx,
+            &key,
+            AGENCY,
+            "Test",
+            request_id,
+            &fingerprints,
+        )
+        .await;
+        match claim {
+            Ok(Claim::Replay(t)) => Ok(t.seconds),
+            Ok(Claim::Mismatch) => Err("request id refused".into()),
+            Ok(_) => Err("request id unknown".into()),
+            Err(e) => Err(format!("does not open: {e}")),
+        }
+    }
+
+    use std::sync::Arc;
+
+    async fn two() -> (TestDb, TestDb) {
+        (
+            testing::fresh(&[&PLATFORM_MIGRATIONS]).await,
+            testing::fresh(&[&PLATFORM_MIGRATIONS]).await,
+        )
+    }
+
+    fn stores<'a>(a: &'a TestDb, b: &'a TestDb) -> [Store<'a>; 2] {
+        [
+            Store {
+                service: "complaints",
+                db: &a.db,
+                sealed: &[],
+            },
+            Store {
+                service: "register",
+                db: &b.db,
+                sealed: &[],
+            },
+        ]
+    }
+
+    #[tokio::test]
+    async fn repair_copies_keys_between_databases_so_every_value_opens() {
+        let master = MasterKey::generate();
+        let (a, b) = two().await;
+        // First run: complaints (a) touches the agency first and stores k1;
+        // the register (b) seals with the cached k1 and stores none.
+        let k1 = first_touch(&a.db, &master).await;
+        change_sealed_with(&a.db, &k1, "a-1", 1).await;
+        change_sealed_with(&b.db, &k1, "b-1", 2).await;
+        // Second run: the register touches it first and stores k2; both seal
+        // with k2, and complaints keeps k1 as its stored key.
+        let k2 = first_touch(&b.db, &master).await;
+        assert_ne!(k1.id(), k2.id());
+        change_sealed_with(&a.db, &k2, "a-2", 3).await;
+        change_sealed_with(&b.db, &k2, "b-2", 4).await;
+        // What a restart of the old code then found.
+        assert!(replay(&b.db, &master, "b-1").await.is_err());
+        assert!(replay(&a.db, &master, "a-2").await.is_err());
+
+        let outcomes = check_and_repair(&stores(&a, &b), &master, false)
+            .await
+            .unwrap();
+        assert_eq!(outcomes[0].keys_added, [(AGENCY.to_string(), k2.id())]);
+        assert_eq!(outcomes[1].keys_added, [(AGENCY.to_string(), k1.id())]);
+        assert_eq!(outcomes[0].values_checked, 2);
+        for (db, id, seconds) in [
+            (&a.db, "a-1", 1),
+            (&a.db, "a-2", 3),
+            (&b.db, "b-1", 2),
+            (&b.db, "b-2", 4),
+        ] {
+            assert_eq!(replay(db, &master, id).await, Ok(seconds), "{id}");
+        }
+        // Proved once: the next start only checks the keys unwrap.
+        let again = check_and_repair(&stores(&a, &b), &master, false)
+            .await
+            .unwrap();
+        assert!(
+            again
+                .iter()
+                .all(|o| o.already_proved && o.keys_added.is_empty())
+        );
+        // An explicit repair opens every value again, and finds nothing to add.
+        let full = check_and_repair(&stores(&a, &b), &master, true)
+            .await
+            .unwrap();
+        assert_eq!(
+            full.iter().map(|o| o.values_checked).collect::<Vec<_>>(),
+            [2, 2]
+        );
+        assert!(
+            full.iter()
+                .all(|o| !o.already_proved && o.keys_added.is_empty())
+        );
+    }
+
+    #[tokio::test]
+    async fn repair_gives_a_database_without_a_key_the_one_its_values_use() {
+        let master = MasterKey::generate();
+        let (a, b) = two().await;
+        let k1 = first_touch(&a.db, &master).await;
+        change_sealed_with(&b.db, &k1, "b-1", 2).await;
+        check_and_repair(&stores(&a, &b), &master, false)
+            .await
+            .unwrap();
+        // b's stored key is now k1 itself: what b seals from now on matches
+        // what it already holds, with no older key needed.
+        assert_eq!(first_touch(&b.db, &master).await.id(), k1.id());
+        assert_eq!(replay(&b.db, &master, "b-1").await, Ok(2));
+        let mut tx = b.db.read(Scope::Agency(AGENCY)).await.unwrap();
+        assert!(
+            keyring::stored_older(&mut tx, AGENCY)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_value_no_known_key_opens_stops_the_start_with_a_clear_message() {
+        let master = MasterKey::generate();
+        let (a, b) = two().await;
+        let stored = first_touch(&a.db, &master).await;
+        change_sealed_with(&a.db, &stored, "a-1", 1).await;
+        // Sealed with a key kept nowhere (e.g. its database was lost).
+        let lost = DataKey::generate();
+        change_sealed_with(&b.db, &lost, "b-1", 2).await;
+        change_sealed_with(&b.db, &lost, "b-2", 3).await;
+
+        let err = check_and_repair(&stores(&a, &b), &master, false)
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(&err, CheckError::Unopenable { service: "register", found }
+                if found == &[Unopenable { agency: AGENCY.into(), table: "idempotency", count: 2 }]),
+            "{message}"
+        );
+        assert!(message.contains("the register database"), "{message}");
+        assert!(
+            message.contains("2 in table idempotency of agency k"),
+            "{message}"
+        );
+        assert!(message.contains("touchstone keys repair"), "{message}");
+        // Nothing was written or recorded: the next start checks again.
+        let mut tx = b.db.read(Scope::Agency(AGENCY)).await.unwrap();
+        assert!(keyring::stored(&mut tx, AGENCY).await.unwrap().is_none());
+        tx.commit().await.unwrap();
+        assert!(!proved(&b.db).await.unwrap());
+        assert!(!proved(&a.db).await.unwrap());
+        // Alone (as `serve` sees it) the database stops the start as well.
+        let alone = check_and_repair(&stores(&a, &b)[1..], &master, false).await;
+        assert!(matches!(alone, Err(CheckError::Unopenable { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_key_the_master_key_does_not_unwrap_stops_the_start() {
+        let master = MasterKey::generate();
+        let (a, b) = two().await;
+        let key = first_touch(&a.db, &master).await;
+        change_sealed_with(&a.db, &key, "a-1", 1).await;
+        check_and_repair(&stores(&a, &b), &master, false)
+            .await
+            .unwrap();
+        let err = check_and_repair(&stores(&a, &b), &MasterKey::generate(), false)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CheckError::WrongMaster { service: "complaints", agency } if agency == AGENCY),
+            "{err}"
+        );
+        assert!(err.to_string().contains("master_key"), "{err}");
+    }
 }

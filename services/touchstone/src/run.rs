@@ -309,7 +309,11 @@ async fn open_service_db(
 /// Checks the data keys stored in `dbs` and repairs what keys found in one
 /// of them can (see `touchstone_platform::keycheck`); an error stops the
 /// start with a message that names the service, table and agency.
-async fn check_keys(dbs: &[(ServiceName, Db)], master: &MasterKey) -> anyhow::Result<()> {
+async fn check_keys(
+    dbs: &[(ServiceName, Db)],
+    master: &MasterKey,
+    rescan: bool,
+) -> anyhow::Result<()> {
     let stores: Vec<keycheck::Store<'_>> = dbs
         .iter()
         .map(|(service, db)| keycheck::Store {
@@ -318,7 +322,7 @@ async fn check_keys(dbs: &[(ServiceName, Db)], master: &MasterKey) -> anyhow::Re
             sealed: service.sealed_columns(),
         })
         .collect();
-    let outcomes = keycheck::check_and_repair(&stores, master)
+    let outcomes = keycheck::check_and_repair(&stores, master, rescan)
         .await
         .context("checking the stored data keys")?;
     for (store, outcome) in stores.iter().zip(outcomes) {
@@ -446,7 +450,7 @@ pub(crate) async fn up(
     }
     // Every database is at hand here: a key one service's database lacks is
     // found in another's.
-    check_keys(&dbs, &env.master).await?;
+    check_keys(&dbs, &env.master, false).await?;
     let (stop, rx) = watch::channel(false);
     let mut running = Vec::new();
     for (service, db) in dbs {
@@ -545,7 +549,7 @@ pub(crate) async fn serve(settings: Settings, service: ServiceName) -> anyhow::R
     let db = open_service_db(&settings, service, migrate).await?;
     // Only this database is at hand: what it cannot repair alone stops the
     // start and names `touchstone keys repair`.
-    check_keys(&[(service, db.clone())], &env.master).await?;
+    check_keys(&[(service, db.clone())], &env.master, false).await?;
     let (stop, rx) = watch::channel(false);
     let running = vec![start_service(&settings, service, db, &env, rx).await?];
     for r in &running {
@@ -568,8 +572,9 @@ pub(crate) async fn migrate(settings: Settings, only: Option<ServiceName>) -> an
     Ok(())
 }
 
-/// `touchstone keys repair`: migrates every service's database, checks the
-/// data keys stored in them and copies a key that one lacks from another
+/// `touchstone keys repair`: migrates every service's database, opens every
+/// sealed value in them (even where a start recorded the proof) and copies
+/// a key that one lacks from another
 /// (the path for split deployments, whose `serve` sees only its own
 /// database). Run it while the services are stopped: a running service
 /// would not see keys added under it until it restarts.
@@ -580,7 +585,7 @@ pub(crate) async fn repair_keys(settings: Settings) -> anyhow::Result<()> {
     for service in ServiceName::ALL {
         dbs.push((service, open_service_db(&settings, service, true).await?));
     }
-    let result = check_keys(&dbs, &master).await;
+    let result = check_keys(&dbs, &master, true).await;
     for (_, db) in &dbs {
         db.close().await;
     }
