@@ -378,19 +378,20 @@ async fn write_keys(
     let mut tx = db.write(Scope::Agency(agency)).await?;
     let now = crate::times::now_millis();
     let mut rest = adopted;
-    if !has_current && keyring::stored(&mut tx, agency).await?.is_none() {
-        if let Some((first, others)) = adopted.split_first() {
-            sqlx::query(
-                "INSERT INTO agency_keys (agency, wrapped_key, create_time) VALUES ($1, $2, $3) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(agency)
-            .bind(first.wrap(master, agency))
-            .bind(now)
-            .execute(tx.conn())
-            .await?;
-            rest = others;
-        }
+    if !has_current
+        && keyring::stored(&mut tx, agency).await?.is_none()
+        && let Some((first, others)) = adopted.split_first()
+    {
+        sqlx::query(
+            "INSERT INTO agency_keys (agency, wrapped_key, create_time) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(agency)
+        .bind(first.wrap(master, agency))
+        .bind(now)
+        .execute(tx.conn())
+        .await?;
+        rest = others;
     }
     for key in rest {
         sqlx::query(
