@@ -1035,3 +1035,70 @@ async fn up_restarted_keeps_every_record_readable() {
     )
     .await;
 }
+
+/// A data directory whose stored data keys the master key does not unwrap
+/// (here: `master.key` replaced) stops `up` before it serves, with a message
+/// that names the service, the agency and the setting, and no personal data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_refuses_keys_the_master_key_does_not_unwrap() {
+    within(
+        TEST_TIMEOUT,
+        "up_refuses_keys_the_master_key_does_not_unwrap",
+        async {
+            let dir = tempdir();
+            let token = token_for(dir.path(), "k", "officer").await;
+            let mut up = Up::start(dir.path()).await;
+            let mut register = RegisterServiceClient::new(up.channel().await);
+            register
+                .create_client(with_token(
+                    pb::CreateClientRequest {
+                        parent: "agencies/k".into(),
+                        client: Some(pb::Client {
+                            kind: pb::ClientKind::Person as i32,
+                            given_names: "Wiremu".into(),
+                            family_name: "Rata".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .expect("create client");
+            up.proc.terminate();
+            up.proc.wait(STOP_TIMEOUT).await;
+
+            // Another master key: base64 of 32 bytes, not the one the data has.
+            std::fs::write(
+                dir.path().join("master.key"),
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            )
+            .expect("replace master.key");
+            let mut cmd = touchstone(dir.path());
+            cmd.arg("up");
+            for service in ["register", "complaints", "feedback", "kpi", "gateway"] {
+                let upper = service.to_ascii_uppercase();
+                cmd.env(
+                    format!("TOUCHSTONE_{upper}__LISTEN"),
+                    format!("127.0.0.1:{}", free_port()),
+                );
+            }
+            cmd.env(
+                "TOUCHSTONE_HUB__HTTP_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            );
+            let done = run(cmd, Duration::from_secs(60)).await;
+            assert!(!done.status.success(), "{}", done.report);
+            assert!(
+                done.stderr
+                    .contains("the register database holds a data key of agency k")
+                    && done.stderr.contains("master_key"),
+                "{}",
+                done.report
+            );
+            assert!(!done.report.contains("Wiremu") && !done.report.contains("Rata"));
+            assert!(!done.stdout.contains("Touchstone is up"), "{}", done.report);
+        },
+    )
+    .await;
+}

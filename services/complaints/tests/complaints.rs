@@ -18,6 +18,7 @@ use touchstone_complaints::intake::{self, RegisterClient};
 use touchstone_crypto::MasterKey;
 use touchstone_platform::consumer;
 use touchstone_platform::db::{Db, Scope};
+use touchstone_platform::keycheck;
 use touchstone_platform::testing::{self, TestDb};
 
 /// One running server.
@@ -1757,6 +1758,32 @@ async fn services_sharing_a_process_keep_their_data_keys_across_restarts() {
         .await
         .expect("client")
         .into_inner();
+    // A history note and a contact summary: the other sealed columns.
+    c.acknowledge_complaint(req(
+        pb::AcknowledgeComplaintRequest {
+            name: complaint.name.clone(),
+            note: "Called back.".into(),
+            ..Default::default()
+        },
+        &officer,
+    ))
+    .await
+    .expect("acknowledge");
+    c.create_contact(req(
+        pb::CreateContactRequest {
+            parent: complaint.name.clone(),
+            contact: Some(pb::Contact {
+                channel: Via::Phone as i32,
+                direction: pb::contact::Direction::Outbound as i32,
+                summary: "Explained the delay".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        },
+        &officer,
+    ))
+    .await
+    .expect("contact");
 
     h.restart_register().await;
     h.restart_complaints().await;
@@ -1802,5 +1829,33 @@ async fn services_sharing_a_process_keep_their_data_keys_across_restarts() {
     .await
     .expect("the complaint's request id replays");
     assert_eq!(replay.name, complaint.name);
+    // The start-up check opens every sealed value of both databases with the
+    // keys stored in each: its SQL builds the same associated data as the
+    // stores (on this backend), and nothing needed copying.
+    let stores = [
+        keycheck::Store {
+            service: "register",
+            db: &h.register_db.db,
+            sealed: touchstone_register::sealed_columns(),
+        },
+        keycheck::Store {
+            service: "complaints",
+            db: &h.store.db,
+            sealed: touchstone_complaints::sealed_columns(),
+        },
+    ];
+    let outcomes = keycheck::check_and_repair(&stores, &h.complaints_master, true)
+        .await
+        .expect("every sealed value opens");
+    // Register: the client and its stored response. Complaints: the
+    // complaint, its stored response, the note and the contact summary.
+    assert_eq!(
+        outcomes
+            .iter()
+            .map(|o| o.values_checked)
+            .collect::<Vec<_>>(),
+        [2, 4]
+    );
+    assert!(outcomes.iter().all(|o| o.keys_added.is_empty()));
     h.stop().await;
 }
