@@ -887,3 +887,230 @@ async fn up_serves_complaints_and_imports_history() {
     })
     .await;
 }
+
+/// Mints a token for `agency` with `touchstone token`.
+async fn token_for(data_dir: &Path, agency: &str, role: &str) -> String {
+    let mut cmd = touchstone(data_dir);
+    cmd.args(["token", "--agency", agency, "--role", role]);
+    run_ok(cmd).await.stdout.trim().to_string()
+}
+
+/// DESIGN §5 (issue 11 item 3): `up` restarted, with agencies used by
+/// several services in either order, still opens every record whichever
+/// service an agency touches first, and request ids still replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_restarted_keeps_every_record_readable() {
+    use touchstone_api::complaints::v1 as cpb;
+    use touchstone_api::complaints::v1::complaints_service_client::ComplaintsServiceClient;
+    within(
+        TEST_TIMEOUT,
+        "up_restarted_keeps_every_record_readable",
+        async {
+            let dir = tempdir();
+            let new_client = |agency: &str| pb::CreateClientRequest {
+                parent: format!("agencies/{agency}"),
+                client: Some(pb::Client {
+                    kind: pb::ClientKind::Person as i32,
+                    given_names: "Hana".into(),
+                    family_name: format!("Tane-{agency}"),
+                    email: format!("hana@{agency}.example.org"),
+                    ..Default::default()
+                }),
+                request_id: format!("client-{agency}"),
+                ..Default::default()
+            };
+            let new_complaint = |agency: &str| cpb::CreateComplaintRequest {
+                parent: format!("agencies/{agency}"),
+                complaint: Some(cpb::Complaint {
+                    complainant: Some(cpb::Complainant {
+                        who: Some(cpb::complainant::Who::Anonymous(true)),
+                    }),
+                    channel: touchstone_api::common::v1::Channel::Web as i32,
+                    category: "delay".into(),
+                    description: format!("Waited a month in {agency}."),
+                    ..Default::default()
+                }),
+                request_id: format!("complaint-{agency}"),
+                ..Default::default()
+            };
+            let complaints_of = |up: &Up| {
+                let url = format!("http://127.0.0.1:{}", up.port_of("complaints"));
+                async move {
+                    ComplaintsServiceClient::new(
+                        tonic::transport::Channel::from_shared(url)
+                            .expect("url")
+                            .connect()
+                            .await
+                            .expect("connect to complaints"),
+                    )
+                }
+            };
+            // Agency k: complaints first (the issue's repro); agency m: the
+            // register first.
+            let agencies = ["k", "m"];
+            let mut tokens = Vec::new();
+            for agency in agencies {
+                tokens.push(token_for(dir.path(), agency, "officer").await);
+            }
+            let mut up = Up::start(dir.path()).await;
+            let mut register = RegisterServiceClient::new(up.channel().await);
+            let mut complaints = complaints_of(&up).await;
+            let mut clients = Vec::new();
+            let mut filed = Vec::new();
+            for (agency, token) in agencies.iter().zip(&tokens) {
+                let complaint_first = *agency == "k";
+                if complaint_first {
+                    filed.push(
+                        complaints
+                            .create_complaint(with_token(new_complaint(agency), token))
+                            .await
+                            .expect("create complaint")
+                            .into_inner(),
+                    );
+                }
+                clients.push(
+                    register
+                        .create_client(with_token(new_client(agency), token))
+                        .await
+                        .expect("create client")
+                        .into_inner(),
+                );
+                if !complaint_first {
+                    filed.push(
+                        complaints
+                            .create_complaint(with_token(new_complaint(agency), token))
+                            .await
+                            .expect("create complaint")
+                            .into_inner(),
+                    );
+                }
+            }
+            up.proc.terminate();
+            up.proc.wait(STOP_TIMEOUT).await;
+
+            // The explicit repair opens every sealed value of every service.
+            let mut cmd = touchstone(dir.path());
+            cmd.args(["keys", "repair"]);
+            let done = run_ok(cmd).await;
+            assert!(
+                done.stdout
+                    .contains("open with keys stored in its own database"),
+                "{}",
+                done.report
+            );
+
+            let mut up = Up::start(dir.path()).await;
+            // The register first, in every agency.
+            let mut register = RegisterServiceClient::new(up.channel().await);
+            for ((agency, token), client) in agencies.iter().zip(&tokens).zip(&clients) {
+                let read = register
+                    .get_client(with_token(
+                        pb::GetClientRequest {
+                            name: client.name.clone(),
+                        },
+                        token,
+                    ))
+                    .await
+                    .unwrap_or_else(|s| panic!("client of {agency} after the restart: {s:?}"))
+                    .into_inner();
+                assert_eq!(read.family_name, format!("Tane-{agency}"));
+                let replay = register
+                    .create_client(with_token(new_client(agency), token))
+                    .await
+                    .unwrap_or_else(|s| panic!("client replay in {agency}: {s:?}"))
+                    .into_inner();
+                assert_eq!(replay.name, client.name);
+            }
+            let mut complaints = complaints_of(&up).await;
+            for ((agency, token), complaint) in agencies.iter().zip(&tokens).zip(&filed) {
+                let read = complaints
+                    .get_complaint(with_token(
+                        cpb::GetComplaintRequest {
+                            name: complaint.name.clone(),
+                        },
+                        token,
+                    ))
+                    .await
+                    .unwrap_or_else(|s| panic!("complaint of {agency} after the restart: {s:?}"))
+                    .into_inner();
+                assert_eq!(read.description, format!("Waited a month in {agency}."));
+                let replay = complaints
+                    .create_complaint(with_token(new_complaint(agency), token))
+                    .await
+                    .unwrap_or_else(|s| panic!("complaint replay in {agency}: {s:?}"))
+                    .into_inner();
+                assert_eq!(replay.name, complaint.name);
+            }
+            up.proc.terminate();
+            up.proc.wait(STOP_TIMEOUT).await;
+        },
+    )
+    .await;
+}
+
+/// A data directory whose stored data keys the master key does not unwrap
+/// (here: `master.key` replaced) stops `up` before it serves, with a message
+/// that names the service, the agency and the setting, and no personal data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_refuses_keys_the_master_key_does_not_unwrap() {
+    within(
+        TEST_TIMEOUT,
+        "up_refuses_keys_the_master_key_does_not_unwrap",
+        async {
+            let dir = tempdir();
+            let token = token_for(dir.path(), "k", "officer").await;
+            let mut up = Up::start(dir.path()).await;
+            let mut register = RegisterServiceClient::new(up.channel().await);
+            register
+                .create_client(with_token(
+                    pb::CreateClientRequest {
+                        parent: "agencies/k".into(),
+                        client: Some(pb::Client {
+                            kind: pb::ClientKind::Person as i32,
+                            given_names: "Wiremu".into(),
+                            family_name: "Rata".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .expect("create client");
+            up.proc.terminate();
+            up.proc.wait(STOP_TIMEOUT).await;
+
+            // Another master key: base64 of 32 bytes, not the one the data has.
+            std::fs::write(
+                dir.path().join("master.key"),
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            )
+            .expect("replace master.key");
+            let mut cmd = touchstone(dir.path());
+            cmd.arg("up");
+            for service in ["register", "complaints", "feedback", "kpi", "gateway"] {
+                let upper = service.to_ascii_uppercase();
+                cmd.env(
+                    format!("TOUCHSTONE_{upper}__LISTEN"),
+                    format!("127.0.0.1:{}", free_port()),
+                );
+            }
+            cmd.env(
+                "TOUCHSTONE_HUB__HTTP_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            );
+            let done = run(cmd, Duration::from_secs(60)).await;
+            assert!(!done.status.success(), "{}", done.report);
+            assert!(
+                done.stderr
+                    .contains("the register database holds a data key of agency k")
+                    && done.stderr.contains("master_key"),
+                "{}",
+                done.report
+            );
+            assert!(!done.report.contains("Wiremu") && !done.report.contains("Rata"));
+            assert!(!done.stdout.contains("Touchstone is up"), "{}", done.report);
+        },
+    )
+    .await;
+}

@@ -21,7 +21,7 @@ use touchstone_api::common::v1::Event;
 use touchstone_api::complaints::v1 as pb;
 use touchstone_api::complaints::v1::complaints_service_server::ComplaintsService;
 use touchstone_auth::{Caller, Role, Target, authorize};
-use touchstone_crypto::DataKey;
+use touchstone_crypto::{DataKey, MasterKey};
 use touchstone_list::{ListError, ListParams, ListQuery};
 use touchstone_platform::audit::{self, Access};
 use touchstone_platform::change::{self, Begun};
@@ -45,12 +45,15 @@ pub struct Complaints {
 
 impl Complaints {
     /// The service over `db`, checking client references with `register`.
-    pub fn new(db: Db, keys: Arc<Keyring>, register: RegisterClient) -> Self {
+    /// Data keys are stored in `db`, wrapped by `master`.
+    pub fn new(db: Db, master: MasterKey, register: RegisterClient) -> Self {
+        let keys = Arc::new(Keyring::new(master, db.clone()));
         Self { db, keys, register }
     }
 
-    async fn key(&self, agency: &str) -> Result<Arc<DataKey>, Error> {
-        Ok(self.keys.data_key(&self.db, agency).await?)
+    /// The agency's data key, read in `tx` (DESIGN §5).
+    async fn key(&self, tx: &mut Tx, agency: &str) -> Result<Arc<DataKey>, Error> {
+        Ok(self.keys.data_key(tx, agency).await?)
     }
 
     async fn begin<'a, R: prost::Message + Default + touchstone_api::Named>(
@@ -1288,8 +1291,8 @@ impl ComplaintsService for Complaints {
         let run = async {
             let (agency, id) = parse_complaint("name", &req.name)?;
             authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
-            let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let key = self.key(&mut tx, agency).await?;
             let record = store::get_complaint(&mut tx, &key, agency, id)
                 .await?
                 .ok_or(Error::NotFound("complaint"))?;
@@ -1327,8 +1330,8 @@ impl ComplaintsService for Complaints {
             let first = if officer.is_some() { 3 } else { 2 };
             let query = ListQuery::plan(&store::COMPLAINT_SCHEMA, &scope, &params, first)
                 .map_err(list_error)?;
-            let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let key = self.key(&mut tx, agency).await?;
             let (records, next_page_token) =
                 store::list_complaints(&mut tx, &key, agency, officer, &query).await?;
             let (cal, standard) = rules(&mut tx, agency).await?;
@@ -1849,8 +1852,8 @@ impl ComplaintsService for Complaints {
         let run = async {
             let (agency, id) = parse_complaint("parent", &req.parent)?;
             authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
-            let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let key = self.key(&mut tx, agency).await?;
             if !store::complaint_exists(&mut tx, agency, id).await? {
                 return Err(Error::NotFound("complaint"));
             }
@@ -1976,8 +1979,8 @@ impl ComplaintsService for Complaints {
         let run = async {
             let (agency, id) = parse_complaint("parent", &req.parent)?;
             authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
-            let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let key = self.key(&mut tx, agency).await?;
             if !store::complaint_exists(&mut tx, agency, id).await? {
                 return Err(Error::NotFound("complaint"));
             }

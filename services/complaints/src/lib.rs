@@ -15,9 +15,9 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use touchstone_api::complaints::v1::complaints_service_server::ComplaintsServiceServer;
 use touchstone_auth::{AuthInterceptor, ServiceToken, Verifier};
+use touchstone_crypto::MasterKey;
 use touchstone_platform::consumer;
 use touchstone_platform::db::{Db, Migration, MigrationSet};
-use touchstone_platform::keyring::Keyring;
 
 /// Full gRPC name, for health and reflection.
 pub const SERVICE_NAME: &str = "touchstone.complaints.v1.ComplaintsService";
@@ -36,6 +36,12 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
         sql: include_str!("../migrations/postgres/0001_complaints.sql"),
     }],
 };
+
+/// The service's sealed columns besides the platform's, for the start-up
+/// key check.
+pub fn sealed_columns() -> &'static [touchstone_platform::keycheck::SealedColumn] {
+    store::SEALED
+}
 
 /// Every migration set the service's database needs, in order.
 pub fn migration_sets() -> [&'static MigrationSet; 2] {
@@ -67,12 +73,12 @@ impl Peers {
 /// register's change feed (erasures).
 pub fn start(
     db: Db,
-    keys: Arc<Keyring>,
+    master: MasterKey,
     verifier: Arc<Verifier>,
     peers: Peers,
 ) -> (tonic::service::Routes, Vec<JoinHandle<()>>) {
     let register = intake::RegisterClient::new(peers.register, peers.token);
-    let service = api::Complaints::new(db.clone(), keys, register.clone());
+    let service = api::Complaints::new(db.clone(), master, register.clone());
     let routes = tonic::service::Routes::new(ComplaintsServiceServer::with_interceptor(
         service,
         AuthInterceptor::new(verifier),

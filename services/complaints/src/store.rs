@@ -10,6 +10,7 @@ use sqlx::any::AnyRow;
 use touchstone_crypto::DataKey;
 use touchstone_list::{Field, FieldType, ListQuery, Schema};
 use touchstone_platform::db::{Backend, Tx};
+use touchstone_platform::keycheck::SealedColumn;
 use touchstone_platform::{CHANNELS, list_field as field};
 use touchstone_platform::{list_bind, row_bool};
 
@@ -182,6 +183,26 @@ impl DueColumns {
         self.due_time.unwrap_or(i64::MAX)
     }
 }
+
+/// The sealed columns, with their associated data as SQL (the same text as
+/// [`aad`]), for the start-up key check.
+pub const SEALED: &[SealedColumn] = &[
+    SealedColumn {
+        table: "complaints",
+        column: "personal",
+        aad: "'complaints/' || agency || '/' || id || '/personal'",
+    },
+    SealedColumn {
+        table: "complaint_history",
+        column: "note",
+        aad: "'complaints/' || agency || '/' || complaint_id || '/history/' || sequence",
+    },
+    SealedColumn {
+        table: "complaint_contacts",
+        column: "summary",
+        aad: "'complaints/' || agency || '/' || complaint_id || '/contacts/' || id",
+    },
+];
 
 fn aad(agency: &str, id: &str, what: &str) -> String {
     format!("complaints/{agency}/{id}/{what}")

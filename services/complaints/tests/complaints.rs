@@ -18,7 +18,7 @@ use touchstone_complaints::intake::{self, RegisterClient};
 use touchstone_crypto::MasterKey;
 use touchstone_platform::consumer;
 use touchstone_platform::db::{Db, Scope};
-use touchstone_platform::keyring::Keyring;
+use touchstone_platform::keycheck;
 use touchstone_platform::testing::{self, TestDb};
 
 /// One running server.
@@ -74,15 +74,26 @@ struct Harness {
     _dir: tempfile::TempDir,
     verifier: Arc<Verifier>,
     register_db: TestDb,
-    register_keys: Arc<Keyring>,
+    register_master: MasterKey,
     register: Server,
     store: TestDb,
+    complaints_master: MasterKey,
     complaints: Server,
     lookup: RegisterClient,
 }
 
 impl Harness {
     async fn start() -> Harness {
+        Harness::start_with(MasterKey::generate(), MasterKey::generate()).await
+    }
+
+    /// Both services under one master key, as `touchstone up` runs them.
+    async fn start_sharing_master() -> Harness {
+        let master = MasterKey::generate();
+        Harness::start_with(master.clone(), master).await
+    }
+
+    async fn start_with(register_master: MasterKey, complaints_master: MasterKey) -> Harness {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter("warn")
@@ -101,13 +112,12 @@ impl Harness {
         )
         .expect("verifier");
         let register_db = testing::fresh(&touchstone_register::migration_sets()).await;
-        let register_keys = Arc::new(Keyring::new(MasterKey::generate()));
         let register = Server::start(
             "register",
             touchstone_register::SERVICE_NAME,
             touchstone_register::routes(
                 register_db.db.clone(),
-                register_keys.clone(),
+                register_master.clone(),
                 verifier.clone(),
             ),
             register_db.db.clone(),
@@ -125,9 +135,12 @@ impl Harness {
             touchstone_complaints::Peers::connect(&format!("http://{}", register.addr), token)
                 .expect("peers");
         let lookup = RegisterClient::new(peers.register.clone(), peers.token.clone());
-        let keys = Arc::new(Keyring::new(MasterKey::generate()));
-        let (routes, tasks) =
-            touchstone_complaints::start(store.db.clone(), keys, verifier.clone(), peers);
+        let (routes, tasks) = touchstone_complaints::start(
+            store.db.clone(),
+            complaints_master.clone(),
+            verifier.clone(),
+            peers,
+        );
         // The tests drive the background work themselves, step by step.
         for t in tasks {
             t.abort();
@@ -145,9 +158,10 @@ impl Harness {
             _dir: dir,
             verifier,
             register_db,
-            register_keys,
+            register_master,
             register,
             store,
+            complaints_master,
             complaints,
             lookup,
         }
@@ -180,10 +194,43 @@ impl Harness {
             touchstone_register::SERVICE_NAME,
             touchstone_register::routes(
                 self.register_db.db.clone(),
-                self.register_keys.clone(),
+                self.register_master.clone(),
                 self.verifier.clone(),
             ),
             self.register_db.db.clone(),
+            &addr.to_string(),
+        )
+        .await;
+    }
+
+    /// Stops the complaints service, then starts it again on the same
+    /// address and database, as a new process would (nothing kept in memory).
+    async fn restart_complaints(&mut self) {
+        let addr = self.complaints.addr;
+        self.complaints.stop().await;
+        let token = ServiceToken::Dev {
+            key: self.dev.clone(),
+            issuer: DevKey::ISSUER.into(),
+            audience: DevKey::AUDIENCE.into(),
+            subject: "complaints".into(),
+        };
+        let peers =
+            touchstone_complaints::Peers::connect(&format!("http://{}", self.register.addr), token)
+                .expect("peers");
+        let (routes, tasks) = touchstone_complaints::start(
+            self.store.db.clone(),
+            self.complaints_master.clone(),
+            self.verifier.clone(),
+            peers,
+        );
+        for t in tasks {
+            t.abort();
+        }
+        self.complaints = Server::start(
+            "complaints",
+            touchstone_complaints::SERVICE_NAME,
+            routes,
+            self.store.db.clone(),
             &addr.to_string(),
         )
         .await;
@@ -1692,5 +1739,144 @@ async fn historic_import_keeps_the_old_times() {
         .await
         .expect_err("officer");
     assert_eq!(no.code(), Code::PermissionDenied);
+    h.stop().await;
+}
+
+/// DESIGN §5, issue 11 item 3: two services in one process under one master
+/// key (as `touchstone up` runs them) use the same agency, complaints first.
+/// Each stores the data key it seals with in its own database, so after a
+/// restart every record opens whichever service the agency touches first,
+/// and request ids still replay their first response.
+#[tokio::test]
+async fn services_sharing_a_process_keep_their_data_keys_across_restarts() {
+    let mut h = Harness::start_sharing_master().await;
+    let officer = h.token("k", OFFICER);
+    let mut c = h.client().await;
+    let complaint = create(
+        &mut c,
+        &officer,
+        "k",
+        anonymous("The counter closed early."),
+        "rq-complaint",
+    )
+    .await
+    .expect("complaint");
+    let new_client = || reg::CreateClientRequest {
+        parent: "agencies/k".into(),
+        client: Some(reg::Client {
+            kind: reg::ClientKind::Person as i32,
+            given_names: "Aroha".into(),
+            family_name: "Ngata".into(),
+            email: "aroha@example.org".into(),
+            ..Default::default()
+        }),
+        request_id: "rq-client".into(),
+        ..Default::default()
+    };
+    let mut r = h.register_client().await;
+    let client = r
+        .create_client(req(new_client(), &officer))
+        .await
+        .expect("client")
+        .into_inner();
+    // A history note and a contact summary: the other sealed columns.
+    c.acknowledge_complaint(req(
+        pb::AcknowledgeComplaintRequest {
+            name: complaint.name.clone(),
+            note: "Called back.".into(),
+            ..Default::default()
+        },
+        &officer,
+    ))
+    .await
+    .expect("acknowledge");
+    c.create_contact(req(
+        pb::CreateContactRequest {
+            parent: complaint.name.clone(),
+            contact: Some(pb::Contact {
+                channel: Via::Phone as i32,
+                direction: pb::contact::Direction::Outbound as i32,
+                summary: "Explained the delay".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        },
+        &officer,
+    ))
+    .await
+    .expect("contact");
+
+    h.restart_register().await;
+    h.restart_complaints().await;
+
+    // The register first: it decides nothing about complaints' key.
+    let mut r = h.register_client().await;
+    let read = r
+        .get_client(req(
+            reg::GetClientRequest {
+                name: client.name.clone(),
+            },
+            &officer,
+        ))
+        .await
+        .expect("the client reads after the restart")
+        .into_inner();
+    assert_eq!(read.family_name, "Ngata");
+    let replay = r
+        .create_client(req(new_client(), &officer))
+        .await
+        .expect("the client's request id replays")
+        .into_inner();
+    assert_eq!(replay.name, client.name);
+    let mut c = h.client().await;
+    let read = c
+        .get_complaint(req(
+            pb::GetComplaintRequest {
+                name: complaint.name.clone(),
+            },
+            &officer,
+        ))
+        .await
+        .expect("the complaint reads after the restart")
+        .into_inner();
+    assert_eq!(read.description, "The counter closed early.");
+    let replay = create(
+        &mut c,
+        &officer,
+        "k",
+        anonymous("The counter closed early."),
+        "rq-complaint",
+    )
+    .await
+    .expect("the complaint's request id replays");
+    assert_eq!(replay.name, complaint.name);
+    // The start-up check opens every sealed value of both databases with the
+    // keys stored in each: its SQL builds the same associated data as the
+    // stores (on this backend), and nothing needed copying.
+    let stores = [
+        keycheck::Store {
+            service: "register",
+            db: &h.register_db.db,
+            sealed: touchstone_register::sealed_columns(),
+        },
+        keycheck::Store {
+            service: "complaints",
+            db: &h.store.db,
+            sealed: touchstone_complaints::sealed_columns(),
+        },
+    ];
+    let outcomes = keycheck::check_and_repair(&stores, &h.complaints_master, true)
+        .await
+        .expect("every sealed value opens");
+    // Register: the client and its stored response. Complaints: the
+    // complaint, its stored response, the note and the contact summary.
+    assert_eq!(
+        outcomes
+            .iter()
+            .map(|o| o.values_checked)
+            .collect::<Vec<_>>(),
+        [2, 4]
+    );
+    assert!(outcomes.iter().all(|o| o.keys_added.is_empty()));
     h.stop().await;
 }

@@ -85,12 +85,17 @@ impl Drop for MasterKey {
     }
 }
 
-/// One agency's AES-256 key for its personal-data fields.
+/// HMAC label of a key's id, so that the id reveals nothing usable about the key.
+const KEY_ID_INFO: &[u8] = b"touchstone/key-id/v1";
+
+/// One agency's AES-256 key for its personal-data fields, plus any older keys of the agency
+/// that values stored earlier were sealed with (kept to open those values, never to seal).
 #[derive(Clone)]
 pub struct DataKey {
     key: [u8; KEY_LEN],
     /// Derived once so that hashing for search never uses the encryption key directly.
     index_key: [u8; KEY_LEN],
+    older: Vec<DataKey>,
 }
 
 impl DataKey {
@@ -106,7 +111,26 @@ impl DataKey {
         mac.update(BLIND_INDEX_INFO);
         mac.update(&[1]);
         let index_key: [u8; KEY_LEN] = mac.finalize().into_bytes().into();
-        Self { key, index_key }
+        Self {
+            key,
+            index_key,
+            older: Vec::new(),
+        }
+    }
+
+    /// This key, also opening values sealed with `older` keys (and their searches matching
+    /// blind indexes made with them). Sealing and new indexes still use this key alone.
+    pub fn with_older(mut self, older: Vec<DataKey>) -> Self {
+        self.older = older.into_iter().filter(|o| o.key != self.key).collect();
+        self
+    }
+
+    /// A short public identifier of the key (not of its older keys): 16 hex digits of an HMAC
+    /// under the key, so equal keys are recognised across databases without comparing them.
+    pub fn id(&self) -> String {
+        let mut mac = hmac_with(&self.key);
+        mac.update(KEY_ID_INFO);
+        to_hex(&mac.finalize().into_bytes()[..8])
     }
 
     /// AES-256-GCM wrap of this key under `master`, bound to `agency` so a wrapped key copied
@@ -144,9 +168,17 @@ impl DataKey {
         seal_with(&self.key, aad, plaintext)
     }
 
-    /// Decrypts a value from [`DataKey::seal`]; fails unless key, `aad` and bytes all match.
+    /// Decrypts a value from [`DataKey::seal`]; fails unless key (this one or an older one),
+    /// `aad` and bytes all match.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        open_with(&self.key, aad, sealed)
+        match open_with(&self.key, aad, sealed) {
+            Err(CryptoError::Decrypt) => self
+                .older
+                .iter()
+                .find_map(|o| open_with(&o.key, aad, sealed).ok())
+                .ok_or(CryptoError::Decrypt),
+            other => other,
+        }
     }
 
     /// HMAC-SHA256 over `kind || 0x00 || normalised` under the blind-index subkey, as
@@ -159,6 +191,15 @@ impl DataKey {
         mac.update(&[0]);
         mac.update(normalised.as_bytes());
         to_hex(&mac.finalize().into_bytes())
+    }
+
+    /// [`DataKey::blind_index`] under this key, then under each older key: what a lookup
+    /// must match so that values indexed before a key repair are still found.
+    pub fn blind_indexes(&self, kind: &str, normalised: &str) -> Vec<String> {
+        std::iter::once(self)
+            .chain(self.older.iter())
+            .map(|k| k.blind_index(kind, normalised))
+            .collect()
     }
 }
 
@@ -450,6 +491,55 @@ mod tests {
             padded.finalize().into_bytes(),
             sliced.finalize().into_bytes()
         );
+    }
+
+    #[test]
+    fn older_keys_open_old_values_but_never_seal() {
+        let old = DataKey::generate();
+        let sealed_before = old.seal(b"row", b"Ada");
+        let current = DataKey::generate();
+        assert_eq!(
+            current.open(b"row", &sealed_before),
+            Err(CryptoError::Decrypt)
+        );
+        let both = current.clone().with_older(vec![old.clone()]);
+        assert_eq!(both.open(b"row", &sealed_before).unwrap(), b"Ada");
+        // New values are sealed with the current key only.
+        let sealed_now = both.seal(b"row", b"Bea");
+        assert_eq!(current.open(b"row", &sealed_now).unwrap(), b"Bea");
+        assert_eq!(old.open(b"row", &sealed_now), Err(CryptoError::Decrypt));
+        // The wrong associated data still fails with every key.
+        assert_eq!(
+            both.open(b"other", &sealed_before),
+            Err(CryptoError::Decrypt)
+        );
+        assert_eq!(both.id(), current.id());
+        assert_ne!(current.id(), old.id());
+        assert_eq!(
+            both.blind_indexes("email", "a@b.c"),
+            [
+                current.blind_index("email", "a@b.c"),
+                old.blind_index("email", "a@b.c")
+            ]
+        );
+        // The current key listed as older adds nothing.
+        assert_eq!(
+            current
+                .clone()
+                .with_older(vec![current.clone()])
+                .blind_indexes("k", "v")
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn key_id_is_stable_and_short() {
+        let master = MasterKey::generate();
+        let key = DataKey::generate();
+        let back = DataKey::unwrap(&master, "a", &key.wrap(&master, "a")).unwrap();
+        assert_eq!(key.id(), back.id());
+        assert_eq!(key.id().len(), 16);
     }
 
     #[test]

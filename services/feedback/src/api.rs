@@ -19,6 +19,7 @@ use touchstone_api::common::v1::Event;
 use touchstone_api::feedback::v1 as pb;
 use touchstone_api::feedback::v1::feedback_service_server::FeedbackService;
 use touchstone_auth::{Caller, Target, authorize};
+use touchstone_crypto::MasterKey;
 use touchstone_list::{ListError, ListParams, ListQuery};
 use touchstone_platform::audit::{self, Access};
 use touchstone_platform::change::{self, Begun};
@@ -43,7 +44,8 @@ pub struct Feedback {
 impl Feedback {
     /// The service over `db`, encrypting with keys from `keys`, asking
     /// `register` about clients.
-    pub fn new(db: Db, keys: Arc<Keyring>, register: Register) -> Self {
+    pub fn new(db: Db, master: MasterKey, register: Register) -> Self {
+        let keys = Arc::new(Keyring::new(master, db.clone()));
         Self { db, keys, register }
     }
 
@@ -543,8 +545,8 @@ impl Feedback {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let key = self.keys.data_key(&self.db, agency).await?;
         let mut tx = self.db.write(Scope::Agency(agency)).await?;
+        let key = self.keys.data_key(&mut tx, agency).await?;
         let keyed: Vec<(&ResponseRecord, Option<&str>)> = rows
             .iter()
             .map(|r| (&r.prepared.record, Some(r.import_key.as_str())))
@@ -1019,12 +1021,12 @@ impl FeedbackService for Feedback {
                 Target::Named,
             )?;
             let personal = caller.acts_as_any(Action::SeePersonal.roles(), agency);
-            let key = self.keys.data_key(&self.db, agency).await?;
             let mut tx = if personal {
                 self.db.write(Scope::Agency(agency)).await?
             } else {
                 self.db.read(Scope::Agency(agency)).await?
             };
+            let key = self.keys.data_key(&mut tx, agency).await?;
             let record = store::get_response(&mut tx, &key, agency, survey_id, id)
                 .await?
                 .ok_or(Error::NotFound("response"))?;
@@ -1070,12 +1072,12 @@ impl FeedbackService for Feedback {
             let query = ListQuery::plan(&store::RESPONSE_SCHEMA, &req.parent, &params, 3)
                 .map_err(list_error)?;
             let personal = caller.acts_as_any(Action::SeePersonal.roles(), agency);
-            let key = self.keys.data_key(&self.db, agency).await?;
             let mut tx = if personal {
                 self.db.write(Scope::Agency(agency)).await?
             } else {
                 self.db.read(Scope::Agency(agency)).await?
             };
+            let key = self.keys.data_key(&mut tx, agency).await?;
             let survey_id = (survey != "-").then_some(survey);
             let (records, next_page_token) =
                 store::list_responses(&mut tx, &key, agency, survey_id, &query).await?;

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use touchstone_api::feedback::v1::feedback_service_server::FeedbackServiceServer;
 use touchstone_auth::{AuthInterceptor, ServiceToken, Verifier};
+use touchstone_crypto::MasterKey;
 use touchstone_platform::db::{Db, Migration, MigrationSet};
-use touchstone_platform::keyring::Keyring;
 
 /// Full gRPC name, for health and reflection.
 pub const SERVICE_NAME: &str = "touchstone.feedback.v1.FeedbackService";
@@ -36,6 +36,12 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
         sql: include_str!("../migrations/postgres/0001_feedback.sql"),
     }],
 };
+
+/// The service's sealed columns besides the platform's, for the start-up
+/// key check.
+pub fn sealed_columns() -> &'static [touchstone_platform::keycheck::SealedColumn] {
+    store::SEALED
+}
 
 /// Every migration set the service's database needs, in order.
 pub fn migration_sets() -> [&'static MigrationSet; 2] {
@@ -65,12 +71,12 @@ impl Peers {
 /// The service's routes (behind token authentication) and its background tasks.
 pub fn start(
     db: Db,
-    keys: Arc<Keyring>,
+    master: MasterKey,
     verifier: Arc<Verifier>,
     peers: Peers,
 ) -> (tonic::service::Routes, Vec<JoinHandle<()>>) {
     let register = peers::Register::new(peers.register, peers.token);
-    let service = api::Feedback::new(db.clone(), keys, register.clone());
+    let service = api::Feedback::new(db.clone(), master, register.clone());
     let routes = tonic::service::Routes::new(FeedbackServiceServer::with_interceptor(
         service,
         AuthInterceptor::new(verifier),

@@ -11,6 +11,7 @@ use touchstone_api::register::v1::Characteristics;
 use touchstone_crypto::DataKey;
 use touchstone_list::{Field, FieldType, ListQuery, Schema};
 use touchstone_platform::db::{Backend, Tx};
+use touchstone_platform::keycheck::SealedColumn;
 use touchstone_platform::outbox;
 use touchstone_platform::{CHANNELS, list_field as field};
 use touchstone_platform::{list_bind, row_bool};
@@ -316,6 +317,14 @@ impl ResponseRecord {
 pub fn response_name(agency: &str, survey: &str, id: &str) -> String {
     format!("agencies/{agency}/surveys/{survey}/responses/{id}")
 }
+
+/// The sealed columns, with their associated data as SQL (the same text as
+/// [`response_aad`]), for the start-up key check.
+pub const SEALED: &[SealedColumn] = &[SealedColumn {
+    table: "responses",
+    column: "originals",
+    aad: "'feedback/responses/' || agency || '/' || id",
+}];
 
 fn response_aad(agency: &str, id: &str) -> Vec<u8> {
     format!("feedback/responses/{agency}/{id}").into_bytes()

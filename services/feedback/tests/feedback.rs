@@ -19,7 +19,6 @@ use touchstone_auth::{AuthConfig, DevKey, Role, ServiceToken, TokenRequest, Veri
 use touchstone_crypto::MasterKey;
 use touchstone_feedback::peers::{self, Eraser, REGISTER_FEED};
 use touchstone_platform::consumer::{self, ConsumeError};
-use touchstone_platform::keyring::Keyring;
 use touchstone_platform::testing::{self, TestDb};
 
 struct Server {
@@ -107,7 +106,7 @@ impl Harness {
         let register_store = testing::fresh(&touchstone_register::migration_sets()).await;
         let register_routes = touchstone_register::routes(
             register_store.db.clone(),
-            Arc::new(Keyring::new(MasterKey::generate())),
+            MasterKey::generate(),
             verifier(&dev),
         );
         let register = Server::start(
@@ -127,7 +126,7 @@ impl Harness {
         };
         let (routes, tasks) = touchstone_feedback::start(
             store.db.clone(),
-            Arc::new(Keyring::new(MasterKey::generate())),
+            MasterKey::generate(),
             verifier(&dev),
             peers,
         );

@@ -14,6 +14,7 @@ use touchstone_api::kpi::v1 as kpi;
 use touchstone_api::register::v1 as rpb;
 use touchstone_auth::{Caller, Denied, Role, Target, authorize};
 use touchstone_platform::change::{self, Begun};
+use touchstone_platform::crypto::MasterKey;
 use touchstone_platform::db::{Db, Scope};
 use touchstone_platform::error::Violations;
 use touchstone_platform::idempotency::fingerprint;
@@ -198,10 +199,12 @@ fn rfc3339_day(d: jiff::civil::Date) -> String {
 
 impl Gateway {
     /// The service over its directory database and the backends it joins.
-    pub fn new(db: Db, keys: Arc<Keyring>, backends: Backends, min_count: u64) -> Gateway {
+    /// Data keys (for request fingerprints and stored responses) are stored
+    /// in `db`, wrapped by `master`.
+    pub fn new(db: Db, master: MasterKey, backends: Backends, min_count: u64) -> Gateway {
         Gateway {
+            keys: Arc::new(Keyring::new(master, db.clone())),
             db,
-            keys,
             backends,
             min_count: min_count.max(1),
         }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use touchstone_api::gateway::v1::gateway_service_server::GatewayServiceServer;
 use touchstone_auth::{AuthInterceptor, ServiceToken, Verifier};
+use touchstone_platform::crypto::MasterKey;
 use touchstone_platform::db::{Db, Migration, MigrationSet};
-use touchstone_platform::keyring::Keyring;
 
 /// Full gRPC name, for health and reflection.
 pub const SERVICE_NAME: &str = "touchstone.gateway.v1.GatewayService";
@@ -36,6 +36,12 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
         sql: include_str!("../migrations/postgres/0001_gateway.sql"),
     }],
 };
+
+/// The service's sealed columns besides the platform's, for the start-up
+/// key check: none (only the platform's stored request responses).
+pub fn sealed_columns() -> &'static [touchstone_platform::keycheck::SealedColumn] {
+    &[]
+}
 
 /// Every migration set the gateway's database needs, in order.
 pub fn migration_sets() -> [&'static MigrationSet; 2] {
@@ -92,12 +98,12 @@ impl Peers {
 /// background tasks: the web dashboard on `http`, when given.
 pub fn start(
     db: Db,
-    keys: Arc<Keyring>,
+    master: MasterKey,
     verifier: Arc<Verifier>,
     peers: Peers,
     http: Option<tokio::net::TcpListener>,
 ) -> (tonic::service::Routes, Vec<JoinHandle<()>>) {
-    let gateway = api::Gateway::new(db, keys, peers.backends, peers.min_count);
+    let gateway = api::Gateway::new(db, master, peers.backends, peers.min_count);
     let mut tasks = Vec::new();
     if let Some(listener) = http {
         let app = web::router(Arc::new(gateway.clone()), verifier.clone());

@@ -25,7 +25,6 @@ use touchstone_auth::{
 };
 use touchstone_crypto::MasterKey;
 use touchstone_platform::db::Db;
-use touchstone_platform::keyring::Keyring;
 use touchstone_platform::testing::{self, TestDb};
 
 /// One running gRPC server.
@@ -363,7 +362,7 @@ impl Harness {
             audience: DevKey::AUDIENCE.into(),
             subject: subject.into(),
         };
-        let keys = || Arc::new(Keyring::new(MasterKey::generate()));
+        let keys = MasterKey::generate;
 
         let register_db = testing::fresh(&touchstone_register::migration_sets()).await;
         let register = Server::start(

@@ -13,6 +13,7 @@ use touchstone_api::common::v1::{self as common, Event};
 use touchstone_api::kpi::v1 as pb;
 use touchstone_api::kpi::v1::kpi_service_server::KpiService;
 use touchstone_auth::{Caller, Role, Target, authorize};
+use touchstone_crypto::MasterKey;
 use touchstone_platform::change::{self, Begun};
 use touchstone_platform::db::{Db, Scope};
 use touchstone_platform::error::FieldViolation;
@@ -39,10 +40,12 @@ pub struct Kpi {
 impl Kpi {
     /// The service over `db`, withholding figures from fewer than
     /// `min_count` observations.
-    pub fn new(db: Db, keys: Arc<Keyring>, min_count: u64) -> Self {
+    /// Data keys (for request fingerprints and stored responses) are stored
+    /// in `db`, wrapped by `master`.
+    pub fn new(db: Db, master: MasterKey, min_count: u64) -> Self {
         Self {
+            keys: Arc::new(Keyring::new(master, db.clone())),
             db,
-            keys,
             min_count,
         }
     }

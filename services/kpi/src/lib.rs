@@ -13,8 +13,8 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use touchstone_api::kpi::v1::kpi_service_server::KpiServiceServer;
 use touchstone_auth::{AuthInterceptor, ServiceToken, Verifier};
+use touchstone_crypto::MasterKey;
 use touchstone_platform::db::{Db, Migration, MigrationSet};
-use touchstone_platform::keyring::Keyring;
 
 /// Full gRPC name, for health and reflection.
 pub const SERVICE_NAME: &str = "touchstone.kpi.v1.KpiService";
@@ -58,6 +58,12 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
     ],
 };
 
+/// The service's sealed columns besides the platform's, for the start-up
+/// key check: none (only the platform's stored request responses).
+pub fn sealed_columns() -> &'static [touchstone_platform::keycheck::SealedColumn] {
+    &[]
+}
+
 /// Every migration set the service's database needs, in order.
 pub fn migration_sets() -> [&'static MigrationSet; 2] {
     [&touchstone_platform::db::PLATFORM_MIGRATIONS, &MIGRATIONS]
@@ -95,12 +101,12 @@ impl Peers {
 /// threshold `min_count`, without consumers (tests start those themselves).
 pub fn routes(
     db: Db,
-    keys: Arc<Keyring>,
+    master: MasterKey,
     verifier: Arc<Verifier>,
     min_count: u64,
 ) -> tonic::service::Routes {
     tonic::service::Routes::new(KpiServiceServer::with_interceptor(
-        api::Kpi::new(db, keys, min_count),
+        api::Kpi::new(db, master, min_count),
         AuthInterceptor::new(verifier),
     ))
 }
@@ -109,7 +115,7 @@ pub fn routes(
 /// tasks: the consumers of the complaints and feedback change feeds.
 pub fn start(
     db: Db,
-    keys: Arc<Keyring>,
+    master: MasterKey,
     verifier: Arc<Verifier>,
     peers: Peers,
     min_count: u64,
@@ -125,5 +131,5 @@ pub fn start(
             token: peers.token.clone(),
         },
     );
-    (routes(db, keys, verifier, min_count), tasks)
+    (routes(db, master, verifier, min_count), tasks)
 }

@@ -37,7 +37,6 @@ use touchstone_crypto::MasterKey;
 use touchstone_kpi::feeds::{self, ComplaintsHandler, FeedbackHandler};
 use touchstone_platform::consumer::{self, BoxFuture, ConsumeError, FeedSource, Handler};
 use touchstone_platform::db::{Db, Scope, Tx};
-use touchstone_platform::keyring::Keyring;
 use touchstone_platform::testing::{self, TestDb};
 
 // ---------------------------------------------------------------- harness
@@ -70,7 +69,7 @@ impl Harness {
         )
         .expect("verifier");
         let store = testing::fresh(&touchstone_kpi::migration_sets()).await;
-        let keys = Arc::new(Keyring::new(MasterKey::generate()));
+        let keys = MasterKey::generate();
         let routes = touchstone_kpi::routes(store.db.clone(), keys, verifier, min_count);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

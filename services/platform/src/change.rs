@@ -1,7 +1,7 @@
-//! The life of a state-changing call, shared by every service: claim the
-//! request id as the first statement of one write transaction (AIP-155), do
-//! the work, then write the audit record, the stored response and the outbox
-//! events, and commit. A retry gets the first response and changes nothing.
+//! The life of a state-changing call, shared by every service: in one write
+//! transaction, read (or store) the agency's data key, claim the request id
+//! before any change (AIP-155), do the work, then write the audit record,
+//! the stored response and the outbox events, and commit. A retry gets the first response and changes nothing.
 
 use crate::audit::{self, Access};
 use crate::db::{Db, Scope, Tx};
@@ -88,10 +88,12 @@ pub async fn begin<'a, R: prost::Message + Default + Named>(
     fingerprint: String,
 ) -> Result<Begun<'a, R>, BeginError> {
     check_request_id(request_id).map_err(BeginError::BadRequestId)?;
-    let key = keys.data_key(db, agency).await?;
     let mut tx = db.write(Scope::Agency(agency)).await?;
-    let fingerprint = key.blind_index("request-fingerprint", &fingerprint);
-    match idempotency::claim::<R>(&mut tx, &key, agency, method, request_id, &fingerprint).await? {
+    // Fetched in the change's own transaction: a key created here commits
+    // with the first values it seals (DESIGN §5).
+    let key = keys.data_key(&mut tx, agency).await?;
+    let fingerprints = key.blind_indexes("request-fingerprint", &fingerprint);
+    match idempotency::claim::<R>(&mut tx, &key, agency, method, request_id, &fingerprints).await? {
         Claim::Replay(r) => {
             // A replay hands out the first response again: audit it like a read.
             let access = Access {

@@ -525,6 +525,7 @@ pub struct Tx {
     /// SQLite's in-process writer lock, for write transactions.
     writer: Option<OwnedMutexGuard<()>>,
     db: Db,
+    /// Opened with [`Db::write`].
     write: bool,
     appended_events: bool,
 }
@@ -615,6 +616,17 @@ impl Tx {
         self.db.backend()
     }
 
+    /// Whether this transaction runs on `db` (the same pool, not merely the
+    /// same URL).
+    pub fn is_on(&self, db: &Db) -> bool {
+        Arc::ptr_eq(&self.db.inner, &db.inner)
+    }
+
+    /// Whether it was opened with [`Db::write`].
+    pub fn is_write(&self) -> bool {
+        self.write
+    }
+
     pub(crate) fn mark_events_appended(&mut self) {
         self.appended_events = true;
     }
@@ -682,6 +694,11 @@ pub static PLATFORM_MIGRATIONS: MigrationSet = MigrationSet {
             name: "write probe",
             sql: include_str!("../migrations/sqlite/0003_write_probe.sql"),
         },
+        Migration {
+            version: 4,
+            name: "key repair",
+            sql: include_str!("../migrations/sqlite/0004_key_repair.sql"),
+        },
     ],
     postgres: &[
         Migration {
@@ -703,6 +720,11 @@ pub static PLATFORM_MIGRATIONS: MigrationSet = MigrationSet {
             version: 4,
             name: "write probe",
             sql: include_str!("../migrations/postgres/0004_write_probe.sql"),
+        },
+        Migration {
+            version: 5,
+            name: "key repair",
+            sql: include_str!("../migrations/postgres/0005_key_repair.sql"),
         },
     ],
 };

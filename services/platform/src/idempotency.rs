@@ -1,5 +1,5 @@
-//! AIP-155 request ids. A state-changing call claims its `request_id` as the
-//! first statement of its write transaction and stores its response before
+//! AIP-155 request ids. A state-changing call claims its `request_id` before
+//! any change in its write transaction and stores its response before
 //! committing, so a retry, even one racing the first call, gets the first
 //! response and changes nothing.
 
@@ -26,20 +26,25 @@ pub enum Claim<R> {
     None,
 }
 
-/// Claims `request_id` for `method` in `agency`. `fingerprint` identifies the
+/// Claims `request_id` for `method` in `agency`. `fingerprints` identify the
 /// request's content (e.g. a hash of its encoded form) so that reuse of an id
-/// for a different request is refused instead of silently replayed.
+/// for a different request is refused instead of silently replayed: the
+/// first is stored, and a stored one matches if it is any of them (one per
+/// key of the agency, so requests made under an older key still replay).
 pub async fn claim<R: Message + Default>(
     tx: &mut Tx,
     key: &DataKey,
     agency: &str,
     method: &str,
     request_id: &str,
-    fingerprint: &str,
+    fingerprints: &[String],
 ) -> Result<Claim<R>, sqlx::Error> {
     if request_id.is_empty() {
         return Ok(Claim::None);
     }
+    let Some(fingerprint) = fingerprints.first() else {
+        return Ok(Claim::Mismatch);
+    };
     // On PostgreSQL a concurrent duplicate blocks here on the primary key
     // until the first transaction ends, then sees its row.
     let inserted = sqlx::query(
@@ -67,7 +72,7 @@ pub async fn claim<R: Message + Default>(
     .fetch_optional(tx.conn())
     .await?;
     match row {
-        Some((fp, Some(sealed))) if fp == fingerprint => {
+        Some((fp, Some(sealed))) if fingerprints.contains(&fp) => {
             let aad = aad(agency, method, request_id);
             // An unreadable stored response is a server fault (corruption or a
             // different master key), not the caller's.
@@ -78,7 +83,7 @@ pub async fn claim<R: Message + Default>(
                 R::decode(bytes.as_slice()).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
             Ok(Claim::Replay(response))
         }
-        Some((fp, None)) if fp == fingerprint => Ok(Claim::Forgotten),
+        Some((fp, None)) if fingerprints.contains(&fp) => Ok(Claim::Forgotten),
         _ => Ok(Claim::Mismatch),
     }
 }

@@ -1,8 +1,17 @@
 //! Per-agency data keys for field-level encryption: generated on first use,
 //! stored wrapped by the master key in the service's own database, and kept
 //! unwrapped in memory only for the life of the process.
+//!
+//! A keyring belongs to one database (DESIGN §5): its cache holds only keys
+//! that are committed in that database, and a key is fetched inside the
+//! transaction that uses it. A write transaction that finds no key stores a
+//! new one itself, so the key commits with the first value sealed by it and
+//! the database can always be read with itself and the master key alone.
+//! Services never share a keyring, even in one process (`touchstone up`):
+//! a shared cache once let one service seal with a key stored only in
+//! another's database.
 
-use crate::db::{Db, Scope};
+use crate::db::{Db, Scope, Tx};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use touchstone_crypto::{DataKey, MasterKey};
@@ -16,68 +25,125 @@ pub enum KeyError {
     /// The stored key does not unwrap with this master key.
     #[error("the agency's data key cannot be unwrapped with the configured master key")]
     Unwrap,
+    /// A transaction on another database was passed: a programming error,
+    /// refused because a key used there would not be stored here.
+    #[error("the transaction is not on this keyring's database")]
+    OtherDatabase,
 }
 
-/// The master key and a cache of unwrapped agency keys.
+/// The master key, the database the keys are stored in, and a cache of the
+/// unwrapped keys committed there.
 #[derive(Debug)]
 pub struct Keyring {
     master: MasterKey,
+    db: Db,
     cache: RwLock<HashMap<String, Arc<DataKey>>>,
 }
 
 impl Keyring {
-    /// A keyring over `master`.
-    pub fn new(master: MasterKey) -> Self {
+    /// A keyring over `master` for the keys stored in `db`.
+    pub fn new(master: MasterKey, db: Db) -> Self {
         Self {
             master,
+            db,
             cache: RwLock::new(HashMap::new()),
         }
     }
 
-    /// The data key of `agency`, creating it on first use. Call it before
-    /// opening a write transaction: on SQLite it may need the writer's turn.
-    pub async fn data_key(&self, db: &Db, agency: &str) -> Result<Arc<DataKey>, KeyError> {
-        if let Some(key) = self.cache.read().ok().and_then(|c| c.get(agency).cloned()) {
+    /// The master key (for start-up checks and repair).
+    pub fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
+    /// The data key of `agency`, read in `tx`, which must be on this
+    /// keyring's database. In a write transaction a missing key is created
+    /// and stored in `tx`, so it commits (or rolls back) with what `tx`
+    /// seals. In a read transaction a missing key is created in a short
+    /// write transaction of its own, committed before it is returned.
+    pub async fn data_key(&self, tx: &mut Tx, agency: &str) -> Result<Arc<DataKey>, KeyError> {
+        if !tx.is_on(&self.db) {
+            return Err(KeyError::OtherDatabase);
+        }
+        if let Some(key) = self.cached(agency) {
             return Ok(key);
         }
-        let mut tx = db.read(Scope::Agency(agency)).await?;
-        let stored: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT wrapped_key FROM agency_keys WHERE agency = $1")
-                .bind(agency)
-                .fetch_optional(tx.conn())
-                .await?;
-        tx.commit().await?;
-        let wrapped = match stored {
-            Some(w) => w,
-            None => {
-                let mut tx = db.write(Scope::Agency(agency)).await?;
-                let fresh = DataKey::generate().wrap(&self.master, agency);
-                // Two replicas may race to create the key: the first insert
-                // wins and both use what was stored.
-                sqlx::query(
-                    "INSERT INTO agency_keys (agency, wrapped_key, create_time) VALUES ($1, $2, $3) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(agency)
-                .bind(fresh)
-                .bind(crate::times::now_millis())
-                .execute(tx.conn())
-                .await?;
-                let w: Vec<u8> =
-                    sqlx::query_scalar("SELECT wrapped_key FROM agency_keys WHERE agency = $1")
-                        .bind(agency)
-                        .fetch_one(tx.conn())
-                        .await?;
-                tx.commit().await?;
-                w
-            }
-        };
-        let key = Arc::new(
-            DataKey::unwrap(&self.master, agency, &wrapped).map_err(|_| KeyError::Unwrap)?,
-        );
+        if let Some(wrapped) = stored(tx, agency).await? {
+            // Visible to `tx` and not inserted by it (an insert below is
+            // never cached): committed, so safe to cache.
+            let older = stored_older(tx, agency).await?;
+            return self.remember(agency, &wrapped, &older);
+        }
+        if tx.is_write() {
+            let wrapped = create(tx, &self.master, agency).await?;
+            // Not cached: it is stored only if `tx` commits. The next
+            // transaction reads it back (or creates another if `tx` failed).
+            return Ok(Arc::new(self.unwrap(agency, &wrapped)?));
+        }
+        let mut own = self.db.write(Scope::Agency(agency)).await?;
+        let wrapped = create(&mut own, &self.master, agency).await?;
+        own.commit().await?;
+        self.remember(agency, &wrapped, &[])
+    }
+
+    fn cached(&self, agency: &str) -> Option<Arc<DataKey>> {
+        self.cache.read().ok().and_then(|c| c.get(agency).cloned())
+    }
+
+    fn unwrap(&self, agency: &str, wrapped: &[u8]) -> Result<DataKey, KeyError> {
+        DataKey::unwrap(&self.master, agency, wrapped).map_err(|_| KeyError::Unwrap)
+    }
+
+    fn remember(
+        &self,
+        agency: &str,
+        wrapped: &[u8],
+        older: &[Vec<u8>],
+    ) -> Result<Arc<DataKey>, KeyError> {
+        let older = older
+            .iter()
+            .map(|w| self.unwrap(agency, w))
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = Arc::new(self.unwrap(agency, wrapped)?.with_older(older));
         if let Ok(mut cache) = self.cache.write() {
             cache.insert(agency.to_string(), key.clone());
         }
         Ok(key)
     }
+}
+
+/// The wrapped key of `agency` that `tx` sees, if any.
+pub async fn stored(tx: &mut Tx, agency: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT wrapped_key FROM agency_keys WHERE agency = $1")
+        .bind(agency)
+        .fetch_optional(tx.conn())
+        .await
+}
+
+/// The wrapped older keys of `agency` (see [`crate::keycheck`]) that `tx` sees.
+pub async fn stored_older(tx: &mut Tx, agency: &str) -> Result<Vec<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT wrapped_key FROM agency_older_keys WHERE agency = $1")
+        .bind(agency)
+        .fetch_all(tx.conn())
+        .await
+}
+
+/// Stores a fresh key for `agency` in `tx` unless one is there, and returns
+/// what is stored. Two replicas may race to create the key: the first insert
+/// wins (on PostgreSQL the second waits for the first to commit) and both use
+/// what was stored.
+async fn create(tx: &mut Tx, master: &MasterKey, agency: &str) -> Result<Vec<u8>, sqlx::Error> {
+    let fresh = DataKey::generate().wrap(master, agency);
+    sqlx::query(
+        "INSERT INTO agency_keys (agency, wrapped_key, create_time) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(agency)
+    .bind(fresh)
+    .bind(crate::times::now_millis())
+    .execute(tx.conn())
+    .await?;
+    sqlx::query_scalar("SELECT wrapped_key FROM agency_keys WHERE agency = $1")
+        .bind(agency)
+        .fetch_one(tx.conn())
+        .await
 }

@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod db;
 pub mod error;
 pub mod idempotency;
+pub mod keycheck;
 pub mod keyring;
 pub mod names;
 pub mod outbox;

@@ -16,7 +16,7 @@ use touchstone_api::common::v1::Event;
 use touchstone_api::register::v1 as pb;
 use touchstone_api::register::v1::register_service_server::RegisterService;
 use touchstone_auth::{Caller, Target, authorize};
-use touchstone_crypto::{DataKey, normalise};
+use touchstone_crypto::{DataKey, MasterKey, normalise};
 use touchstone_list::{ListError, ListParams, ListQuery};
 use touchstone_platform::audit::{self, Access};
 use touchstone_platform::change::{self, Begun};
@@ -38,13 +38,16 @@ pub struct Register {
 }
 
 impl Register {
-    /// A register over `db`, encrypting with keys from `keys`.
-    pub fn new(db: Db, keys: Arc<Keyring>) -> Self {
+    /// A register over `db`, encrypting with data keys stored in `db` and
+    /// wrapped by `master`.
+    pub fn new(db: Db, master: MasterKey) -> Self {
+        let keys = Arc::new(Keyring::new(master, db.clone()));
         Self { db, keys }
     }
 
-    async fn key(&self, agency: &str) -> Result<Arc<DataKey>, Error> {
-        Ok(self.keys.data_key(&self.db, agency).await?)
+    /// The agency's data key, read in `tx` (DESIGN §5).
+    async fn key(&self, tx: &mut Tx, agency: &str) -> Result<Arc<DataKey>, Error> {
+        Ok(self.keys.data_key(tx, agency).await?)
     }
 }
 
@@ -380,8 +383,8 @@ impl RegisterService for Register {
                 ));
             };
             authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
-            let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let key = self.key(&mut tx, agency).await?;
             let record = load_client(&mut tx, &key, agency, id).await?;
             let history = history_of(&mut tx, agency, id).await?;
             audit::record(&mut tx, access(&caller, agency, "GetClient", &req.name, "")).await?;
@@ -472,8 +475,8 @@ impl RegisterService for Register {
             };
             let query = ListQuery::plan(&store::CLIENT_SCHEMA, &req.parent, &params, 2)
                 .map_err(list_error)?;
-            let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let key = self.key(&mut tx, agency).await?;
             let (records, next_page_token) =
                 store::list_clients(&mut tx, &key, agency, &query).await?;
             let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
@@ -538,8 +541,8 @@ impl RegisterService for Register {
             if value.is_empty() || value.chars().count() > 400 {
                 return Err(Error::invalid(field, "must be 1 to 400 characters"));
             }
-            let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let key = self.key(&mut tx, agency).await?;
             let records =
                 store::search_clients(&mut tx, &key, agency, kind, &value, SEARCH_LIMIT).await?;
             let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
@@ -621,8 +624,8 @@ impl RegisterService for Register {
                 ));
             };
             authorize(&caller, Action::Export.roles(), agency, Target::Named)?;
-            let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let key = self.key(&mut tx, agency).await?;
             let record = load_client(&mut tx, &key, agency, id).await?;
             let needs = store::needs_of_client(&mut tx, &key, agency, id).await?;
             let history = history_of(&mut tx, agency, id).await?;
@@ -753,8 +756,8 @@ impl RegisterService for Register {
                 ));
             };
             authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
-            let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let key = self.key(&mut tx, agency).await?;
             let record = store::get_need(&mut tx, &key, agency, client_id, id)
                 .await?
                 .ok_or(Error::NotFound("need"))?;
@@ -854,8 +857,8 @@ impl RegisterService for Register {
             };
             let query = ListQuery::plan(&store::NEED_SCHEMA, &req.parent, &params, 3)
                 .map_err(list_error)?;
-            let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let key = self.key(&mut tx, agency).await?;
             let client_id = (client != "-").then_some(client);
             let (records, next_page_token) =
                 store::list_needs(&mut tx, &key, agency, client_id, "", &query).await?;
@@ -889,8 +892,8 @@ impl RegisterService for Register {
                 ));
             };
             authorize(&caller, Action::Write.roles(), agency, Target::Named)?;
-            let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let key = self.key(&mut tx, agency).await?;
             let record = store::get_need(&mut tx, &key, agency, client_id, id)
                 .await?
                 .ok_or(Error::NotFound("need"))?;
@@ -938,8 +941,8 @@ impl RegisterService for Register {
             };
             let query = ListQuery::plan(&store::NEED_SCHEMA, &req.parent, &params, 3)
                 .map_err(list_error)?;
-            let key = self.key(agency).await?;
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let key = self.key(&mut tx, agency).await?;
             let (records, next_page_token) =
                 store::list_needs(&mut tx, &key, agency, None, "", &query).await?;
             let names: Vec<String> = records.iter().map(NeedRecord::name).collect();

@@ -10,8 +10,8 @@ pub mod store;
 use std::sync::Arc;
 use touchstone_api::register::v1::register_service_server::RegisterServiceServer;
 use touchstone_auth::{AuthInterceptor, Verifier};
+use touchstone_crypto::MasterKey;
 use touchstone_platform::db::{Db, Migration, MigrationSet};
-use touchstone_platform::keyring::Keyring;
 
 /// Full gRPC name, for health and reflection.
 pub const SERVICE_NAME: &str = "touchstone.register.v1.RegisterService";
@@ -31,14 +31,20 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
     }],
 };
 
+/// The service's sealed columns besides the platform's, for the start-up
+/// key check.
+pub fn sealed_columns() -> &'static [touchstone_platform::keycheck::SealedColumn] {
+    store::SEALED
+}
+
 /// Every migration set the register's database needs, in order.
 pub fn migration_sets() -> [&'static MigrationSet; 2] {
     [&touchstone_platform::db::PLATFORM_MIGRATIONS, &MIGRATIONS]
 }
 
 /// The register's routes, behind token authentication.
-pub fn routes(db: Db, keys: Arc<Keyring>, verifier: Arc<Verifier>) -> tonic::service::Routes {
-    let service = api::Register::new(db, keys);
+pub fn routes(db: Db, master: MasterKey, verifier: Arc<Verifier>) -> tonic::service::Routes {
+    let service = api::Register::new(db, master);
     tonic::service::Routes::new(RegisterServiceServer::with_interceptor(
         service,
         AuthInterceptor::new(verifier),

@@ -11,6 +11,7 @@ use touchstone_crypto::DataKey;
 use touchstone_list::{Field, FieldType, ListQuery, Schema};
 use touchstone_platform::CHANNELS;
 use touchstone_platform::db::{Backend, Tx};
+use touchstone_platform::keycheck::SealedColumn;
 use touchstone_platform::{list_bind, row_bool};
 
 const CLIENT_COLUMNS: &str = "agency, id, kind, preferred_channel, preferred_language, \
@@ -153,6 +154,21 @@ impl ClientRecord {
 pub fn client_name(agency: &str, id: &str) -> String {
     format!("agencies/{agency}/clients/{id}")
 }
+
+/// The sealed columns, with their associated data as SQL (the same text as
+/// [`client_aad`] and [`need_aad`]), for the start-up key check.
+pub const SEALED: &[SealedColumn] = &[
+    SealedColumn {
+        table: "clients",
+        column: "personal",
+        aad: "'register/clients/' || agency || '/' || id",
+    },
+    SealedColumn {
+        table: "needs",
+        column: "personal",
+        aad: "'register/needs/' || agency || '/' || id",
+    },
+];
 
 fn client_aad(agency: &str, id: &str) -> Vec<u8> {
     format!("register/clients/{agency}/{id}").into_bytes()
@@ -406,22 +422,33 @@ pub async fn search_clients(
     normalised: &str,
     limit: i64,
 ) -> Result<Vec<ClientRecord>, Error> {
+    // One digest per key of the agency: clients indexed under an older key
+    // (a repaired database) are found too.
+    let digests = key.blind_indexes(kind, normalised);
+    let backend = tx.backend();
+    let in_list = (0..digests.len())
+        .map(|i| backend.param(3 + i))
+        .collect::<Vec<_>>()
+        .join(", ");
     let sql = format!(
         "SELECT {} FROM clients c JOIN client_lookup l ON l.agency = c.agency AND l.client_id = c.id \
-         WHERE l.agency = $1 AND l.kind = $2 AND l.digest = $3 ORDER BY c.id LIMIT $4",
+         WHERE l.agency = {} AND l.kind = {} AND l.digest IN ({in_list}) ORDER BY c.id LIMIT {}",
         CLIENT_COLUMNS
             .split(", ")
             .map(|c| format!("c.{c}"))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        backend.param(1),
+        backend.param(2),
+        backend.param(3 + digests.len()),
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(agency)
-        .bind(kind)
-        .bind(key.blind_index(kind, normalised))
-        .bind(limit)
-        .fetch_all(tx.conn())
-        .await?;
+        .bind(kind);
+    for digest in digests {
+        query = query.bind(digest);
+    }
+    let rows = query.bind(limit).fetch_all(tx.conn()).await?;
     rows.iter().map(|r| client_from_row(key, r)).collect()
 }
 

@@ -13,7 +13,6 @@ use touchstone_api::register::v1 as pb;
 use touchstone_api::register::v1::register_service_client::RegisterServiceClient;
 use touchstone_auth::{AuthConfig, DevKey, Role, TokenRequest, Verifier};
 use touchstone_crypto::MasterKey;
-use touchstone_platform::keyring::Keyring;
 use touchstone_platform::testing::{self, TestDb};
 
 struct Harness {
@@ -45,7 +44,7 @@ impl Harness {
         )
         .expect("verifier");
         let store = testing::fresh(&touchstone_register::migration_sets()).await;
-        let keys = Arc::new(Keyring::new(MasterKey::generate()));
+        let keys = MasterKey::generate();
         let routes = touchstone_register::routes(store.db.clone(), keys, verifier);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

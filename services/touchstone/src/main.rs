@@ -54,6 +54,9 @@ enum Command {
         #[arg(value_enum)]
         service: Option<run::ServiceName>,
     },
+    /// Data keys: check and repair the keys stored in the services' databases.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Mint a development token signed by the local development key.
     Token(TokenArgs),
     /// Import or export clients of the register.
@@ -74,6 +77,15 @@ enum Command {
     /// Generate load against a fresh register and a bare tonic echo server in
     /// this process, and report req/s, latency percentiles and ratios.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Open every service's database (as configured), check that each sealed value opens
+    /// with a key stored in its own database, and copy a missing key from another database.
+    /// For split deployments, whose `serve` sees only its own database; run it while the
+    /// services are stopped.
+    Repair,
 }
 
 #[derive(Debug, clap::Args)]
@@ -134,6 +146,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Up { demo, demo_options } => run::up(settings, demo.then_some(demo_options)).await,
         Command::Serve { service } => run::serve(settings, service).await,
         Command::Migrate { service } => run::migrate(settings, service).await,
+        Command::Keys(KeysCommand::Repair) => run::repair_keys(settings).await,
         Command::Token(args) => {
             let key = DevKey::load_or_create(&settings.data_dir)
                 .context("loading the development signing key")?;

@@ -12,7 +12,7 @@ use touchstone_auth::{AuthConfig, DevKey, Role, ServiceToken, TokenRequest, Veri
 use touchstone_crypto::MasterKey;
 use touchstone_platform::config::{HubSettings, LogFormat, Peers, ServiceSettings, Settings};
 use touchstone_platform::db::{Db, MigrationSet};
-use touchstone_platform::keyring::Keyring;
+use touchstone_platform::keycheck;
 use touchstone_server::{Readiness, ServeOptions};
 
 /// The services this binary can run.
@@ -150,7 +150,9 @@ struct Running {
 /// What every service is started with.
 #[derive(Clone)]
 pub(crate) struct Env {
-    pub(crate) keys: Arc<Keyring>,
+    /// Wraps the data keys; each service builds its own keyring over its
+    /// own database from it (DESIGN §5: no key cache is shared).
+    pub(crate) master: MasterKey,
     pub(crate) verifier: Arc<Verifier>,
     /// The token a service presents when it calls another on its own behalf.
     pub(crate) service_token: ServiceToken,
@@ -197,6 +199,16 @@ impl ServiceName {
         }
     }
 
+    fn sealed_columns(self) -> &'static [keycheck::SealedColumn] {
+        match self {
+            ServiceName::Register => touchstone_register::sealed_columns(),
+            ServiceName::Complaints => touchstone_complaints::sealed_columns(),
+            ServiceName::Feedback => touchstone_feedback::sealed_columns(),
+            ServiceName::Kpi => touchstone_kpi::sealed_columns(),
+            ServiceName::Gateway => touchstone_gateway::sealed_columns(),
+        }
+    }
+
     pub(crate) fn migration_sets(self) -> Vec<&'static MigrationSet> {
         match self {
             ServiceName::Register => touchstone_register::migration_sets().to_vec(),
@@ -211,7 +223,7 @@ impl ServiceName {
         let purger = touchstone_platform::idempotency::spawn_purger(db.clone());
         let (routes, mut tasks) = match self {
             ServiceName::Register => (
-                touchstone_register::routes(db.clone(), env.keys.clone(), env.verifier.clone()),
+                touchstone_register::routes(db.clone(), env.master.clone(), env.verifier.clone()),
                 Vec::new(),
             ),
             ServiceName::Complaints => {
@@ -221,7 +233,7 @@ impl ServiceName {
                 )?;
                 touchstone_complaints::start(
                     db.clone(),
-                    env.keys.clone(),
+                    env.master.clone(),
                     env.verifier.clone(),
                     peers,
                 )
@@ -233,7 +245,7 @@ impl ServiceName {
                 )?;
                 touchstone_feedback::start(
                     db.clone(),
-                    env.keys.clone(),
+                    env.master.clone(),
                     env.verifier.clone(),
                     peers,
                 )
@@ -246,7 +258,7 @@ impl ServiceName {
                 )?;
                 touchstone_kpi::start(
                     db.clone(),
-                    env.keys.clone(),
+                    env.master.clone(),
                     env.verifier.clone(),
                     peers,
                     env.hub.min_count,
@@ -273,7 +285,7 @@ impl ServiceName {
                 };
                 touchstone_gateway::start(
                     db.clone(),
-                    env.keys.clone(),
+                    env.master.clone(),
                     env.verifier.clone(),
                     peers,
                     http,
@@ -285,22 +297,70 @@ impl ServiceName {
     }
 }
 
+/// Opens a service's database, migrating it if `migrate`.
+async fn open_service_db(
+    settings: &Settings,
+    service: ServiceName,
+    migrate: bool,
+) -> anyhow::Result<Db> {
+    open_db(
+        settings,
+        service.settings(settings),
+        service.label(),
+        &service.migration_sets(),
+        migrate,
+    )
+    .await
+}
+
+/// Checks the data keys stored in `dbs` and repairs what keys found in one
+/// of them can (see `touchstone_platform::keycheck`); an error stops the
+/// start with a message that names the service, table and agency.
+async fn check_keys(
+    dbs: &[(ServiceName, Db)],
+    master: &MasterKey,
+    rescan: bool,
+) -> anyhow::Result<()> {
+    let stores: Vec<keycheck::Store<'_>> = dbs
+        .iter()
+        .map(|(service, db)| keycheck::Store {
+            service: service.label(),
+            db,
+            sealed: service.sealed_columns(),
+        })
+        .collect();
+    let outcomes = keycheck::check_and_repair(&stores, master, rescan)
+        .await
+        .context("checking the stored data keys")?;
+    for (store, outcome) in stores.iter().zip(outcomes) {
+        for (agency, key_id) in &outcome.keys_added {
+            tracing::warn!(
+                service = store.service,
+                agency,
+                key_id,
+                "data key copied from another service's database (repair)"
+            );
+        }
+        if !outcome.already_proved {
+            tracing::info!(
+                service = store.service,
+                values = outcome.values_checked,
+                "every sealed value opens with a key stored in the service's database"
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn start_service(
     settings: &Settings,
     service: ServiceName,
+    db: Db,
     env: &Env,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Running> {
     let name = service.label();
     let svc = service.settings(settings);
-    let db = open_db(
-        settings,
-        svc,
-        name,
-        &service.migration_sets(),
-        svc.migrate_on_start,
-    )
-    .await?;
     let listener = tokio::net::TcpListener::bind(svc.listen)
         .await
         .with_context(|| format!("listening on {} (setting {name}.listen)", svc.listen))?;
@@ -384,16 +444,24 @@ pub(crate) async fn up(
         },
     };
     let env = Env {
-        keys: Arc::new(Keyring::new(dev_master_key(&settings)?)),
+        master: dev_master_key(&settings)?,
         verifier: verifier(&settings).await?,
         service_token,
         peers: settings.peers.clone(),
         hub: settings.hub.clone(),
     };
+    let mut dbs = Vec::new();
+    for service in ServiceName::ALL {
+        let migrate = service.settings(&settings).migrate_on_start;
+        dbs.push((service, open_service_db(&settings, service, migrate).await?));
+    }
+    // Every database is at hand here: a key one service's database lacks is
+    // found in another's.
+    check_keys(&dbs, &env.master, false).await?;
     let (stop, rx) = watch::channel(false);
     let mut running = Vec::new();
-    for service in ServiceName::ALL {
-        running.push(start_service(&settings, service, &env, rx.clone()).await?);
+    for (service, db) in dbs {
+        running.push(start_service(&settings, service, db, &env, rx.clone()).await?);
     }
     if let Some(options) = &demo {
         let addr = |name: &str| {
@@ -475,7 +543,7 @@ pub(crate) async fn serve(settings: Settings, service: ServiceName) -> anyhow::R
     }
     let _telemetry = init_telemetry(&settings, &format!("touchstone-{}", service.label()))?;
     let env = Env {
-        keys: Arc::new(Keyring::new(MasterKey::from_base64(master)?)),
+        master: MasterKey::from_base64(master)?,
         verifier: verifier(&settings).await?,
         service_token: settings
             .service_token_file
@@ -484,8 +552,13 @@ pub(crate) async fn serve(settings: Settings, service: ServiceName) -> anyhow::R
         peers: settings.peers.clone(),
         hub: settings.hub.clone(),
     };
+    let migrate = service.settings(&settings).migrate_on_start;
+    let db = open_service_db(&settings, service, migrate).await?;
+    // Only this database is at hand: what it cannot repair alone stops the
+    // start and names `touchstone keys repair`.
+    check_keys(&[(service, db.clone())], &env.master, false).await?;
     let (stop, rx) = watch::channel(false);
-    let running = vec![start_service(&settings, service, &env, rx).await?];
+    let running = vec![start_service(&settings, service, db, &env, rx).await?];
     for r in &running {
         tracing::info!(service = r.name, addr = %r.addr, "serving");
     }
@@ -499,17 +572,48 @@ pub(crate) async fn migrate(settings: Settings, only: Option<ServiceName>) -> an
         if only.is_some_and(|s| s != service) {
             continue;
         }
-        let name = service.label();
-        let db = open_db(
-            &settings,
-            service.settings(&settings),
-            name,
-            &service.migration_sets(),
-            true,
-        )
-        .await?;
+        let db = open_service_db(&settings, service, true).await?;
         db.close().await;
-        println!("{name}: migrated");
+        println!("{}: migrated", service.label());
     }
     Ok(())
+}
+
+/// `touchstone keys repair`: migrates every service's database, opens every
+/// sealed value in them (even where a start recorded the proof) and copies
+/// a key that one lacks from another
+/// (the path for split deployments, whose `serve` sees only its own
+/// database). Run it while the services are stopped: a running service
+/// would not see keys added under it until it restarts.
+pub(crate) async fn repair_keys(settings: Settings) -> anyhow::Result<()> {
+    let _telemetry = init_telemetry(&settings, "touchstone-keys")?;
+    let master = existing_master_key(&settings)?;
+    let mut dbs = Vec::new();
+    for service in ServiceName::ALL {
+        dbs.push((service, open_service_db(&settings, service, true).await?));
+    }
+    let result = check_keys(&dbs, &master, true).await;
+    for (_, db) in &dbs {
+        db.close().await;
+    }
+    result?;
+    println!("every service's sealed values open with keys stored in its own database");
+    Ok(())
+}
+
+/// The configured master key, or the development one `up` keeps in the
+/// data directory; never a new one (a repair with a fresh key would find
+/// every stored key unreadable).
+fn existing_master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
+    if let Some(k) = settings.master_key.as_deref().filter(|k| !k.is_empty()) {
+        return Ok(MasterKey::from_base64(k)?);
+    }
+    let path = settings.data_dir.join("master.key");
+    if !path.exists() {
+        bail!(
+            "setting `master_key` (TOUCHSTONE_MASTER_KEY) is required: there is no {}",
+            path.display()
+        );
+    }
+    dev_master_key(settings)
 }

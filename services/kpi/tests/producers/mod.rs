@@ -18,7 +18,6 @@ use touchstone_auth::{AuthConfig, DevKey, Role, ServiceToken, TokenRequest, Veri
 use touchstone_crypto::MasterKey;
 use touchstone_kpi::feeds::{self, ComplaintsFeed, FeedbackFeed};
 use touchstone_platform::db::Db;
-use touchstone_platform::keyring::Keyring;
 use touchstone_platform::testing::{self, TestDb};
 
 async fn serve(
@@ -132,7 +131,7 @@ async fn figures_from_the_real_producers_over_grpc() {
         touchstone_register::SERVICE_NAME,
         touchstone_register::routes(
             register_db.db.clone(),
-            Arc::new(Keyring::new(MasterKey::generate())),
+            MasterKey::generate(),
             verifier.clone(),
         ),
         register_db.db.clone(),
@@ -145,7 +144,7 @@ async fn figures_from_the_real_producers_over_grpc() {
         .expect("peers");
     let (routes, tasks) = touchstone_complaints::start(
         complaints_db.db.clone(),
-        Arc::new(Keyring::new(MasterKey::generate())),
+        MasterKey::generate(),
         verifier.clone(),
         peers,
     );
@@ -165,7 +164,7 @@ async fn figures_from_the_real_producers_over_grpc() {
         .expect("peers");
     let (routes, tasks) = touchstone_feedback::start(
         feedback_db.db.clone(),
-        Arc::new(Keyring::new(MasterKey::generate())),
+        MasterKey::generate(),
         verifier.clone(),
         peers,
     );
@@ -186,7 +185,7 @@ async fn figures_from_the_real_producers_over_grpc() {
         touchstone_kpi::SERVICE_NAME,
         touchstone_kpi::routes(
             kpi_db.db.clone(),
-            Arc::new(Keyring::new(MasterKey::generate())),
+            MasterKey::generate(),
             verifier.clone(),
             1,
         ),
@@ -418,7 +417,7 @@ async fn figures_from_the_real_producers_over_grpc() {
     .expect("peers");
     let (routes, tasks) = touchstone_kpi::start(
         started_db.db.clone(),
-        Arc::new(Keyring::new(MasterKey::generate())),
+        MasterKey::generate(),
         verifier.clone(),
         peers,
         // k = 1 (no disclosure control), so that the small counts show.

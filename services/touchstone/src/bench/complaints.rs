@@ -124,11 +124,11 @@ pub(super) async fn run(
         args.duration.as_secs_f64()
     );
     let echo = echo::start().await.context("starting the echo server")?;
-    let keys = Arc::new(Keyring::new(MasterKey::generate()));
+    let master = MasterKey::generate();
     let peers = touchstone_complaints::Peers::connect("http://127.0.0.1:9", ServiceToken::None)?;
     let (routes, tasks) = touchstone_complaints::start(
         fresh.db.clone(),
-        keys.clone(),
+        master.clone(),
         target::verifier(&dev)?,
         peers,
     );
@@ -176,7 +176,7 @@ pub(super) async fn run(
         let n = args.complaints;
         bar.set_message(format!("storing {n} complaints for the overdue list"));
         let started = Instant::now();
-        let overdue = bulk_load(&fresh.db, &keys, n).await?;
+        let overdue = bulk_load(&fresh.db, master, n).await?;
         // Statistics for the planners, as a running system has them
         // (autovacuum on PostgreSQL; the overdue list does not depend on
         // them on SQLite, where only the due-time index serves it).
@@ -337,9 +337,14 @@ impl Op for RawOp {
 /// rows arrived), one in twenty open and overdue, the rest resolved long
 /// ago; each with its own sealed personal document. Returns how many are
 /// overdue.
-async fn bulk_load(db: &Db, keys: &Keyring, n: u64) -> anyhow::Result<u64> {
+async fn bulk_load(db: &Db, master: MasterKey, n: u64) -> anyhow::Result<u64> {
     const BATCH: u64 = 500;
-    let key = keys.data_key(db, AGENCY).await?;
+    // The service's own keyring is over this database with this master key,
+    // so it reads back the key stored here.
+    let keys = Keyring::new(master, db.clone());
+    let mut tx = db.write(Scope::Agency(AGENCY)).await?;
+    let key = keys.data_key(&mut tx, AGENCY).await?;
+    tx.commit().await?;
     let year_ms: i64 = 365 * 86_400_000;
     let now = touchstone_platform::times::now_millis();
     let standard = Standard::default();

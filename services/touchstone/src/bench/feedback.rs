@@ -27,7 +27,6 @@ use touchstone_auth::{AuthConfig, DevKey, Role, ServiceToken, TokenRequest, Veri
 use touchstone_crypto::MasterKey;
 use touchstone_platform::config::Settings;
 use touchstone_platform::db::Db;
-use touchstone_platform::keyring::Keyring;
 
 /// Rows per transaction of the raw baseline, as the service writes imports.
 const RAW_BATCH: usize = 200;
@@ -196,12 +195,8 @@ async fn serve(db: Db, dev: &DevKey, per_connection: usize) -> anyhow::Result<Se
     )?;
     // Responses in the benchmark name no client, so the register is never called.
     let peers = touchstone_feedback::Peers::connect("http://127.0.0.1:9", ServiceToken::None)?;
-    let (routes, background) = touchstone_feedback::start(
-        db.clone(),
-        Arc::new(Keyring::new(MasterKey::generate())),
-        verifier,
-        peers,
-    );
+    let (routes, background) =
+        touchstone_feedback::start(db.clone(), MasterKey::generate(), verifier, peers);
     // No register runs here, so the erasure consumer has nothing to read.
     for task in &background {
         task.abort();

@@ -13,7 +13,6 @@ use super::load::{self, Op, Window};
 use super::target::{self, Schema, Served};
 use super::{BackendArg, BenchArgs, EchoOp, connect, echo, sample_client, spinner, status_label};
 use anyhow::{Context, bail};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::Request;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -29,7 +28,6 @@ use touchstone_crypto::MasterKey;
 use touchstone_gateway::backends::CallContext;
 use touchstone_gateway::domain::Period;
 use touchstone_platform::config::Settings;
-use touchstone_platform::keyring::Keyring;
 
 const AGENCY: &str = "bench";
 const PERIOD: &str = "2026-Q3";
@@ -95,7 +93,7 @@ pub(super) async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result
         dbs.push(target::fresh_sqlite_with(&sub, pool, &schema(sets)).await?);
     }
     let verifier = target::verifier(&dev)?;
-    let keys = || Arc::new(Keyring::new(MasterKey::generate()));
+    let keys = MasterKey::generate;
     let limit = settings.max_concurrent_per_connection;
     let nowhere = "http://127.0.0.1:9";
 

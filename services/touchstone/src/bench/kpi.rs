@@ -236,12 +236,9 @@ pub(super) async fn run(
         (BackendArg::Sqlite, _) => target::fresh_sqlite_with(dir.path(), pool, &schema).await?,
     };
     println!("database: {}; pool of {pool}", fresh.description);
-    let keys = std::sync::Arc::new(touchstone_platform::keyring::Keyring::new(
-        MasterKey::generate(),
-    ));
     let routes = touchstone_kpi::routes(
         fresh.db.clone(),
-        keys,
+        MasterKey::generate(),
         target::verifier(&dev)?,
         touchstone_stats::DEFAULT_K,
     );

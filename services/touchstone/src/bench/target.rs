@@ -12,7 +12,6 @@ use tokio::task::JoinHandle;
 use touchstone_auth::{AuthConfig, DevKey, Verifier};
 use touchstone_crypto::MasterKey;
 use touchstone_platform::db::{Backend, Db};
-use touchstone_platform::keyring::Keyring;
 
 /// A fresh, migrated database that is removed again by `cleanup`.
 pub(super) struct FreshDb {
@@ -266,8 +265,7 @@ impl Served {
         dev: &DevKey,
         max_concurrent_per_connection: usize,
     ) -> anyhow::Result<Served> {
-        let keys = Arc::new(Keyring::new(MasterKey::generate()));
-        let routes = touchstone_register::routes(db.clone(), keys, verifier(dev)?);
+        let routes = touchstone_register::routes(db.clone(), MasterKey::generate(), verifier(dev)?);
         Served::start(
             "register",
             touchstone_register::SERVICE_NAME,
