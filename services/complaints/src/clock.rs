@@ -984,6 +984,20 @@ mod tests {
         assert_eq!(cal.add_working_days(20260601, i64::MAX), 20460601);
     }
 
+    /// The bundled database (2026f, as docs/complaints.md says), not the host's: it keeps Cuba
+    /// on UTC-4 after 1 November 2026, where older releases (e.g. 2025b, in many operating
+    /// systems' zoneinfo) return it to UTC-5. A jiff update that changes this fails here, and
+    /// the release named in the docs is to change with it.
+    #[test]
+    fn time_zones_come_from_the_bundled_database() {
+        let havana = Calendar::new("America/Havana", SAT_SUN, &[], None).unwrap();
+        // 04:30Z is 00:30 on the 15th at UTC-4, 23:30 on the 14th at UTC-5.
+        assert_eq!(havana.local_day(at("2026-12-15T04:30:00Z")), 20261215);
+        assert_eq!(havana.end_of_day(20261215), at("2026-12-16T00:00:00-04:00"));
+        let docs = include_str!("../../../docs/complaints.md");
+        assert!(docs.contains("release **2026f**"));
+    }
+
     #[test]
     fn calendar_new_errors() {
         assert_eq!(
