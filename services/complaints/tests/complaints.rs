@@ -1802,9 +1802,9 @@ fn pending_of(c: &pb::Complaint) -> (Option<i64>, bool) {
         pb::Status::try_from(c.status).expect("status"),
         S::Received | S::Acknowledged | S::InProgress | S::AwaitingClient | S::Reopened
     );
-    let ack = c.acknowledgement_clock.clone().expect("clock");
+    let ack = c.acknowledgement_clock.expect("clock");
     let pending = if ack.completed {
-        c.response_clock.clone().expect("clock")
+        c.response_clock.expect("clock")
     } else {
         ack
     };
@@ -2145,7 +2145,7 @@ async fn a_pause_after_the_due_day_delays_overdue_in_get_and_list() {
         .await
         .expect("get")
         .into_inner();
-    let resp = got.response_clock.clone().expect("clock");
+    let resp = got.response_clock.expect("clock");
     assert_eq!(
         (resp.used_days, resp.breached, resp.stopped),
         (1, false, false)
