@@ -16,6 +16,11 @@ const PROTOS: &[&str] = &[
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     println!("cargo:rerun-if-changed={}", root.display());
+    // Worktrees of this repository may share one target directory, where
+    // this crate's build directory is the same for all of them; the
+    // directory a build runs from tells them apart, so that each gets the
+    // code of its own protos rather than of whichever ran last.
+    println!("cargo:rerun-if-env-changed=PWD");
     let fds = protox::compile(PROTOS, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("touchstone_descriptor.bin"), fds.encode_to_vec())?;

@@ -230,6 +230,8 @@ fn complaint_to_proto(
         create_time: Some(times::timestamp(r.create_time)),
         update_time: Some(times::timestamp(r.update_time)),
         etag: etag(r.revision),
+        due_time: times::timestamp_opt(clocks.due_time),
+        overdue: clocks.overdue(now),
     }
 }
 

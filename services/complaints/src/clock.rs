@@ -31,16 +31,23 @@
 //! 5. **used** is the number of counted days (0 if `E < start`), **breached** is
 //!    `used > allowed` and **remaining** is `max(allowed - used, 0)`. A negative `allowed` is
 //!    treated as 0.
-//! 6. **due_day**: if `used >= allowed`, the counted day on which the count reached `allowed`
-//!    (`R` itself when `allowed == 0`). Otherwise, if the clock is running at `E`, the day on
-//!    which the count would reach `allowed` if the clock kept running from `E`: that is
-//!    `add_working_days(max(local_day(E), R), allowed - used)` (the day containing `E`, if it
-//!    is a working day after `R`, has already been counted). Otherwise (stopped and not yet
-//!    reached) `None`. **due_time** is `end_of_day(due_day)`.
-//! 7. **Overdue** is exactly `used > allowed` (`breached`). For a running clock, `now >=
-//!    due_time` while `used <= allowed` happens only when the day containing `now` is not a
-//!    working day (e.g. due Friday, now Saturday: `used == allowed`, not breached); on the next
-//!    working day the count passes `allowed` and the clock is breached.
+//! 6. **due_day**: `None` while the clock is stopped at `E`, whatever it has used. Otherwise, if
+//!    `used >= allowed`, the counted day on which the count reached `allowed` (`R` itself when
+//!    `allowed == 0`); else the day on which the count would reach `allowed` if the clock kept
+//!    running from `E`: `add_working_days(max(local_day(E), R), allowed - used)` (the day
+//!    containing `E`, if it is a working day after `R`, has already been counted).
+//!    **due_time** is `end_of_day(due_day)`, the local midnight that ends the due day (never the
+//!    close time). While the clock keeps running, neither changes as `now` advances.
+//! 7. **overdue_from**: for a clock running at `E` and not completed, the instant from which it
+//!    is breached if it keeps running: once breached, the start of the counted day on which
+//!    `used` passed `allowed`; before, the start of
+//!    `add_working_days(max(local_day(E), R), allowed - used + 1)`, the next day that would be
+//!    counted beyond `allowed`. `None` while stopped and once completed. For every later `now`
+//!    with no new pause, `breached == (now >= overdue_from)`, so the instant can be stored with
+//!    each change and compared with the time of a request (the `overdue` list filter). It is not
+//!    `due_time`: `now >= due_time` with `used <= allowed` happens whenever the days after the
+//!    due day are not counted yet — due Friday and now Saturday, or paused on the Monday after
+//!    and resumed on a Saturday; the clock is breached on the next day it counts.
 //! 8. **Bounds**: instants are clamped to 0001-01-02T00:00Z ..= 9999-12-30T00:00Z before they are
 //!    converted to local days; no computation walks more than [`HORIZON_DAYS`] (20 years) of
 //!    calendar days, so `used` stops growing 20 years after `R` and
@@ -197,13 +204,6 @@ impl Calendar {
         self.start_of_date(constrain_day(day))
     }
 
-    /// The instant from which a clock whose due day is `due_day` counts as
-    /// overdue: the start of the first working day after it, when one more
-    /// working day is counted (rule 7).
-    pub fn overdue_from(&self, due_day: i64) -> i64 {
-        self.start_of_day(self.add_working_days(due_day, 1))
-    }
-
     /// The `n`-th working day strictly after `day` (`n >= 1`); `n <= 0` returns `day` unchanged.
     /// An invalid `day` is constrained as in [`Calendar::end_of_day`]. Saturates at
     /// [`HORIZON_DAYS`] calendar days after `day`.
@@ -306,10 +306,13 @@ pub struct Clock {
     pub used: i64,
     /// `max(allowed - used, 0)`.
     pub remaining: i64,
-    /// `yyyymmdd`; `None` while the clock is stopped and the target not yet reached.
+    /// `yyyymmdd`; `None` while the clock is stopped.
     pub due_day: Option<i64>,
     /// `end_of_day(due_day)`, millis UTC.
     pub due_time: Option<i64>,
+    /// The instant (millis UTC) from which the clock is overdue if it keeps running (rule 7);
+    /// `None` while stopped and once completed.
+    pub overdue_from: Option<i64>,
     /// The clock is paused at the end of the window (`now`, or the completion instant).
     pub stopped: bool,
     /// `used > allowed`.
@@ -339,6 +342,8 @@ pub fn clock(
 
     let mut used = 0i64;
     let mut reached = (allowed == 0).then_some(receipt);
+    // The counted day on which the count passed `allowed`.
+    let mut passed = None;
     // The last day the walk looked at: where a projection of the due day continues from.
     let mut last = receipt;
     if end >= start {
@@ -361,23 +366,37 @@ pub fn clock(
                 used += 1;
                 if used == allowed {
                     reached = Some(d);
+                } else if used == allowed.saturating_add(1) {
+                    passed = Some(d);
                 }
             }
         }
     }
 
-    let due = if used >= allowed {
-        reached
-    } else if stopped {
+    let due = if stopped {
         None
+    } else if used >= allowed {
+        reached
     } else {
         Some(cal.add_working_dates(last, allowed - used))
+    };
+    // Rule 7: from the end of the window on, the clock runs as it does at
+    // `E` (no later pause is known), so every working day after `last`
+    // counts; the one after the remaining days is the first day over.
+    let overdue_from = if stopped || completed.is_some() {
+        None
+    } else if used > allowed {
+        passed.map(|d| cal.start_of_date(d))
+    } else {
+        let over = allowed.saturating_sub(used).saturating_add(1);
+        Some(cal.start_of_date(cal.add_working_dates(last, over)))
     };
     Clock {
         used,
         remaining: allowed.saturating_sub(used).max(0),
         due_day: due.map(day_value),
         due_time: due.map(|d| cal.end_of_date(d)),
+        overdue_from,
         stopped,
         breached: used > allowed,
         completed: completed.is_some(),
@@ -517,6 +536,7 @@ mod tests {
                 remaining: 5,
                 due_day: Some(20260608),
                 due_time: Some(due_time),
+                overdue_from: Some(due_time),
                 stopped: false,
                 breached: false,
                 completed: false,
@@ -964,6 +984,20 @@ mod tests {
         assert_eq!(cal.add_working_days(20260601, i64::MAX), 20460601);
     }
 
+    /// The bundled database (2026f, as docs/complaints.md says), not the host's: it keeps Cuba
+    /// on UTC-4 after 1 November 2026, where older releases (e.g. 2025b, in many operating
+    /// systems' zoneinfo) return it to UTC-5. A jiff update that changes this fails here, and
+    /// the release named in the docs is to change with it.
+    #[test]
+    fn time_zones_come_from_the_bundled_database() {
+        let havana = Calendar::new("America/Havana", SAT_SUN, &[], None).unwrap();
+        // 04:30Z is 00:30 on the 15th at UTC-4, 23:30 on the 14th at UTC-5.
+        assert_eq!(havana.local_day(at("2026-12-15T04:30:00Z")), 20261215);
+        assert_eq!(havana.end_of_day(20261215), at("2026-12-16T00:00:00-04:00"));
+        let docs = include_str!("../../../docs/complaints.md");
+        assert!(docs.contains("release **2026f**"));
+    }
+
     #[test]
     fn calendar_new_errors() {
         assert_eq!(
@@ -1074,6 +1108,15 @@ mod tests {
                 prop_assert_eq!(c.due_time, c.due_day.map(|d| cal.end_of_day(d)));
             }
             prop_assert!(c1.used <= c2.used, "{:?} then {:?}", c1, c2);
+            // Rules 6 and 7: what is stored at `now1` (a change) answers for `now2` (a read)
+            // while nothing happens in between.
+            if !c1.stopped {
+                prop_assert_eq!(c1.due_time, c2.due_time);
+                prop_assert_eq!(c2.breached, c1.overdue_from.is_some_and(|t| t <= now2));
+                prop_assert_eq!(c1.breached, c1.overdue_from.is_some_and(|t| t <= now1));
+            } else {
+                prop_assert_eq!((c1.due_time, c1.overdue_from), (None, None));
+            }
             // Rule 7: a running, unbreached clock is past its due time only on a non-working day.
             if !c2.stopped && !c2.breached && c2.due_time.is_some_and(|t| now2 >= t) {
                 prop_assert!(!cal.is_working_day(cal.local_day(now2)));

@@ -805,11 +805,20 @@ pub struct Clocks {
     pub response: Clock,
     /// Allowed days of each.
     pub allowed: (i64, i64),
-    /// The nearest pending due time (acknowledgement if not yet, else
-    /// response); None when nothing is pending or the clock is stopped.
+    /// The pending clock's due time (acknowledgement until acknowledged,
+    /// then response); None when nothing is pending or the clock is stopped.
     pub due_time: Option<i64>,
     /// From when the pending clock is overdue; None likewise.
     pub overdue_from: Option<i64>,
+}
+
+impl Clocks {
+    /// Whether the complaint is overdue at `now`: the one test that both
+    /// GetComplaint and the `overdue` list filter (on the stored
+    /// `overdue_from`) apply, so the two always agree.
+    pub fn overdue(&self, now: i64) -> bool {
+        self.overdue_from.is_some_and(|t| t <= now)
+    }
 }
 
 fn pauses(p: &[(i64, Option<i64>)]) -> Vec<Pause> {
@@ -852,13 +861,14 @@ impl State {
         } else {
             Some(response)
         };
-        let due_day = pending.filter(|c| !c.stopped).and_then(|c| c.due_day);
+        // Both come from the pending clock itself (clock rules 6 and 7), so
+        // the list columns stored at a change are what a later read shows.
         Clocks {
             acknowledgement,
             response,
             allowed: (ack_allowed, resp_allowed),
-            due_time: due_day.map(|d| cal.end_of_day(d)),
-            overdue_from: due_day.map(|d| cal.overdue_from(d)),
+            due_time: pending.and_then(|c| c.due_time),
+            overdue_from: pending.and_then(|c| c.overdue_from),
         }
     }
 }
@@ -1101,6 +1111,98 @@ mod tests {
         assert_eq!(standard.senior_reason(4, "x"), Some("SERIOUS"));
         assert_eq!(standard.senior_reason(2, "privacy"), Some("CATEGORY"));
         assert_eq!(standard.senior_reason(2, "other"), None);
+    }
+
+    /// Millis of an RFC 3339 instant with an explicit offset.
+    fn instant(s: &str) -> i64 {
+        s.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+    }
+
+    /// Received, acknowledged and started Monday 1 June 2026 10:00 in
+    /// Brisbane (UTC+10, no daylight saving), then `steps`.
+    fn brisbane_case(steps: &[(Command, &str)]) -> (State, Calendar) {
+        let cal = Calendar::new("Australia/Brisbane", &[6, 7], &[], None).unwrap();
+        let t = instant("2026-06-01T10:00:00+10:00");
+        let mut s = State::received(t, 2, "c", "u", false);
+        s = s.apply(&Command::Acknowledge, t).unwrap();
+        s = s.apply(&Command::Start, t).unwrap();
+        for (command, at) in steps {
+            s = s.apply(command, instant(at)).unwrap();
+        }
+        (s, cal)
+    }
+
+    fn frontline(days: i64) -> Standard {
+        Standard {
+            response_days: [days, 20, 20, 30],
+            ..Standard::default()
+        }
+    }
+
+    /// What GetComplaint shows at `now`: the pending clock's due time, and
+    /// whether it is running and breached.
+    fn shown(state: &State, cal: &Calendar, standard: &Standard, now: i64) -> (Option<i64>, bool) {
+        let c = state.clocks(cal, standard, now);
+        if !state.status.is_open() {
+            return (None, false);
+        }
+        let pending = if state.acknowledge_time.is_none() {
+            c.acknowledgement
+        } else {
+            c.response
+        };
+        (pending.due_time, !pending.stopped && pending.breached)
+    }
+
+    #[test]
+    fn a_stopped_clock_has_no_due_date_even_when_its_days_are_used() {
+        // Two days allowed: Tue 2 and Wed 3 used; paused Thu 4 09:00.
+        let (s, cal) = brisbane_case(&[(Command::AwaitClient, "2026-06-04T09:00:00+10:00")]);
+        let now = instant("2026-06-05T12:00:00+10:00");
+        let c = s.clocks(&cal, &frontline(2), now);
+        assert_eq!((c.response.used, c.response.stopped), (2, true));
+        assert_eq!((c.response.due_day, c.response.due_time), (None, None));
+        assert_eq!((c.due_time, c.overdue_from), (None, None));
+        // Paused only after a breach: still no due date, breached, not overdue.
+        let (s, cal) = brisbane_case(&[(Command::AwaitClient, "2026-06-05T09:00:00+10:00")]);
+        let c = s.clocks(&cal, &frontline(2), now);
+        assert_eq!((c.response.used, c.response.breached), (3, true));
+        assert_eq!((c.response.due_day, c.response.due_time), (None, None));
+        assert_eq!((c.due_time, c.overdue_from), (None, None));
+    }
+
+    #[test]
+    fn overdue_waits_for_the_next_counted_day_after_a_pause() {
+        // Four days allowed: Tue 2 .. Fri 5, due Fri 5. Paused on Mon 8, the
+        // first working day after the due day, resumed on Saturday 13: Mon 8
+        // to Fri 12 are lost, so the fifth day is counted on Mon 15 only.
+        let (s, cal) = brisbane_case(&[
+            (Command::AwaitClient, "2026-06-08T09:00:00+10:00"),
+            (Command::Resume, "2026-06-13T10:00:00+10:00"),
+        ]);
+        let standard = frontline(4);
+        let written = instant("2026-06-13T10:00:00+10:00");
+        let stored = s.clocks(&cal, &standard, written);
+        assert_eq!(stored.response.used, 4);
+        assert_eq!(stored.due_time, Some(instant("2026-06-06T00:00:00+10:00")));
+        assert_eq!(
+            stored.overdue_from,
+            Some(instant("2026-06-15T00:00:00+10:00"))
+        );
+        // What a list filter reads from the stored columns agrees with what
+        // GetComplaint computes, hour by hour, until Wednesday.
+        let mut now = written;
+        while now < instant("2026-06-17T12:00:00+10:00") {
+            let (due, overdue) = shown(&s, &cal, &standard, now);
+            assert_eq!(s.clocks(&cal, &standard, now).overdue(now), overdue);
+            assert_eq!(due, stored.due_time, "due time at {now}");
+            assert_eq!(
+                overdue,
+                stored.overdue_from.is_some_and(|t| t <= now),
+                "overdue at {now}"
+            );
+            now += 3_600_000;
+        }
     }
 
     proptest! {

@@ -48,8 +48,9 @@ pub static COMPLAINT_SCHEMA: Schema = Schema {
         field("senior_queue", "senior_queue", FieldType::Bool, false),
         field("receive_time", "receive_time", FieldType::Timestamp, true),
         // Never NULL: the largest BIGINT when nothing is pending (see
-        // DueColumns), so ordering by it can walk an index.
-        field("due_time", "due_time", FieldType::Timestamp, true),
+        // DueColumns), so ordering by it can walk an index; filters treat
+        // that value as no due time, as GetComplaint shows it.
+        field("due_time", "due_time", FieldType::TimestampOrNever, true),
         Field {
             name: "overdue",
             column: "overdue_from",
@@ -178,7 +179,7 @@ pub struct DueColumns {
 
 impl DueColumns {
     /// The due time as stored: nothing pending is "due never", the largest
-    /// BIGINT, which sorts last and matches no `due_time < …` filter.
+    /// BIGINT, which sorts last and matches no `due_time` comparison.
     pub fn stored_due_time(&self) -> i64 {
         self.due_time.unwrap_or(i64::MAX)
     }

@@ -1880,3 +1880,508 @@ async fn services_sharing_a_process_keep_their_data_keys_across_restarts() {
     assert!(outcomes.iter().all(|o| o.keys_added.is_empty()));
     h.stop().await;
 }
+
+// ------------------------------------------- Get against List, on random histories
+
+/// One random complaint history on a random calendar and standard.
+#[derive(Debug, Clone)]
+struct ClockCase {
+    zone: usize,
+    /// Bit `w - 1` set: ISO weekday `w` is weekend (never all seven).
+    weekend: u8,
+    /// Holidays, as days after the day of receipt (may fall before it).
+    holidays: Vec<i64>,
+    close_minute: i32,
+    /// Acknowledge, frontline, investigation, internal review, external review.
+    days: [i32; 5],
+    /// Steps: a pick among the actions, and minutes after the previous step.
+    steps: Vec<(u8, i64)>,
+    /// Minutes between the last step and now.
+    rest: i64,
+    /// Where the random `due_time` bound falls, in minutes from now.
+    bound: i64,
+}
+
+const ZONES: [&str; 10] = [
+    "UTC",
+    "Pacific/Auckland",
+    "America/New_York",
+    "Asia/Kolkata",
+    "Australia/Sydney",
+    "America/Havana",
+    "Asia/Kathmandu",
+    "Pacific/Chatham",
+    "Europe/London",
+    "America/St_Johns",
+];
+
+fn clock_case() -> impl proptest::strategy::Strategy<Value = ClockCase> {
+    use proptest::prelude::*;
+    const DAY: i64 = 24 * 60;
+    (
+        (
+            0..ZONES.len(),
+            0u8..127,
+            proptest::collection::vec(-5i64..30, 0..6),
+        ),
+        prop_oneof![Just(0), 1i32..1440],
+        proptest::array::uniform5(1i32..5),
+        // Waiting on the client and resuming come up most, to stop clocks.
+        proptest::collection::vec((0u8..14, 1i64..4 * DAY), 0..9),
+        0i64..4 * DAY,
+        -6 * DAY..6 * DAY,
+    )
+        .prop_map(
+            |((zone, weekend, holidays), close_minute, days, steps, rest, bound)| ClockCase {
+                zone,
+                weekend,
+                holidays,
+                close_minute,
+                days,
+                steps,
+                rest,
+                bound,
+            },
+        )
+}
+
+/// The status table of docs/complaints.md, enough to pick legal steps.
+fn next_step(
+    status: pb::Status,
+    stage: i32,
+    pick: u8,
+) -> Option<(pb::historic_step::Action, pb::Status)> {
+    use pb::Status as S;
+    use pb::historic_step::Action as A;
+    let open = matches!(
+        status,
+        S::Received | S::Acknowledged | S::InProgress | S::AwaitingClient | S::Reopened
+    );
+    let (action, to) = match pick {
+        0 | 1 => (A::Acknowledge, S::Acknowledged),
+        2 | 3 => (A::Start, S::InProgress),
+        4..=6 => (A::AwaitClient, S::AwaitingClient),
+        7..=9 => (A::Resume, S::InProgress),
+        10 => (A::Resolve, S::Resolved),
+        11 => (A::Escalate, S::InProgress),
+        12 => (A::Reopen, S::Reopened),
+        _ => (A::Withdraw, S::Withdrawn),
+    };
+    let legal = match action {
+        A::Acknowledge => matches!(status, S::Received | S::Reopened),
+        A::Start => matches!(status, S::Acknowledged | S::Reopened),
+        A::AwaitClient => status == S::InProgress,
+        A::Resume => status == S::AwaitingClient,
+        A::Resolve => matches!(
+            status,
+            S::Received | S::Acknowledged | S::InProgress | S::Reopened
+        ),
+        A::Escalate => (open || status == S::Resolved) && stage < 4,
+        A::Reopen => matches!(status, S::Resolved | S::Closed),
+        _ => open,
+    };
+    legal.then_some((action, to))
+}
+
+fn millis(t: &prost_types::Timestamp) -> i64 {
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
+fn stamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .expect("in range")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format")
+}
+
+/// What GetComplaint shows of the pending clock: its due time, and
+/// whether it is running and breached (docs/complaints.md rules 4 and 5).
+fn pending_of(c: &pb::Complaint) -> (Option<i64>, bool) {
+    use pb::Status as S;
+    let open = matches!(
+        pb::Status::try_from(c.status).expect("status"),
+        S::Received | S::Acknowledged | S::InProgress | S::AwaitingClient | S::Reopened
+    );
+    let ack = c.acknowledgement_clock.expect("clock");
+    let pending = if ack.completed {
+        c.response_clock.expect("clock")
+    } else {
+        ack
+    };
+    if !open {
+        return (None, false);
+    }
+    (
+        pending.due_time.as_ref().map(millis),
+        !pending.stopped && pending.breached,
+    )
+}
+
+async fn run_clock_case(h: &Harness, n: usize, case: ClockCase) -> Result<(), String> {
+    let mut c = h.client().await;
+    let agency = format!("clk{n}");
+    let admin = h.token(&agency, ADMIN);
+    let officer = h.token(&agency, OFFICER);
+    let now = time::OffsetDateTime::now_utc();
+    let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+    let span: i64 = case.steps.iter().map(|s| s.1).sum::<i64>() + case.rest + 1;
+    let receive = now_ms - span * 60_000;
+    let receive_day = time::OffsetDateTime::from_unix_timestamp(receive / 1000)
+        .expect("time")
+        .date();
+    let weekend: Vec<i32> = (1..=7)
+        .filter(|w| case.weekend & (1 << (w - 1)) != 0)
+        .collect();
+    let holidays: Vec<Date> = case
+        .holidays
+        .iter()
+        .map(|d| {
+            let d = receive_day + time::Duration::days(*d);
+            day(d.year(), i32::from(u8::from(d.month())), i32::from(d.day()))
+        })
+        .collect();
+    c.create_calendar(req(
+        pb::CreateCalendarRequest {
+            parent: format!("agencies/{agency}"),
+            calendar_id: "cal".into(),
+            calendar: Some(pb::Calendar {
+                display_name: "random".into(),
+                time_zone: ZONES[case.zone].into(),
+                weekend_days: weekend,
+                holidays,
+                close_minute: case.close_minute,
+                ..Default::default()
+            }),
+        },
+        &admin,
+    ))
+    .await
+    .map_err(|e| format!("calendar: {e}"))?;
+    c.update_complaint_standard(req(
+        pb::UpdateComplaintStandardRequest {
+            complaint_standard: Some(pb::ComplaintStandard {
+                name: format!("agencies/{agency}/complaintStandard"),
+                calendar: format!("agencies/{agency}/calendars/cal"),
+                acknowledge_days: case.days[0],
+                frontline_days: case.days[1],
+                investigation_days: case.days[2],
+                internal_review_days: case.days[3],
+                external_review_days: case.days[4],
+                ..Default::default()
+            }),
+        },
+        &admin,
+    ))
+    .await
+    .map_err(|e| format!("standard: {e}"))?;
+    let (mut status, mut stage, mut at) = (pb::Status::Received, 1, receive);
+    let mut steps = Vec::new();
+    for (pick, gap) in &case.steps {
+        at += gap * 60_000;
+        let Some((action, to)) = next_step(status, stage, *pick) else {
+            continue;
+        };
+        let mut step = pb::HistoricStep {
+            action: action as i32,
+            time: Some(stamp(at)),
+            ..Default::default()
+        };
+        match action {
+            pb::historic_step::Action::Resolve => {
+                step.resolution = Some(pb::Resolution {
+                    outcome: pb::Outcome::ResolvedEarly as i32,
+                    ..Default::default()
+                });
+            }
+            pb::historic_step::Action::Escalate => {
+                stage += 1;
+                if stage == 4 {
+                    step.referral = Some(pb::Referral {
+                        body: "Ombudsman".into(),
+                        reference: "OMB-1".into(),
+                        ..Default::default()
+                    });
+                }
+            }
+            _ => {}
+        }
+        steps.push(step);
+        status = to;
+    }
+    let mut complaint = anonymous("A random history.");
+    complaint.receive_time = Some(stamp(receive));
+    let imported = c
+        .import_complaint(req(
+            pb::ImportComplaintRequest {
+                parent: format!("agencies/{agency}"),
+                complaint: Some(complaint),
+                complaint_id: "x".into(),
+                request_id: String::new(),
+                steps,
+            },
+            &admin,
+        ))
+        .await
+        .map_err(|e| format!("import: {e}"))?
+        .into_inner();
+    let get = |c: &mut ComplaintsServiceClient<Channel>| {
+        let mut c = c.clone();
+        let (name, officer) = (imported.name.clone(), officer.clone());
+        async move {
+            c.get_complaint(req(pb::GetComplaintRequest { name }, &officer))
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|e| format!("get: {e}"))
+        }
+    };
+    let listed = |c: &mut ComplaintsServiceClient<Channel>, filter: String| {
+        let mut c = c.clone();
+        let (parent, officer) = (format!("agencies/{agency}"), officer.clone());
+        async move {
+            let r = c
+                .list_complaints(req(
+                    pb::ListComplaintsRequest {
+                        parent,
+                        filter: filter.clone(),
+                        ..Default::default()
+                    },
+                    &officer,
+                ))
+                .await
+                .map_err(|e| format!("list {filter}: {e}"))?
+                .into_inner();
+            Ok::<_, String>(!r.complaints.is_empty())
+        }
+    };
+    let before = get(&mut c).await?;
+    let (due, overdue) = pending_of(&before);
+    let mut bounds = vec![now_ms + case.bound * 60_000];
+    if let Some(d) = due {
+        bounds.extend([d - 1, d, d + 1]);
+    }
+    let mut seen = Vec::new();
+    for filter in ["overdue = true", "overdue = false"] {
+        seen.push((filter.to_string(), listed(&mut c, filter.into()).await?));
+    }
+    for b in &bounds {
+        for op in ["<", "<=", ">", ">=", "!="] {
+            let f = format!("due_time {op} \"{}\"", rfc3339(*b));
+            seen.push((f.clone(), listed(&mut c, f).await?));
+        }
+    }
+    let after = get(&mut c).await?;
+    let ctx = || format!("{case:?}\nbefore {before:?}\nafter {after:?}");
+    // Rules 4-5 hold through time: what is due does not move while nothing happens.
+    if pending_of(&after).0 != due {
+        return Err(format!("due time moved: {}", ctx()));
+    }
+    for g in [&before, &after] {
+        let (d, o) = pending_of(g);
+        if g.due_time.as_ref().map(millis) != d || g.overdue != o {
+            return Err(format!(
+                "due_time/overdue differ from the clocks: {}",
+                ctx()
+            ));
+        }
+    }
+    // Overdue only changes forwards; the list is compared when it held throughout.
+    let stable = pending_of(&after).1 == overdue;
+    for (filter, found) in seen {
+        let expected = if filter == "overdue = true" {
+            if !stable {
+                continue;
+            }
+            overdue
+        } else if filter == "overdue = false" {
+            if !stable {
+                continue;
+            }
+            !overdue
+        } else {
+            let (op, rest) = filter
+                .trim_start_matches("due_time ")
+                .split_once(' ')
+                .expect("op");
+            let b = bounds
+                .iter()
+                .copied()
+                .find(|b| rest.trim_matches('"') == rfc3339(*b))
+                .expect("bound");
+            match (op, due) {
+                ("!=", None) => true,
+                (_, None) => false,
+                ("<", Some(d)) => d < b,
+                ("<=", Some(d)) => d <= b,
+                (">", Some(d)) => d > b,
+                (">=", Some(d)) => d >= b,
+                (_, Some(d)) => d != b,
+            }
+        };
+        if found != expected {
+            return Err(format!(
+                "List {filter:?} found it: {found}, GetComplaint says {expected}: {}",
+                ctx()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// GetComplaint and the list filters (`overdue`, `due_time` ranges) agree on
+/// random histories imported through the real service, on random calendars.
+#[test]
+fn get_and_list_agree_on_random_clock_histories() {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let h = rt.block_on(Harness::start());
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&clock_case(), |case| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        rt.block_on(run_clock_case(&h, n, case))
+            .map_err(TestCaseError::fail)
+    });
+    rt.block_on(h.stop());
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// The case of issue 12: due on one day, paused on the first working day
+/// after it and resumed on a non-working day is not overdue until another
+/// working day is counted — in Get and in List alike. Built around today
+/// (T) with a calendar whose weekend is T and the day before, so the test
+/// means the same on any day it runs.
+#[tokio::test]
+async fn a_pause_after_the_due_day_delays_overdue_in_get_and_list() {
+    let h = Harness::start().await;
+    let mut c = h.client().await;
+    let officer = h.token("dia", OFFICER);
+    let admin = h.token("dia", ADMIN);
+    use pb::historic_step::Action as A;
+    let today = time::OffsetDateTime::now_utc().date();
+    let ago = |n: i64| today - time::Duration::days(n);
+    let at = |d: time::Date, h: u8| {
+        stamp(
+            d.with_hms(h, 0, 0)
+                .expect("hms")
+                .assume_utc()
+                .unix_timestamp()
+                * 1000,
+        )
+    };
+    let iso = |d: time::Date| i32::from(d.weekday().number_from_monday());
+    c.create_calendar(req(
+        pb::CreateCalendarRequest {
+            parent: "agencies/dia".into(),
+            calendar_id: "t".into(),
+            calendar: Some(pb::Calendar {
+                display_name: "weekend today".into(),
+                time_zone: "UTC".into(),
+                weekend_days: vec![iso(today), iso(ago(1))],
+                ..Default::default()
+            }),
+        },
+        &admin,
+    ))
+    .await
+    .expect("calendar");
+    c.update_complaint_standard(req(
+        pb::UpdateComplaintStandardRequest {
+            complaint_standard: Some(pb::ComplaintStandard {
+                name: "agencies/dia/complaintStandard".into(),
+                calendar: "agencies/dia/calendars/t".into(),
+                frontline_days: 1,
+                ..Default::default()
+            }),
+        },
+        &admin,
+    ))
+    .await
+    .expect("standard");
+    let step = |action: A, t| pb::HistoricStep {
+        action: action as i32,
+        time: Some(t),
+        ..Default::default()
+    };
+    // Received T-4; day 1 (the due day) T-3; T-2, the first working day
+    // after it, paused from 09:00 until T-1 00:00 (not a working day).
+    let mut complaint = anonymous("Paused after its due day.");
+    complaint.receive_time = Some(at(ago(4), 10));
+    let imported = c
+        .import_complaint(req(
+            pb::ImportComplaintRequest {
+                parent: "agencies/dia".into(),
+                complaint: Some(complaint),
+                complaint_id: "late-pause".into(),
+                request_id: String::new(),
+                steps: vec![
+                    step(A::Acknowledge, at(ago(4), 11)),
+                    step(A::Start, at(ago(4), 11)),
+                    step(A::AwaitClient, at(ago(2), 9)),
+                    step(A::Resume, at(ago(1), 0)),
+                ],
+            },
+            &admin,
+        ))
+        .await
+        .expect("import")
+        .into_inner();
+    let got = c
+        .get_complaint(req(
+            pb::GetComplaintRequest {
+                name: imported.name.clone(),
+            },
+            &officer,
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    let resp = got.response_clock.expect("clock");
+    assert_eq!(
+        (resp.used_days, resp.breached, resp.stopped),
+        (1, false, false)
+    );
+    assert_eq!(resp.due_time, Some(at(ago(2), 0)));
+    assert_eq!((got.due_time, got.overdue), (resp.due_time, false));
+    let list = |filter: &str| {
+        let mut c = c.clone();
+        let r = req(
+            pb::ListComplaintsRequest {
+                parent: "agencies/dia".into(),
+                filter: filter.into(),
+                ..Default::default()
+            },
+            &officer,
+        );
+        async move {
+            c.list_complaints(r)
+                .await
+                .expect("list")
+                .into_inner()
+                .complaints
+                .len()
+        }
+    };
+    assert_eq!(list("overdue = true").await, 0);
+    assert_eq!(list("overdue = false").await, 1);
+    // Past its due time all the same, as Get shows.
+    let now = rfc3339((time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64);
+    assert_eq!(list(&format!("due_time < \"{now}\"")).await, 1);
+    h.stop().await;
+}

@@ -228,7 +228,9 @@ fn prepare(survey: &SurveyRecord, input: ResponseInput, link: Linkage, now: i64)
             reason: reason.clone(),
             status: FollowUpStatus::Open as i32,
             assignee: String::new(),
-            due_date: domain::add_working_days(now, *days),
+            // Due from when the client answered, not from when the response
+            // reached us (an imported response is not given fresh days).
+            due_date: domain::add_working_days(input.submit_time, *days),
             unit: input.unit.clone(),
             channel: input.channel,
             create_time: now,
@@ -289,6 +291,32 @@ fn opened_event(f: &FollowUpRecord) -> pb::FollowUpOpened {
         unit: f.unit.clone(),
         channel: f.channel,
         due_date: Some(times::date_from_key(f.due_date)),
+    }
+}
+
+/// `FollowUpClosed` for a follow-up as it is once closed. Every path that
+/// closes a follow-up (UpdateFollowUp, a client's erasure) announces it
+/// with this, so that `follow_ups_closed_on_time` counts each close.
+pub(crate) fn closed_event(f: &FollowUpRecord) -> pb::FollowUpClosed {
+    pb::FollowUpClosed {
+        follow_up: f.name(),
+        survey: store::survey_name(&f.agency, &f.survey_id),
+        status: f.status,
+        unit: f.unit.clone(),
+        channel: f.channel,
+        open_time: Some(times::timestamp(f.create_time)),
+        close_time: f.close_time.map(times::timestamp),
+    }
+}
+
+fn due_date_changed_event(f: &FollowUpRecord, previous: i64) -> pb::FollowUpDueDateChanged {
+    pb::FollowUpDueDateChanged {
+        follow_up: f.name(),
+        survey: store::survey_name(&f.agency, &f.survey_id),
+        unit: f.unit.clone(),
+        channel: f.channel,
+        due_date: Some(times::date_from_key(f.due_date)),
+        previous_due_date: Some(times::date_from_key(previous)),
     }
 }
 
@@ -1378,6 +1406,7 @@ impl FeedbackService for Feedback {
             if let Some(a) = assignee {
                 record.assignee = a;
             }
+            let previous_due = record.due_date;
             if let Some(d) = due {
                 record.due_date = d;
             }
@@ -1390,19 +1419,13 @@ impl FeedbackService for Feedback {
             }
             record.revision += 1;
             let name = record.name();
+            // The KPI judges a close against the due date in force, so a
+            // changed date goes out first (also when the same call closes).
+            if record.due_date != previous_due {
+                change.event(&name, &due_date_changed_event(&record, previous_due));
+            }
             if domain::is_closed(to) {
-                change.event(
-                    &name,
-                    &pb::FollowUpClosed {
-                        follow_up: name.clone(),
-                        survey: store::survey_name(agency, &record.survey_id),
-                        status: record.status,
-                        unit: record.unit.clone(),
-                        channel: record.channel,
-                        open_time: Some(times::timestamp(record.create_time)),
-                        close_time: Some(times::timestamp(now)),
-                    },
-                );
+                change.event(&name, &closed_event(&record));
             }
             Ok(change.finish(&name, follow_up_to_proto(&record)).await?)
         };

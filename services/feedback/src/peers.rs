@@ -15,7 +15,7 @@ use touchstone_auth::ServiceToken;
 use touchstone_platform::audit::{self, Access};
 use touchstone_platform::consumer::{self, BoxFuture, ConsumeError, FeedSource, Handler};
 use touchstone_platform::db::Tx;
-use touchstone_platform::{idempotency, names};
+use touchstone_platform::{idempotency, names, times};
 
 /// The cursor name of the register's feed in this service's database.
 pub const REGISTER_FEED: &str = "register";
@@ -134,6 +134,15 @@ impl FeedSource for Register {
     }
 }
 
+/// A store error met while applying an event: a database fault is retried,
+/// anything else means the event cannot be applied.
+fn consume_error(e: Error) -> ConsumeError {
+    match e {
+        Error::Database(e) => ConsumeError::Database(e),
+        other => ConsumeError::Malformed(other.to_string()),
+    }
+}
+
 /// Applies `touchstone.register.v1.ClientErased`: the comments as written
 /// by the client's responses are removed, stored replies naming them are
 /// forgotten, and their open follow-ups are closed with no action.
@@ -162,13 +171,10 @@ impl Handler for Eraser {
                     "the client is not of the event's agency".into(),
                 ));
             }
-            let responses = store::erase_client(tx, agency, client)
+            let done = store::erase_client(tx, agency, client, times::now_millis())
                 .await
-                .map_err(|e| match e {
-                    Error::Database(e) => ConsumeError::Database(e),
-                    other => ConsumeError::Malformed(other.to_string()),
-                })?;
-            for name in &responses {
+                .map_err(consume_error)?;
+            for name in &done.responses {
                 idempotency::forget_resource(tx, agency, name).await?;
             }
             audit::record(
@@ -182,6 +188,16 @@ impl Handler for Eraser {
                 },
             )
             .await?;
+            // Each close is announced like any other, in this transaction
+            // (so exactly once with the cursor), or the KPI never counts it.
+            let events: Vec<store::BatchEvent> = done
+                .closed
+                .iter()
+                .map(|f| store::BatchEvent::new(&f.name(), &crate::api::closed_event(f)))
+                .collect();
+            store::append_events(tx, agency, &events)
+                .await
+                .map_err(consume_error)?;
             Ok(())
         })
     }

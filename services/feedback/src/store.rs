@@ -618,14 +618,25 @@ pub async fn list_responses(
     Ok((records, next))
 }
 
+/// What erasing a client changed: the responses that named them, and the
+/// follow-ups that were still open and are now closed with no action.
+#[derive(Debug, Default)]
+pub struct Erased {
+    /// Names of the responses touched.
+    pub responses: Vec<String>,
+    /// The follow-ups closed, as they are after closing.
+    pub closed: Vec<FollowUpRecord>,
+}
+
 /// Removes what ties a client's responses to them: the comments as written
 /// are dropped (the masked analysis copy and the scores stay, so statistics
-/// stay whole). Returns the names of the responses touched.
+/// stay whole), and their open follow-ups close as NO_ACTION at `now`.
 pub async fn erase_client(
     tx: &mut Tx,
     agency: &str,
     client_id: &str,
-) -> Result<Vec<String>, Error> {
+    now: i64,
+) -> Result<Erased, Error> {
     let rows: Vec<(String, String)> =
         sqlx::query_as("SELECT survey_id, id FROM responses WHERE agency = $1 AND client_id = $2")
             .bind(agency)
@@ -639,20 +650,42 @@ pub async fn erase_client(
     .bind(client_id)
     .execute(tx.conn())
     .await?;
-    // An open follow-up can no longer be worked: nobody may contact the client.
+    // An open follow-up can no longer be worked: nobody may contact the
+    // client. Read first, so that the caller can announce each close.
+    let open = format!(
+        "SELECT {FOLLOW_UP_COLUMNS} FROM follow_ups WHERE agency = $1 AND client_id = $2 \
+         AND status IN (1, 2) ORDER BY id"
+    );
+    let mut closed = sqlx::query(sqlx::AssertSqlSafe(open))
+        .bind(agency)
+        .bind(client_id)
+        .fetch_all(tx.conn())
+        .await?
+        .iter()
+        .map(follow_up_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     sqlx::query(
         "UPDATE follow_ups SET status = 4, close_time = COALESCE(close_time, $1), update_time = $1, \
          revision = revision + 1 WHERE agency = $2 AND client_id = $3 AND status IN (1, 2)",
     )
-    .bind(touchstone_platform::times::now_millis())
+    .bind(now)
     .bind(agency)
     .bind(client_id)
     .execute(tx.conn())
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(survey, id)| response_name(agency, &survey, &id))
-        .collect())
+    for f in &mut closed {
+        f.status = crate::domain::FollowUpStatus::NoAction as i32;
+        f.close_time = Some(f.close_time.unwrap_or(now));
+        f.update_time = now;
+        f.revision += 1;
+    }
+    Ok(Erased {
+        responses: rows
+            .into_iter()
+            .map(|(survey, id)| response_name(agency, &survey, &id))
+            .collect(),
+        closed,
+    })
 }
 
 /// An outbox event of a batch, kept both as the platform's pending event

@@ -1439,6 +1439,126 @@ async fn rules_open_follow_ups_for_clients_who_agreed_to_contact() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn follow_ups_fall_due_from_submission_and_announce_due_date_changes() {
+    let h = Harness::start().await;
+    let mut c = h.client().await;
+    let survey = create_published(&mut c, &h.token("dia", ADMIN), "dia", every_kind()).await;
+    let officer = h.token("dia", OFFICER);
+    let client = register_client(&h, "dia", &[reg::ConsentPurpose::FeedbackSurveys]).await;
+    // Answered at noon on Monday 1 June 2026 and submitted months later:
+    // five weekdays from the answer is Monday 8 June, whenever it arrives.
+    let r = submit(
+        &mut c,
+        &h.token("dia", INTAKE),
+        &survey.name,
+        pb::Response {
+            answers: vec![score("agree", 1)],
+            client: client.clone(),
+            contact_agreed: true,
+            submit_time: at(2026, 6, 1),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("submit");
+    let get = |name: String| pb::GetFollowUpRequest { name };
+    let f = c
+        .get_follow_up(req(get(r.follow_up.clone()), &officer))
+        .await
+        .expect("follow-up")
+        .into_inner();
+    let june = |day| {
+        Some(Date {
+            year: 2026,
+            month: 6,
+            day,
+        })
+    };
+    assert_eq!(f.due_date, june(8));
+
+    // A new due date is announced with the one it replaces; setting the
+    // same date again, or changing only the assignee, announces nothing.
+    let update = |etag: String, due: Option<Date>, status: pb::FollowUpStatus, paths: &[&str]| {
+        pb::UpdateFollowUpRequest {
+            follow_up: Some(pb::FollowUp {
+                name: f.name.clone(),
+                status: status as i32,
+                assignee: "kiri".into(),
+                due_date: due,
+                etag,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+            }),
+            ..Default::default()
+        }
+    };
+    let open = pb::FollowUpStatus::Open;
+    let moved = c
+        .update_follow_up(req(
+            update(f.etag.clone(), june(3), open, &["due_date"]),
+            &officer,
+        ))
+        .await
+        .expect("move")
+        .into_inner();
+    assert_eq!(moved.due_date, june(3));
+    let same = c
+        .update_follow_up(req(
+            update(moved.etag.clone(), june(3), open, &["due_date", "assignee"]),
+            &officer,
+        ))
+        .await
+        .expect("same date")
+        .into_inner();
+    // Moved again and resolved in one call: the date goes out before the close.
+    c.update_follow_up(req(
+        update(
+            same.etag.clone(),
+            june(4),
+            pb::FollowUpStatus::Resolved,
+            &["due_date", "status"],
+        ),
+        &officer,
+    ))
+    .await
+    .expect("move and resolve");
+
+    let mine: Vec<_> = events(&h, &mut c)
+        .await
+        .into_iter()
+        .filter(|e| e.name == f.name)
+        .collect();
+    let kinds: Vec<&str> = mine
+        .iter()
+        .map(|e| e.r#type.rsplit('.').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "FollowUpOpened",
+            "FollowUpDueDateChanged",
+            "FollowUpDueDateChanged",
+            "FollowUpClosed"
+        ]
+    );
+    let opened: pb::FollowUpOpened = decode(&mine[0]);
+    assert_eq!(opened.due_date, june(8));
+    let first: pb::FollowUpDueDateChanged = decode(&mine[1]);
+    assert_eq!(
+        (first.due_date, first.previous_due_date, first.unit),
+        (june(3), june(8), f.unit.clone())
+    );
+    let second: pb::FollowUpDueDateChanged = decode(&mine[2]);
+    assert_eq!(
+        (second.due_date, second.previous_due_date),
+        (june(4), june(3))
+    );
+    h.stop().await;
+}
+
 fn row(
     row_id: &str,
     survey: &str,
@@ -1815,14 +1935,28 @@ async fn erasure_in_the_register_removes_comments_and_stops_follow_ups() {
         .expect("follow-up")
         .into_inner();
     assert_eq!(follow_up.status, pb::FollowUpStatus::NoAction as i32);
+    // The close is announced like any other, so the KPI counts it.
+    let closed = |all: Vec<touchstone_api::common::v1::Event>| -> Vec<pb::FollowUpClosed> {
+        all.iter()
+            .filter(|e| e.r#type == "touchstone.feedback.v1.FollowUpClosed")
+            .map(decode)
+            .collect()
+    };
+    let announced = closed(events(&h, &mut c).await);
+    assert_eq!(announced.len(), 1);
+    assert_eq!(announced[0].follow_up, r.follow_up);
+    assert_eq!(announced[0].status, pb::FollowUpStatus::NoAction as i32);
+    assert_eq!(announced[0].close_time, follow_up.close_time);
+    assert!(announced[0].open_time.is_some());
     // The stored reply (which held the comment) is forgotten too.
     let err = c
         .submit_response(req(request, &h.token("dia", INTAKE)))
         .await
         .expect_err("forgotten");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    // Consuming again changes nothing.
+    // Consuming again changes nothing and announces nothing more.
     h.consume_register_feed().await;
+    assert_eq!(closed(events(&h, &mut c).await).len(), 1);
     h.stop().await;
 }
 

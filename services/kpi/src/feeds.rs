@@ -472,6 +472,18 @@ impl Deltas for FeedbackHandler {
                     store::open_follow_up(tx, agency, &e.follow_up, &e.unit, e.channel, due)
                         .await?;
                 }
+                "FollowUpDueDateChanged" => {
+                    // A close is judged against the due date in force when
+                    // it closes, so the open follow-up takes the new date.
+                    let e: fpb::FollowUpDueDateChanged = consumer::payload(event)?;
+                    let due = e
+                        .due_date
+                        .as_ref()
+                        .and_then(domain::wire_date)
+                        .map(domain::day_key)
+                        .ok_or_else(|| malformed("follow-up due date change without a date"))?;
+                    store::reschedule_follow_up(tx, agency, &e.follow_up, due).await?;
+                }
                 "FollowUpClosed" => {
                     let e: fpb::FollowUpClosed = consumer::payload(event)?;
                     let closed = utc_day(e.close_time.as_ref())

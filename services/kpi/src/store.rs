@@ -508,6 +508,23 @@ pub async fn open_follow_up(
     Ok(())
 }
 
+/// Moves an open follow-up's due day; one already closed (or never seen)
+/// is left alone. Setting a value, it is the same applied once or twice.
+pub async fn reschedule_follow_up(
+    tx: &mut Tx,
+    agency: &str,
+    follow_up: &str,
+    due_day: i64,
+) -> Result<()> {
+    sqlx::query("UPDATE kpi_follow_ups SET due_day = $1 WHERE agency = $2 AND follow_up = $3")
+        .bind(due_day)
+        .bind(agency)
+        .bind(follow_up)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
 /// Forgets an open follow-up, returning its due day if it was known.
 pub async fn close_follow_up(tx: &mut Tx, agency: &str, follow_up: &str) -> Result<Option<i64>> {
     let due: Option<i64> = sqlx::query_scalar(

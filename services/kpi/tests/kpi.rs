@@ -551,7 +551,26 @@ fn feedback_events(feed: &mut VecFeed, agency: &str, n: usize, seed: u64) {
                 due_date: Some(due),
             },
         );
-        if rng.chance(85) {
+        // Some due dates are moved (earlier or later) while open, or
+        // after the follow-up closed, when the change must not count.
+        let moved = rng.chance(30).then(|| add_days(&opened, rng.below(9)));
+        let closing = rng.chance(85);
+        let moved_after_close = rng.chance(20);
+        if let Some(due) = moved.clone().filter(|_| !(closing && moved_after_close)) {
+            feed.push(
+                agency,
+                &name,
+                &fpb::FollowUpDueDateChanged {
+                    follow_up: name.clone(),
+                    survey: format!("agencies/{agency}/surveys/s1"),
+                    unit: unit.into(),
+                    channel: 2,
+                    due_date: Some(due),
+                    previous_due_date: None,
+                },
+            );
+        }
+        if closing {
             let closed = add_days(&opened, rng.below(9));
             let t = time::Date::from_calendar_date(
                 closed.year,
@@ -579,6 +598,20 @@ fn feedback_events(feed: &mut VecFeed, agency: &str, n: usize, seed: u64) {
                     }),
                 },
             );
+            if let Some(due) = moved.filter(|_| moved_after_close) {
+                feed.push(
+                    agency,
+                    &name,
+                    &fpb::FollowUpDueDateChanged {
+                        follow_up: name.clone(),
+                        survey: format!("agencies/{agency}/surveys/s1"),
+                        unit: unit.into(),
+                        channel: 2,
+                        due_date: Some(due),
+                        previous_due_date: None,
+                    },
+                );
+            }
         }
     }
 }
@@ -633,6 +666,12 @@ fn truth(complaints: &VecFeed, feedback: &VecFeed, agency: &str, unit: Option<&s
             "FollowUpOpened" => {
                 let f: fpb::FollowUpOpened = any.to_msg().expect("decode");
                 due.insert(f.follow_up.clone(), (f.due_date.expect("due"), f.unit));
+            }
+            "FollowUpDueDateChanged" => {
+                let f: fpb::FollowUpDueDateChanged = any.to_msg().expect("decode");
+                if let Some(open) = due.get_mut(&f.follow_up) {
+                    open.0 = f.due_date.expect("due");
+                }
             }
             "FollowUpClosed" => {
                 let f: fpb::FollowUpClosed = any.to_msg().expect("decode");
@@ -1421,6 +1460,91 @@ async fn late_events_land_in_their_own_period() {
         r.series[0].points[0].value.as_ref().expect("v").value,
         Some(8.0)
     );
+}
+
+#[tokio::test]
+async fn a_moved_due_date_decides_whether_a_follow_up_closed_on_time() {
+    // Twelve follow-ups opened on 2 November 2026, due on the 9th, all
+    // closed on the 6th; four had their due date moved to the 4th first, so
+    // they closed late: 8 of 12 on time (not 12 of 12).
+    let h = Harness::start(1).await;
+    let (complaints, mut feedback) = (VecFeed::default(), VecFeed::default());
+    let noon_6th = time::macros::datetime!(2026-11-06 12:00 UTC).unix_timestamp();
+    for i in 0..12 {
+        let name = format!("agencies/a1/followUps/f{i}");
+        let common = |due| fpb::FollowUpDueDateChanged {
+            follow_up: name.clone(),
+            survey: "agencies/a1/surveys/s1".into(),
+            unit: "north".into(),
+            channel: 2,
+            due_date: Some(due),
+            previous_due_date: None,
+        };
+        let opened = common(date(2026, 11, 9));
+        feedback.push(
+            "a1",
+            &name,
+            &fpb::FollowUpOpened {
+                follow_up: opened.follow_up,
+                survey: opened.survey,
+                unit: opened.unit,
+                channel: opened.channel,
+                due_date: opened.due_date,
+            },
+        );
+        if i % 3 == 0 {
+            feedback.push("a1", &name, &common(date(2026, 11, 4)));
+        }
+        feedback.push(
+            "a1",
+            &name,
+            &fpb::FollowUpClosed {
+                follow_up: name.clone(),
+                survey: "agencies/a1/surveys/s1".into(),
+                status: 3,
+                unit: "north".into(),
+                channel: 2,
+                open_time: None,
+                close_time: Some(prost_types::Timestamp {
+                    seconds: noon_6th,
+                    nanos: 0,
+                }),
+            },
+        );
+        // A change after the close is too late to matter.
+        feedback.push("a1", &name, &common(date(2026, 11, 1)));
+    }
+    h.feed(&complaints, &feedback).await;
+    let mut c = h.client().await;
+    let on_time = |r: pb::QueryIndicatorResponse| {
+        let v = r.series[0].points[0].value.clone().expect("value");
+        (v.numerator, v.denominator)
+    };
+    let ask = |c: &mut KpiServiceClient<Channel>| {
+        let mut c = c.clone();
+        let token = h.token("a1", ANALYST);
+        async move {
+            query(
+                &mut c,
+                &token,
+                "a1",
+                "follow_ups_closed_on_time",
+                date(2026, 11, 1),
+                date(2026, 11, 30),
+                pb::Granularity::Month,
+                pb::Dimension::Unspecified,
+                "",
+            )
+            .await
+            .expect("query")
+        }
+    };
+    assert_eq!(on_time(ask(&mut c).await), (Some(8), Some(12)));
+    // Rebuilt from the feeds: the same.
+    feeds::rebuild(h.db(), &complaints, &feedback)
+        .await
+        .expect("rebuild");
+    assert_eq!(on_time(ask(&mut c).await), (Some(8), Some(12)));
 }
 
 fn response(

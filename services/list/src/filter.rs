@@ -99,7 +99,7 @@ impl Expr {
                 field,
                 op: op.complement(),
                 value,
-                or_null: field.nullable && !or_null,
+                or_null: field.may_be_absent() && !or_null,
             },
         }
     }
@@ -162,7 +162,15 @@ impl Expr {
                 let p = b.bind(value.clone());
                 let col = field.column;
                 let op = op.sql();
-                if *or_null {
+                if field.ty == FieldType::TimestampOrNever {
+                    // "Never" is stored as the largest BIGINT: it answers as NULL would.
+                    let never = i64::MAX;
+                    if *or_null {
+                        let _ = write!(out, "({col} = {never} OR {col} {op} {p})");
+                    } else {
+                        let _ = write!(out, "({col} {op} {p} AND {col} <> {never})");
+                    }
+                } else if *or_null {
                     let _ = write!(out, "({col} IS NULL OR {col} {op} {p})");
                 } else {
                     let _ = write!(out, "{col} {op} {p}");
@@ -616,7 +624,9 @@ fn comparison(field: &'static Field, op: Op, lit: &Lit) -> Result<Expr, ListErro
                 or_null: !passed,
             });
         }
-        (FieldType::Timestamp, lit) => timestamp(field, op, lit.text())?,
+        (FieldType::Timestamp | FieldType::TimestampOrNever, lit) => {
+            timestamp(field, op, lit.text())?
+        }
         (FieldType::Date, lit) => match date(lit.text()) {
             Some(d) => (op, SqlValue::Int(d)),
             None => {
@@ -649,7 +659,7 @@ fn comparison(field: &'static Field, op: Op, lit: &Lit) -> Result<Expr, ListErro
         field,
         op,
         value,
-        or_null: field.nullable && op == Op::Ne,
+        or_null: field.may_be_absent() && op == Op::Ne,
     })
 }
 
@@ -778,6 +788,13 @@ mod tests {
                 sortable: false,
                 nullable: true,
             },
+            Field {
+                name: "due_time",
+                column: "due_time",
+                ty: FieldType::TimestampOrNever,
+                sortable: true,
+                nullable: false,
+            },
         ],
         id_column: "id",
         default_order: "create_time desc",
@@ -806,6 +823,30 @@ mod tests {
         let e = parse(&SCHEMA, filter).expect_err(filter);
         assert_eq!(e.field, "filter");
         e.description
+    }
+
+    #[test]
+    fn never_is_absent_in_every_comparison() {
+        let never = i64::MAX;
+        let t = "\"2026-12-01T00:00:00Z\"";
+        for op in ["<", "<=", ">", ">=", "="] {
+            assert_eq!(
+                sql_of(&format!("due_time {op} {t}")),
+                format!("(due_time {op} $1 AND due_time <> {never})")
+            );
+        }
+        assert_eq!(
+            sql_of(&format!("due_time != {t}")),
+            format!("(due_time = {never} OR due_time <> $1)")
+        );
+        assert_eq!(
+            sql_of(&format!("NOT due_time < {t}")),
+            format!("(due_time = {never} OR due_time >= $1)")
+        );
+        assert_eq!(
+            shape(&format!("NOT due_time > {t}")),
+            "due_time<=i1796083200000|null"
+        );
     }
 
     #[test]

@@ -132,6 +132,7 @@ pub(crate) fn parse(schema: &Schema, input: &str) -> Result<Vec<SortKey>, ListEr
             FieldType::Bool => KeyKind::Bool,
             FieldType::Integer
             | FieldType::Timestamp
+            | FieldType::TimestampOrNever
             | FieldType::Date
             | FieldType::Enum(_)
             | FieldType::Passed => KeyKind::Int,

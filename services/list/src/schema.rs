@@ -9,6 +9,11 @@ pub enum FieldType {
     /// Stored as INTEGER milliseconds since the epoch (UTC); filter literal is an RFC 3339
     /// string, e.g. `create_time > "2026-01-01T00:00:00Z"`.
     Timestamp,
+    /// Like `Timestamp`, but the largest BIGINT (`i64::MAX`) stands for "never" (no value), so
+    /// that the column needs no NULL: it sorts last and orders along a plain index. In filters
+    /// "never" behaves as an absent value does on a nullable field: it satisfies no comparison
+    /// (`due_time > "2026-12-01T00:00:00Z"` leaves it out) and satisfies a negated one.
+    TimestampOrNever,
     /// Stored as INTEGER yyyymmdd (e.g. 20261201); filter literal "2026-12-01" (quoted or bare).
     Date,
     /// Stored as INTEGER milliseconds (nullable): the instant from which something holds,
@@ -42,6 +47,14 @@ pub struct Schema {
     pub id_column: &'static str,
     /// Used when order_by is empty, e.g. "create_time desc".
     pub default_order: &'static str,
+}
+
+impl Field {
+    /// Whether the column can hold "no value" (NULL, or the never value), which satisfies no
+    /// comparison and every negated one.
+    pub(crate) fn may_be_absent(&self) -> bool {
+        self.nullable || self.ty == FieldType::TimestampOrNever
+    }
 }
 
 impl Schema {

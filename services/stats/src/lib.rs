@@ -124,7 +124,7 @@ pub struct NpsEstimate {
     pub score: f64,
     /// sqrt((pP + pD − (pP − pD)²) / n).
     pub standard_error: f64,
-    /// score ± 1.96 SE, clamped to [−1, 1].
+    /// score ± z·SE with z = [`Z95`] (1.959964), clamped to [−1, 1].
     pub interval: Interval,
 }
 
@@ -205,7 +205,7 @@ pub fn welch_t(a: (f64, f64, u64), b: (f64, f64, u64)) -> Option<Test> {
 pub struct QuantileEstimate {
     /// The smallest value whose cumulative count reaches ⌈q·n⌉ (nearest rank).
     pub value: f64,
-    /// Values at ranks ⌊nq − 1.96·sqrt(nq(1−q))⌋ and ⌈nq + 1.96·sqrt(nq(1−q))⌉,
+    /// Values at ranks ⌊nq − z·sqrt(nq(1−q))⌋ and ⌈nq + z·sqrt(nq(1−q))⌉, z = [`Z95`],
     /// clamped to 1..n.
     pub interval: Interval,
 }
@@ -473,6 +473,29 @@ mod tests {
     /// The worked example of whuber's answer to "How can I calculate margin
     /// of error in a NPS result?" (Cross Validated): half promoters, a third
     /// passives, a sixth detractors give NPS 1/3 and variance 5/9 per answer.
+    /// docs/kpi.md states the z every interval uses as the code has it (to
+    /// six places), never as a rounded 1.96 the code does not use.
+    #[test]
+    fn docs_state_the_z_the_intervals_use() {
+        let docs = include_str!("../../../docs/kpi.md");
+        let z = format!("{Z95:.6}");
+        assert_eq!(z, "1.959964");
+        let section = docs
+            .split("## Intervals, significance and suppression")
+            .nth(1)
+            .expect("the intervals section");
+        for bullet in ["**Shares**", "**NPS**", "**Quantiles**"] {
+            let text = section
+                .split("\n- ")
+                .find(|b| b.starts_with(bullet))
+                .unwrap_or_else(|| panic!("{bullet} in docs/kpi.md"));
+            assert!(text.contains(&z), "{bullet} names z = {z}: {text}");
+            let rounded_as_z = text.replace("≈ 1.96", "").contains("1.96·")
+                || text.replace("≈ 1.96", "").contains("1.96√");
+            assert!(!rounded_as_z, "{bullet} computes with 1.96: {text}");
+        }
+    }
+
     #[test]
     fn nps_matches_worked_example() {
         let e = nps(300, 100, 600).expect("estimate");
