@@ -88,4 +88,5 @@ named!(
     gateway::v1::Agency,
     gateway::v1::Unit,
     gateway::v1::PeerGroup,
+    gateway::v1::ApiKey,
 );

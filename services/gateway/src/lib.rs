@@ -25,16 +25,30 @@ pub const SERVICE_NAME: &str = "touchstone.gateway.v1.GatewayService";
 /// The gateway's tables, per backend.
 pub static MIGRATIONS: MigrationSet = MigrationSet {
     component: "gateway",
-    sqlite: &[Migration {
-        version: 1,
-        name: "gateway",
-        sql: include_str!("../migrations/sqlite/0001_gateway.sql"),
-    }],
-    postgres: &[Migration {
-        version: 1,
-        name: "gateway",
-        sql: include_str!("../migrations/postgres/0001_gateway.sql"),
-    }],
+    sqlite: &[
+        Migration {
+            version: 1,
+            name: "gateway",
+            sql: include_str!("../migrations/sqlite/0001_gateway.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "api_keys",
+            sql: include_str!("../migrations/sqlite/0002_api_keys.sql"),
+        },
+    ],
+    postgres: &[
+        Migration {
+            version: 1,
+            name: "gateway",
+            sql: include_str!("../migrations/postgres/0001_gateway.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "api_keys",
+            sql: include_str!("../migrations/postgres/0002_api_keys.sql"),
+        },
+    ],
 };
 
 /// Every migration set the gateway's database needs, in order.

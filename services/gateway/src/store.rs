@@ -421,3 +421,144 @@ pub async fn agencies_in(tx: &mut Tx, ids: &[String]) -> Result<Vec<AgencyRow>, 
     }
     Ok(out)
 }
+
+// ---- API keys ----
+
+/// An API key as stored: its hash, never the key.
+#[derive(Debug, Clone)]
+pub struct ApiKeyRow {
+    /// Agency.
+    pub agency: String,
+    /// Key id.
+    pub id: String,
+    /// The system it is for.
+    pub display_name: String,
+    /// SHA-256 of the key, hex.
+    pub key_hash: String,
+    /// Requests per minute.
+    pub requests_per_minute: i64,
+    /// Millis.
+    pub create_time: i64,
+    /// Millis, once revoked.
+    pub revoke_time: Option<i64>,
+}
+
+impl ApiKeyRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(ApiKeyRow {
+            agency: r.try_get("agency")?,
+            id: r.try_get("id")?,
+            display_name: r.try_get("display_name")?,
+            key_hash: r.try_get("key_hash")?,
+            requests_per_minute: r.try_get("requests_per_minute")?,
+            create_time: r.try_get("create_time")?,
+            revoke_time: r.try_get("revoke_time")?,
+        })
+    }
+
+    /// The resource name.
+    pub fn name(&self) -> String {
+        format!("agencies/{}/apiKeys/{}", self.agency, self.id)
+    }
+
+    /// The wire message, without the key.
+    pub fn to_proto(&self) -> pb::ApiKey {
+        pb::ApiKey {
+            name: self.name(),
+            display_name: self.display_name.clone(),
+            requests_per_minute: self.requests_per_minute as i32,
+            create_time: Some(times::timestamp(self.create_time)),
+            revoke_time: self.revoke_time.map(times::timestamp),
+            key: String::new(),
+        }
+    }
+}
+
+const API_KEY_COLUMNS: &str =
+    "agency, id, display_name, key_hash, requests_per_minute, create_time, revoke_time";
+
+/// Inserts a key.
+pub async fn insert_api_key(tx: &mut Tx, k: &ApiKeyRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO hub_api_keys (agency, id, display_name, key_hash, requests_per_minute, \
+         create_time, revoke_time) VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+    )
+    .bind(&k.agency)
+    .bind(&k.id)
+    .bind(&k.display_name)
+    .bind(&k.key_hash)
+    .bind(k.requests_per_minute)
+    .bind(k.create_time)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// A key by agency and id.
+pub async fn get_api_key(
+    tx: &mut Tx,
+    agency: &str,
+    id: &str,
+) -> Result<Option<ApiKeyRow>, sqlx::Error> {
+    let sql = format!("SELECT {API_KEY_COLUMNS} FROM hub_api_keys WHERE agency = $1 AND id = $2");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await?
+        .map(|r| ApiKeyRow::from_row(&r))
+        .transpose()
+}
+
+/// The key with this hash, in any agency (read in the all-agencies scope:
+/// the key is what names the agency).
+pub async fn find_api_key(tx: &mut Tx, key_hash: &str) -> Result<Option<ApiKeyRow>, sqlx::Error> {
+    let sql = format!("SELECT {API_KEY_COLUMNS} FROM hub_api_keys WHERE key_hash = $1");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key_hash)
+        .fetch_optional(tx.conn())
+        .await?
+        .map(|r| ApiKeyRow::from_row(&r))
+        .transpose()
+}
+
+/// An agency's keys after `after`, at most `limit`.
+pub async fn list_api_keys(
+    tx: &mut Tx,
+    agency: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {API_KEY_COLUMNS} FROM hub_api_keys WHERE agency = $1 AND id > $2 \
+         ORDER BY id LIMIT $3"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(tx.conn())
+        .await?
+        .iter()
+        .map(ApiKeyRow::from_row)
+        .collect()
+}
+
+/// Marks a key revoked (once: a second revocation keeps the first time).
+pub async fn revoke_api_key(
+    tx: &mut Tx,
+    agency: &str,
+    id: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE hub_api_keys SET revoke_time = $3 \
+         WHERE agency = $1 AND id = $2 AND revoke_time IS NULL",
+    )
+    .bind(agency)
+    .bind(id)
+    .bind(now)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}

@@ -330,6 +330,9 @@ struct Harness {
     kpi: Arc<Mutex<KpiState>>,
     gateway: Server,
     http: std::net::SocketAddr,
+    /// The gateway's methods in process, over the same database, for what
+    /// has no gRPC face (checking an API key).
+    api: touchstone_gateway::api::Gateway,
 }
 
 const OFFICER: &[Role] = &[Role::Officer];
@@ -429,6 +432,12 @@ impl Harness {
             10,
         )
         .expect("peers");
+        let api = touchstone_gateway::api::Gateway::new(
+            gateway_db.db.clone(),
+            keys(),
+            peers.backends.clone(),
+            10,
+        );
         let http = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind http");
@@ -458,6 +467,7 @@ impl Harness {
             kpi: kpi_state,
             gateway,
             http: http_addr,
+            api,
         }
     }
 
@@ -1383,4 +1393,155 @@ async fn json_api_and_pages_answer() {
         assert_eq!(status, 200, "{path}: {body}");
     }
     assert_eq!(h.http_get("/nothing-here", None).await.0, 404);
+}
+
+#[tokio::test]
+async fn api_keys_are_issued_hashed_revoked_and_rate_limited() {
+    let h = Harness::start().await;
+    let mut g = h.gateway().await;
+    create_agency(&h, "passports", pb::BenchmarkConsent::Named, &h.hub())
+        .await
+        .expect("agency");
+    create_agency(&h, "tax", pb::BenchmarkConsent::Named, &h.hub())
+        .await
+        .expect("agency");
+    let admin = h.token("passports", ADMIN);
+    let create = |id: &str, rate: i32, request_id: &str| pb::CreateApiKeyRequest {
+        parent: "agencies/passports".into(),
+        api_key: Some(pb::ApiKey {
+            display_name: format!("System {id}"),
+            requests_per_minute: rate,
+            ..Default::default()
+        }),
+        api_key_id: id.into(),
+        request_id: request_id.into(),
+    };
+    let made = g
+        .create_api_key(req(create("web-forms", 3, "k1"), &admin))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(made.name, "agencies/passports/apiKeys/web-forms");
+    assert!(made.key.starts_with("ts311_"), "the key is in the answer");
+    assert_eq!(made.requests_per_minute, 3);
+    // A retry answers the same key record, without the secret (not kept).
+    let again = g
+        .create_api_key(req(create("web-forms", 3, "k1"), &admin))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(again.name, made.name);
+    assert!(again.key.is_empty());
+    // Listing never shows the key.
+    let listed = g
+        .list_api_keys(req(
+            pb::ListApiKeysRequest {
+                parent: "agencies/passports".into(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.api_keys.len(), 1);
+    assert!(listed.api_keys[0].key.is_empty());
+    assert_eq!(listed.api_keys[0].requests_per_minute, 3);
+
+    // Only agency_admin of the agency: an officer, or another agency's admin, may not.
+    for (token, code) in [
+        (h.token("passports", OFFICER), Code::PermissionDenied),
+        (h.token("tax", ADMIN), Code::PermissionDenied),
+        (h.hub(), Code::PermissionDenied),
+    ] {
+        let e = g
+            .create_api_key(req(create("other", 0, "k2"), &token))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), code);
+    }
+    let e = g
+        .revoke_api_key(req(
+            pb::RevokeApiKeyRequest {
+                name: made.name.clone(),
+                request_id: "r0".into(),
+            },
+            &h.token("tax", ADMIN),
+        ))
+        .await
+        .expect_err("other agency");
+    assert_eq!(e.code(), Code::NotFound);
+    // Every bad field is named.
+    let e = g
+        .create_api_key(req(
+            pb::CreateApiKeyRequest {
+                parent: "agencies/passports".into(),
+                api_key: Some(pb::ApiKey {
+                    requests_per_minute: -5,
+                    ..Default::default()
+                }),
+                api_key_id: "Bad Id".into(),
+                request_id: "k3".into(),
+            },
+            &admin,
+        ))
+        .await
+        .expect_err("invalid");
+    assert_eq!(
+        violations(&e),
+        vec![
+            "api_key_id".to_string(),
+            "api_key.display_name".to_string(),
+            "api_key.requests_per_minute".to_string()
+        ]
+    );
+
+    // The key names its agency, and its rate holds per minute.
+    let grant = h.api.verify_api_key(&made.key).await.expect("valid key");
+    assert_eq!(grant.agency, "passports");
+    assert_eq!(grant.key, made.name);
+    // Rate 3 a minute: within at most two windows a call is refused (the
+    // clock's minute may turn between calls, which restarts the count).
+    let mut admitted = 1;
+    let refused = loop {
+        match h.api.verify_api_key(&made.key).await {
+            Ok(_) if admitted < 7 => admitted += 1,
+            Ok(_) => break None,
+            Err(e) => break Some(Status::from(e)),
+        }
+    };
+    assert_eq!(refused.map(|e| e.code()), Some(Code::ResourceExhausted));
+    assert!(admitted >= 3, "{admitted}");
+    for bad in ["", "ts311_nope", "web-forms"] {
+        let e = Status::from(h.api.verify_api_key(bad).await.expect_err("unknown"));
+        assert_eq!(e.code(), Code::PermissionDenied);
+    }
+
+    // Revoked: refused from then on; a second revocation keeps the first time.
+    let revoked = g
+        .revoke_api_key(req(
+            pb::RevokeApiKeyRequest {
+                name: made.name.clone(),
+                request_id: "r1".into(),
+            },
+            &admin,
+        ))
+        .await
+        .expect("revoke")
+        .into_inner();
+    assert!(revoked.revoke_time.is_some());
+    let twice = g
+        .revoke_api_key(req(
+            pb::RevokeApiKeyRequest {
+                name: made.name.clone(),
+                request_id: "r2".into(),
+            },
+            &admin,
+        ))
+        .await
+        .expect("revoke again")
+        .into_inner();
+    assert_eq!(twice.revoke_time, revoked.revoke_time);
+    let e = Status::from(h.api.verify_api_key(&made.key).await.expect_err("revoked"));
+    assert_eq!(e.code(), Code::PermissionDenied);
 }
