@@ -670,6 +670,172 @@ impl Gateway {
         })
     }
 
+    // ---- Open311 services ----
+
+    async fn create_open311_service(
+        &self,
+        caller: &Caller,
+        req: pb::CreateOpen311ServiceRequest,
+    ) -> Result<pb::Open311Service, Error> {
+        let agency = agency_of("parent", &req.parent)?.to_string();
+        authorize(caller, &[Role::AgencyAdmin], &agency, Target::Collection)?;
+        let service = req.open311_service.clone().unwrap_or_default();
+        let mut v = Violations::new();
+        if let Err(e) = names::check_id(&req.open311_service_id) {
+            v.add("open311_service_id", e.to_string());
+        }
+        if let Err(e) = domain::check_display_name(&service.display_name) {
+            v.add("open311_service.display_name", e);
+        }
+        domain::check_open311_service(&service, &mut v);
+        v.finish().map_err(Error::InvalidArgument)?;
+        let fp = fingerprint(&req);
+        let mut change = match self
+            .begin::<pb::Open311Service>(
+                caller,
+                &agency,
+                "CreateOpen311Service",
+                &req.request_id,
+                fp,
+            )
+            .await?
+        {
+            Begun::Replay(r) => return Ok(r),
+            Begun::Fresh(c) => c,
+        };
+        if store::get_agency(&mut change.tx, &agency).await?.is_none() {
+            return Err(Error::FailedPrecondition {
+                reason: "AGENCY_NOT_IN_DIRECTORY",
+                message: "the agency is not in the hub directory; a hub_admin adds it first",
+            });
+        }
+        if store::get_open311_service(&mut change.tx, &agency, &req.open311_service_id)
+            .await?
+            .is_some()
+        {
+            return Err(Error::AlreadyExists("open311 service"));
+        }
+        let row = store::Open311ServiceRow {
+            agency: agency.clone(),
+            id: req.open311_service_id.clone(),
+            display_name: service.display_name.trim().to_string(),
+            description: service.description.trim().to_string(),
+            group: service.group.trim().to_string(),
+            keywords: service
+                .keywords
+                .iter()
+                .map(|k| k.trim().to_string())
+                .collect(),
+            complaint_category: service.complaint_category.trim().to_string(),
+            complaint_service: service.complaint_service.trim().to_string(),
+            create_time: times::now_millis(),
+        };
+        store::insert_open311_service(&mut change.tx, &row).await?;
+        let out = row.to_proto();
+        let name = out.name.clone();
+        Ok(change.finish(&name, out).await?)
+    }
+
+    async fn list_open311_services(
+        &self,
+        caller: &Caller,
+        req: pb::ListOpen311ServicesRequest,
+    ) -> Result<pb::ListOpen311ServicesResponse, Error> {
+        let agency = agency_of("parent", &req.parent)?;
+        authorize(caller, &[Role::AgencyAdmin], agency, Target::Collection)?;
+        let limit = page_size(req.page_size)?;
+        let after = decode_token(&req.page_token)?;
+        let mut tx = self.db.read(Scope::Agency(agency)).await?;
+        let mut rows = store::list_open311_services(&mut tx, agency, &after, limit + 1).await?;
+        let next_page_token = next_token(&mut rows, limit, |k| &k.id);
+        Ok(pb::ListOpen311ServicesResponse {
+            open311_services: rows
+                .iter()
+                .map(store::Open311ServiceRow::to_proto)
+                .collect(),
+            next_page_token,
+        })
+    }
+
+    async fn delete_open311_service(
+        &self,
+        caller: &Caller,
+        req: pb::DeleteOpen311ServiceRequest,
+    ) -> Result<(), Error> {
+        let ids = names::parse_field("name", "agencies/{}/open311Services/{}", &req.name)?;
+        authorize(caller, &[Role::AgencyAdmin], ids[0], Target::Named)?;
+        let mut tx = self.db.write(Scope::Agency(ids[0])).await?;
+        if store::get_open311_service(&mut tx, ids[0], ids[1])
+            .await?
+            .is_none()
+        {
+            return Err(Error::NotFound("open311 service"));
+        }
+        store::delete_open311_service(&mut tx, ids[0], ids[1]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The agency an Open311 `jurisdiction_id` names: the id given, which
+    /// must be in the directory; or, when none is given, the hub's only
+    /// agency. Open311 lists its services to anyone, so this needs no caller.
+    pub async fn open311_jurisdiction(
+        &self,
+        jurisdiction_id: Option<&str>,
+    ) -> Result<domain::Jurisdiction, Error> {
+        let mut tx = self.db.read(Scope::AllAgencies).await?;
+        let found = match jurisdiction_id {
+            Some(id) => match store::get_agency(&mut tx, id).await? {
+                Some(a) => domain::Jurisdiction::Agency(a.id),
+                None => domain::Jurisdiction::Unknown,
+            },
+            None => {
+                let mut two = store::list_agencies(&mut tx, "", 2).await?;
+                match (two.len(), two.pop()) {
+                    (1, Some(a)) => domain::Jurisdiction::Agency(a.id),
+                    _ => domain::Jurisdiction::Missing,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    /// An agency's Open311 services, by code (every one: a public catalogue).
+    pub async fn open311_services(
+        &self,
+        agency: &str,
+    ) -> Result<Vec<store::Open311ServiceRow>, Error> {
+        let mut tx = self.db.read(Scope::Agency(agency)).await?;
+        let mut all = Vec::new();
+        loop {
+            let after = all
+                .last()
+                .map(|s: &store::Open311ServiceRow| s.id.clone())
+                .unwrap_or_default();
+            let page = store::list_open311_services(&mut tx, agency, &after, 1000).await?;
+            let done = page.len() < 1000;
+            all.extend(page);
+            if done {
+                break;
+            }
+        }
+        tx.commit().await?;
+        Ok(all)
+    }
+
+    /// One Open311 service of an agency.
+    pub async fn open311_service(
+        &self,
+        agency: &str,
+        code: &str,
+    ) -> Result<Option<store::Open311ServiceRow>, Error> {
+        let mut tx = self.db.read(Scope::Agency(agency)).await?;
+        let found = store::get_open311_service(&mut tx, agency, code).await?;
+        tx.commit().await?;
+        Ok(found)
+    }
+
     // ---- peer groups ----
 
     /// Checks members: agencies/{a}, no repeats, each in the directory.
@@ -1667,6 +1833,35 @@ impl GatewayService for Gateway {
         Ok(Response::new(
             Gateway::revoke_api_key(self, &caller, r.into_inner()).await?,
         ))
+    }
+
+    async fn create_open311_service(
+        &self,
+        r: Request<pb::CreateOpen311ServiceRequest>,
+    ) -> Result<Response<pb::Open311Service>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::create_open311_service(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn list_open311_services(
+        &self,
+        r: Request<pb::ListOpen311ServicesRequest>,
+    ) -> Result<Response<pb::ListOpen311ServicesResponse>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::list_open311_services(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_open311_service(
+        &self,
+        r: Request<pb::DeleteOpen311ServiceRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Gateway::delete_open311_service(self, &caller, r.into_inner()).await?;
+        Ok(Response::new(()))
     }
 
     async fn delete_unit(&self, r: Request<pb::DeleteUnitRequest>) -> Result<Response<()>, Status> {

@@ -845,6 +845,66 @@ mod tests {
     }
 }
 
+// ---- Open311 ----
+
+/// Which agency an Open311 request is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Jurisdiction {
+    /// This agency.
+    Agency(String),
+    /// None was named and the hub has more than one agency (or none).
+    Missing,
+    /// The named one is not in the directory.
+    Unknown,
+}
+
+/// Checks the Open311 fields of a service, naming each bad one.
+pub fn check_open311_service(
+    s: &pb::Open311Service,
+    v: &mut touchstone_platform::error::Violations,
+) {
+    let text = |value: &str, max: usize| {
+        value.chars().count() <= max && !value.chars().any(|c| c.is_control() && c != '\n')
+    };
+    if !text(&s.description, 2000) {
+        v.add(
+            "open311_service.description",
+            "at most 2000 printable characters",
+        );
+    }
+    if !text(&s.group, 100) || s.group.contains('\n') {
+        v.add("open311_service.group", "at most 100 printable characters");
+    }
+    if s.keywords.len() > 50 {
+        v.add("open311_service.keywords", "at most 50 keywords");
+    }
+    for (i, k) in s.keywords.iter().enumerate() {
+        let k = k.trim();
+        // Open311 joins keywords with commas.
+        if k.is_empty() || !text(k, 100) || k.contains([',', '\n']) {
+            v.add(
+                format!("open311_service.keywords[{i}]"),
+                "1 to 100 printable characters, no comma",
+            );
+        }
+    }
+    let category = s.complaint_category.trim();
+    if category.is_empty() {
+        v.add("open311_service.complaint_category", "required");
+    } else if !text(category, 100) || category.contains('\n') {
+        v.add(
+            "open311_service.complaint_category",
+            "at most 100 printable characters",
+        );
+    }
+    if !text(&s.complaint_service, 100) || s.complaint_service.contains('\n') {
+        v.add(
+            "open311_service.complaint_service",
+            "at most 100 printable characters",
+        );
+    }
+}
+
 // ---- API keys ----
 
 /// Requests per minute of a key that names no rate.

@@ -9,6 +9,7 @@ pub mod api;
 pub mod backends;
 pub mod domain;
 pub mod error;
+pub mod open311;
 pub mod store;
 pub mod web;
 
@@ -33,8 +34,8 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
         },
         Migration {
             version: 2,
-            name: "api_keys",
-            sql: include_str!("../migrations/sqlite/0002_api_keys.sql"),
+            name: "open311",
+            sql: include_str!("../migrations/sqlite/0002_open311.sql"),
         },
     ],
     postgres: &[
@@ -45,8 +46,8 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
         },
         Migration {
             version: 2,
-            name: "api_keys",
-            sql: include_str!("../migrations/postgres/0002_api_keys.sql"),
+            name: "open311",
+            sql: include_str!("../migrations/postgres/0002_open311.sql"),
         },
     ],
 };

@@ -562,3 +562,137 @@ pub async fn revoke_api_key(
     .await?;
     Ok(())
 }
+
+// ---- Open311 services ----
+
+/// A complaint category offered as an Open311 service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Open311ServiceRow {
+    /// Agency.
+    pub agency: String,
+    /// The Open311 service_code.
+    pub id: String,
+    /// service_name.
+    pub display_name: String,
+    /// description.
+    pub description: String,
+    /// group.
+    pub group: String,
+    /// keywords, in order.
+    pub keywords: Vec<String>,
+    /// The complaint category.
+    pub complaint_category: String,
+    /// The complaint's service.
+    pub complaint_service: String,
+    /// Millis.
+    pub create_time: i64,
+}
+
+impl Open311ServiceRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        let keywords: String = r.try_get("keywords")?;
+        Ok(Open311ServiceRow {
+            agency: r.try_get("agency")?,
+            id: r.try_get("id")?,
+            display_name: r.try_get("display_name")?,
+            description: r.try_get("description")?,
+            group: r.try_get("group_name")?,
+            keywords: serde_json::from_str(&keywords)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            complaint_category: r.try_get("complaint_category")?,
+            complaint_service: r.try_get("complaint_service")?,
+            create_time: r.try_get("create_time")?,
+        })
+    }
+
+    /// The wire message.
+    pub fn to_proto(&self) -> pb::Open311Service {
+        pb::Open311Service {
+            name: format!("agencies/{}/open311Services/{}", self.agency, self.id),
+            display_name: self.display_name.clone(),
+            description: self.description.clone(),
+            group: self.group.clone(),
+            keywords: self.keywords.clone(),
+            complaint_category: self.complaint_category.clone(),
+            complaint_service: self.complaint_service.clone(),
+            create_time: Some(times::timestamp(self.create_time)),
+        }
+    }
+}
+
+const OPEN311_COLUMNS: &str = "agency, id, display_name, description, group_name, keywords, \
+    complaint_category, complaint_service, create_time";
+
+/// Inserts an Open311 service.
+pub async fn insert_open311_service(tx: &mut Tx, s: &Open311ServiceRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO hub_open311_services (agency, id, display_name, description, group_name, \
+         keywords, complaint_category, complaint_service, create_time) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&s.agency)
+    .bind(&s.id)
+    .bind(&s.display_name)
+    .bind(&s.description)
+    .bind(&s.group)
+    .bind(serde_json::to_string(&s.keywords).unwrap_or_else(|_| "[]".into()))
+    .bind(&s.complaint_category)
+    .bind(&s.complaint_service)
+    .bind(s.create_time)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// An Open311 service by agency and code.
+pub async fn get_open311_service(
+    tx: &mut Tx,
+    agency: &str,
+    id: &str,
+) -> Result<Option<Open311ServiceRow>, sqlx::Error> {
+    let sql =
+        format!("SELECT {OPEN311_COLUMNS} FROM hub_open311_services WHERE agency = $1 AND id = $2");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await?
+        .map(|r| Open311ServiceRow::from_row(&r))
+        .transpose()
+}
+
+/// An agency's Open311 services after `after`, at most `limit`.
+pub async fn list_open311_services(
+    tx: &mut Tx,
+    agency: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<Open311ServiceRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {OPEN311_COLUMNS} FROM hub_open311_services WHERE agency = $1 AND id > $2 \
+         ORDER BY id LIMIT $3"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(tx.conn())
+        .await?
+        .iter()
+        .map(Open311ServiceRow::from_row)
+        .collect()
+}
+
+/// Removes an Open311 service.
+pub async fn delete_open311_service(
+    tx: &mut Tx,
+    agency: &str,
+    id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM hub_open311_services WHERE agency = $1 AND id = $2")
+        .bind(agency)
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}

@@ -1545,3 +1545,175 @@ async fn api_keys_are_issued_hashed_revoked_and_rate_limited() {
     let e = Status::from(h.api.verify_api_key(&made.key).await.expect_err("revoked"));
     assert_eq!(e.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn open311_discovery_services_and_errors_over_raw_http() {
+    let h = Harness::start().await;
+    let mut g = h.gateway().await;
+    create_agency(&h, "passports", pb::BenchmarkConsent::Named, &h.hub())
+        .await
+        .expect("agency");
+    let admin = h.token("passports", ADMIN);
+    // Nothing offered yet: an empty list, and the one agency needs no jurisdiction_id.
+    assert_eq!(
+        h.http_get("/open311/v2/services.json", None).await,
+        (200, "[]".to_string())
+    );
+    let service = |code: &str, request_id: &str| pb::CreateOpen311ServiceRequest {
+        parent: "agencies/passports".into(),
+        open311_service: Some(pb::Open311Service {
+            display_name: "Passport <delays> & waits".into(),
+            description: "Your passport is late.".into(),
+            group: "passports".into(),
+            keywords: vec!["late".into(), "slow".into()],
+            complaint_category: "delay".into(),
+            ..Default::default()
+        }),
+        open311_service_id: code.into(),
+        request_id: request_id.into(),
+    };
+    let made = g
+        .create_open311_service(req(service("delay", "s1"), &admin))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(made.name, "agencies/passports/open311Services/delay");
+    // agency_admin of the agency only; every bad field named.
+    let e = g
+        .create_open311_service(req(service("other", "s2"), &h.token("passports", OFFICER)))
+        .await
+        .expect_err("officer");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = g
+        .create_open311_service(req(
+            pb::CreateOpen311ServiceRequest {
+                parent: "agencies/passports".into(),
+                open311_service: Some(pb::Open311Service {
+                    keywords: vec!["a,b".into()],
+                    ..Default::default()
+                }),
+                open311_service_id: "Bad".into(),
+                request_id: "s3".into(),
+            },
+            &admin,
+        ))
+        .await
+        .expect_err("invalid");
+    assert_eq!(
+        violations(&e),
+        vec![
+            "open311_service_id".to_string(),
+            "open311_service.display_name".to_string(),
+            "open311_service.keywords[0]".to_string(),
+            "open311_service.complaint_category".to_string(),
+        ]
+    );
+
+    let (status, body) = h.http_get("/open311/v2/services.json", None).await;
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        list,
+        serde_json::json!([{
+            "service_code": "delay",
+            "service_name": "Passport <delays> & waits",
+            "description": "Your passport is late.",
+            "metadata": false,
+            "type": "realtime",
+            "keywords": "late, slow",
+            "group": "passports",
+        }])
+    );
+    let (status, body) = h.http_get("/open311/v2/services.xml", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<services><service>\
+         <service_code>delay</service_code><service_name>Passport &lt;delays&gt; &amp; waits\
+         </service_name><description>Your passport is late.</description>\
+         <metadata>false</metadata><type>realtime</type><keywords>late, slow</keywords>\
+         <group>passports</group></service></services>"
+    );
+    assert_eq!(
+        h.http_get("/open311/v2/services/delay.json", None).await,
+        (
+            200,
+            r#"{"attributes":[],"service_code":"delay"}"#.to_string()
+        )
+    );
+    // Unknown service: 404 as the spec's error list, in the format asked.
+    let (status, body) = h.http_get("/open311/v2/services/nope.json", None).await;
+    assert_eq!(status, 404);
+    let errors: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(errors[0]["code"], 404);
+    assert!(
+        errors[0]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("service_code"))
+    );
+    let (status, body) = h.http_get("/open311/v2/services/nope.xml", None).await;
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("<errors><error><code>404</code><description>"),
+        "{body}"
+    );
+    let (status, _) = h.http_get("/open311/v2/services.csv", None).await;
+    assert_eq!(status, 404);
+
+    // A second agency: jurisdiction_id is now required; empty counts as absent.
+    create_agency(&h, "tax", pb::BenchmarkConsent::Named, &h.hub())
+        .await
+        .expect("agency");
+    for path in [
+        "/open311/v2/services.json",
+        "/open311/v2/services.json?jurisdiction_id=",
+        "/open311/v2/services/delay.json?jurisdiction_id=%20",
+    ] {
+        let (status, body) = h.http_get(path, None).await;
+        assert_eq!(status, 400, "{path}");
+        assert!(body.contains("jurisdiction_id"), "{body}");
+    }
+    let (status, body) = h
+        .http_get("/open311/v2/services.json?jurisdiction_id=nowhere", None)
+        .await;
+    assert_eq!((status, body.contains("\"code\":404")), (404, true));
+    let (status, body) = h
+        .http_get("/open311/v2/services.json?jurisdiction_id=passports", None)
+        .await;
+    assert_eq!((status, body.contains("\"delay\"")), (200, true));
+    assert_eq!(
+        h.http_get("/open311/v2/services.json?jurisdiction_id=tax", None)
+            .await,
+        (200, "[]".to_string())
+    );
+
+    // Discovery names this endpoint and its two formats.
+    let (status, body) = h.http_get("/open311/v2/discovery.json", None).await;
+    assert_eq!(status, 200);
+    let d: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(d["endpoints"][0]["url"], "http://localhost/open311/v2");
+    assert_eq!(
+        d["endpoints"][0]["formats"],
+        serde_json::json!(["text/xml", "application/json"])
+    );
+    let (status, body) = h.http_get("/open311/v2/discovery.xml", None).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<discovery>"));
+
+    // Withdrawn: its definition is gone.
+    g.delete_open311_service(req(
+        pb::DeleteOpen311ServiceRequest {
+            name: made.name.clone(),
+        },
+        &admin,
+    ))
+    .await
+    .expect("delete");
+    let (status, _) = h
+        .http_get(
+            "/open311/v2/services/delay.xml?jurisdiction_id=passports",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+}

@@ -19,3 +19,26 @@ CREATE POLICY tenant ON hub_api_keys
            OR current_setting('touchstone.agency', true) IN ('-', '*'))
     WITH CHECK (agency = current_setting('touchstone.agency', true)
            OR current_setting('touchstone.agency', true) IN ('-', '*'));
+
+-- Complaint categories an agency offers as Open311 services; the id is the
+-- Open311 service_code.
+CREATE TABLE hub_open311_services (
+    agency             TEXT    NOT NULL,
+    id                 TEXT    NOT NULL,
+    display_name       TEXT    NOT NULL,
+    description        TEXT    NOT NULL,
+    group_name         TEXT    NOT NULL,
+    keywords           TEXT    NOT NULL,
+    complaint_category TEXT    NOT NULL,
+    complaint_service  TEXT    NOT NULL,
+    create_time        BIGINT  NOT NULL,
+    PRIMARY KEY (agency, id)
+);
+
+ALTER TABLE hub_open311_services ENABLE ROW LEVEL SECURITY;
+ALTER TABLE hub_open311_services FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant ON hub_open311_services
+    USING (agency = current_setting('touchstone.agency', true)
+           OR current_setting('touchstone.agency', true) IN ('-', '*'))
+    WITH CHECK (agency = current_setting('touchstone.agency', true)
+           OR current_setting('touchstone.agency', true) IN ('-', '*'));
