@@ -4,6 +4,7 @@
 //! the spec's list of `{code, description}` with the HTTP status as code.
 
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -40,10 +41,33 @@ impl Failure {
 
 /// The routes under `/open311/v2/`.
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
-        .route("/open311/v2/{file}", get(top))
-        .route("/open311/v2/services/{file}", get(definition))
-        .with_state(gateway)
+    let v2 = Router::new()
+        .route("/{file}", get(top))
+        .route("/services/{file}", get(definition))
+        .fallback(elsewhere)
+        .with_state(gateway);
+    Router::new().nest("/open311/v2", v2)
+}
+
+/// Any other path or method under the prefix: 404 in the spec's form.
+async fn elsewhere(uri: axum::http::Uri) -> Response {
+    let format = split(uri.path().rsplit('/').next().unwrap_or_default())
+        .1
+        .unwrap_or(Format::Xml);
+    failure(
+        format,
+        Failure(StatusCode::NOT_FOUND, "no such resource".into()),
+    )
+}
+
+/// The query's arguments; a query string that does not decode is a 400 in
+/// the spec's form rather than the framework's plain text.
+fn arguments(
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<HashMap<String, String>, Failure> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|_| Failure::bad("the query string is not valid form encoding"))
 }
 
 /// Splits "services.json" into its stem and format; an unknown extension is
@@ -65,7 +89,7 @@ fn arg<'a>(query: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
 async fn top(
     State(gateway): State<Arc<Gateway>>,
     Path(file): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     let (stem, format) = split(&file);
@@ -74,6 +98,10 @@ async fn top(
             Format::Xml,
             Failure(StatusCode::NOT_FOUND, format!("no such resource: {file}")),
         );
+    };
+    let query = match arguments(query) {
+        Ok(q) => q,
+        Err(f) => return failure(format, f),
     };
     let answer = match stem {
         "discovery" => Ok(discovery(format, &headers)),
@@ -89,7 +117,7 @@ async fn top(
 async fn definition(
     State(gateway): State<Arc<Gateway>>,
     Path(file): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
     let (code, format) = split(&file);
     let Some(format) = format else {
@@ -99,6 +127,7 @@ async fn definition(
         );
     };
     let run = async {
+        let query = arguments(query)?;
         let agency = jurisdiction(&gateway, &query).await?;
         let service = gateway
             .open311_service(&agency, code)

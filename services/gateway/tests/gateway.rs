@@ -1659,6 +1659,22 @@ async fn open311_discovery_services_and_errors_over_raw_http() {
     );
     let (status, _) = h.http_get("/open311/v2/services.csv", None).await;
     assert_eq!(status, 404);
+    // Other paths under the prefix, and a query that is not UTF-8 (read
+    // lossily, so an unknown jurisdiction), answer in the spec's form too.
+    let (status, body) = h.http_get("/open311/v2/a/b/c.json", None).await;
+    assert_eq!(
+        (status, body.contains("\"code\":404")),
+        (404, true),
+        "{body}"
+    );
+    let (status, body) = h
+        .http_get("/open311/v2/services.json?jurisdiction_id=%FF%FE", None)
+        .await;
+    assert_eq!(
+        (status, body.contains("\"code\":404")),
+        (404, true),
+        "{body}"
+    );
 
     // A second agency: jurisdiction_id is now required; empty counts as absent.
     create_agency(&h, "tax", pb::BenchmarkConsent::Named, &h.hub())
