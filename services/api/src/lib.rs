@@ -90,4 +90,6 @@ named!(
     gateway::v1::Agency,
     gateway::v1::Unit,
     gateway::v1::PeerGroup,
+    gateway::v1::ApiKey,
+    gateway::v1::Open311Service,
 );

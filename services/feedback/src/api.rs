@@ -1442,19 +1442,20 @@ impl FeedbackService for Feedback {
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
             authorize(&caller, Action::Report.roles(), agency, Target::Collection)?;
-            let (first, last) = domain::parse_quarter(&req.quarter)
-                .ok_or_else(|| Error::invalid("quarter", "a calendar quarter such as 2026Q3"))?;
-            let from = day_start_millis(first);
-            let until = day_start_millis(last) + 86_400_000;
+            let q = domain::parse_quarter(&req.quarter).ok_or_else(|| {
+                Error::invalid("quarter", "a quarter such as 2026Q3, 2026-Q3 or FY2027Q1")
+            })?;
+            let from = day_start_millis(q.first_day);
+            let until = day_start_millis(q.last_day) + 86_400_000;
             let mut tx = self.db.read(Scope::Agency(agency)).await?;
-            let counts = store::a11_counts(&mut tx, agency, from, until).await?;
-            let volumes = store::a11_volumes(&mut tx, agency, first, last).await?;
+            let data =
+                store::a11_data(&mut tx, agency, (from, until), (q.first_day, q.last_day)).await?;
             tx.commit().await?;
             Ok::<_, Error>(crate::a11::report(
                 &req.parent,
                 req.quarter.trim(),
-                &counts,
-                &volumes,
+                (q.fiscal_year, q.fiscal_quarter),
+                &data,
             ))
         };
         Ok(tonic::Response::new(run.await?))

@@ -155,7 +155,27 @@ pub fn item_kind(item: StandardItem) -> Option<QuestionKind> {
         S::Nps => Some(QuestionKind::Likelihood11),
         S::Csat => Some(QuestionKind::Satisfaction5),
         S::Ces => Some(QuestionKind::Effort7),
+        S::A11TrustThumbs => Some(QuestionKind::YesNo),
+        S::A11PositiveDrivers | S::A11NegativeDrivers => Some(QuestionKind::MultipleChoice),
     }
+}
+
+/// The A-11 driver keys (FY2024 on), in the order of the per-response
+/// upload's columns; a driver question's choices are drawn from them.
+pub const A11_DRIVERS: [&str; 7] = [
+    "effectiveness",
+    "ease",
+    "efficiency",
+    "transparency",
+    "humanity",
+    "employee",
+    "other",
+];
+
+/// Whether an item is a driver question, whose choice keys are drivers.
+fn is_driver_item(item: i32) -> bool {
+    item == StandardItem::A11PositiveDrivers as i32
+        || item == StandardItem::A11NegativeDrivers as i32
 }
 
 /// The seven A-11 §280 items, in the order the export lists them.
@@ -231,6 +251,15 @@ impl QuestionDef {
                 let mut seen = HashSet::new();
                 for (i, (key, label)) in def.choices.iter().enumerate() {
                     check_key(key, &format!("{prefix}.choices[{i}].key"), v);
+                    if is_driver_item(def.item) && !A11_DRIVERS.contains(&key.as_str()) {
+                        v.add(
+                            format!("{prefix}.choices[{i}].key"),
+                            format!(
+                                "a driver question's choices are drivers: {}",
+                                A11_DRIVERS.join(", ")
+                            ),
+                        );
+                    }
                     if !seen.insert(key.as_str()) {
                         v.add(format!("{prefix}.choices[{i}].key"), "used twice");
                     }
@@ -572,6 +601,26 @@ pub fn template(t: SurveyTemplate) -> Option<(String, Definition)> {
         item: item as i32,
         choices: Vec::new(),
     };
+    // The FY2024 A-11 drivers: optional, asked after the trust question.
+    let drivers = |key: &str, text: &str, item: S| QuestionDef {
+        key: key.into(),
+        text: text.into(),
+        kind: QuestionKind::MultipleChoice as i32,
+        required: false,
+        item: item as i32,
+        choices: [
+            ("effectiveness", "I got what I needed"),
+            ("ease", "It was easy"),
+            ("efficiency", "It was quick"),
+            ("transparency", "I understood the process"),
+            ("humanity", "I was treated with respect"),
+            ("employee", "Staff were helpful"),
+            ("other", "Something else"),
+        ]
+        .iter()
+        .map(|(k, l)| (k.to_string(), l.to_string()))
+        .collect(),
+    };
     let comment = QuestionDef {
         key: "comment".into(),
         text: "Is there anything else you would like to tell us?".into(),
@@ -627,6 +676,16 @@ pub fn template(t: SurveyTemplate) -> Option<(String, Definition)> {
                     "employee_helpfulness",
                     "Employees I interacted with were helpful.",
                     S::A11EmployeeHelpfulness,
+                ),
+                drivers(
+                    "positive_drivers",
+                    "What went well? Select all that apply.",
+                    S::A11PositiveDrivers,
+                ),
+                drivers(
+                    "negative_drivers",
+                    "What could be improved? Select all that apply.",
+                    S::A11NegativeDrivers,
                 ),
                 comment,
             ],
@@ -1168,24 +1227,61 @@ pub fn parse_volume(vol: &pb::Volume, prefix: &str) -> Result<VolumeInput, Viola
     }
 }
 
-/// A calendar quarter "2026Q3" as its first and last day (yyyymmdd).
-pub fn parse_quarter(q: &str) -> Option<(i64, i64)> {
-    let (year, quarter) = q.trim().split_once(['Q', 'q'])?;
+/// A reporting quarter: its days and its place in the federal fiscal year,
+/// which starts on 1 October (FY2027 Q1 is October to December 2026).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quarter {
+    /// First day, yyyymmdd.
+    pub first_day: i64,
+    /// Last day, yyyymmdd.
+    pub last_day: i64,
+    /// Fiscal year.
+    pub fiscal_year: i32,
+    /// Quarter of the fiscal year, 1 to 4.
+    pub fiscal_quarter: i32,
+}
+
+/// Parses a calendar quarter "2026Q3" or "2026-Q3", or a fiscal quarter
+/// "FY2027Q1" (also "FY2027-Q1"); case does not matter.
+pub fn parse_quarter(q: &str) -> Option<Quarter> {
+    let q = q.trim().to_ascii_uppercase();
+    let (fiscal, rest) = match q.strip_prefix("FY") {
+        Some(rest) => (true, rest),
+        None => (false, q.as_str()),
+    };
+    let (year, quarter) = rest.split_once('Q')?;
+    let year = year.strip_suffix('-').unwrap_or(year);
+    if year.len() != 4 || quarter.len() != 1 {
+        return None;
+    }
     let year: i64 = year.parse().ok()?;
     let quarter: i64 = quarter.parse().ok()?;
     if !(2000..=9999).contains(&year) || !(1..=4).contains(&quarter) {
         return None;
     }
-    let first_month = (quarter - 1) * 3 + 1;
+    // Fiscal Q1 is calendar Q4 of the year before.
+    let (cal_year, cal_quarter) = match (fiscal, quarter) {
+        (true, 1) => (year - 1, 4),
+        (true, n) => (year, n - 1),
+        (false, n) => (year, n),
+    };
+    let first_month = (cal_quarter - 1) * 3 + 1;
     let last_month = first_month + 2;
     let last_day = match last_month {
         3 | 12 => 31,
         _ => 30,
     };
-    Some((
-        year * 10_000 + first_month * 100 + 1,
-        year * 10_000 + last_month * 100 + last_day,
-    ))
+    let (fiscal_year, fiscal_quarter) = if cal_quarter == 4 {
+        (cal_year + 1, 1)
+    } else {
+        (cal_year, cal_quarter + 1)
+    };
+    Some(Quarter {
+        first_day: cal_year * 10_000 + first_month * 100 + 1,
+        last_day: cal_year * 10_000 + last_month * 100 + last_day,
+        fiscal_year: i32::try_from(fiscal_year).ok()?,
+        fiscal_quarter: fiscal_quarter as i32,
+    })
 }
 
 /// What a method does, for the role check.
@@ -1275,7 +1371,7 @@ mod tests {
             let parsed = SurveyFields::parse(&fields.to_proto_fields(), "survey").expect("valid");
             assert_eq!(parsed, fields);
         }
-        assert_eq!(survey().items().len(), 7);
+        assert_eq!(survey().items().len(), 9);
     }
 
     #[test]
@@ -1304,11 +1400,23 @@ mod tests {
 
     #[test]
     fn quarters() {
-        assert_eq!(parse_quarter("2026Q3"), Some((20260701, 20260930)));
-        assert_eq!(parse_quarter("2026Q1"), Some((20260101, 20260331)));
-        assert_eq!(parse_quarter("2026Q4"), Some((20261001, 20261231)));
-        assert_eq!(parse_quarter("2026Q5"), None);
-        assert_eq!(parse_quarter("Q3"), None);
+        let days = |q: &str| parse_quarter(q).map(|q| (q.first_day, q.last_day));
+        assert_eq!(days("2026Q3"), Some((20260701, 20260930)));
+        assert_eq!(days("2026-Q3"), Some((20260701, 20260930)));
+        assert_eq!(days("2026Q1"), Some((20260101, 20260331)));
+        assert_eq!(days("2026Q4"), Some((20261001, 20261231)));
+        assert_eq!(days("FY2027Q1"), Some((20261001, 20261231)));
+        assert_eq!(days("fy2027-q2"), Some((20270101, 20270331)));
+        assert_eq!(days("FY2027Q4"), Some((20270701, 20270930)));
+        let q = parse_quarter("2026Q4").expect("quarter");
+        assert_eq!((q.fiscal_year, q.fiscal_quarter), (2027, 1));
+        let q = parse_quarter("2026-Q3").expect("quarter");
+        assert_eq!((q.fiscal_year, q.fiscal_quarter), (2026, 4));
+        for bad in [
+            "2026Q5", "Q3", "2026Q", "FY2027", "2026--Q3", "26Q3", "2026Q03", "FYQ1", "",
+        ] {
+            assert_eq!(parse_quarter(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -914,75 +914,118 @@ pub async fn list_follow_ups(
 
 // ----------------------------------------------------------------- A-11
 
-/// Answers per (touchpoint, item, score) between two times (millis,
-/// start inclusive, end exclusive), grouped by the survey's touchpoint.
-pub async fn a11_counts(
+/// What the A-11 files of one quarter are made of, read in one transaction.
+#[derive(Debug, Default)]
+pub struct A11Data {
+    /// Surveys with a response or a volume in the quarter.
+    pub surveys: Vec<SurveyRecord>,
+    /// (survey id, item, score, answers).
+    pub counts: Vec<(String, i32, i32, i64)>,
+    /// (survey id, responses).
+    pub respondents: Vec<(String, i64)>,
+    /// (survey id, customers served, customers offered).
+    pub volumes: Vec<(String, i64, i64)>,
+    /// (external id: the transaction id, else the response id; survey id;
+    /// answers), by submit time then id.
+    pub responses: Vec<(String, String, Vec<StoredAnswer>)>,
+}
+
+/// The A-11 data of responses submitted between two times (millis, start
+/// inclusive, end exclusive) and volumes whose period starts between two
+/// days (yyyymmdd, inclusive).
+pub async fn a11_data(
     tx: &mut Tx,
     agency: &str,
-    from: i64,
-    until: i64,
-) -> Result<Vec<(Touchpoint, i32, i32, i64)>, Error> {
-    let rows = sqlx::query(
-        "SELECT s.service AS service, s.unit AS unit, s.channel AS channel, s.stage AS stage, \
-         r.item AS item, r.score AS score, COUNT(*) AS n \
-         FROM response_scores r JOIN surveys s ON s.agency = r.agency AND s.id = r.survey_id \
-         WHERE r.agency = $1 AND r.submit_time >= $2 AND r.submit_time < $3 \
-         GROUP BY s.service, s.unit, s.channel, s.stage, r.item, r.score",
+    (from, until): (i64, i64),
+    (first_day, last_day): (i64, i64),
+) -> Result<A11Data, Error> {
+    let surveys = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SURVEY_COLUMNS} FROM surveys WHERE agency = $1 AND (\
+         id IN (SELECT survey_id FROM responses WHERE agency = $1 AND submit_time >= $2 \
+         AND submit_time < $3) OR id IN (SELECT survey_id FROM volumes WHERE agency = $1 \
+         AND start_date >= $4 AND start_date <= $5)) ORDER BY id"
+    )))
+    .bind(agency)
+    .bind(from)
+    .bind(until)
+    .bind(first_day)
+    .bind(last_day)
+    .fetch_all(tx.conn())
+    .await?
+    .iter()
+    .map(survey_from_row)
+    .collect::<Result<Vec<_>, _>>()?;
+    let counts = sqlx::query(
+        "SELECT survey_id, item, score, COUNT(*) AS n FROM response_scores \
+         WHERE agency = $1 AND submit_time >= $2 AND submit_time < $3 \
+         GROUP BY survey_id, item, score",
     )
     .bind(agency)
     .bind(from)
     .bind(until)
     .fetch_all(tx.conn())
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                touchpoint_from_row(row)?,
-                row.try_get::<i64, _>("item")? as i32,
-                row.try_get::<i64, _>("score")? as i32,
-                row.try_get::<i64, _>("n")?,
-            ))
-        })
-        .collect()
-}
-
-/// Volumes per touchpoint whose period starts between two days (yyyymmdd, inclusive).
-pub async fn a11_volumes(
-    tx: &mut Tx,
-    agency: &str,
-    first_day: i64,
-    last_day: i64,
-) -> Result<Vec<(Touchpoint, i64, i64)>, Error> {
-    let rows = sqlx::query(
-        "SELECT s.service AS service, s.unit AS unit, s.channel AS channel, s.stage AS stage, \
-         CAST(SUM(v.customers_served) AS BIGINT) AS served, \
-         CAST(SUM(v.customers_offered) AS BIGINT) AS offered \
-         FROM volumes v JOIN surveys s ON s.agency = v.agency AND s.id = v.survey_id \
-         WHERE v.agency = $1 AND v.start_date >= $2 AND v.start_date <= $3 \
-         GROUP BY s.service, s.unit, s.channel, s.stage",
+    .await?
+    .iter()
+    .map(|row| {
+        Ok((
+            row.try_get("survey_id")?,
+            row.try_get::<i64, _>("item")? as i32,
+            row.try_get::<i64, _>("score")? as i32,
+            row.try_get::<i64, _>("n")?,
+        ))
+    })
+    .collect::<Result<Vec<_>, Error>>()?;
+    let volumes = sqlx::query(
+        "SELECT survey_id, CAST(SUM(customers_served) AS BIGINT) AS served, \
+         CAST(SUM(customers_offered) AS BIGINT) AS offered FROM volumes \
+         WHERE agency = $1 AND start_date >= $2 AND start_date <= $3 GROUP BY survey_id",
     )
     .bind(agency)
     .bind(first_day)
     .bind(last_day)
     .fetch_all(tx.conn())
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                touchpoint_from_row(row)?,
-                row.try_get::<i64, _>("served")?,
-                row.try_get::<i64, _>("offered")?,
-            ))
-        })
-        .collect()
-}
-
-fn touchpoint_from_row(row: &AnyRow) -> Result<Touchpoint, Error> {
-    Ok(Touchpoint {
-        service: row.try_get("service")?,
-        unit: row.try_get("unit")?,
-        channel: row.try_get::<i64, _>("channel")? as i32,
-        stage: row.try_get("stage")?,
+    .await?
+    .iter()
+    .map(|row| {
+        Ok((
+            row.try_get("survey_id")?,
+            row.try_get::<i64, _>("served")?,
+            row.try_get::<i64, _>("offered")?,
+        ))
+    })
+    .collect::<Result<Vec<_>, Error>>()?;
+    let responses = sqlx::query(
+        "SELECT id, transaction_id, survey_id, answers FROM responses \
+         WHERE agency = $1 AND submit_time >= $2 AND submit_time < $3 ORDER BY submit_time, id",
+    )
+    .bind(agency)
+    .bind(from)
+    .bind(until)
+    .fetch_all(tx.conn())
+    .await?
+    .iter()
+    .map(|row| {
+        let answers: String = row.try_get("answers")?;
+        let answers: Vec<StoredAnswer> =
+            serde_json::from_str(&answers).map_err(|_| Error::Corrupt("response answers"))?;
+        let transaction: Option<String> = row.try_get("transaction_id")?;
+        let external = match transaction {
+            Some(t) if !t.is_empty() => t,
+            _ => row.try_get("id")?,
+        };
+        Ok((external, row.try_get::<String, _>("survey_id")?, answers))
+    })
+    .collect::<Result<Vec<_>, Error>>()?;
+    let mut respondents: BTreeMap<String, i64> = BTreeMap::new();
+    for (_, survey, _) in &responses {
+        *respondents.entry(survey.clone()).or_default() += 1;
+    }
+    Ok(A11Data {
+        surveys,
+        counts,
+        respondents: respondents.into_iter().collect(),
+        volumes,
+        responses,
     })
 }
 

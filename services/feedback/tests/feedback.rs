@@ -735,7 +735,8 @@ async fn surveys_life_cycle_versions_and_templates() {
                 .collect()
         })
         .collect();
-    assert_eq!(items[0], (1..=7).collect::<Vec<i32>>());
+    // The seven older A-11 items, then the FY2024 positive and negative drivers.
+    assert_eq!(items[0], (1..=7).chain([12, 13]).collect::<Vec<i32>>());
     assert_eq!(items[1], vec![pb::StandardItem::Csat as i32]);
     assert_eq!(items[2], vec![pb::StandardItem::Nps as i32]);
     assert_eq!(items[3], vec![pb::StandardItem::Ces as i32]);
@@ -1843,7 +1844,7 @@ async fn agencies_are_isolated() {
         .await
         .expect("report")
         .into_inner();
-    assert!(report.rows.is_empty());
+    assert!(report.collections.is_empty() && report.responses.is_empty());
 
     // On PostgreSQL, row-level security hides dia's rows even from a query
     // that forgets the agency.
@@ -2042,11 +2043,13 @@ fn at(year: i32, month: u8, day: u8) -> Option<prost_types::Timestamp> {
 }
 
 #[tokio::test]
-async fn a11_export_matches_the_hand_computed_file() {
+async fn a11_files_match_the_hand_made_files() {
+    use pb::StandardItem as I;
     let h = Harness::start().await;
     let mut c = h.client().await;
     let admin = h.token("dia", ADMIN);
     let intake = h.token("dia", INTAKE);
+    // The A-11 template: the older seven items and the FY2024 drivers.
     let made = c
         .create_template_surveys(req(
             pb::CreateTemplateSurveysRequest {
@@ -2075,14 +2078,71 @@ async fn a11_export_matches_the_hand_computed_file() {
     ))
     .await
     .expect("publish");
-    let mut web_survey = every_kind();
-    web_survey.touchpoint = Some(pb::Touchpoint {
-        service: "passports".into(),
-        unit: "online".into(),
-        channel: Via::Web as i32,
-        stage: "application".into(),
-    });
-    let web = create_published(&mut c, &admin, "dia", web_survey).await;
+    let item = |key: &str, text: &str, item: I| pb::Question {
+        key: key.into(),
+        text: text.into(),
+        standard_item: item as i32,
+        ..Default::default()
+    };
+    // The FY2024 set: thumbs trust and drivers offering some choices.
+    let thumbs = create_published(
+        &mut c,
+        &admin,
+        "dia",
+        pb::Survey {
+            title: "Online thumbs".into(),
+            touchpoint: Some(pb::Touchpoint {
+                service: "passports".into(),
+                unit: "online".into(),
+                channel: Via::Web as i32,
+                stage: "application".into(),
+            }),
+            questions: vec![
+                item(
+                    "trust",
+                    "I trust the agency to meet my needs.",
+                    I::A11TrustThumbs,
+                ),
+                pb::Question {
+                    choices: choices(&["effectiveness", "ease", "other"]),
+                    ..item("good", "What went well?", I::A11PositiveDrivers)
+                },
+                pb::Question {
+                    choices: choices(&["ease", "transparency", "humanity"]),
+                    ..item("bad", "What could be better?", I::A11NegativeDrivers)
+                },
+                question("comment", pb::QuestionKind::FreeText, false),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    // An older survey: 5-point trust, equity and employee helpfulness.
+    let legacy = create_published(
+        &mut c,
+        &admin,
+        "dia",
+        pb::Survey {
+            title: "Legacy A-11".into(),
+            touchpoint: Some(pb::Touchpoint {
+                service: "passports".into(),
+                unit: "contact-centre".into(),
+                channel: Via::Phone as i32,
+                stage: "enquiry".into(),
+            }),
+            questions: vec![
+                item(
+                    "trust",
+                    "This interaction increased my confidence.",
+                    I::A11Trust,
+                ),
+                item("fair", "I was treated fairly.", I::A11Equity),
+                item("staff", "Staff were helpful.", I::A11EmployeeHelpfulness),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
 
     let a11 = |s: [i32; 7]| -> Vec<pb::Answer> {
         [
@@ -2099,41 +2159,86 @@ async fn a11_export_matches_the_hand_computed_file() {
         .map(|(k, v)| score(k, v))
         .collect()
     };
-    // Three counter responses in 2026Q3, one in Q2 and one in Q4 (left out).
-    for (when, scores) in [
-        (at(2026, 7, 2), [5, 4, 5, 5, 4, 5, 5]),
-        (at(2026, 8, 15), [4, 4, 3, 2, 2, 4, 5]),
-        (at(2026, 9, 30), [1, 2, 2, 1, 1, 3, 2]),
-        (at(2026, 6, 30), [5, 5, 5, 5, 5, 5, 5]),
-        (at(2026, 10, 1), [1, 1, 1, 1, 1, 1, 1]),
-    ] {
-        submit(
-            &mut c,
-            &intake,
+    let picked = |key: &str, keys: &[&str]| pb::Answer {
+        question_key: key.into(),
+        choices: keys.iter().map(|k| k.to_string()).collect(),
+        ..Default::default()
+    };
+    let yes = |key: &str, y: bool| pb::Answer {
+        question_key: key.into(),
+        yes: Some(y),
+        ..Default::default()
+    };
+    let with = |mut a: Vec<pb::Answer>, more: Vec<pb::Answer>| {
+        a.extend(more);
+        a
+    };
+    // Counter: three in 2026Q3, one in Q2 and one in Q4 (FY2027Q1).
+    let responses = [
+        (
             &counter,
-            pb::Response {
-                answers: a11(scores),
-                submit_time: when,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("counter response");
-    }
-    // Two web responses in Q3: only the A-11 item counts (CSAT and NPS do not).
-    for (when, agree) in [(at(2026, 7, 20), 3), (at(2026, 9, 1), 5)] {
+            "T1",
+            at(2026, 7, 2),
+            with(
+                a11([5, 4, 5, 5, 4, 5, 5]),
+                vec![
+                    picked("positive_drivers", &["ease", "employee"]),
+                    text("comment", "Friendly staff, call me on 021 555 0199"),
+                ],
+            ),
+        ),
+        (
+            &counter,
+            "T2",
+            at(2026, 8, 15),
+            with(
+                a11([4, 4, 3, 2, 2, 4, 5]),
+                vec![
+                    picked("positive_drivers", &["effectiveness"]),
+                    picked("negative_drivers", &["ease", "efficiency"]),
+                ],
+            ),
+        ),
+        (&counter, "T3", at(2026, 9, 30), a11([1, 2, 2, 1, 1, 3, 2])),
+        (&counter, "Q2", at(2026, 6, 30), a11([5, 5, 5, 5, 5, 5, 5])),
+        (&counter, "Q4", at(2026, 10, 1), a11([1, 1, 1, 1, 1, 1, 1])),
+        (
+            &thumbs.name,
+            "W1",
+            at(2026, 7, 20),
+            vec![
+                yes("trust", true),
+                picked("good", &["ease", "other"]),
+                text("comment", "Easy, \"fast\""),
+            ],
+        ),
+        (
+            &thumbs.name,
+            "W2",
+            at(2026, 9, 1),
+            vec![yes("trust", false), picked("bad", &["transparency"])],
+        ),
+        (
+            &legacy.name,
+            "L1",
+            at(2026, 8, 3),
+            vec![score("trust", 2), score("fair", 1), score("staff", 4)],
+        ),
+    ];
+    for (survey, id, when, answers) in responses {
         submit(
             &mut c,
             &intake,
-            &web.name,
+            survey,
             pb::Response {
-                answers: vec![score("agree", agree), score("csat", 2), score("nps", 9)],
+                answers,
                 submit_time: when,
+                transaction_id: id.into(),
                 ..Default::default()
             },
         )
         .await
-        .expect("web response");
+        .expect("response");
     }
     let volume = |survey: &str, m: i32, served: i64, offered: i64| pb::RecordVolumesRequest {
         parent: survey.into(),
@@ -2159,29 +2264,79 @@ async fn a11_export_matches_the_hand_computed_file() {
         volume(&counter, 8, 1100, 250),
         volume(&counter, 9, 900, 200),
         volume(&counter, 10, 5000, 5000), // Q4: left out
-        volume(&web.name, 7, 40000, 2000),
+        volume(&thumbs.name, 7, 40000, 2000),
     ] {
         c.record_volumes(req(v, &intake)).await.expect("volumes");
     }
 
+    let data = |name: &str| {
+        std::fs::read_to_string(format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR")))
+            .expect("expected file")
+    };
+    for quarter in ["2026Q3", "2026-Q3", "fy2026q4"] {
+        let report = c
+            .get_a11_report(req(
+                pb::GetA11ReportRequest {
+                    parent: "agencies/dia".into(),
+                    quarter: quarter.into(),
+                },
+                &h.token("dia", ANALYST),
+            ))
+            .await
+            .expect("report")
+            .into_inner();
+        assert_eq!((report.fiscal_year, report.fiscal_quarter), (2026, 4));
+        let summary = touchstone_feedback::a11::summary_csv(&report);
+        assert_eq!(summary, data("a11_summary_FY2026Q4.csv"), "{quarter}");
+        let uploads = touchstone_feedback::a11::responses_csv(&report);
+        assert_eq!(uploads, data("a11_responses_FY2026Q4.csv"), "{quarter}");
+        // The header row is the one Touchpoints' upload check accepts.
+        let header = uploads.lines().next().unwrap_or_default();
+        let mut got: Vec<&str> = header.split(',').collect();
+        got.sort();
+        let mut want = vec![
+            "external_id",
+            "question_1",
+            "positive_effectiveness",
+            "positive_ease",
+            "positive_efficiency",
+            "positive_transparency",
+            "positive_humanity",
+            "positive_employee",
+            "positive_other",
+            "negative_effectiveness",
+            "negative_ease",
+            "negative_efficiency",
+            "negative_transparency",
+            "negative_humanity",
+            "negative_employee",
+            "negative_other",
+            "question_4",
+        ];
+        want.sort();
+        assert_eq!(got, want);
+    }
+    // FY2027 Q1 is October to December 2026: only the counter's Q4 response.
     let report = c
         .get_a11_report(req(
             pb::GetA11ReportRequest {
                 parent: "agencies/dia".into(),
-                quarter: "2026Q3".into(),
+                quarter: "FY2027Q1".into(),
             },
             &h.token("dia", ANALYST),
         ))
         .await
         .expect("report")
         .into_inner();
-    let csv = touchstone_feedback::a11::to_csv(&report);
-    let expected = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/a11_2026Q3.csv"
-    ))
-    .expect("expected file");
-    assert_eq!(csv, expected);
+    assert_eq!((report.fiscal_year, report.fiscal_quarter), (2027, 1));
+    let ids: Vec<&str> = report
+        .responses
+        .iter()
+        .map(|r| r.external_id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["Q4"]);
+    assert_eq!(report.collections.len(), 1);
+    assert_eq!(report.collections[0].volume_of_customers, 5000);
 
     let err = c
         .get_a11_report(req(

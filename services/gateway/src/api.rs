@@ -54,6 +54,16 @@ pub struct Gateway {
     keys: Arc<Keyring>,
     backends: Backends,
     min_count: u64,
+    limiter: Arc<domain::KeyLimiter>,
+}
+
+/// What a valid API key allows: the `intake` role of one agency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyGrant {
+    /// The key's agency.
+    pub agency: String,
+    /// The key's resource name (for audit: who wrote).
+    pub key: String,
 }
 
 /// Unreachable backends and withheld sections of a partial answer (AIP-217).
@@ -207,6 +217,7 @@ impl Gateway {
             db,
             backends,
             min_count: min_count.max(1),
+            limiter: Arc::new(domain::KeyLimiter::default()),
         }
     }
 
@@ -523,6 +534,309 @@ impl Gateway {
         store::delete_unit(&mut tx, ids[0], ids[1]).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    // ---- API keys ----
+
+    async fn create_api_key(
+        &self,
+        caller: &Caller,
+        req: pb::CreateApiKeyRequest,
+    ) -> Result<pb::ApiKey, Error> {
+        let agency = agency_of("parent", &req.parent)?.to_string();
+        authorize(caller, &[Role::AgencyAdmin], &agency, Target::Collection)?;
+        let key = req.api_key.clone().unwrap_or_default();
+        let mut v = Violations::new();
+        if let Err(e) = names::check_id(&req.api_key_id) {
+            v.add("api_key_id", e.to_string());
+        }
+        if let Err(e) = domain::check_display_name(&key.display_name) {
+            v.add("api_key.display_name", e);
+        }
+        let rate = domain::key_rate(key.requests_per_minute);
+        if let Err(e) = &rate {
+            v.add("api_key.requests_per_minute", e.clone());
+        }
+        v.finish().map_err(Error::InvalidArgument)?;
+        let fp = fingerprint(&req);
+        let mut change = match self
+            .begin::<pb::ApiKey>(caller, &agency, "CreateApiKey", &req.request_id, fp)
+            .await?
+        {
+            // The secret is not kept, so a retry answers without it.
+            Begun::Replay(r) => return Ok(r),
+            Begun::Fresh(c) => c,
+        };
+        if store::get_agency(&mut change.tx, &agency).await?.is_none() {
+            return Err(Error::FailedPrecondition {
+                reason: "AGENCY_NOT_IN_DIRECTORY",
+                message: "the agency is not in the hub directory; a hub_admin adds it first",
+            });
+        }
+        if store::get_api_key(&mut change.tx, &agency, &req.api_key_id)
+            .await?
+            .is_some()
+        {
+            return Err(Error::AlreadyExists("api key"));
+        }
+        let secret = domain::new_api_key();
+        let row = store::ApiKeyRow {
+            agency: agency.clone(),
+            id: req.api_key_id.clone(),
+            display_name: key.display_name.trim().to_string(),
+            key_hash: domain::api_key_hash(&secret),
+            requests_per_minute: i64::from(rate.unwrap_or(domain::DEFAULT_KEY_RATE)),
+            create_time: times::now_millis(),
+            revoke_time: None,
+        };
+        store::insert_api_key(&mut change.tx, &row).await?;
+        let out = row.to_proto();
+        let name = out.name.clone();
+        let mut out = change.finish(&name, out).await?;
+        out.key = secret;
+        Ok(out)
+    }
+
+    async fn list_api_keys(
+        &self,
+        caller: &Caller,
+        req: pb::ListApiKeysRequest,
+    ) -> Result<pb::ListApiKeysResponse, Error> {
+        let agency = agency_of("parent", &req.parent)?;
+        authorize(caller, &[Role::AgencyAdmin], agency, Target::Collection)?;
+        let limit = page_size(req.page_size)?;
+        let after = decode_token(&req.page_token)?;
+        let mut tx = self.db.read(Scope::Agency(agency)).await?;
+        let mut rows = store::list_api_keys(&mut tx, agency, &after, limit + 1).await?;
+        let next_page_token = next_token(&mut rows, limit, |k| &k.id);
+        Ok(pb::ListApiKeysResponse {
+            api_keys: rows.iter().map(store::ApiKeyRow::to_proto).collect(),
+            next_page_token,
+        })
+    }
+
+    async fn revoke_api_key(
+        &self,
+        caller: &Caller,
+        req: pb::RevokeApiKeyRequest,
+    ) -> Result<pb::ApiKey, Error> {
+        let ids = names::parse_field("name", "agencies/{}/apiKeys/{}", &req.name)?;
+        let (agency, id) = (ids[0].to_string(), ids[1].to_string());
+        authorize(caller, &[Role::AgencyAdmin], &agency, Target::Named)?;
+        let fp = fingerprint(&req);
+        let mut change = match self
+            .begin::<pb::ApiKey>(caller, &agency, "RevokeApiKey", &req.request_id, fp)
+            .await?
+        {
+            Begun::Replay(r) => return Ok(r),
+            Begun::Fresh(c) => c,
+        };
+        if store::get_api_key(&mut change.tx, &agency, &id)
+            .await?
+            .is_none()
+        {
+            return Err(Error::NotFound("api key"));
+        }
+        store::revoke_api_key(&mut change.tx, &agency, &id, times::now_millis()).await?;
+        let row = store::get_api_key(&mut change.tx, &agency, &id)
+            .await?
+            .ok_or(Error::NotFound("api key"))?;
+        let out = row.to_proto();
+        Ok(change.finish(&req.name, out).await?)
+    }
+
+    /// Checks an API key presented by an agency system: it must exist, not
+    /// be revoked, and be within its rate. The answer names its agency; the
+    /// key may act there with the `intake` role only.
+    pub async fn verify_api_key(&self, key: &str) -> Result<KeyGrant, Error> {
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(Error::PermissionDenied("an api_key is required"));
+        }
+        let mut tx = self.db.read(Scope::AllAgencies).await?;
+        let row = store::find_api_key(&mut tx, &domain::api_key_hash(key)).await?;
+        tx.commit().await?;
+        let row = match row {
+            Some(r) if r.revoke_time.is_none() => r,
+            // Unknown and revoked keys read the same, so a caller cannot
+            // tell a guessed key from a revoked one.
+            _ => return Err(Error::PermissionDenied("the api_key is not valid")),
+        };
+        let name = row.name();
+        let rate = i32::try_from(row.requests_per_minute).unwrap_or(domain::DEFAULT_KEY_RATE);
+        if !self.limiter.admit(&name, rate, times::now_millis()) {
+            return Err(Error::RateLimited);
+        }
+        Ok(KeyGrant {
+            agency: row.agency,
+            key: name,
+        })
+    }
+
+    // ---- Open311 services ----
+
+    async fn create_open311_service(
+        &self,
+        caller: &Caller,
+        req: pb::CreateOpen311ServiceRequest,
+    ) -> Result<pb::Open311Service, Error> {
+        let agency = agency_of("parent", &req.parent)?.to_string();
+        authorize(caller, &[Role::AgencyAdmin], &agency, Target::Collection)?;
+        let service = req.open311_service.clone().unwrap_or_default();
+        let mut v = Violations::new();
+        if let Err(e) = names::check_id(&req.open311_service_id) {
+            v.add("open311_service_id", e.to_string());
+        }
+        if let Err(e) = domain::check_display_name(&service.display_name) {
+            v.add("open311_service.display_name", e);
+        }
+        domain::check_open311_service(&service, &mut v);
+        v.finish().map_err(Error::InvalidArgument)?;
+        let fp = fingerprint(&req);
+        let mut change = match self
+            .begin::<pb::Open311Service>(
+                caller,
+                &agency,
+                "CreateOpen311Service",
+                &req.request_id,
+                fp,
+            )
+            .await?
+        {
+            Begun::Replay(r) => return Ok(r),
+            Begun::Fresh(c) => c,
+        };
+        if store::get_agency(&mut change.tx, &agency).await?.is_none() {
+            return Err(Error::FailedPrecondition {
+                reason: "AGENCY_NOT_IN_DIRECTORY",
+                message: "the agency is not in the hub directory; a hub_admin adds it first",
+            });
+        }
+        if store::get_open311_service(&mut change.tx, &agency, &req.open311_service_id)
+            .await?
+            .is_some()
+        {
+            return Err(Error::AlreadyExists("open311 service"));
+        }
+        let row = store::Open311ServiceRow {
+            agency: agency.clone(),
+            id: req.open311_service_id.clone(),
+            display_name: service.display_name.trim().to_string(),
+            description: service.description.trim().to_string(),
+            group: service.group.trim().to_string(),
+            keywords: service
+                .keywords
+                .iter()
+                .map(|k| k.trim().to_string())
+                .collect(),
+            complaint_category: service.complaint_category.trim().to_string(),
+            complaint_service: service.complaint_service.trim().to_string(),
+            create_time: times::now_millis(),
+        };
+        store::insert_open311_service(&mut change.tx, &row).await?;
+        let out = row.to_proto();
+        let name = out.name.clone();
+        Ok(change.finish(&name, out).await?)
+    }
+
+    async fn list_open311_services(
+        &self,
+        caller: &Caller,
+        req: pb::ListOpen311ServicesRequest,
+    ) -> Result<pb::ListOpen311ServicesResponse, Error> {
+        let agency = agency_of("parent", &req.parent)?;
+        authorize(caller, &[Role::AgencyAdmin], agency, Target::Collection)?;
+        let limit = page_size(req.page_size)?;
+        let after = decode_token(&req.page_token)?;
+        let mut tx = self.db.read(Scope::Agency(agency)).await?;
+        let mut rows = store::list_open311_services(&mut tx, agency, &after, limit + 1).await?;
+        let next_page_token = next_token(&mut rows, limit, |k| &k.id);
+        Ok(pb::ListOpen311ServicesResponse {
+            open311_services: rows
+                .iter()
+                .map(store::Open311ServiceRow::to_proto)
+                .collect(),
+            next_page_token,
+        })
+    }
+
+    async fn delete_open311_service(
+        &self,
+        caller: &Caller,
+        req: pb::DeleteOpen311ServiceRequest,
+    ) -> Result<(), Error> {
+        let ids = names::parse_field("name", "agencies/{}/open311Services/{}", &req.name)?;
+        authorize(caller, &[Role::AgencyAdmin], ids[0], Target::Named)?;
+        let mut tx = self.db.write(Scope::Agency(ids[0])).await?;
+        if store::get_open311_service(&mut tx, ids[0], ids[1])
+            .await?
+            .is_none()
+        {
+            return Err(Error::NotFound("open311 service"));
+        }
+        store::delete_open311_service(&mut tx, ids[0], ids[1]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The agency an Open311 `jurisdiction_id` names: the id given, which
+    /// must be in the directory; or, when none is given, the hub's only
+    /// agency. Open311 lists its services to anyone, so this needs no caller.
+    pub async fn open311_jurisdiction(
+        &self,
+        jurisdiction_id: Option<&str>,
+    ) -> Result<domain::Jurisdiction, Error> {
+        let mut tx = self.db.read(Scope::AllAgencies).await?;
+        let found = match jurisdiction_id {
+            Some(id) => match store::get_agency(&mut tx, id).await? {
+                Some(a) => domain::Jurisdiction::Agency(a.id),
+                None => domain::Jurisdiction::Unknown,
+            },
+            None => {
+                let mut two = store::list_agencies(&mut tx, "", 2).await?;
+                match (two.len(), two.pop()) {
+                    (1, Some(a)) => domain::Jurisdiction::Agency(a.id),
+                    _ => domain::Jurisdiction::Missing,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    /// An agency's Open311 services, by code (every one: a public catalogue).
+    pub async fn open311_services(
+        &self,
+        agency: &str,
+    ) -> Result<Vec<store::Open311ServiceRow>, Error> {
+        let mut tx = self.db.read(Scope::Agency(agency)).await?;
+        let mut all = Vec::new();
+        loop {
+            let after = all
+                .last()
+                .map(|s: &store::Open311ServiceRow| s.id.clone())
+                .unwrap_or_default();
+            let page = store::list_open311_services(&mut tx, agency, &after, 1000).await?;
+            let done = page.len() < 1000;
+            all.extend(page);
+            if done {
+                break;
+            }
+        }
+        tx.commit().await?;
+        Ok(all)
+    }
+
+    /// One Open311 service of an agency.
+    pub async fn open311_service(
+        &self,
+        agency: &str,
+        code: &str,
+    ) -> Result<Option<store::Open311ServiceRow>, Error> {
+        let mut tx = self.db.read(Scope::Agency(agency)).await?;
+        let found = store::get_open311_service(&mut tx, agency, code).await?;
+        tx.commit().await?;
+        Ok(found)
     }
 
     // ---- peer groups ----
@@ -1492,6 +1806,65 @@ impl GatewayService for Gateway {
         Ok(Response::new(
             Gateway::update_unit(self, &caller, r.into_inner()).await?,
         ))
+    }
+
+    async fn create_api_key(
+        &self,
+        r: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::ApiKey>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::create_api_key(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn list_api_keys(
+        &self,
+        r: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::list_api_keys(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        r: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::ApiKey>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::revoke_api_key(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn create_open311_service(
+        &self,
+        r: Request<pb::CreateOpen311ServiceRequest>,
+    ) -> Result<Response<pb::Open311Service>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::create_open311_service(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn list_open311_services(
+        &self,
+        r: Request<pb::ListOpen311ServicesRequest>,
+    ) -> Result<Response<pb::ListOpen311ServicesResponse>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Ok(Response::new(
+            Gateway::list_open311_services(self, &caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_open311_service(
+        &self,
+        r: Request<pb::DeleteOpen311ServiceRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = Caller::from_request(&r)?;
+        Gateway::delete_open311_service(self, &caller, r.into_inner()).await?;
+        Ok(Response::new(()))
     }
 
     async fn delete_unit(&self, r: Request<pb::DeleteUnitRequest>) -> Result<Response<()>, Status> {

@@ -3,7 +3,7 @@
 //! ranks, quartiles, the median and the comparison with it), and the
 //! summaries the dashboard makes of the backends' answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use touchstone_api::common::v1::Date;
 use touchstone_api::complaints::v1 as complaints;
 use touchstone_api::gateway::v1 as pb;
@@ -787,5 +787,176 @@ mod tests {
             trend(None, Some(&v(9, 10))),
             (pb::Trend::Unspecified, false)
         );
+    }
+}
+
+// ---- Open311 ----
+
+/// Which agency an Open311 request is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Jurisdiction {
+    /// This agency.
+    Agency(String),
+    /// None was named and the hub has more than one agency (or none).
+    Missing,
+    /// The named one is not in the directory.
+    Unknown,
+}
+
+/// Checks the Open311 fields of a service, naming each bad one.
+pub fn check_open311_service(
+    s: &pb::Open311Service,
+    v: &mut touchstone_platform::error::Violations,
+) {
+    let text = |value: &str, max: usize| {
+        value.chars().count() <= max && !value.chars().any(|c| c.is_control() && c != '\n')
+    };
+    if !text(&s.description, 2000) {
+        v.add(
+            "open311_service.description",
+            "at most 2000 printable characters",
+        );
+    }
+    if !text(&s.group, 100) || s.group.contains('\n') {
+        v.add("open311_service.group", "at most 100 printable characters");
+    }
+    if s.keywords.len() > 50 {
+        v.add("open311_service.keywords", "at most 50 keywords");
+    }
+    for (i, k) in s.keywords.iter().enumerate() {
+        let k = k.trim();
+        // Open311 joins keywords with commas.
+        if k.is_empty() || !text(k, 100) || k.contains([',', '\n']) {
+            v.add(
+                format!("open311_service.keywords[{i}]"),
+                "1 to 100 printable characters, no comma",
+            );
+        }
+    }
+    let category = s.complaint_category.trim();
+    if category.is_empty() {
+        v.add("open311_service.complaint_category", "required");
+    } else if !text(category, 100) || category.contains('\n') {
+        v.add(
+            "open311_service.complaint_category",
+            "at most 100 printable characters",
+        );
+    }
+    if !text(&s.complaint_service, 100) || s.complaint_service.contains('\n') {
+        v.add(
+            "open311_service.complaint_service",
+            "at most 100 printable characters",
+        );
+    }
+}
+
+// ---- API keys ----
+
+/// Requests per minute of a key that names no rate.
+pub const DEFAULT_KEY_RATE: i32 = 60;
+/// Highest rate a key may be given.
+pub const MAX_KEY_RATE: i32 = 100_000;
+/// What every API key starts with, so that a leaked one is recognisable.
+pub const KEY_PREFIX: &str = "ts311_";
+
+/// A new API key: the prefix and 256 random bits, base64url.
+pub fn new_api_key() -> String {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+    )
+}
+
+/// What is stored of a key: its SHA-256, hex. A key has 256 random bits, so
+/// no slow password hash is needed to make guessing from the hash hopeless.
+pub fn api_key_hash(key: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(key.trim().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Checks a key's rate: 0 means the default.
+pub fn key_rate(requested: i32) -> Result<i32, String> {
+    match requested {
+        0 => Ok(DEFAULT_KEY_RATE),
+        n if (1..=MAX_KEY_RATE).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "from 1 to {MAX_KEY_RATE}, or 0 for {DEFAULT_KEY_RATE}"
+        )),
+    }
+}
+
+/// Requests per key per clock minute (a fixed window): enough to stop one
+/// system flooding the intake, and cheap. Per process: with several gateway
+/// replicas each allows the rate.
+#[derive(Debug, Default)]
+pub struct KeyLimiter {
+    windows: std::sync::Mutex<HashMap<String, (i64, i32)>>,
+}
+
+impl KeyLimiter {
+    /// Whether the key named `key` may make one more request in the minute
+    /// of `now_millis`, counting it if so.
+    pub fn admit(&self, key: &str, rate: i32, now_millis: i64) -> bool {
+        let minute = now_millis.div_euclid(60_000);
+        let mut windows = match self.windows.lock() {
+            Ok(w) => w,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Windows of past minutes are of no use: drop them now and then.
+        if windows.len() > 10_000 {
+            windows.retain(|_, (m, _)| *m == minute);
+        }
+        let slot = windows.entry(key.to_string()).or_insert((minute, 0));
+        if slot.0 != minute {
+            *slot = (minute, 0);
+        }
+        if slot.1 >= rate {
+            return false;
+        }
+        slot.1 += 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_random_and_hashed() {
+        let (a, b) = (new_api_key(), new_api_key());
+        assert_ne!(a, b);
+        assert!(a.starts_with(KEY_PREFIX) && a.len() == KEY_PREFIX.len() + 43);
+        assert_eq!(api_key_hash(&a), api_key_hash(&format!(" {a}\n")));
+        assert_ne!(api_key_hash(&a), api_key_hash(&b));
+        assert_eq!(api_key_hash(&a).len(), 64);
+        assert!(!api_key_hash(&a).contains(&a[KEY_PREFIX.len()..]));
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(key_rate(0), Ok(DEFAULT_KEY_RATE));
+        assert_eq!(key_rate(5), Ok(5));
+        assert!(key_rate(-1).is_err());
+        assert!(key_rate(MAX_KEY_RATE + 1).is_err());
+    }
+
+    #[test]
+    fn limiter_counts_per_key_per_minute() {
+        let l = KeyLimiter::default();
+        let t = 1_800_000_000_000;
+        assert!(l.admit("a", 2, t));
+        assert!(l.admit("a", 2, t + 1));
+        assert!(!l.admit("a", 2, t + 2));
+        assert!(l.admit("b", 2, t + 2));
+        let next_minute = (t.div_euclid(60_000) + 1) * 60_000;
+        assert!(l.admit("a", 2, next_minute));
     }
 }

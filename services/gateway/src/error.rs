@@ -37,6 +37,9 @@ pub enum Error {
     /// A request id was reused for a different request.
     #[error("request_id was already used for a different request")]
     RequestIdReused,
+    /// An API key made more requests this minute than its rate allows.
+    #[error("the api_key's rate is spent for this minute")]
+    RateLimited,
     /// A service the call depends on answered with an error of its own,
     /// passed on as it is (its status is already safe to show).
     #[error("{0}")]
@@ -126,6 +129,11 @@ impl From<Error> for Status {
                     "request_id",
                     "already used for a different request",
                 )],
+            ),
+            Error::RateLimited => simple(
+                Code::ResourceExhausted,
+                "RATE_LIMITED",
+                "the api_key's requests per minute are spent; retry in the next minute".into(),
             ),
             Error::Backend(status) => status,
             Error::Database(e) => error::database(DOMAIN, &e),

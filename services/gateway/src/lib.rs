@@ -9,6 +9,7 @@ pub mod api;
 pub mod backends;
 pub mod domain;
 pub mod error;
+pub mod open311;
 pub mod store;
 pub mod web;
 
@@ -25,16 +26,30 @@ pub const SERVICE_NAME: &str = "touchstone.gateway.v1.GatewayService";
 /// The gateway's tables, per backend.
 pub static MIGRATIONS: MigrationSet = MigrationSet {
     component: "gateway",
-    sqlite: &[Migration {
-        version: 1,
-        name: "gateway",
-        sql: include_str!("../migrations/sqlite/0001_gateway.sql"),
-    }],
-    postgres: &[Migration {
-        version: 1,
-        name: "gateway",
-        sql: include_str!("../migrations/postgres/0001_gateway.sql"),
-    }],
+    sqlite: &[
+        Migration {
+            version: 1,
+            name: "gateway",
+            sql: include_str!("../migrations/sqlite/0001_gateway.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "open311",
+            sql: include_str!("../migrations/sqlite/0002_open311.sql"),
+        },
+    ],
+    postgres: &[
+        Migration {
+            version: 1,
+            name: "gateway",
+            sql: include_str!("../migrations/postgres/0001_gateway.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "open311",
+            sql: include_str!("../migrations/postgres/0002_open311.sql"),
+        },
+    ],
 };
 
 /// The service's sealed columns besides the platform's, for the start-up

@@ -421,3 +421,278 @@ pub async fn agencies_in(tx: &mut Tx, ids: &[String]) -> Result<Vec<AgencyRow>, 
     }
     Ok(out)
 }
+
+// ---- API keys ----
+
+/// An API key as stored: its hash, never the key.
+#[derive(Debug, Clone)]
+pub struct ApiKeyRow {
+    /// Agency.
+    pub agency: String,
+    /// Key id.
+    pub id: String,
+    /// The system it is for.
+    pub display_name: String,
+    /// SHA-256 of the key, hex.
+    pub key_hash: String,
+    /// Requests per minute.
+    pub requests_per_minute: i64,
+    /// Millis.
+    pub create_time: i64,
+    /// Millis, once revoked.
+    pub revoke_time: Option<i64>,
+}
+
+impl ApiKeyRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(ApiKeyRow {
+            agency: r.try_get("agency")?,
+            id: r.try_get("id")?,
+            display_name: r.try_get("display_name")?,
+            key_hash: r.try_get("key_hash")?,
+            requests_per_minute: r.try_get("requests_per_minute")?,
+            create_time: r.try_get("create_time")?,
+            revoke_time: r.try_get("revoke_time")?,
+        })
+    }
+
+    /// The resource name.
+    pub fn name(&self) -> String {
+        format!("agencies/{}/apiKeys/{}", self.agency, self.id)
+    }
+
+    /// The wire message, without the key.
+    pub fn to_proto(&self) -> pb::ApiKey {
+        pb::ApiKey {
+            name: self.name(),
+            display_name: self.display_name.clone(),
+            requests_per_minute: self.requests_per_minute as i32,
+            create_time: Some(times::timestamp(self.create_time)),
+            revoke_time: self.revoke_time.map(times::timestamp),
+            key: String::new(),
+        }
+    }
+}
+
+const API_KEY_COLUMNS: &str =
+    "agency, id, display_name, key_hash, requests_per_minute, create_time, revoke_time";
+
+/// Inserts a key.
+pub async fn insert_api_key(tx: &mut Tx, k: &ApiKeyRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO hub_api_keys (agency, id, display_name, key_hash, requests_per_minute, \
+         create_time, revoke_time) VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+    )
+    .bind(&k.agency)
+    .bind(&k.id)
+    .bind(&k.display_name)
+    .bind(&k.key_hash)
+    .bind(k.requests_per_minute)
+    .bind(k.create_time)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// A key by agency and id.
+pub async fn get_api_key(
+    tx: &mut Tx,
+    agency: &str,
+    id: &str,
+) -> Result<Option<ApiKeyRow>, sqlx::Error> {
+    let sql = format!("SELECT {API_KEY_COLUMNS} FROM hub_api_keys WHERE agency = $1 AND id = $2");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await?
+        .map(|r| ApiKeyRow::from_row(&r))
+        .transpose()
+}
+
+/// The key with this hash, in any agency (read in the all-agencies scope:
+/// the key is what names the agency).
+pub async fn find_api_key(tx: &mut Tx, key_hash: &str) -> Result<Option<ApiKeyRow>, sqlx::Error> {
+    let sql = format!("SELECT {API_KEY_COLUMNS} FROM hub_api_keys WHERE key_hash = $1");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key_hash)
+        .fetch_optional(tx.conn())
+        .await?
+        .map(|r| ApiKeyRow::from_row(&r))
+        .transpose()
+}
+
+/// An agency's keys after `after`, at most `limit`.
+pub async fn list_api_keys(
+    tx: &mut Tx,
+    agency: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {API_KEY_COLUMNS} FROM hub_api_keys WHERE agency = $1 AND id > $2 \
+         ORDER BY id LIMIT $3"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(tx.conn())
+        .await?
+        .iter()
+        .map(ApiKeyRow::from_row)
+        .collect()
+}
+
+/// Marks a key revoked (once: a second revocation keeps the first time).
+pub async fn revoke_api_key(
+    tx: &mut Tx,
+    agency: &str,
+    id: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE hub_api_keys SET revoke_time = $3 \
+         WHERE agency = $1 AND id = $2 AND revoke_time IS NULL",
+    )
+    .bind(agency)
+    .bind(id)
+    .bind(now)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+// ---- Open311 services ----
+
+/// A complaint category offered as an Open311 service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Open311ServiceRow {
+    /// Agency.
+    pub agency: String,
+    /// The Open311 service_code.
+    pub id: String,
+    /// service_name.
+    pub display_name: String,
+    /// description.
+    pub description: String,
+    /// group.
+    pub group: String,
+    /// keywords, in order.
+    pub keywords: Vec<String>,
+    /// The complaint category.
+    pub complaint_category: String,
+    /// The complaint's service.
+    pub complaint_service: String,
+    /// Millis.
+    pub create_time: i64,
+}
+
+impl Open311ServiceRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        let keywords: String = r.try_get("keywords")?;
+        Ok(Open311ServiceRow {
+            agency: r.try_get("agency")?,
+            id: r.try_get("id")?,
+            display_name: r.try_get("display_name")?,
+            description: r.try_get("description")?,
+            group: r.try_get("group_name")?,
+            keywords: serde_json::from_str(&keywords)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            complaint_category: r.try_get("complaint_category")?,
+            complaint_service: r.try_get("complaint_service")?,
+            create_time: r.try_get("create_time")?,
+        })
+    }
+
+    /// The wire message.
+    pub fn to_proto(&self) -> pb::Open311Service {
+        pb::Open311Service {
+            name: format!("agencies/{}/open311Services/{}", self.agency, self.id),
+            display_name: self.display_name.clone(),
+            description: self.description.clone(),
+            group: self.group.clone(),
+            keywords: self.keywords.clone(),
+            complaint_category: self.complaint_category.clone(),
+            complaint_service: self.complaint_service.clone(),
+            create_time: Some(times::timestamp(self.create_time)),
+        }
+    }
+}
+
+const OPEN311_COLUMNS: &str = "agency, id, display_name, description, group_name, keywords, \
+    complaint_category, complaint_service, create_time";
+
+/// Inserts an Open311 service.
+pub async fn insert_open311_service(tx: &mut Tx, s: &Open311ServiceRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO hub_open311_services (agency, id, display_name, description, group_name, \
+         keywords, complaint_category, complaint_service, create_time) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&s.agency)
+    .bind(&s.id)
+    .bind(&s.display_name)
+    .bind(&s.description)
+    .bind(&s.group)
+    .bind(serde_json::to_string(&s.keywords).unwrap_or_else(|_| "[]".into()))
+    .bind(&s.complaint_category)
+    .bind(&s.complaint_service)
+    .bind(s.create_time)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// An Open311 service by agency and code.
+pub async fn get_open311_service(
+    tx: &mut Tx,
+    agency: &str,
+    id: &str,
+) -> Result<Option<Open311ServiceRow>, sqlx::Error> {
+    let sql =
+        format!("SELECT {OPEN311_COLUMNS} FROM hub_open311_services WHERE agency = $1 AND id = $2");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await?
+        .map(|r| Open311ServiceRow::from_row(&r))
+        .transpose()
+}
+
+/// An agency's Open311 services after `after`, at most `limit`.
+pub async fn list_open311_services(
+    tx: &mut Tx,
+    agency: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<Open311ServiceRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {OPEN311_COLUMNS} FROM hub_open311_services WHERE agency = $1 AND id > $2 \
+         ORDER BY id LIMIT $3"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(tx.conn())
+        .await?
+        .iter()
+        .map(Open311ServiceRow::from_row)
+        .collect()
+}
+
+/// Removes an Open311 service.
+pub async fn delete_open311_service(
+    tx: &mut Tx,
+    agency: &str,
+    id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM hub_open311_services WHERE agency = $1 AND id = $2")
+        .bind(agency)
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}

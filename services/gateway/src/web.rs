@@ -35,8 +35,10 @@ struct App {
     auth: AuthInterceptor,
 }
 
-/// The dashboard's routes: `/` and its assets, and `/api/...`.
+/// The dashboard's routes: `/` and its assets, and `/api/...`; and the Open311
+/// endpoints under `/open311/v2/`.
 pub fn router(gateway: Arc<Gateway>, verifier: Arc<Verifier>) -> Router {
+    let open311 = crate::open311::router(gateway.clone());
     let app = App {
         gateway,
         auth: AuthInterceptor::new(verifier),
@@ -62,6 +64,7 @@ pub fn router(gateway: Arc<Gateway>, verifier: Arc<Verifier>) -> Router {
         .route("/api/indicators", get(indicators))
         .fallback(|| async { error_response(&tonic::Status::not_found("no such page")) })
         .with_state(app)
+        .merge(open311)
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {

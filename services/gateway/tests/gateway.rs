@@ -329,6 +329,9 @@ struct Harness {
     kpi: Arc<Mutex<KpiState>>,
     gateway: Server,
     http: std::net::SocketAddr,
+    /// The gateway's methods in process, over the same database, for what
+    /// has no gRPC face (checking an API key).
+    api: touchstone_gateway::api::Gateway,
 }
 
 const OFFICER: &[Role] = &[Role::Officer];
@@ -428,6 +431,12 @@ impl Harness {
             10,
         )
         .expect("peers");
+        let api = touchstone_gateway::api::Gateway::new(
+            gateway_db.db.clone(),
+            keys(),
+            peers.backends.clone(),
+            10,
+        );
         let http = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind http");
@@ -457,6 +466,7 @@ impl Harness {
             kpi: kpi_state,
             gateway,
             http: http_addr,
+            api,
         }
     }
 
@@ -1381,4 +1391,343 @@ async fn json_api_and_pages_answer() {
         assert_eq!(status, 200, "{path}: {body}");
     }
     assert_eq!(h.http_get("/nothing-here", None).await.0, 404);
+}
+
+#[tokio::test]
+async fn api_keys_are_issued_hashed_revoked_and_rate_limited() {
+    let h = Harness::start().await;
+    let mut g = h.gateway().await;
+    create_agency(&h, "passports", pb::BenchmarkConsent::Named, &h.hub())
+        .await
+        .expect("agency");
+    create_agency(&h, "tax", pb::BenchmarkConsent::Named, &h.hub())
+        .await
+        .expect("agency");
+    let admin = h.token("passports", ADMIN);
+    let create = |id: &str, rate: i32, request_id: &str| pb::CreateApiKeyRequest {
+        parent: "agencies/passports".into(),
+        api_key: Some(pb::ApiKey {
+            display_name: format!("System {id}"),
+            requests_per_minute: rate,
+            ..Default::default()
+        }),
+        api_key_id: id.into(),
+        request_id: request_id.into(),
+    };
+    let made = g
+        .create_api_key(req(create("web-forms", 3, "k1"), &admin))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(made.name, "agencies/passports/apiKeys/web-forms");
+    assert!(made.key.starts_with("ts311_"), "the key is in the answer");
+    assert_eq!(made.requests_per_minute, 3);
+    // A retry answers the same key record, without the secret (not kept).
+    let again = g
+        .create_api_key(req(create("web-forms", 3, "k1"), &admin))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(again.name, made.name);
+    assert!(again.key.is_empty());
+    // Listing never shows the key.
+    let listed = g
+        .list_api_keys(req(
+            pb::ListApiKeysRequest {
+                parent: "agencies/passports".into(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.api_keys.len(), 1);
+    assert!(listed.api_keys[0].key.is_empty());
+    assert_eq!(listed.api_keys[0].requests_per_minute, 3);
+
+    // Only agency_admin of the agency: an officer, or another agency's admin, may not.
+    for (token, code) in [
+        (h.token("passports", OFFICER), Code::PermissionDenied),
+        (h.token("tax", ADMIN), Code::PermissionDenied),
+        (h.hub(), Code::PermissionDenied),
+    ] {
+        let e = g
+            .create_api_key(req(create("other", 0, "k2"), &token))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), code);
+    }
+    let e = g
+        .revoke_api_key(req(
+            pb::RevokeApiKeyRequest {
+                name: made.name.clone(),
+                request_id: "r0".into(),
+            },
+            &h.token("tax", ADMIN),
+        ))
+        .await
+        .expect_err("other agency");
+    assert_eq!(e.code(), Code::NotFound);
+    // Every bad field is named.
+    let e = g
+        .create_api_key(req(
+            pb::CreateApiKeyRequest {
+                parent: "agencies/passports".into(),
+                api_key: Some(pb::ApiKey {
+                    requests_per_minute: -5,
+                    ..Default::default()
+                }),
+                api_key_id: "Bad Id".into(),
+                request_id: "k3".into(),
+            },
+            &admin,
+        ))
+        .await
+        .expect_err("invalid");
+    assert_eq!(
+        violations(&e),
+        vec![
+            "api_key_id".to_string(),
+            "api_key.display_name".to_string(),
+            "api_key.requests_per_minute".to_string()
+        ]
+    );
+
+    // The key names its agency, and its rate holds per minute.
+    let grant = h.api.verify_api_key(&made.key).await.expect("valid key");
+    assert_eq!(grant.agency, "passports");
+    assert_eq!(grant.key, made.name);
+    // Rate 3 a minute: within at most two windows a call is refused (the
+    // clock's minute may turn between calls, which restarts the count).
+    let mut admitted = 1;
+    let refused = loop {
+        match h.api.verify_api_key(&made.key).await {
+            Ok(_) if admitted < 7 => admitted += 1,
+            Ok(_) => break None,
+            Err(e) => break Some(Status::from(e)),
+        }
+    };
+    assert_eq!(refused.map(|e| e.code()), Some(Code::ResourceExhausted));
+    assert!(admitted >= 3, "{admitted}");
+    for bad in ["", "ts311_nope", "web-forms"] {
+        let e = Status::from(h.api.verify_api_key(bad).await.expect_err("unknown"));
+        assert_eq!(e.code(), Code::PermissionDenied);
+    }
+
+    // Revoked: refused from then on; a second revocation keeps the first time.
+    let revoked = g
+        .revoke_api_key(req(
+            pb::RevokeApiKeyRequest {
+                name: made.name.clone(),
+                request_id: "r1".into(),
+            },
+            &admin,
+        ))
+        .await
+        .expect("revoke")
+        .into_inner();
+    assert!(revoked.revoke_time.is_some());
+    let twice = g
+        .revoke_api_key(req(
+            pb::RevokeApiKeyRequest {
+                name: made.name.clone(),
+                request_id: "r2".into(),
+            },
+            &admin,
+        ))
+        .await
+        .expect("revoke again")
+        .into_inner();
+    assert_eq!(twice.revoke_time, revoked.revoke_time);
+    let e = Status::from(h.api.verify_api_key(&made.key).await.expect_err("revoked"));
+    assert_eq!(e.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn open311_discovery_services_and_errors_over_raw_http() {
+    let h = Harness::start().await;
+    let mut g = h.gateway().await;
+    create_agency(&h, "passports", pb::BenchmarkConsent::Named, &h.hub())
+        .await
+        .expect("agency");
+    let admin = h.token("passports", ADMIN);
+    // Nothing offered yet: an empty list, and the one agency needs no jurisdiction_id.
+    assert_eq!(
+        h.http_get("/open311/v2/services.json", None).await,
+        (200, "[]".to_string())
+    );
+    let service = |code: &str, request_id: &str| pb::CreateOpen311ServiceRequest {
+        parent: "agencies/passports".into(),
+        open311_service: Some(pb::Open311Service {
+            display_name: "Passport <delays> & waits".into(),
+            description: "Your passport is late.".into(),
+            group: "passports".into(),
+            keywords: vec!["late".into(), "slow".into()],
+            complaint_category: "delay".into(),
+            ..Default::default()
+        }),
+        open311_service_id: code.into(),
+        request_id: request_id.into(),
+    };
+    let made = g
+        .create_open311_service(req(service("delay", "s1"), &admin))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(made.name, "agencies/passports/open311Services/delay");
+    // agency_admin of the agency only; every bad field named.
+    let e = g
+        .create_open311_service(req(service("other", "s2"), &h.token("passports", OFFICER)))
+        .await
+        .expect_err("officer");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = g
+        .create_open311_service(req(
+            pb::CreateOpen311ServiceRequest {
+                parent: "agencies/passports".into(),
+                open311_service: Some(pb::Open311Service {
+                    keywords: vec!["a,b".into()],
+                    ..Default::default()
+                }),
+                open311_service_id: "Bad".into(),
+                request_id: "s3".into(),
+            },
+            &admin,
+        ))
+        .await
+        .expect_err("invalid");
+    assert_eq!(
+        violations(&e),
+        vec![
+            "open311_service_id".to_string(),
+            "open311_service.display_name".to_string(),
+            "open311_service.keywords[0]".to_string(),
+            "open311_service.complaint_category".to_string(),
+        ]
+    );
+
+    let (status, body) = h.http_get("/open311/v2/services.json", None).await;
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        list,
+        serde_json::json!([{
+            "service_code": "delay",
+            "service_name": "Passport <delays> & waits",
+            "description": "Your passport is late.",
+            "metadata": false,
+            "type": "realtime",
+            "keywords": "late, slow",
+            "group": "passports",
+        }])
+    );
+    let (status, body) = h.http_get("/open311/v2/services.xml", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<services><service>\
+         <service_code>delay</service_code><service_name>Passport &lt;delays&gt; &amp; waits\
+         </service_name><description>Your passport is late.</description>\
+         <metadata>false</metadata><type>realtime</type><keywords>late, slow</keywords>\
+         <group>passports</group></service></services>"
+    );
+    assert_eq!(
+        h.http_get("/open311/v2/services/delay.json", None).await,
+        (
+            200,
+            r#"{"attributes":[],"service_code":"delay"}"#.to_string()
+        )
+    );
+    // Unknown service: 404 as the spec's error list, in the format asked.
+    let (status, body) = h.http_get("/open311/v2/services/nope.json", None).await;
+    assert_eq!(status, 404);
+    let errors: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(errors[0]["code"], 404);
+    assert!(
+        errors[0]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("service_code"))
+    );
+    let (status, body) = h.http_get("/open311/v2/services/nope.xml", None).await;
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("<errors><error><code>404</code><description>"),
+        "{body}"
+    );
+    let (status, _) = h.http_get("/open311/v2/services.csv", None).await;
+    assert_eq!(status, 404);
+    // Other paths under the prefix, and a query that is not UTF-8 (read
+    // lossily, so an unknown jurisdiction), answer in the spec's form too.
+    let (status, body) = h.http_get("/open311/v2/a/b/c.json", None).await;
+    assert_eq!(
+        (status, body.contains("\"code\":404")),
+        (404, true),
+        "{body}"
+    );
+    let (status, body) = h
+        .http_get("/open311/v2/services.json?jurisdiction_id=%FF%FE", None)
+        .await;
+    assert_eq!(
+        (status, body.contains("\"code\":404")),
+        (404, true),
+        "{body}"
+    );
+
+    // A second agency: jurisdiction_id is now required; empty counts as absent.
+    create_agency(&h, "tax", pb::BenchmarkConsent::Named, &h.hub())
+        .await
+        .expect("agency");
+    for path in [
+        "/open311/v2/services.json",
+        "/open311/v2/services.json?jurisdiction_id=",
+        "/open311/v2/services/delay.json?jurisdiction_id=%20",
+    ] {
+        let (status, body) = h.http_get(path, None).await;
+        assert_eq!(status, 400, "{path}");
+        assert!(body.contains("jurisdiction_id"), "{body}");
+    }
+    let (status, body) = h
+        .http_get("/open311/v2/services.json?jurisdiction_id=nowhere", None)
+        .await;
+    assert_eq!((status, body.contains("\"code\":404")), (404, true));
+    let (status, body) = h
+        .http_get("/open311/v2/services.json?jurisdiction_id=passports", None)
+        .await;
+    assert_eq!((status, body.contains("\"delay\"")), (200, true));
+    assert_eq!(
+        h.http_get("/open311/v2/services.json?jurisdiction_id=tax", None)
+            .await,
+        (200, "[]".to_string())
+    );
+
+    // Discovery names this endpoint and its two formats.
+    let (status, body) = h.http_get("/open311/v2/discovery.json", None).await;
+    assert_eq!(status, 200);
+    let d: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(d["endpoints"][0]["url"], "http://localhost/open311/v2");
+    assert_eq!(
+        d["endpoints"][0]["formats"],
+        serde_json::json!(["text/xml", "application/json"])
+    );
+    let (status, body) = h.http_get("/open311/v2/discovery.xml", None).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<discovery>"));
+
+    // Withdrawn: its definition is gone.
+    g.delete_open311_service(req(
+        pb::DeleteOpen311ServiceRequest {
+            name: made.name.clone(),
+        },
+        &admin,
+    ))
+    .await
+    .expect("delete");
+    let (status, _) = h
+        .http_get(
+            "/open311/v2/services/delay.xml?jurisdiction_id=passports",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
 }

@@ -42,12 +42,14 @@ pub(crate) enum FeedbackCommand {
         #[arg(long)]
         errors: Option<PathBuf>,
     },
-    /// Export the quarterly A-11 CX data file of an agency as CSV.
+    /// Export an agency's quarterly A-11 CX data as the two CSV files
+    /// Touchpoints takes: the CX collection summary and the per-response upload.
     Export {
-        /// The A-11 file (the only export so far).
+        /// The A-11 files (the only export so far).
         #[arg(long, required = true)]
         a11: bool,
-        /// Calendar quarter, e.g. 2026Q3.
+        /// Calendar quarter (2026Q3 or 2026-Q3) or federal fiscal quarter
+        /// (FY2027Q1 = October to December 2026).
         #[arg(long)]
         quarter: String,
         /// The agency.
@@ -59,9 +61,12 @@ pub(crate) enum FeedbackCommand {
         /// Bearer token (analyst); by default one is minted with the local development key.
         #[arg(long, env = "TOUCHSTONE_TOKEN", hide_env_values = true)]
         token: Option<String>,
-        /// Output file (default: standard output).
+        /// The CX collection summary file (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The per-response upload file; not written unless given.
+        #[arg(long)]
+        responses: Option<PathBuf>,
     },
 }
 
@@ -99,10 +104,12 @@ pub(crate) async fn run(cmd: FeedbackCommand, settings: &Settings) -> anyhow::Re
             addr,
             token,
             out,
+            responses,
         } => {
             let bearer =
                 csv_import::bearer(token.as_deref(), &agency, settings, vec![Role::Analyst])?;
-            export_a11(&agency, &quarter, &addr, &bearer, out.as_deref()).await
+            let files = (out.as_deref(), responses.as_deref());
+            export_a11(&agency, &quarter, &addr, &bearer, files).await
         }
     }
 }
@@ -377,7 +384,7 @@ async fn export_a11(
     quarter: &str,
     addr: &str,
     bearer: &MetadataValue<tonic::metadata::Ascii>,
-    out: Option<&Path>,
+    (out, responses): (Option<&Path>, Option<&Path>),
 ) -> anyhow::Result<()> {
     let mut client = connect(addr).await?;
     let bar = ProgressBar::new_spinner();
@@ -395,13 +402,29 @@ async fn export_a11(
         .context("reading the A-11 report")?
         .into_inner();
     bar.finish_and_clear();
-    let csv = touchstone_feedback::a11::to_csv(&report);
+    let summary = touchstone_feedback::a11::summary_csv(&report);
     match out {
         Some(path) => {
-            std::fs::write(path, &csv).with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("{} rows written to {}", report.rows.len(), path.display());
+            std::fs::write(path, &summary)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "{} collection rows (FY{} Q{}) written to {}",
+                report.collections.len(),
+                report.fiscal_year,
+                report.fiscal_quarter,
+                path.display()
+            );
         }
-        None => print!("{csv}"),
+        None => print!("{summary}"),
+    }
+    if let Some(path) = responses {
+        let csv = touchstone_feedback::a11::responses_csv(&report);
+        std::fs::write(path, &csv).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "{} responses written to {}",
+            report.responses.len(),
+            path.display()
+        );
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! Kubernetes (`serve`), migrate, mint development tokens, import and export
 //! clients, and generate load for benchmarks.
 
+mod apikeys;
 mod bench;
 mod clients;
 mod complaints;
@@ -59,6 +60,9 @@ enum Command {
     Keys(KeysCommand),
     /// Mint a development token signed by the local development key.
     Token(TokenArgs),
+    /// Issue, list and revoke the API keys of agency systems (Open311 intake).
+    #[command(subcommand)]
+    ApiKeys(apikeys::ApiKeysCommand),
     /// Import or export clients of the register.
     #[command(subcommand)]
     Clients(clients::ClientsCommand),
@@ -166,6 +170,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Feedback(cmd) => feedback::run(cmd, &settings).await,
         Command::Complaints(cmd) => complaints::run(cmd, &settings).await,
         Command::Kpi(cmd) => kpi::run(cmd, &settings).await,
+        Command::ApiKeys(cmd) => apikeys::run(cmd, &settings).await,
         Command::Demo(options) => {
             let targets = demo::Targets::from_settings(&settings);
             demo::run(&settings, &targets, &options).await
