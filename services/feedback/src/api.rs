@@ -1417,8 +1417,9 @@ impl FeedbackService for Feedback {
         let run = async {
             let agency = parse_agency("parent", &req.parent)?;
             authorize(&caller, Action::Report.roles(), agency, Target::Collection)?;
-            let (first, last) = domain::parse_quarter(&req.quarter)
-                .ok_or_else(|| Error::invalid("quarter", "a calendar quarter such as 2026Q3"))?;
+            let (first, last) = domain::parse_quarter(&req.quarter).ok_or_else(|| {
+                Error::invalid("quarter", "a calendar quarter such as 2026Q3 or 2026-Q3")
+            })?;
             let from = day_start_millis(first);
             let until = day_start_millis(last) + 86_400_000;
             let mut tx = self.db.read(Scope::Agency(agency)).await?;
@@ -1427,7 +1428,7 @@ impl FeedbackService for Feedback {
             tx.commit().await?;
             Ok::<_, Error>(crate::a11::report(
                 &req.parent,
-                req.quarter.trim(),
+                &domain::quarter_label(first),
                 &counts,
                 &volumes,
             ))

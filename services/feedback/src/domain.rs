@@ -1168,9 +1168,11 @@ pub fn parse_volume(vol: &pb::Volume, prefix: &str) -> Result<VolumeInput, Viola
     }
 }
 
-/// A calendar quarter "2026Q3" as its first and last day (yyyymmdd).
+/// A calendar quarter "2026Q3" (or "2026-Q3", as the dashboard writes
+/// periods) as its first and last day (yyyymmdd).
 pub fn parse_quarter(q: &str) -> Option<(i64, i64)> {
     let (year, quarter) = q.trim().split_once(['Q', 'q'])?;
+    let year = year.strip_suffix('-').unwrap_or(year);
     let year: i64 = year.parse().ok()?;
     let quarter: i64 = quarter.parse().ok()?;
     if !(2000..=9999).contains(&year) || !(1..=4).contains(&quarter) {
@@ -1186,6 +1188,12 @@ pub fn parse_quarter(q: &str) -> Option<(i64, i64)> {
         year * 10_000 + first_month * 100 + 1,
         year * 10_000 + last_month * 100 + last_day,
     ))
+}
+
+/// The canonical name ("2026Q3") of the quarter starting on `first`
+/// (yyyymmdd, as [`parse_quarter`] gives it).
+pub fn quarter_label(first: i64) -> String {
+    format!("{}Q{}", first / 10_000, (first / 100 % 100 - 1) / 3 + 1)
 }
 
 /// What a method does, for the role check.
@@ -1309,6 +1317,13 @@ mod tests {
         assert_eq!(parse_quarter("2026Q4"), Some((20261001, 20261231)));
         assert_eq!(parse_quarter("2026Q5"), None);
         assert_eq!(parse_quarter("Q3"), None);
+        // The dashboard's way of writing a quarter works too, and is
+        // reported under the canonical name.
+        assert_eq!(parse_quarter("2026-Q3"), Some((20260701, 20260930)));
+        assert_eq!(parse_quarter("2026-q4"), Some((20261001, 20261231)));
+        assert_eq!(parse_quarter("2026--Q3"), None);
+        assert_eq!(quarter_label(20260701), "2026Q3");
+        assert_eq!(quarter_label(20261001), "2026Q4");
     }
 
     #[test]

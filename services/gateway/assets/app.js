@@ -51,16 +51,16 @@ function svg(tag, attrs, ...children) {
 // A table in a scrolling box of its own, so a wide table never makes the
 // page scroll sideways on a phone; the box is focusable so a keyboard can
 // scroll it.
-function table(caption, headers, rows, numeric) {
+function table(caption, headers, rows, numeric, cls) {
   const num = new Set(numeric || []);
   const head = el("tr", {}, ...headers.map((h, i) =>
     el("th", { scope: "col", class: num.has(i) ? "num" : null, text: h })));
   const body = rows.map((r) => el("tr", {}, ...r.map((cell, i) => {
-    const td = el("td", { class: num.has(i) ? "num" : null });
+    const td = el("td", { class: num.has(i) ? "num" : null, "data-label": headers[i] });
     td.append(cell instanceof Node ? cell : document.createTextNode(cell === null || cell === undefined ? "" : String(cell)));
     return td;
   })));
-  const t = el("table", {}, el("caption", { text: caption }), el("thead", {}, head), el("tbody", {}, ...body));
+  const t = el("table", { class: cls || null }, el("caption", { text: caption }), el("thead", {}, head), el("tbody", {}, ...body));
   return el("div", { class: "scroll", tabindex: "0", role: "region", "aria-label": caption }, t);
 }
 
@@ -362,7 +362,7 @@ async function renderTrend(content) {
     content.append(el("p", { text: "No published figure in this range: every point is suppressed (fewer than " +
       t.min_count + " observations) or has no data." }));
   } else {
-    content.append(trendChart(t, standard, indicatorId));
+    content.append(trendChart(t, standard, indicatorId, higher));
   }
   const tableId = "trend-table";
   const toggle = el("button", { type: "button", class: "secondary", id: "trend-table-toggle",
@@ -416,8 +416,20 @@ function trendSummary(t, standard, higher, ind) {
   return el("p", { id: "trend-summary", text: parts.join(" ") });
 }
 
-function trendChart(t, standard, ind) {
-  const width = 760, height = 320, left = 56, right = 16, top = 20, bottom = 48;
+// About five round values from lo to hi for the axis.
+function ticks(lo, hi) {
+  const raw = (hi - lo) / 4;
+  const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
+  const out = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(v);
+  return out;
+}
+
+function trendChart(t, standard, ind, higher) {
+  // A phone gets a narrower drawing, so its text stays readable.
+  const narrow = window.innerWidth < 600;
+  const width = narrow ? 400 : 760, height = narrow ? 280 : 320, left = 56, right = 16, top = 20, bottom = 48;
   const pts = t.points;
   const ys = [];
   for (const x of pts) {
@@ -442,11 +454,11 @@ function trendChart(t, standard, ind) {
   const root = svg("svg", { class: "chart trend", viewBox: "0 0 " + width + " " + height, role: "img", "aria-label": label });
   root.append(svg("title", { text: label }));
   // Axes: three value ticks and a label for every period that fits.
-  for (const v of [lo, (lo + hi) / 2, hi]) {
+  for (const v of ticks(lo, hi)) {
     root.append(svg("line", { x1: left, x2: width - right, y1: y(v), y2: y(v), stroke: "#dde2e8" }));
     root.append(svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end", text: fmtNumber(v, ind) }));
   }
-  const every = Math.ceil(pts.length / 12);
+  const every = Math.ceil(pts.length / (narrow ? 6 : 12));
   pts.forEach((p, i) => {
     if (i % every) return;
     const [yy, mm, dd] = p.start_date.split("-").map(Number);
@@ -484,7 +496,9 @@ function trendChart(t, standard, ind) {
     for (const i of r) {
       const p = pts[i];
       if (p.significant_change) {
-        root.append(svg("rect", { x: x(i) - 6, y: y(p.value.value) - 6, width: 12, height: 12, fill: "#a3231a",
+        const before = i > 0 && hasValue(pts[i - 1].value) ? pts[i - 1].value.value : p.value.value;
+        const better = (p.value.value > before) === higher;
+        root.append(svg("rect", { x: x(i) - 6, y: y(p.value.value) - 6, width: 12, height: 12, fill: better ? "#1d6b36" : "#a3231a",
           transform: "rotate(45 " + x(i) + " " + y(p.value.value) + ")" }));
       } else {
         root.append(svg("circle", { cx: x(i), cy: y(p.value.value), r: 4, fill: "#0b4f8a" }));
@@ -496,11 +510,13 @@ function trendChart(t, standard, ind) {
     root.append(svg("line", { x1: left, x2: width - right, y1: ty, y2: ty, stroke: "#1d6b36", "stroke-width": 2, "stroke-dasharray": "6 4" }));
     root.append(svg("text", { x: width - right, y: ty - 6, "text-anchor": "end", class: "target", text: "target " + fmtNumber(standard.target, ind) }));
   }
+  const item = (cls, text) => el("span", { class: "item" }, el("span", { class: "key " + cls, "aria-hidden": "true" }), text);
   const legend = el("p", { class: "legend" },
-    el("span", { class: "key band", "aria-hidden": "true" }), "95% interval ",
-    el("span", { class: "key sig", "aria-hidden": "true" }), "significant change from the period before ",
-    standard ? el("span", { class: "key target", "aria-hidden": "true" }) : null, standard ? "target " : null,
-    el("span", { class: "key gap", "aria-hidden": "true" }), "gap: suppressed or no data");
+    item("band", "95% interval"),
+    item("sig better", "significant change, better"),
+    item("sig worse", "significant change, worse"),
+    standard ? item("target", "target") : null,
+    item("gap", "gap: suppressed or no data"));
   return el("figure", { class: "trend-figure" }, root, legend);
 }
 
@@ -583,7 +599,7 @@ async function renderComplaints(content) {
       c.unit || "—", c.category || "—", c.officer || "unassigned", clock.due_date || "—", clockBadge(clock, c.overdue)];
   });
   content.append(table("Complaints matching the filters, due first (working days)",
-    ["Complaint", "Status", "Stage", "Severity", "Unit", "Category", "Officer", "Due", "Clock"], rows));
+    ["Complaint", "Status", "Stage", "Severity", "Unit", "Category", "Officer", "Due", "Clock"], rows, [], "stack-narrow"));
   if (r.next_page_token) {
     const next = Object.fromEntries(q.entries());
     next.page_token = r.next_page_token;
@@ -834,7 +850,7 @@ function topicsTable(topics) {
       const bar = el("span", { class: "bar", "aria-hidden": "true" });
       bar.style.width = Math.round(8 * t.responses / max) + "rem";
       const count = el("span", {}, bar, String(t.responses));
-      return [t.topic, count, t.mean_sentiment.toFixed(2)];
+      return [sentence(t.topic), count, t.mean_sentiment.toFixed(2)];
     }), [1, 2]);
 }
 
@@ -908,12 +924,12 @@ function gapCell(g) {
 function equityTable(gaps, caption, minCount, withDimension) {
   const headers = (withDimension ? ["Characteristic"] : []).concat(["Group", "Share satisfied", "95% interval", "n", "Gap to everyone else", "Significant"]);
   return table(caption, headers, gaps.map((g) => {
-    const value = g.value && g.value.suppressed
-      ? "hidden: fewer than " + (minCount || 10) + " responses, or withheld so that another small group's figure cannot be worked out"
+    const hidden = !!(g.value && g.value.suppressed);
+    const value = hidden ? "hidden (under " + (minCount || 10) + " responses, or to protect another group)"
       : fmtValue(g.value, "share_satisfied");
     return (withDimension ? [dimensionLabel(g.dimension)] : []).concat([segmentLabel(g.dimension, g.segment), value,
-      fmtInterval(g.value, "share_satisfied"), g.value && !g.value.suppressed ? g.value.n : "",
-      gapCell(g), g.significant ? "yes, at the 95% level" : "no (could be chance)"]);
+      fmtInterval(g.value, "share_satisfied"), hidden ? "" : g.value ? g.value.n : "",
+      gapCell(g), hidden ? "—" : g.significant ? "yes, at the 95% level" : "no (could be chance)"]);
   }), withDimension ? [4] : [3]);
 }
 

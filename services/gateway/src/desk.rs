@@ -57,12 +57,13 @@ fn invalid(field: &str, description: &str) -> tonic::Status {
 
 /// The caller, its call context and its agency (the tenant every path here
 /// lives in).
-fn enter(desk: &Desk, headers: &HeaderMap) -> Result<(Caller, CallContext, String), Response> {
-    let (caller, ctx) = authenticate_with(&desk.auth, headers).map_err(|s| error_response(&s))?;
+fn enter(desk: &Desk, headers: &HeaderMap) -> Result<(Caller, CallContext, String), Box<Response>> {
+    let (caller, ctx) =
+        authenticate_with(&desk.auth, headers).map_err(|s| Box::new(error_response(&s)))?;
     let agency = caller.agency.clone().ok_or_else(|| {
-        error_response(&tonic::Status::permission_denied(
+        Box::new(error_response(&tonic::Status::permission_denied(
             "the token names no agency; the complaint desk works within one agency",
-        ))
+        )))
     })?;
     Ok((caller, ctx, agency))
 }
@@ -141,7 +142,7 @@ async fn trend(
 ) -> Response {
     let (_, ctx, agency) = match enter(&desk, &headers) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let indicator = q.indicator.unwrap_or_default();
     if indicator.is_empty() {
@@ -272,7 +273,7 @@ async fn list_complaints(
 ) -> Response {
     let (_, ctx, agency) = match enter(&desk, &headers) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let filter = match complaints_filter(&q) {
         Ok(f) => f,
@@ -368,7 +369,7 @@ async fn get_complaint(
 ) -> Response {
     let (_, ctx, agency) = match enter(&desk, &headers) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(s) = check_id("complaint", &id) {
         return error_response(&s);
@@ -442,7 +443,7 @@ async fn act_on_complaint(
 ) -> Response {
     let (_, ctx, agency) = match enter(&desk, &headers) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(s) = check_id("complaint", &id) {
         return error_response(&s);
@@ -616,7 +617,7 @@ async fn list_follow_ups(
 ) -> Response {
     let (_, ctx, agency) = match enter(&desk, &headers) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let filter = match q.status.as_deref().unwrap_or("open") {
         "" | "any" => String::new(),
@@ -663,7 +664,7 @@ async fn update_follow_up(
 ) -> Response {
     let (_, ctx, agency) = match enter(&desk, &headers) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(s) = check_id("follow_up", &id) {
         return error_response(&s);

@@ -448,7 +448,10 @@ fn print_banner(
         println!("  {:<10} {}  (gRPC, gRPC-Web, /metrics)", r.name, r.addr);
     }
     if let Some(addr) = dashboard {
-        println!("  {:<10} http://{addr}/  (sign in with the development token)", "dashboard");
+        println!(
+            "  {:<10} http://{addr}/  (sign in with the development token)",
+            "dashboard"
+        );
     }
     println!();
     let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
