@@ -60,7 +60,8 @@ function table(caption, headers, rows, numeric, cls) {
     td.append(cell instanceof Node ? cell : document.createTextNode(cell === null || cell === undefined ? "" : String(cell)));
     return td;
   })));
-  const t = el("table", { class: cls || null }, el("caption", { text: caption }), el("thead", {}, head), el("tbody", {}, ...body));
+  // On a phone each row reads as a card of "column: value" lines.
+  const t = el("table", { class: cls || "stack-narrow" }, el("caption", { text: caption }), el("thead", {}, head), el("tbody", {}, ...body));
   return el("div", { class: "scroll", tabindex: "0", role: "region", "aria-label": caption }, t);
 }
 
@@ -599,7 +600,7 @@ async function renderComplaints(content) {
       c.unit || "—", c.category || "—", c.officer || "unassigned", clock.due_date || "—", clockBadge(clock, c.overdue)];
   });
   content.append(table("Complaints matching the filters, due first (working days)",
-    ["Complaint", "Status", "Stage", "Severity", "Unit", "Category", "Officer", "Due", "Clock"], rows, [], "stack-narrow"));
+    ["Complaint", "Status", "Stage", "Severity", "Unit", "Category", "Officer", "Due", "Clock"], rows));
   if (r.next_page_token) {
     const next = Object.fromEntries(q.entries());
     next.page_token = r.next_page_token;
