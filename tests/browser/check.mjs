@@ -85,7 +85,7 @@ const PAGES = [
   },
   {
     page: "follow-ups",
-    ready: "#content .follow-ups, #content p",
+    ready: "#content .follow-ups, #no-follow-ups",
     expect: async (p) => {
       await has(p, "Status");
     },
@@ -239,7 +239,7 @@ async function complaintStatus(p) {
 
 // Works one complaint from the keyboard alone.
 async function keyboardWalk(p, problems) {
-  await open(p, "complaints?status=RECEIVED", "Complaints queue", "#content table, #content p");
+  await open(p, "complaints?status=RECEIVED", "Complaints queue", "#content table, #no-complaints");
   const first = p.locator("#content table tbody tr a").first();
   if (!(await first.count())) throw new Error("no received complaint to work on");
   const id = (await first.innerText()).trim();
@@ -306,7 +306,7 @@ async function keyboardWalk(p, problems) {
 }
 
 async function followUpUpdate(p, problems) {
-  await open(p, "follow-ups", "Follow-ups", "#content .follow-ups, #content p");
+  await open(p, "follow-ups", "Follow-ups", "#content .follow-ups, #no-follow-ups");
   const form = p.locator(".follow-ups form").first();
   if (!(await form.count())) {
     problems.push("no open follow-up in the demo hub to update");
@@ -414,7 +414,7 @@ try {
     await page.locator("#content .cards").waitFor({ timeout: 30_000 });
     if ((await page.locator("#period").inputValue()) !== "2026-Q2") problems.push("the period did not survive a reload");
     await has(page, "2026-Q2");
-    await open(page, "complaints", "Complaints queue", "#content table, #content p");
+    await open(page, "complaints", "Complaints queue", "#content table, #no-complaints");
     await page.locator("#f-unit").fill("no-such-unit");
     await page.locator("#complaints-filter button[type=submit]").click();
     await page.waitForFunction(() => location.hash.includes("unit=no-such-unit"), null, { timeout: 5_000 });

@@ -590,7 +590,7 @@ async function renderComplaints(content) {
   if (r.error) return showError(r.error);
   content.append(el("h2", { text: "Due first" }));
   if (!r.complaints.length) {
-    content.append(el("p", { text: "No complaint matches these filters." }));
+    content.append(el("p", { id: "no-complaints", text: "No complaint matches these filters." }));
     return;
   }
   const rows = r.complaints.map((c) => {
@@ -790,7 +790,7 @@ async function renderFollowUps(content, flash) {
   const r = await api("/api/follow-ups?status=" + encodeURIComponent(which));
   if (r.error) return showError(r.error);
   if (!r.follow_ups.length) {
-    content.append(el("p", { text: "No follow-up with this status." }));
+    content.append(el("p", { id: "no-follow-ups", text: "No follow-up with this status." }));
     return;
   }
   const today = new Date().toISOString().slice(0, 10);
@@ -1132,7 +1132,12 @@ async function whoAmI() {
 
 // ---- routing ----
 
+// Each navigation counts; a page that finishes loading after the reader
+// has moved on is dropped rather than drawn over the newer one.
+let navigation = 0;
+
 async function route() {
+  const mine = ++navigation;
   let page = pageName();
   if (!PAGES[page]) page = token() ? "overview" : "signin";
   const spec = PAGES[page];
@@ -1158,6 +1163,7 @@ async function route() {
   } catch (e) {
     fresh.append(el("p", { class: "notice error", text: "This page could not be shown." }));
   }
+  if (mine !== navigation) return;
   content.replaceChildren(...fresh.childNodes);
   document.getElementById("main").focus();
 }
