@@ -56,8 +56,10 @@ function table(caption, headers, rows, numeric, cls) {
   const head = el("tr", {}, ...headers.map((h, i) =>
     el("th", { scope: "col", class: num.has(i) ? "num" : null, text: h })));
   const body = rows.map((r) => el("tr", {}, ...r.map((cell, i) => {
-    const td = el("td", { class: num.has(i) ? "num" : null, "data-label": headers[i] });
-    td.append(cell instanceof Node ? cell : document.createTextNode(cell === null || cell === undefined ? "" : String(cell)));
+    const blank = cell === null || cell === undefined || cell === "";
+    // A blank cell is left out of a row read as a card on a phone.
+    const td = el("td", { class: [num.has(i) ? "num" : "", blank ? "blank" : ""].join(" ").trim() || null, "data-label": headers[i] });
+    if (!blank) td.append(cell instanceof Node ? cell : document.createTextNode(String(cell)));
     return td;
   })));
   // On a phone each row reads as a card of "column: value" lines.
