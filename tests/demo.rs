@@ -233,6 +233,19 @@ async fn up_demo_creates_a_hub_through_the_apis_and_a_rerun_adds_nothing() {
         let demo_at = out.find("Demo hub:").unwrap_or(usize::MAX);
         let banner_at = out.find("Touchstone is up.").unwrap_or(0);
         assert!(demo_at < banner_at, "the data is there before the banner");
+        // One token, named as the text around it names it.
+        let exports: Vec<&str> = out
+            .lines()
+            .filter(|l| l.trim_start().starts_with("export "))
+            .collect();
+        assert!(
+            exports.len() == 1 && exports[0].trim_start().starts_with("export TOKEN=ey"),
+            "the banner should show one token, as `export TOKEN=`: {exports:?}"
+        );
+        assert!(
+            out.contains("Development token (agency \"passports\"; roles officer, senior_officer, analyst, agency_admin"),
+            "{out}"
+        );
 
         let token = mint_token(
             dir.path(),

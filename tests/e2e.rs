@@ -517,7 +517,7 @@ async fn clients_import_and_export() {
         let first = run(import_cmd(dir.path(), &file, &up), COMMAND_TIMEOUT).await;
         check_failed_import(&first, &errors_path);
         assert!(
-            first.stdout.contains("imported 5"),
+            first.stdout.contains("5 new, 0 already present"),
             "the summary counts 5 imported clients\n{}",
             first.report
         );
@@ -531,11 +531,43 @@ async fn clients_import_and_export() {
             "after the first import"
         );
 
-        // Re-running the same file creates nothing twice.
+        // Re-running the same file creates nothing twice, and says so. Without
+        // --addr the command finds the register through the peers.register
+        // setting (here not on the default port).
         std::fs::remove_file(&errors_path).expect("removing the error report");
-        let second = run(import_cmd(dir.path(), &file, &up), COMMAND_TIMEOUT).await;
+        let mut again = touchstone(dir.path());
+        again
+            .args(["clients", "import"])
+            .arg(&file)
+            .args(["--agency", AGENCY])
+            .env("TOUCHSTONE_PEERS__REGISTER", up.url());
+        let second = run(again, COMMAND_TIMEOUT).await;
         check_failed_import(&second, &errors_path);
+        assert!(
+            second.stdout.contains("0 new, 5 already present"),
+            "the re-run reports what was already there\n{}",
+            second.report
+        );
         assert_eq!(list_emails(&up, &token).await, expected, "after the re-run");
+
+        // A token the register refuses (no officer role) stops the import at
+        // once with one clear message, and no report of every row.
+        std::fs::remove_file(&errors_path).expect("removing the error report");
+        let analyst = mint_token(dir.path(), "analyst").await;
+        let mut refused = import_cmd(dir.path(), &file, &up);
+        refused.args(["--token", &analyst]);
+        let refused = run(refused, COMMAND_TIMEOUT).await;
+        assert!(!refused.status.success(), "{}", refused.report);
+        assert!(
+            refused.stderr.contains("the service refused this token"),
+            "{}",
+            refused.report
+        );
+        assert!(
+            !errors_path.exists(),
+            "no per-row report for a refused token\n{}",
+            refused.report
+        );
 
         // Export writes the five clients in the import format.
         let out = dir.path().join("out.csv");
@@ -581,6 +613,12 @@ async fn clients_import_and_export() {
         assert_eq!(&ana[col("external_id")], "C-1001");
         assert_eq!(&ana[col("locality")], "Sydney");
         assert_eq!(&ana[col("region_code")], "AU");
+        // Times are RFC 3339, as every export writes them.
+        let created = &ana[col("create_time")];
+        assert!(
+            created.len() >= 20 && created.as_bytes()[10] == b'T' && created.ends_with('Z'),
+            "create_time is not RFC 3339: {created:?}"
+        );
         let jo = records
             .iter()
             .find(|r| &r[col("email")] == "jo.smith@example.org")
@@ -841,7 +879,11 @@ async fn up_serves_complaints_and_imports_history() {
         ]);
         let done = run(cmd, COMMAND_TIMEOUT).await;
         assert!(!done.status.success(), "a bad row fails the import\n{}", done.report);
-        assert!(done.stdout.contains("imported 2 complaints"), "{}", done.report);
+        assert!(
+            done.stdout.contains(": 2 new, 0 already present"),
+            "{}",
+            done.report
+        );
         let report = std::fs::read_to_string(dir.path().join("complaints.csv.errors.csv"))
             .expect("error report");
         assert!(report.contains("4,channel,"), "{report}");

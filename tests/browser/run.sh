@@ -2,8 +2,10 @@
 # Headless-browser test of the web dashboard: starts `touchstone up --demo`
 # on a fresh data directory and free ports, signs in to the dashboard with a
 # development token in Debian's chromium (driven by playwright-core), opens
-# every page, checks each shows the demo data with no console error, saves a
-# screenshot per page in target/browser/, and stops the server.
+# every page at 1280 and 390 px wide, checks each shows the demo data with no
+# console error and no axe-core (WCAG 2.2 AA) violation, works a complaint
+# with the keyboard only, saves screenshots in target/browser/, and stops the
+# server.
 #
 #   tests/browser/run.sh
 #
@@ -32,8 +34,8 @@ if [ ! -x /usr/bin/chromium ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
-# playwright-core, pinned by package-lock.json; it never downloads a browser.
-if [ ! -f "$here/node_modules/playwright-core/package.json" ]; then
+# playwright-core and axe-core, pinned by package-lock.json; it never downloads a browser.
+if [ ! -f "$here/node_modules/playwright-core/package.json" ] || [ ! -f "$here/node_modules/axe-core/axe.min.js" ]; then
   echo "browser test: npm ci"
   (cd "$here" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 fi
@@ -114,5 +116,8 @@ grep "^Demo hub\|^The KPI" "$out/up.log" || true
 
 token="$(env "${env_vars[@]}" "$bin" token --agency passports \
   --role analyst --role agency_admin --role officer --role senior_officer --subject browser-test)"
+# What `up` without --demo hands out: a token for agency "demo", which has no data.
+empty_token="$(env "${env_vars[@]}" "$bin" token --agency demo \
+  --role officer --role senior_officer --role agency_admin --subject dev-user)"
 
-node "$here/check.mjs" "http://127.0.0.1:$p_http" "$token" "$out"
+node "$here/check.mjs" "http://127.0.0.1:$p_http" "$token" "$empty_token" "$out"

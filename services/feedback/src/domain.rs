@@ -1284,6 +1284,12 @@ pub fn parse_quarter(q: &str) -> Option<Quarter> {
     })
 }
 
+/// The canonical name ("2026Q3") of the quarter starting on `first`
+/// (yyyymmdd, as [`parse_quarter`] gives it).
+pub fn quarter_label(first: i64) -> String {
+    format!("{}Q{}", first / 10_000, (first / 100 % 100 - 1) / 3 + 1)
+}
+
 /// What a method does, for the role check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

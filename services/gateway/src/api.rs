@@ -208,6 +208,12 @@ fn rfc3339_day(d: jiff::civil::Date) -> String {
 }
 
 impl Gateway {
+    /// The channels to the services, for routes that forward a caller's
+    /// request as it is (the web dashboard's complaint desk).
+    pub(crate) fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
     /// The service over its directory database and the backends it joins.
     /// Data keys (for request fingerprints and stored responses) are stored
     /// in `db`, wrapped by `master`.

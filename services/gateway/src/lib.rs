@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod backends;
+pub mod desk;
 pub mod domain;
 pub mod error;
 pub mod open311;

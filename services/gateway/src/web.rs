@@ -39,6 +39,7 @@ struct App {
 /// endpoints under `/open311/v2/`.
 pub fn router(gateway: Arc<Gateway>, verifier: Arc<Verifier>) -> Router {
     let open311 = crate::open311::router(gateway.clone());
+    let desk = crate::desk::router(gateway.clone(), verifier.clone());
     let app = App {
         gateway,
         auth: AuthInterceptor::new(verifier),
@@ -65,6 +66,7 @@ pub fn router(gateway: Arc<Gateway>, verifier: Arc<Verifier>) -> Router {
         .fallback(|| async { error_response(&tonic::Status::not_found("no such page")) })
         .with_state(app)
         .merge(open311)
+        .merge(desk)
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
@@ -91,6 +93,15 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 
 /// The caller and the call context, from the `Authorization` header.
 fn authenticate(app: &App, headers: &HeaderMap) -> Result<(Caller, CallContext), tonic::Status> {
+    authenticate_with(&app.auth, headers)
+}
+
+/// The caller and the call context, from the `Authorization` header, as
+/// the gRPC interceptor `auth` would authenticate it.
+pub(crate) fn authenticate_with(
+    auth: &AuthInterceptor,
+    headers: &HeaderMap,
+) -> Result<(Caller, CallContext), tonic::Status> {
     let mut request = tonic::Request::new(());
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value
@@ -102,7 +113,7 @@ fn authenticate(app: &App, headers: &HeaderMap) -> Result<(Caller, CallContext),
             })?;
         request.metadata_mut().insert("authorization", value);
     }
-    let mut auth = app.auth.clone();
+    let mut auth = auth.clone();
     let request = auth.call(request)?;
     let caller = Caller::from_request(&request)?;
     let ctx = CallContext::from_request(&request)?;
@@ -125,7 +136,7 @@ fn http_code(code: Code) -> StatusCode {
     }
 }
 
-fn error_response(status: &tonic::Status) -> Response {
+pub(crate) fn error_response(status: &tonic::Status) -> Response {
     let details = status.get_error_details();
     let fields: Vec<Json> = details
         .bad_request()
@@ -270,23 +281,23 @@ async fn indicators(State(app): State<App>, headers: HeaderMap) -> Response {
     )
 }
 
-fn ename<E>(name: Result<&'static str, E>, prefix: &str) -> &'static str {
+pub(crate) fn ename<E>(name: Result<&'static str, E>, prefix: &str) -> &'static str {
     name.map(|n| n.strip_prefix(prefix).unwrap_or(n))
         .unwrap_or("UNSPECIFIED")
 }
 
-fn date_json(d: Option<&Date>) -> Json {
+pub(crate) fn date_json(d: Option<&Date>) -> Json {
     d.map_or(Json::Null, |d| {
         json!(format!("{:04}-{:02}-{:02}", d.year, d.month, d.day))
     })
 }
 
-fn time_json(t: Option<&prost_types::Timestamp>) -> Json {
+pub(crate) fn time_json(t: Option<&prost_types::Timestamp>) -> Json {
     t.and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
         .map_or(Json::Null, |t| json!(t.to_string()))
 }
 
-fn value_json(v: Option<&kpi::Value>) -> Json {
+pub(crate) fn value_json(v: Option<&kpi::Value>) -> Json {
     v.map_or(Json::Null, |v| {
         json!({
             "n": v.n,
@@ -300,7 +311,7 @@ fn value_json(v: Option<&kpi::Value>) -> Json {
     })
 }
 
-fn indicator_json(i: &kpi::Indicator) -> Json {
+pub(crate) fn indicator_json(i: &kpi::Indicator) -> Json {
     json!({
         "id": i.id,
         "title": i.title,
@@ -310,7 +321,7 @@ fn indicator_json(i: &kpi::Indicator) -> Json {
     })
 }
 
-fn clock_json(c: Option<&cpb::Clock>) -> Json {
+pub(crate) fn clock_json(c: Option<&cpb::Clock>) -> Json {
     c.map_or(Json::Null, |c| {
         json!({
             "allowed_days": c.allowed_days,
@@ -325,11 +336,11 @@ fn clock_json(c: Option<&cpb::Clock>) -> Json {
     })
 }
 
-fn stage(v: i32) -> &'static str {
+pub(crate) fn stage(v: i32) -> &'static str {
     ename(cpb::Stage::try_from(v).map(|e| e.as_str_name()), "STAGE_")
 }
 
-fn severity(v: i32) -> &'static str {
+pub(crate) fn severity(v: i32) -> &'static str {
     ename(
         cpb::Severity::try_from(v).map(|e| e.as_str_name()),
         "SEVERITY_",

@@ -518,14 +518,39 @@ impl Harness {
 
     /// A raw HTTP/1.1 GET to the dashboard: status and body.
     async fn http_get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        self.http("GET", path, token, None).await
+    }
+
+    /// A raw HTTP/1.1 POST of a JSON body to the dashboard: status and body.
+    async fn http_post(&self, path: &str, token: &str, body: serde_json::Value) -> (u16, String) {
+        self.http("POST", path, Some(token), Some(body)).await
+    }
+
+    async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, String) {
         let mut stream = tokio::net::TcpStream::connect(self.http)
             .await
             .expect("connect");
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let content = if body.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            )
+        };
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}{content}Connection: close\r\n\r\n{body}"
+        );
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.expect("read");
@@ -1730,4 +1755,124 @@ async fn open311_discovery_services_and_errors_over_raw_http() {
         )
         .await;
     assert_eq!(status, 404);
+}
+
+/// The web dashboard's complaint desk forwards to the complaints API with
+/// the caller's token: the same roles, tenancy, etags and request ids.
+#[tokio::test]
+async fn the_complaint_desk_acts_through_the_complaints_api() {
+    let h = Harness::start().await;
+    let filed = file_complaint(&h, "a", cpb::complainant::Who::Anonymous(true)).await;
+    let id = filed.name.rsplit('/').next().expect("id").to_string();
+    let officer = h.token_as("officer-a", Some("a"), OFFICER);
+    let json = |body: &str| -> serde_json::Value { serde_json::from_str(body).expect("json") };
+
+    // The queue, filtered; a filter value that would change the filter is refused.
+    let (status, body) = h
+        .http_get(
+            "/api/complaints?unit=passports-north&stage=frontline",
+            Some(&officer),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json(&body)["complaints"][0]["complaint"],
+        filed.name.as_str()
+    );
+    let (status, _) = h
+        .http_get("/api/complaints?unit=elsewhere", Some(&officer))
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = h
+        .http_get(
+            "/api/complaints?unit=x%22%20OR%20unit%3D%22y",
+            Some(&officer),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(json(&body)["error"]["fields"][0]["field"], "unit");
+
+    // Open it: the complaint, its clocks and its history.
+    let (status, body) = h
+        .http_get(&format!("/api/complaints/{id}"), Some(&officer))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let opened = json(&body);
+    assert_eq!(opened["complaint"]["status"], "RECEIVED");
+    assert!(opened["complaint"]["acknowledgement_clock"]["due_date"].is_string());
+    assert!(!opened["history"].as_array().expect("history").is_empty());
+    let etag = opened["complaint"]["etag"]
+        .as_str()
+        .expect("etag")
+        .to_string();
+
+    // Acknowledge with the etag seen; a retry with the same request id
+    // answers the same and does not act twice.
+    let ack = serde_json::json!({"etag": etag, "request_id": "7d3c0d1e-2b4f-4c86-9d41-5d0f6c1d2e01", "note": "called"});
+    let path = format!("/api/complaints/{id}/acknowledge");
+    let (status, body) = h.http_post(&path, &officer, ack.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["complaint"]["status"], "ACKNOWLEDGED");
+    let (status, again) = h.http_post(&path, &officer, ack).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        json(&again)["complaint"]["etag"],
+        json(&body)["complaint"]["etag"]
+    );
+
+    // A stale etag is a conflict the page can explain.
+    let stale =
+        serde_json::json!({"etag": etag, "request_id": "7d3c0d1e-2b4f-4c86-9d41-5d0f6c1d2e02"});
+    let (status, body) = h
+        .http_post(&format!("/api/complaints/{id}/start"), &officer, stale)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(json(&body)["error"]["code"], "Aborted");
+
+    // A contact note lands on the complaint.
+    let contact = serde_json::json!({"request_id": "7d3c0d1e-2b4f-4c86-9d41-5d0f6c1d2e03",
+        "channel": "phone", "direction": "outbound", "note": "Left a message"});
+    let (status, body) = h
+        .http_post(&format!("/api/complaints/{id}/contact"), &officer, contact)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = h
+        .http_get(&format!("/api/complaints/{id}"), Some(&officer))
+        .await;
+    assert_eq!(json(&body)["contacts"][0]["direction"], "OUTBOUND");
+
+    // The service decides who may: an analyst may not act, another
+    // agency's officer does not find it.
+    let analyst = h.token_as("analyst-a", Some("a"), ANALYST);
+    let any = serde_json::json!({"request_id": "7d3c0d1e-2b4f-4c86-9d41-5d0f6c1d2e04"});
+    let (status, body) = h
+        .http_post(
+            &format!("/api/complaints/{id}/start"),
+            &analyst,
+            any.clone(),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let other = h.token_as("officer-b", Some("b"), OFFICER);
+    let (status, _) = h
+        .http_get(&format!("/api/complaints/{id}"), Some(&other))
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = h
+        .http_post(
+            &format!("/api/complaints/{id}/nonsense"),
+            &officer,
+            any.clone(),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = h
+        .http_post("/api/complaints/..%2Fx/start", &officer, any)
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // Follow-ups list through the feedback API (none yet).
+    let (status, body) = h.http_get("/api/follow-ups", Some(&officer)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["follow_ups"], serde_json::json!([]));
 }

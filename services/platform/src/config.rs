@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// One JSON object per line (the default; what log shippers want).
+    /// JSON when stdout is not a terminal (what log shippers read), text
+    /// when a person is watching it (the default).
+    Auto,
+    /// One JSON object per line.
     Json,
     /// Human-readable lines.
     Text,
@@ -147,9 +150,10 @@ impl Default for Peers {
 pub struct Settings {
     /// Directory for SQLite files and development keys.
     pub data_dir: PathBuf,
-    /// `json` or `text`.
+    /// `auto`, `json` or `text`.
     pub log_format: LogFormat,
-    /// Log filter, e.g. `info` or `touchstone_register=debug,info`.
+    /// Log filter, e.g. `info` or `touchstone_register=debug,info`; empty
+    /// chooses (see [`Settings::log_output`]).
     pub log_level: String,
     /// OTLP/gRPC endpoint for traces, e.g. `http://otel-collector:4317`.
     pub otlp_endpoint: Option<String>,
@@ -202,12 +206,33 @@ impl Default for HubSettings {
     }
 }
 
+impl Settings {
+    /// How logs are written: JSON or not, and the filter. `auto` is JSON
+    /// unless stdout is a terminal. An empty `log_level` is `info`, except
+    /// for a command that prints something for a person to read on a
+    /// terminal (`up` and its banner): there only warnings and errors
+    /// follow it, and per-request lines (at debug) need asking for.
+    pub fn log_output(&self, terminal: bool, banner: bool) -> (bool, String) {
+        let json = match self.log_format {
+            LogFormat::Auto => !terminal,
+            LogFormat::Json => true,
+            LogFormat::Text => false,
+        };
+        let level = match self.log_level.trim() {
+            "" if terminal && banner => "warn".to_string(),
+            "" => "info".to_string(),
+            set => set.to_string(),
+        };
+        (json, level)
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./data"),
-            log_format: LogFormat::Json,
-            log_level: "info".to_string(),
+            log_format: LogFormat::Auto,
+            log_level: String::new(),
             otlp_endpoint: None,
             master_key: None,
             max_concurrent_per_connection: 256,
@@ -375,7 +400,23 @@ mod tests {
     fn defaults_are_valid() {
         let s = with_env(&[]).expect("defaults");
         assert_eq!(s.register.listen.port(), 50051);
-        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.log_format, LogFormat::Auto);
+    }
+
+    #[test]
+    fn logs_suit_who_reads_them() {
+        let s = with_env(&[]).expect("defaults");
+        // A person at a terminal running `up`: text, then only warnings.
+        assert_eq!(s.log_output(true, true), (false, "warn".to_string()));
+        // Other commands on a terminal: text at info.
+        assert_eq!(s.log_output(true, false), (false, "info".to_string()));
+        // Not a terminal (a container, a pipe): JSON at info.
+        assert_eq!(s.log_output(false, true), (true, "info".to_string()));
+        // Settings choose.
+        let s = with_env(&[("LOG_FORMAT", "json"), ("LOG_LEVEL", "debug")]).expect("valid");
+        assert_eq!(s.log_output(true, true), (true, "debug".to_string()));
+        let s = with_env(&[("LOG_FORMAT", "text")]).expect("valid");
+        assert_eq!(s.log_output(false, false), (false, "info".to_string()));
     }
 
     #[test]

@@ -129,7 +129,8 @@ impl Drop for Record {
         if is_server_error(code) {
             self.span.record("otel.status_code", "ERROR");
         }
-        tracing::info!(
+        // Per request, so at debug: a terminal running `up` stays readable.
+        tracing::debug!(
             parent: &self.span,
             service = self.observer.service,
             rpc.method = %self.rpc.method,

@@ -2,7 +2,7 @@
 //! register through its public gRPC API, so every rule (validation,
 //! encryption, audit, events) applies exactly as for any other caller.
 
-use crate::csv_import::{self, RowError, authorized};
+use crate::csv_import::{self, Imported, RowError, authorized};
 use anyhow::Context;
 use clap::Subcommand;
 use indicatif::ProgressBar;
@@ -48,9 +48,9 @@ pub(crate) struct Target {
     /// The agency.
     #[arg(long)]
     agency: String,
-    /// The register's address.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    addr: String,
+    /// The register's address; default: setting peers.register.
+    #[arg(long)]
+    addr: Option<String>,
     /// Bearer token; by default one is minted with the local development key.
     #[arg(long, env = "TOUCHSTONE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -105,6 +105,28 @@ fn enum_value(prefix: &str, value: &str, parse: fn(&str) -> Option<i32>) -> Opti
         "{prefix}{}",
         v.to_ascii_uppercase().replace([' ', '-'], "_")
     ))
+}
+
+/// The CSV column a CreateClient field comes from (`client.email` is
+/// `email`, `client.postal_address.address_lines[1]` is `address_line2`).
+fn column_of(field: &str) -> String {
+    let f = field.strip_prefix("client.").unwrap_or(field);
+    let column = match f {
+        "postal_address.address_lines" | "postal_address.address_lines[0]" => "address_line1",
+        "postal_address.address_lines[1]" => "address_line2",
+        _ if f.starts_with("postal_address.") => f.trim_start_matches("postal_address."),
+        _ if f.starts_with("external_references") && f.ends_with(".system") => "external_system",
+        _ if f.starts_with("external_references") => "external_id",
+        _ if f.starts_with("accessibility_needs") => "accessibility_needs",
+        "client_id" => "client_id",
+        other => other,
+    };
+    if COLUMNS.contains(&column) {
+        column.to_string()
+    } else {
+        // A rule across columns, or one the file cannot set: say so plainly.
+        format!("(row) {f}")
+    }
 }
 
 /// Turns one CSV record into a CreateClientRequest, or the errors of its cells.
@@ -226,7 +248,8 @@ async fn import(
         settings,
         vec![Role::Officer],
     )?;
-    let client = connect(target).await?;
+    let client = connect(target, settings).await?;
+    let started = std::time::SystemTime::now();
     csv_import::import(
         file,
         COLUMNS,
@@ -247,16 +270,20 @@ async fn import(
                 client
                     .create_client(authorized(req, &bearer))
                     .await
-                    .map(|_| ())
-                    .map_err(|s| csv_import::status_errors(line, &s, "client."))
+                    .map(|r| Imported::since(r.get_ref().create_time.as_ref(), started))
+                    .map_err(|s| csv_import::status_errors(line, &s, &column_of))
             }
         },
     )
     .await
 }
 
-async fn connect(target: &Target) -> anyhow::Result<RegisterServiceClient<Channel>> {
-    let channel = csv_import::connect(&target.addr, "register").await?;
+async fn connect(
+    target: &Target,
+    settings: &Settings,
+) -> anyhow::Result<RegisterServiceClient<Channel>> {
+    let addr = target.addr.as_deref().unwrap_or(&settings.peers.register);
+    let channel = csv_import::connect(addr, "register").await?;
     Ok(RegisterServiceClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
@@ -273,7 +300,7 @@ async fn export(target: &Target, out: Option<&Path>, settings: &Settings) -> any
         settings,
         vec![Role::Officer],
     )?;
-    let mut client = connect(target).await?;
+    let mut client = connect(target, settings).await?;
     let sink: Box<dyn std::io::Write> = match out {
         Some(path) => Box::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -323,9 +350,7 @@ async fn export(target: &Target, out: Option<&Path>, settings: &Settings) -> any
                 .map(|n| enum_label(n.as_str_name(), "ACCESSIBILITY_NEED_"))
                 .collect();
             let ts = |t: &Option<prost_types::Timestamp>| {
-                t.as_ref()
-                    .map(|t| t.seconds.to_string())
-                    .unwrap_or_default()
+                t.as_ref().map(csv_import::rfc3339).unwrap_or_default()
             };
             w.write_record([
                 c.name.clone(),
@@ -365,4 +390,36 @@ async fn export(target: &Target, out: Option<&Path>, settings: &Settings) -> any
     bar.finish_and_clear();
     eprintln!("exported {count} clients");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_csv_column() {
+        assert_eq!(column_of("client.email"), "email");
+        assert_eq!(
+            column_of("client.postal_address.address_lines[1]"),
+            "address_line2"
+        );
+        assert_eq!(
+            column_of("client.postal_address.region_code"),
+            "region_code"
+        );
+        assert_eq!(
+            column_of("client.external_references[0].system"),
+            "external_system"
+        );
+        assert_eq!(column_of("client.external_references[0].id"), "external_id");
+        assert_eq!(
+            column_of("client.accessibility_needs[2]"),
+            "accessibility_needs"
+        );
+        assert_eq!(column_of("client_id"), "client_id");
+        assert_eq!(
+            column_of("client.characteristics.age_band"),
+            "(row) characteristics.age_band"
+        );
+    }
 }

@@ -4,7 +4,7 @@
 //! events for the KPIs) applies exactly as for any other caller. Re-running
 //! the same file creates nothing twice.
 
-use crate::csv_import::{self, RowError, authorized};
+use crate::csv_import::{self, Imported, RowError, authorized};
 use clap::Subcommand;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,9 +25,9 @@ pub(crate) enum ComplaintsCommand {
         /// The agency.
         #[arg(long)]
         agency: String,
-        /// The complaints service's address.
-        #[arg(long, default_value = "http://127.0.0.1:50052")]
-        addr: String,
+        /// The complaints service's address; default: setting peers.complaints.
+        #[arg(long)]
+        addr: Option<String>,
         /// Bearer token (agency_admin or senior_officer); by default one is
         /// minted with the local development key.
         #[arg(long, env = "TOUCHSTONE_TOKEN", hide_env_values = true)]
@@ -85,8 +85,10 @@ pub(crate) async fn run(cmd: ComplaintsCommand, settings: &Settings) -> anyhow::
         settings,
         vec![Role::AgencyAdmin, Role::SeniorOfficer],
     )?;
+    let addr = addr.unwrap_or_else(|| settings.peers.complaints.clone());
     let client =
         ComplaintsServiceClient::new(csv_import::connect(&addr, "complaints service").await?);
+    let started = std::time::SystemTime::now();
     csv_import::import(
         &file,
         COLUMNS,
@@ -103,15 +105,63 @@ pub(crate) async fn run(cmd: ComplaintsCommand, settings: &Settings) -> anyhow::
                         .map(|(field, message)| RowError::new(line, field, message))
                         .collect::<Vec<_>>()
                 })?;
+                let steps: Vec<i32> = req.steps.iter().map(|s| s.action).collect();
                 client
                     .import_complaint(authorized(req, &bearer))
                     .await
-                    .map(|_| ())
-                    .map_err(|s| csv_import::status_errors(line, &s, "complaint."))
+                    .map(|r| Imported::since(r.get_ref().create_time.as_ref(), started))
+                    .map_err(|s| {
+                        csv_import::status_errors(line, &s, &|f: &str| column_of(f, &steps))
+                    })
             }
         },
     )
     .await
+}
+
+/// The CSV column an ImportComplaint field comes from; a step's field is
+/// the column of that step's action (`steps[2].time` of a resolve step is
+/// `resolved`).
+fn column_of(field: &str, steps: &[i32]) -> String {
+    use pb::historic_step::Action as A;
+    let f = field.strip_prefix("complaint.").unwrap_or(field);
+    if let Some(rest) = f.strip_prefix("steps[") {
+        let step = rest
+            .split(']')
+            .next()
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| steps.get(i))
+            .and_then(|a| A::try_from(*a).ok());
+        return match step {
+            Some(A::Acknowledge) => "acknowledged",
+            Some(A::Escalate) => "escalated",
+            Some(A::Resolve) => "resolved",
+            Some(A::Close) => "closed",
+            Some(A::Withdraw) => "withdrawn",
+            Some(A::Assign) => "officer",
+            _ => "(row) steps",
+        }
+        .to_string();
+    }
+    let column = match f {
+        "receive_time" => "received",
+        "complainant.client" => "client",
+        "complainant.contact.display_name" => "contact_name",
+        "complainant.contact.email" => "contact_email",
+        "complainant.contact.phone" => "contact_phone",
+        "assignment.officer" => "officer",
+        "resolution.outcome" => "outcome",
+        "resolution.summary" => "resolution_summary",
+        "complaint_id" | "request_id" => "reference",
+        _ if f.starts_with("resolution.remedies") => "remedies",
+        _ if f.starts_with("resolution.root_causes") => "root_causes",
+        other => other,
+    };
+    if COLUMNS.contains(&column) {
+        column.to_string()
+    } else {
+        format!("(row) {f}")
+    }
 }
 
 fn enum_of(prefix: &str, value: &str, parse: fn(&str) -> Option<i32>) -> Option<i32> {

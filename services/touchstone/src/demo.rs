@@ -234,10 +234,14 @@ impl Apis {
 
 /// Creates the demo hub on the services at `targets`; prints what it made
 /// and how long it took.
+///
+/// `announce` prints the ready-made sign-in token at the end; `up --demo`
+/// leaves that to its banner, so that the banner shows one token.
 pub(crate) async fn run(
     settings: &Settings,
     targets: &Targets,
     options: &DemoOptions,
+    announce: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     if !DevKey::jwks_path(&settings.data_dir).exists() {
@@ -370,16 +374,14 @@ pub(crate) async fn run(
             Err(e) => println!("The KPI service has not caught up yet: {e:#}"),
         }
     }
+    if !announce {
+        return Ok(());
+    }
     let sign_in = DevKey::load_or_create(&settings.data_dir)?.mint(&TokenRequest {
         subject: "demo-manager".into(),
         agency: Some(SIGN_IN_AGENCY.into()),
         agencies: None,
-        roles: vec![
-            Role::Officer,
-            Role::SeniorOfficer,
-            Role::Analyst,
-            Role::AgencyAdmin,
-        ],
+        roles: SIGN_IN_ROLES.to_vec(),
         ttl: Duration::from_secs(12 * 3600),
         issuer: settings.auth.issuer.clone(),
         audience: settings.auth.audience.clone(),
@@ -404,6 +406,14 @@ pub(crate) async fn run(
 
 /// The agency whose ready-made token the demo prints.
 pub(crate) const SIGN_IN_AGENCY: &str = "passports";
+
+/// The roles of that token: enough to see every page of the dashboard.
+pub(crate) const SIGN_IN_ROLES: &[Role] = &[
+    Role::Officer,
+    Role::SeniorOfficer,
+    Role::Analyst,
+    Role::AgencyAdmin,
+];
 
 /// A hub_admin token for every agency, minted with the local development key.
 fn hub_admin(settings: &Settings) -> anyhow::Result<MetadataValue<Ascii>> {

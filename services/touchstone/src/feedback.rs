@@ -6,7 +6,7 @@
 use crate::csv_import::{self, RowError};
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,9 +32,9 @@ pub(crate) enum FeedbackCommand {
         /// The survey: agencies/{agency}/surveys/{survey}.
         #[arg(long)]
         survey: String,
-        /// The feedback service's address.
-        #[arg(long, default_value = "http://127.0.0.1:50053")]
-        addr: String,
+        /// The feedback service's address; default: setting peers.feedback.
+        #[arg(long)]
+        addr: Option<String>,
         /// Bearer token (officer); by default one is minted with the local development key.
         #[arg(long, env = "TOUCHSTONE_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -55,9 +55,9 @@ pub(crate) enum FeedbackCommand {
         /// The agency.
         #[arg(long)]
         agency: String,
-        /// The feedback service's address.
-        #[arg(long, default_value = "http://127.0.0.1:50053")]
-        addr: String,
+        /// The feedback service's address; default: setting peers.feedback.
+        #[arg(long)]
+        addr: Option<String>,
         /// Bearer token (analyst); by default one is minted with the local development key.
         #[arg(long, env = "TOUCHSTONE_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -95,6 +95,7 @@ pub(crate) async fn run(cmd: FeedbackCommand, settings: &Settings) -> anyhow::Re
             let agency = survey_agency(&survey)?;
             let bearer =
                 csv_import::bearer(token.as_deref(), &agency, settings, vec![Role::Officer])?;
+            let addr = addr.unwrap_or_else(|| settings.peers.feedback.clone());
             import(&file, &survey, &addr, &bearer, &errors).await
         }
         FeedbackCommand::Export {
@@ -108,6 +109,7 @@ pub(crate) async fn run(cmd: FeedbackCommand, settings: &Settings) -> anyhow::Re
         } => {
             let bearer =
                 csv_import::bearer(token.as_deref(), &agency, settings, vec![Role::Analyst])?;
+            let addr = addr.unwrap_or_else(|| settings.peers.feedback.clone());
             let files = (out.as_deref(), responses.as_deref());
             export_a11(&agency, &quarter, &addr, &bearer, files).await
         }
@@ -308,13 +310,7 @@ async fn import(
             ),
         }
     }
-    let bar = ProgressBar::new(rows.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} importing [{bar:40}] {pos}/{len} rows, {per_sec}, eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = csv_import::rows_bar(rows.len() as u64, "importing");
     let (mut created, mut already) = (0i64, 0i64);
     for chunk in rows.chunks(ROWS_PER_STREAM) {
         let lines: Vec<usize> = chunk.iter().map(|(l, _)| *l).collect();
@@ -360,7 +356,7 @@ async fn import(
             ),
         }
         println!(
-            "imported {created} responses ({already} were already there) from {}",
+            "imported responses from {}: {created} new, {already} already present",
             file.display()
         );
         return Ok(());
@@ -373,7 +369,8 @@ async fn import(
     }
     w.flush()?;
     println!(
-        "imported {created} responses ({already} were already there); {failed_rows} rows failed and were not imported (see {})",
+        "imported responses from {}: {created} new, {already} already present; {failed_rows} rows failed and were not imported (see {})",
+        file.display(),
         errors_path.display()
     );
     bail!("{failed_rows} rows failed")

@@ -173,7 +173,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::ApiKeys(cmd) => apikeys::run(cmd, &settings).await,
         Command::Demo(options) => {
             let targets = demo::Targets::from_settings(&settings);
-            demo::run(&settings, &targets, &options).await
+            demo::run(&settings, &targets, &options, true).await
         }
         Command::Bench(args) => bench::run(args, &settings).await,
     }

@@ -2,6 +2,7 @@
 //! migrating their databases.
 
 use anyhow::{Context, bail};
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use touchstone_auth::{AuthConfig, DevKey, Role, ServiceToken, TokenRequest, Verifier};
 use touchstone_crypto::MasterKey;
-use touchstone_platform::config::{HubSettings, LogFormat, Peers, ServiceSettings, Settings};
+use touchstone_platform::config::{HubSettings, Peers, ServiceSettings, Settings};
 use touchstone_platform::db::{Db, MigrationSet};
 use touchstone_platform::keycheck;
 use touchstone_server::{Readiness, ServeOptions};
@@ -47,6 +48,7 @@ pub(crate) const DEV_AGENCY: &str = "demo";
 fn init_telemetry(
     settings: &Settings,
     name: &str,
+    banner: bool,
 ) -> anyhow::Result<touchstone_server::telemetry::TelemetryGuard> {
     touchstone_server::sample_gauge(
         "touchstone_outbox_horizon_lag_seconds",
@@ -55,10 +57,11 @@ fn init_telemetry(
          (0 on SQLite)",
         touchstone_platform::outbox::horizon_lag_seconds,
     );
+    let (json, level) = settings.log_output(std::io::stdout().is_terminal(), banner);
     touchstone_server::telemetry::init(
         name,
-        settings.log_format == LogFormat::Json,
-        &settings.log_level,
+        json,
+        &level,
         settings.otlp_endpoint.as_deref().filter(|e| !e.is_empty()),
     )
     .context("starting telemetry")
@@ -425,7 +428,7 @@ pub(crate) async fn up(
             settings.data_dir.display()
         )
     })?;
-    let _telemetry = init_telemetry(&settings, "touchstone")?;
+    let _telemetry = init_telemetry(&settings, "touchstone", true)?;
     let dev = DevKey::load_or_create(&settings.data_dir)
         .context("creating the development signing key")?;
     if settings.auth.jwks_file.is_none()
@@ -477,46 +480,66 @@ pub(crate) async fn up(
             kpi: addr("kpi"),
             gateway: addr("gateway"),
         };
-        if let Err(e) = crate::demo::run(&settings, &targets, options).await {
+        if let Err(e) = crate::demo::run(&settings, &targets, options, false).await {
             let _ = stop.send(true);
             return Err(e.context("creating the demo data"));
         }
     }
-    // With the demo, the ready-to-use token is for an agency that has data.
-    let agency = if demo.is_some() {
-        crate::demo::SIGN_IN_AGENCY
+    // With the demo, the ready-to-use token is for an agency that has data,
+    // with the demo's roles (analyst too, for benchmarks).
+    let (agency, roles) = if demo.is_some() {
+        (crate::demo::SIGN_IN_AGENCY, crate::demo::SIGN_IN_ROLES)
     } else {
-        DEV_AGENCY
+        (DEV_AGENCY, DEV_ROLES)
     };
     let token = dev.mint(&TokenRequest {
         subject: "dev-user".into(),
         agency: Some(agency.into()),
         agencies: None,
-        roles: vec![Role::Officer, Role::SeniorOfficer, Role::AgencyAdmin],
+        roles: roles.to_vec(),
         ttl: Duration::from_secs(12 * 3600),
         issuer: settings.auth.issuer.clone(),
         audience: settings.auth.audience.clone(),
     })?;
-    print_banner(&running, &token, agency);
-    if settings.hub.dashboard {
-        println!(
-            "Dashboard: http://{}/  (sign in with the development token above)",
-            settings.hub.http_listen
-        );
-    }
+    let dashboard = settings.hub.dashboard.then_some(settings.hub.http_listen);
+    print_banner(&running, &token, agency, roles, dashboard);
     wait_all(running, stop).await
 }
 
-fn print_banner(running: &[Running], token: &str, agency: &str) {
+/// The roles of the token `up` prints without the demo.
+const DEV_ROLES: &[Role] = &[Role::Officer, Role::SeniorOfficer, Role::AgencyAdmin];
+
+/// The banner: where everything listens and the one token to use, called
+/// "the development token" and `$TOKEN` wherever it is mentioned.
+fn print_banner(
+    running: &[Running],
+    token: &str,
+    agency: &str,
+    roles: &[Role],
+    dashboard: Option<SocketAddr>,
+) {
     println!("Touchstone is up.");
     for r in running {
         println!("  {:<10} {}  (gRPC, gRPC-Web, /metrics)", r.name, r.addr);
     }
+    if let Some(addr) = dashboard {
+        println!(
+            "  {:<10} http://{addr}/  (sign in with the development token)",
+            "dashboard"
+        );
+    }
     println!();
+    let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
     println!(
-        "Development token (agency \"{agency}\"; roles officer, senior_officer, agency_admin; 12 hours):"
+        "Development token (agency \"{agency}\"; roles {}; 12 hours), for the dashboard's sign-in and the APIs:",
+        roles.join(", ")
     );
     println!("  export TOKEN={token}");
+    if agency == DEV_AGENCY {
+        println!(
+            "  (agency \"{DEV_AGENCY}\" has no data yet; `touchstone up --demo` starts with a year of demo data)"
+        );
+    }
     if let Some(register) = running.iter().find(|r| r.name == "register") {
         println!();
         println!("Try it:");
@@ -541,7 +564,7 @@ pub(crate) async fn serve(settings: Settings, service: ServiceName) -> anyhow::R
     {
         bail!("setting `auth.jwks_file` or `auth.jwks_url` is required by `serve`");
     }
-    let _telemetry = init_telemetry(&settings, &format!("touchstone-{}", service.label()))?;
+    let _telemetry = init_telemetry(&settings, &format!("touchstone-{}", service.label()), false)?;
     let env = Env {
         master: MasterKey::from_base64(master)?,
         verifier: verifier(&settings).await?,
@@ -567,7 +590,7 @@ pub(crate) async fn serve(settings: Settings, service: ServiceName) -> anyhow::R
 
 /// `touchstone migrate`: applies migrations and exits.
 pub(crate) async fn migrate(settings: Settings, only: Option<ServiceName>) -> anyhow::Result<()> {
-    let _telemetry = init_telemetry(&settings, "touchstone-migrate")?;
+    let _telemetry = init_telemetry(&settings, "touchstone-migrate", false)?;
     for service in ServiceName::ALL {
         if only.is_some_and(|s| s != service) {
             continue;
@@ -586,7 +609,7 @@ pub(crate) async fn migrate(settings: Settings, only: Option<ServiceName>) -> an
 /// database). Run it while the services are stopped: a running service
 /// would not see keys added under it until it restarts.
 pub(crate) async fn repair_keys(settings: Settings) -> anyhow::Result<()> {
-    let _telemetry = init_telemetry(&settings, "touchstone-keys")?;
+    let _telemetry = init_telemetry(&settings, "touchstone-keys", false)?;
     let master = existing_master_key(&settings)?;
     let mut dbs = Vec::new();
     for service in ServiceName::ALL {
