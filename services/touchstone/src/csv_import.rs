@@ -45,12 +45,14 @@ impl Imported {
         create_time: Option<&prost_types::Timestamp>,
         started: std::time::SystemTime,
     ) -> Imported {
+        // Whole nanoseconds: a re-run within the same second as the first
+        // run must still tell the first run's rows from its own.
         let started = started
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+            .map(|d| (d.as_secs() as i64, d.subsec_nanos() as i32))
+            .unwrap_or((0, 0));
         match create_time {
-            Some(t) if t.seconds < started => Imported::AlreadyPresent,
+            Some(t) if (t.seconds, t.nanos) < started => Imported::AlreadyPresent,
             _ => Imported::New,
         }
     }
@@ -326,6 +328,20 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_row_made_earlier_in_the_same_second_was_already_present() {
+        let started = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_500);
+        let at = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        let earlier = at(1_700_000_000, 200_000_000);
+        let later = at(1_700_000_000, 900_000_000);
+        assert_eq!(
+            Imported::since(Some(&earlier), started),
+            Imported::AlreadyPresent
+        );
+        assert_eq!(Imported::since(Some(&later), started), Imported::New);
+        assert_eq!(Imported::since(None, started), Imported::New);
+    }
 
     #[test]
     fn rates_read_as_people_write_them() {
