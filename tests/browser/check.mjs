@@ -65,11 +65,11 @@ const PAGES = [
   },
   {
     page: "trend-lower",
-    hash: "trend?indicator=days_to_resolve_p90&granularity=week",
+    hash: "trend?indicator=days_to_resolve_p90&granularity=quarter",
     ready: "#trend-summary",
     expect: async (p) => {
       await has(p, "Lower is better");
-      if ((await p.locator("#trend-granularity").inputValue()) !== "week") throw new Error("granularity not taken from the URL");
+      if ((await p.locator("#trend-granularity").inputValue()) !== "quarter") throw new Error("granularity not taken from the URL");
     },
   },
   {

@@ -215,8 +215,9 @@ def feedback():
 def kpi():
     stub = kpi_pb2_grpc.KpiServiceStub(channel("kpi"))
     today = datetime.date.today()
+    # Figures are released on the grid of periods only: this calendar year, whole.
     start = common_pb2.Date(year=today.year, month=1, day=1)
-    end = common_pb2.Date(year=today.year, month=today.month, day=today.day)
+    end = common_pb2.Date(year=today.year, month=12, day=31)
     answer = stub.QueryIndicator(
         kpi_pb2.QueryIndicatorRequest(agency=PARENT, indicator="complaints_received", start_date=start, end_date=end),
         metadata=TOKEN,

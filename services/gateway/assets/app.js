@@ -337,12 +337,12 @@ async function renderTrend(content) {
   const [catalogue, d] = await Promise.all([api("/api/indicators"), loadDashboard()]);
   if (catalogue.error) return showError(catalogue.error);
   const indicatorId = p.get("indicator") || "share_satisfied.a11_satisfaction";
-  const granularity = p.get("granularity") === "week" ? "week" : "month";
+  const granularity = p.get("granularity") === "quarter" ? "quarter" : "month";
   const form = el("form", { class: "controls", id: "trend-form" });
   const picker = indicatorPicker("trend-indicator", catalogue.indicators, indicatorId);
   const grain = el("select", { id: "trend-granularity", name: "granularity" },
     el("option", { value: "month", text: "Monthly, last 12 months" }),
-    el("option", { value: "week", text: "Weekly, last 26 weeks" }));
+    el("option", { value: "quarter", text: "Quarterly, last 8 quarters" }));
   grain.value = granularity;
   form.append(el("label", { for: "trend-indicator", text: "Indicator" }), picker,
     el("label", { for: "trend-granularity", text: "Points" }), grain,
@@ -353,7 +353,7 @@ async function renderTrend(content) {
   });
   content.append(form);
   const t = await api("/api/trend?indicator=" + encodeURIComponent(indicatorId) + "&granularity=" + granularity +
-    "&periods=" + (granularity === "week" ? 26 : 12));
+    "&periods=" + (granularity === "quarter" ? 8 : 12));
   if (t.error) return showError(t.error);
   const standard = d.error ? null : (d.headlines.find((h) => h.standard.indicator === indicatorId) || {}).standard;
   const higher = standard ? standard.comparator !== "AT_MOST" : t.higher_is_better;
@@ -396,7 +396,7 @@ const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "
 
 function periodLabel(point, granularity) {
   const [y, m, d] = point.start_date.split("-").map(Number);
-  if (granularity === "week") return "Week of " + d + " " + MONTHS[m - 1] + " " + y;
+  if (granularity === "quarter") return "Q" + (Math.floor((m - 1) / 3) + 1) + " " + y;
   return MONTHS[m - 1] + " " + y;
 }
 
@@ -465,7 +465,7 @@ function trendChart(t, standard, ind, higher) {
   pts.forEach((p, i) => {
     if (i % every) return;
     const [yy, mm, dd] = p.start_date.split("-").map(Number);
-    const text = t.granularity === "week" ? dd + " " + MONTHS[mm - 1] : MONTHS[mm - 1] + (mm === 1 || i === 0 ? " " + yy : "");
+    const text = t.granularity === "quarter" ? "Q" + (Math.floor((mm - 1) / 3) + 1) + " " + yy : MONTHS[mm - 1] + (mm === 1 || i === 0 ? " " + yy : "");
     root.append(svg("text", { x: x(i), y: height - bottom + 18, "text-anchor": "middle", text }));
   });
   // Runs of published points: a band and a line each; a suppressed or

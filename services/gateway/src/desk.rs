@@ -114,25 +114,32 @@ struct TrendQuery {
     periods: Option<u32>,
 }
 
-/// The first day of the series: `periods` whole months (or ISO weeks)
-/// ending with the current one.
-fn trend_start(
+/// The first and last day of the series: `periods` whole months (or quarters) ending with
+/// the current one. KPI figures are released on the grid of periods only (docs/kpi.md), so
+/// the range starts and ends on period boundaries; weeks are not on the grid.
+fn trend_range(
     today: jiff::civil::Date,
     granularity: kpi::Granularity,
     periods: u32,
-) -> Result<jiff::civil::Date, tonic::Status> {
-    let back = i64::from(periods.saturating_sub(1));
-    let start = match granularity {
-        kpi::Granularity::Week => {
-            let monday =
-                today.checked_sub(jiff::Span::new().days(today.weekday().to_monday_zero_offset()));
-            monday.and_then(|m| m.checked_sub(jiff::Span::new().weeks(back)))
-        }
-        _ => today
-            .first_of_month()
-            .checked_sub(jiff::Span::new().months(back)),
+) -> Result<(jiff::civil::Date, jiff::civil::Date), tonic::Status> {
+    let months = match granularity {
+        kpi::Granularity::Quarter => 3,
+        _ => 1,
     };
-    start.map_err(|_| invalid("periods", "reaches before the calendar starts"))
+    let first = today.first_of_month();
+    // The current period's first month: for quarters, January, April, July or October.
+    let current = first
+        .checked_sub(jiff::Span::new().months(i64::from((today.month() - 1) % months)))
+        .map_err(|_| invalid("periods", "reaches before the calendar starts"))?;
+    let back = i64::from(periods.saturating_sub(1)) * i64::from(months);
+    let start = current
+        .checked_sub(jiff::Span::new().months(back))
+        .map_err(|_| invalid("periods", "reaches before the calendar starts"))?;
+    let end = current
+        .checked_add(jiff::Span::new().months(i64::from(months)))
+        .and_then(|next| next.yesterday())
+        .map_err(|_| invalid("periods", "reaches past the calendar's end"))?;
+    Ok((start, end))
 }
 
 async fn trend(
@@ -150,23 +157,23 @@ async fn trend(
     }
     let granularity = match q.granularity.as_deref().unwrap_or("month") {
         "month" => kpi::Granularity::Month,
-        "week" => kpi::Granularity::Week,
-        _ => return error_response(&invalid("granularity", "month or week")),
+        "quarter" => kpi::Granularity::Quarter,
+        _ => return error_response(&invalid("granularity", "month or quarter")),
     };
     let periods = q.periods.unwrap_or(12);
     if !(2..=60).contains(&periods) {
         return error_response(&invalid("periods", "from 2 to 60"));
     }
     let today = crate::domain::today_in("UTC");
-    let start = match trend_start(today, granularity, periods) {
-        Ok(s) => s,
+    let (start, end) = match trend_range(today, granularity, periods) {
+        Ok(r) => r,
         Err(s) => return error_response(&s),
     };
     let req = kpi::QueryIndicatorRequest {
         agency: format!("agencies/{agency}"),
         indicator: indicator.clone(),
         start_date: Some(crate::domain::wire_date(start)),
-        end_date: Some(crate::domain::wire_date(today)),
+        end_date: Some(crate::domain::wire_date(end)),
         granularity: granularity as i32,
         group_by: kpi::Dimension::Unspecified as i32,
         scope: None,
@@ -194,7 +201,7 @@ async fn trend(
             .unwrap_or_default();
         json!({
             "indicator": r.indicator.as_ref().map_or(Json::Null, web::indicator_json),
-            "granularity": if granularity == kpi::Granularity::Week { "week" } else { "month" },
+            "granularity": if granularity == kpi::Granularity::Quarter { "quarter" } else { "month" },
             "higher_is_better": crate::domain::higher_is_better(&indicator),
             "min_count": r.min_count,
             "points": points,
@@ -762,16 +769,36 @@ mod tests {
     }
 
     #[test]
-    fn a_trend_starts_on_the_grid() {
+    fn a_trend_starts_and_ends_on_the_grid() {
         let d = jiff::civil::date(2026, 12, 4);
         assert_eq!(
-            trend_start(d, kpi::Granularity::Month, 12).ok(),
-            Some(jiff::civil::date(2026, 1, 1))
+            trend_range(d, kpi::Granularity::Month, 12).ok(),
+            Some((
+                jiff::civil::date(2026, 1, 1),
+                jiff::civil::date(2026, 12, 31)
+            ))
         );
-        // 2026-12-04 is a Friday; its week starts on Monday the 30th of November.
         assert_eq!(
-            trend_start(d, kpi::Granularity::Week, 2).ok(),
-            Some(jiff::civil::date(2026, 11, 23))
+            trend_range(jiff::civil::date(2026, 2, 10), kpi::Granularity::Month, 2).ok(),
+            Some((
+                jiff::civil::date(2026, 1, 1),
+                jiff::civil::date(2026, 2, 28)
+            ))
+        );
+        // 2026-12-04 is in Q4; eight quarters back starts in Q1 2025.
+        assert_eq!(
+            trend_range(d, kpi::Granularity::Quarter, 8).ok(),
+            Some((
+                jiff::civil::date(2025, 1, 1),
+                jiff::civil::date(2026, 12, 31)
+            ))
+        );
+        assert_eq!(
+            trend_range(jiff::civil::date(2026, 5, 31), kpi::Granularity::Quarter, 2).ok(),
+            Some((
+                jiff::civil::date(2026, 1, 1),
+                jiff::civil::date(2026, 6, 30)
+            ))
         );
     }
 }
