@@ -466,7 +466,9 @@ function trendChart(t, standard, ind, higher) {
     if (i % every) return;
     const [yy, mm, dd] = p.start_date.split("-").map(Number);
     const text = t.granularity === "quarter" ? "Q" + (Math.floor((mm - 1) / 3) + 1) + " " + yy : MONTHS[mm - 1] + (mm === 1 || i === 0 ? " " + yy : "");
-    root.append(svg("text", { x: x(i), y: height - bottom + 18, "text-anchor": "middle", text }));
+    // The last label ends at its point, so it is not cut off at the chart's right edge.
+    const anchor = i === pts.length - 1 && pts.length > 1 ? "end" : "middle";
+    root.append(svg("text", { x: x(i), y: height - bottom + 18, "text-anchor": anchor, text }));
   });
   // Runs of published points: a band and a line each; a suppressed or
   // empty point breaks the run, so it shows as a gap.
