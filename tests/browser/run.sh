@@ -19,6 +19,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+# shellcheck source=../up.sh
+. "$root/tests/up.sh"
 target="${CARGO_TARGET_DIR:-$root/target}"
 out="${BROWSER_OUT:-$target/browser}"
 scale="${DEMO_SCALE:-0.2}"
@@ -83,35 +85,12 @@ free_ports() {
     }' "$1"
 }
 read -r p_register p_complaints p_feedback p_kpi p_gateway p_http < <(free_ports 6)
-env_vars=(
-  "TOUCHSTONE_DATA_DIR=$data"
-  "TOUCHSTONE_LOG_LEVEL=warn"
-  "TOUCHSTONE_HUB__HTTP_LISTEN=127.0.0.1:$p_http"
-)
-for pair in register:$p_register complaints:$p_complaints feedback:$p_feedback kpi:$p_kpi gateway:$p_gateway; do
-  name="${pair%%:*}"
-  port="${pair##*:}"
-  upper="$(echo "$name" | tr '[:lower:]' '[:upper:]')"
-  env_vars+=("TOUCHSTONE_${upper}__LISTEN=127.0.0.1:$port" "TOUCHSTONE_PEERS__${upper}=http://127.0.0.1:$port")
-done
+up_env "$data" "$p_register" "$p_complaints" "$p_feedback" "$p_kpi" "$p_gateway" "$p_http"
 
 echo "browser test: $bin up --demo --scale $scale (data in $data, dashboard on 127.0.0.1:$p_http)"
 env "${env_vars[@]}" "$bin" up --demo --scale "$scale" >"$out/up.log" 2>"$out/up.err" &
 server=$!
-for _ in $(seq 1 600); do
-  grep -q "Stop with Ctrl-C" "$out/up.log" 2>/dev/null && break
-  if ! kill -0 "$server" 2>/dev/null; then
-    echo "browser test: touchstone up exited early" >&2
-    cat "$out/up.log" "$out/up.err" >&2
-    exit 1
-  fi
-  sleep 0.5
-done
-if ! grep -q "Stop with Ctrl-C" "$out/up.log"; then
-  echo "browser test: touchstone up --demo did not become ready in 300 s" >&2
-  tail -n 50 "$out/up.log" "$out/up.err" >&2
-  exit 1
-fi
+wait_up "browser test" "$server" "$out/up.log" "$out/up.err" 300
 grep "^Demo hub\|^The KPI" "$out/up.log" || true
 
 token="$(env "${env_vars[@]}" "$bin" token --agency passports \

@@ -18,6 +18,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+# shellcheck source=../up.sh
+. "$root/tests/up.sh"
 target="${CARGO_TARGET_DIR:-$root/target}"
 out="${PYTHON_OUT:-$target/python}"
 venv="$target/python-venv"
@@ -76,35 +78,12 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 for s in socks:
     s.close()
 ')
-env_vars=(
-  "TOUCHSTONE_DATA_DIR=$data"
-  "TOUCHSTONE_LOG_LEVEL=warn"
-  "TOUCHSTONE_HUB__HTTP_LISTEN=127.0.0.1:$p_http"
-)
-for pair in register:$p_register complaints:$p_complaints feedback:$p_feedback kpi:$p_kpi gateway:$p_gateway; do
-  name="${pair%%:*}"
-  port="${pair##*:}"
-  upper="$(echo "$name" | tr '[:lower:]' '[:upper:]')"
-  env_vars+=("TOUCHSTONE_${upper}__LISTEN=127.0.0.1:$port" "TOUCHSTONE_PEERS__${upper}=http://127.0.0.1:$port")
-done
+up_env "$data" "$p_register" "$p_complaints" "$p_feedback" "$p_kpi" "$p_gateway" "$p_http"
 
 echo "python client: $bin up (data in $data)"
 env "${env_vars[@]}" "$bin" up >"$out/up.log" 2>"$out/up.err" &
 server=$!
-for _ in $(seq 1 240); do
-  grep -q "Stop with Ctrl-C" "$out/up.log" 2>/dev/null && break
-  if ! kill -0 "$server" 2>/dev/null; then
-    echo "python client: touchstone up exited early" >&2
-    cat "$out/up.log" "$out/up.err" >&2
-    exit 1
-  fi
-  sleep 0.5
-done
-if ! grep -q "Stop with Ctrl-C" "$out/up.log"; then
-  echo "python client: touchstone up did not become ready in 120 s" >&2
-  tail -n 50 "$out/up.log" "$out/up.err" >&2
-  exit 1
-fi
+wait_up "python client" "$server" "$out/up.log" "$out/up.err" 120
 
 agency=pyclient
 token="$(env "${env_vars[@]}" "$bin" token --agency "$agency" --subject python-client \
