@@ -186,6 +186,45 @@ impl Table {
             tiers.push(tier);
         }
         let contents: Vec<Content> = cells.iter().map(|c| guard.content(c)).collect();
+        // The atoms the audit splits the table into: the finest cells, by
+        // month and (when read) by day, each with every cell holding it.
+        let (mut by_month, mut by_days) = (Vec::new(), Vec::new());
+        for ((bucket, full), c) in &fine {
+            let is_day = *bucket > 999_999;
+            let Some(day) = domain::key_date(if is_day { *bucket } else { bucket * 100 + 1 })
+            else {
+                continue;
+            };
+            let mut holders = Vec::new();
+            for mask in 0..16u8 {
+                let key: Key = std::array::from_fn(|d| {
+                    if mask & (1 << d) != 0 {
+                        None
+                    } else {
+                        full[d].clone()
+                    }
+                });
+                if mask & 8 == 0 && key[3].is_none() {
+                    continue;
+                }
+                for slot in slots_of(day, if is_day { 3 } else { 2 }) {
+                    if let Some(&i) = index.get(&(key.clone(), slot)) {
+                        holders.push(i);
+                    }
+                }
+            }
+            holders.sort_unstable();
+            holders.dedup();
+            let atom = disclosure::Atom {
+                content: guard.content(c),
+                cells: holders,
+            };
+            if is_day {
+                by_days.push(atom);
+            } else {
+                by_month.push(atom);
+            }
+        }
         // Lines, by the tier of their children.
         let mut lines: BTreeMap<(u8, usize, u8), Vec<usize>> = BTreeMap::new();
         for ((key, slot), &i) in &index {
@@ -230,7 +269,13 @@ impl Table {
                     }
                 })
                 .collect();
-            let protected = disclosure::protect(&contents[..end], &tier_lines, &policy, &status);
+            let atoms = if tier == 0 || !by_day {
+                &by_month
+            } else {
+                &by_days
+            };
+            let protected =
+                disclosure::protect(&contents[..end], &tier_lines, &policy, &status, atoms);
             if !protected.unprotected.is_empty() {
                 tracing::debug!(
                     lines = protected.unprotected.len(),

@@ -29,6 +29,20 @@
 //!    withheld if the line allows it; otherwise the line is reported as
 //!    unprotected.
 //!
+//! 5. Lines can cross (a unit's month is in the unit's line and in the
+//!    month's), and sums and differences across several lines can still
+//!    prove that a withheld cell has no observation in some category. So
+//!    when the table's finest pieces (atoms) are given, the decision is
+//!    **audited**: atoms held by exactly the same published cells form a
+//!    class that no combination of published figures can split, and a
+//!    withheld cell that lacks a category (no dissatisfied answers, say)
+//!    must touch a class that has it. Where one does not, the fewest (then
+//!    smallest) published cells that set one of its atoms apart from an
+//!    atom with that category are withheld too, and rules 3 to 5 run again.
+//!    This is the bound a linear program would find, not a heuristic: with
+//!    such a class the cell's count in the category can be as large as the
+//!    class's.
+//!
 //! The result depends only on the cells and lines given, in their order, so
 //! two queries that build the same table publish the same cells.
 
@@ -151,10 +165,32 @@ pub struct Protected {
     pub unprotected: Vec<usize>,
 }
 
+/// One of the finest pieces a table is made of (a unit's channel's service
+/// on one day, say): its content and the cells that add it up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Atom {
+    /// Its observations.
+    pub content: Content,
+    /// The cells holding it (indexes into the table's cells; others are
+    /// ignored).
+    pub cells: Vec<usize>,
+}
+
 /// Applies the policy to a table of `cells` linked by `lines`. The first
 /// `preset.len()` cells keep the statuses given (a table decided before,
 /// which this one extends); the lines should only have them as parents.
-pub fn protect(cells: &[Content], lines: &[Line], policy: &Policy, preset: &[Status]) -> Protected {
+///
+/// With `atoms` (the pieces every cell adds up), the lines' decision is then
+/// audited against bounds (rule 5 of the module's policy): whatever the
+/// caller combines, a withheld figure must not be pinned at 0%, at 100% or
+/// at one value, and the audit withholds more until none is.
+pub fn protect(
+    cells: &[Content],
+    lines: &[Line],
+    policy: &Policy,
+    preset: &[Status],
+    atoms: &[Atom],
+) -> Protected {
     let fixed = preset.len().min(cells.len());
     let mut status: Vec<Status> = cells
         .iter()
@@ -184,6 +220,43 @@ pub fn protect(cells: &[Content], lines: &[Line], policy: &Policy, preset: &[Sta
         }
     }
     let mut unprotected = Vec::new();
+    loop {
+        settle(
+            cells,
+            lines,
+            policy,
+            fixed,
+            (&sole, &sole_ok),
+            &mut status,
+            &mut unprotected,
+        );
+        if atoms.is_empty() || policy.k <= 1 {
+            break;
+        }
+        let more = audit(cells, policy, fixed, atoms, &status);
+        if more.is_empty() {
+            break;
+        }
+        for c in more {
+            status[c] = Status::Secondary;
+        }
+    }
+    Protected {
+        status,
+        unprotected,
+    }
+}
+
+/// Rule 3: revisits the lines until none changes.
+fn settle(
+    cells: &[Content],
+    lines: &[Line],
+    policy: &Policy,
+    fixed: usize,
+    (sole, sole_ok): (&[bool], &[bool]),
+    status: &mut [Status],
+    unprotected: &mut Vec<usize>,
+) {
     loop {
         let mut changed = false;
         for (li, line) in lines.iter().enumerate() {
@@ -244,10 +317,178 @@ pub fn protect(cells: &[Content], lines: &[Line], policy: &Policy, preset: &[Sta
             break;
         }
     }
-    Protected {
-        status,
-        unprotected,
+}
+
+/// What a withheld cell needs so that no bound pins it: some observation
+/// the caller cannot tell apart from its own with a key of part `.0` that
+/// the cell lacks (`Block`: key `.1`; `Other`: any key but `.1`).
+#[derive(Debug, Clone, Copy)]
+enum Need {
+    Block(usize, i64),
+    Other(usize, i64),
+}
+
+impl Need {
+    fn met_by(self, c: &Content) -> bool {
+        match self {
+            Need::Block(i, b) => c
+                .parts
+                .get(i)
+                .is_some_and(|h| h.get(&b).copied().unwrap_or(0) > 0),
+            Need::Other(i, v) => c
+                .parts
+                .get(i)
+                .is_some_and(|h| h.iter().any(|(k, x)| *k != v && *x > 0)),
+        }
     }
+}
+
+/// What `c` lacks: the keys a bound could prove absent from it.
+fn needs(policy: &Policy, c: &Content) -> Vec<Need> {
+    let empty = Histogram::new();
+    let mut out = Vec::new();
+    for (i, check) in policy.checks.iter().enumerate() {
+        let h = c.parts.get(i).unwrap_or(&empty);
+        match *check {
+            Check::EachBlock(blocks) => {
+                for b in 0..blocks {
+                    if h.get(&b).copied().unwrap_or(0) == 0 {
+                        out.push(Need::Block(i, b));
+                    }
+                }
+            }
+            Check::Varied => {
+                let mut keys = h.iter().filter(|(_, x)| **x > 0).map(|(k, _)| *k);
+                if let (Some(v), None) = (keys.next(), keys.next()) {
+                    out.push(Need::Other(i, v));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Rule 5, the audit. Any figure a caller can work out from the published
+/// ones (sums and differences, at any depth) is a sum of atoms with a
+/// weight that is the same for every atom held by the same published
+/// cells: atoms alike in that way form a *class*, and no combination tells
+/// the atoms of a class apart. A withheld cell with no observations in some
+/// category (no dissatisfied answers, say) is therefore pinned there only
+/// if every class it touches is empty in that category too; then even the
+/// best linear-programming bound proves the category empty. Otherwise the
+/// upper bound is at least the class's observations in it.
+///
+/// Returns the published cells to withhold so that one failing cell
+/// shares a class with an observation in the category it lacks: the
+/// cheapest set of cells that tell one of its atoms apart from such an
+/// atom (empty when nothing fails, or nothing can be withheld).
+fn audit(
+    cells: &[Content],
+    policy: &Policy,
+    fixed: usize,
+    atoms: &[Atom],
+    status: &[Status],
+) -> Vec<usize> {
+    // Each atom's published cells (sorted), and its class.
+    let sig: Vec<Vec<usize>> = atoms
+        .iter()
+        .map(|a| {
+            let mut s: Vec<usize> = a
+                .cells
+                .iter()
+                .copied()
+                .filter(|&c| c < cells.len() && status[c] == Status::Published)
+                .collect();
+            s.sort_unstable();
+            s.dedup();
+            s
+        })
+        .collect();
+    let mut class_of: BTreeMap<&[usize], usize> = BTreeMap::new();
+    let mut class: Vec<usize> = Vec::with_capacity(atoms.len());
+    let mut class_content: Vec<Content> = Vec::new();
+    for (a, s) in sig.iter().enumerate() {
+        let next = class_of.len();
+        let id = *class_of.entry(s.as_slice()).or_insert(next);
+        if id == class_content.len() {
+            class_content.push(Content::default());
+        }
+        class_content[id].add(&atoms[a].content);
+        class.push(id);
+    }
+    // The atoms of each withheld, non-empty cell.
+    let mut held: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (a, atom) in atoms.iter().enumerate() {
+        for &c in &atom.cells {
+            if c < cells.len() && status[c].hidden() && cells[c].n > 0 {
+                held.entry(c).or_default().push(a);
+            }
+        }
+    }
+    for (&c, inside) in &held {
+        for need in needs(policy, &cells[c]) {
+            if inside
+                .iter()
+                .any(|&a| need.met_by(&class_content[class[a]]))
+            {
+                continue;
+            }
+            // Pinned. Merge one of its atoms with an atom that has the
+            // category, at the least cost.
+            let mut best: Option<(usize, u64, Vec<usize>)> = None;
+            for (x, other) in atoms.iter().enumerate() {
+                if !need.met_by(&other.content) {
+                    continue;
+                }
+                for &a in inside {
+                    let apart = symmetric_difference(&sig[a], &sig[x]);
+                    if apart.iter().any(|&p| p < fixed) {
+                        continue;
+                    }
+                    let weight: u64 = apart.iter().map(|&p| cells[p].n).sum();
+                    let better = best
+                        .as_ref()
+                        .is_none_or(|(len, w, _)| (apart.len(), weight) < (*len, *w));
+                    if better {
+                        best = Some((apart.len(), weight, apart));
+                    }
+                }
+            }
+            if let Some((_, _, apart)) = best
+                && !apart.is_empty()
+            {
+                return apart;
+            }
+        }
+    }
+    Vec::new()
+}
+
+/// The members of exactly one of two sorted lists.
+fn symmetric_difference(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() || j < b.len() {
+        match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x == y => {
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x < y => {
+                out.push(*x);
+                i += 1;
+            }
+            (Some(x), None) => {
+                out.push(*x);
+                i += 1;
+            }
+            (_, Some(y)) => {
+                out.push(*y);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    out
 }
 
 /// Whether the total of a row of figures may be published beside them: only
@@ -315,7 +556,7 @@ mod tests {
     #[test]
     fn an_all_or_nothing_remainder_takes_more_cells() {
         let cells = vec![share(53, 45), share(35, 27), share(6, 6), share(12, 12)];
-        let out = protect(&cells, &[line(0, &[1, 2, 3])], &policy(), &[]);
+        let out = protect(&cells, &[line(0, &[1, 2, 3])], &policy(), &[], &[]);
         assert_eq!(
             out.status,
             vec![
@@ -337,7 +578,7 @@ mod tests {
             share(30, 20),
             share(16, 8),
         ];
-        let out = protect(&cells, &[line(0, &[1, 2, 3, 4])], &policy(), &[]);
+        let out = protect(&cells, &[line(0, &[1, 2, 3, 4])], &policy(), &[], &[]);
         assert_eq!(
             out.status,
             vec![
@@ -373,7 +614,7 @@ mod tests {
             line(3, &[5, 7]),
             line(4, &[6, 8]),
         ];
-        let out = protect(&cells, &lines, &policy(), &[]);
+        let out = protect(&cells, &lines, &policy(), &[], &[]);
         for i in 5..9 {
             assert!(out.status[i].hidden(), "{i}");
         }
@@ -387,12 +628,130 @@ mod tests {
         // 0 = 1 + 2 (a quarter and its months), 0 hidden by its own line.
         let cells = vec![share(30, 15), share(20, 10), share(10, 5), share(5, 2)];
         let lines = vec![line(3, &[]), line(0, &[1, 2])];
-        let mut status = protect(&cells, &lines, &policy(), &[]).status;
+        let mut status = protect(&cells, &lines, &policy(), &[], &[]).status;
         assert_eq!(status[0], Status::Published);
         let degenerate = vec![share(30, 30), share(20, 19), share(10, 9)];
-        status = protect(&degenerate, &[line(0, &[1, 2])], &policy(), &[]).status;
+        status = protect(&degenerate, &[line(0, &[1, 2])], &policy(), &[], &[]).status;
         assert_eq!(status[0], Status::Primary);
         assert!(status[1].hidden() || status[2].hidden());
+    }
+
+    /// Every table of atoms' counts (each at most `max`) that gives every
+    /// published cell its count: what an attacker with unlimited
+    /// arithmetic cannot rule out.
+    fn consistent(
+        atoms: &[Vec<usize>],
+        cells: usize,
+        published: &[(usize, u64)],
+        max: u64,
+    ) -> Vec<Vec<u64>> {
+        let mut out = Vec::new();
+        let mut x = vec![0u64; atoms.len()];
+        loop {
+            let mut sums = vec![0u64; cells];
+            for (a, holders) in atoms.iter().enumerate() {
+                for &c in holders {
+                    sums[c] += x[a];
+                }
+            }
+            if published.iter().all(|&(c, v)| sums[c] == v) {
+                out.push(x.clone());
+            }
+            let mut i = 0;
+            loop {
+                if i == x.len() {
+                    return out;
+                }
+                x[i] += 1;
+                if x[i] <= max {
+                    break;
+                }
+                x[i] = 0;
+                i += 1;
+            }
+        }
+    }
+
+    /// Two crossed lines: channels within a month, and days within it. The
+    /// line rule alone leaves a withheld cell whose dissatisfied answers a
+    /// bound proves to be none; the audit withholds more, and then no
+    /// consistent table pins any withheld cell.
+    #[test]
+    fn crossed_lines_are_audited_against_bounds() {
+        // 0 month; 1, 2 channels; 3, 4 days; 5..8 (ch1 d1, ch1 d2, ch2 d1,
+        // ch2 d2). All the dissatisfied answers are in ch1 on day 1.
+        let interior = [(6u64, 4u64), (3, 3), (4, 4), (3, 3)];
+        let holders: Vec<Vec<usize>> = vec![
+            vec![0, 1, 3, 5],
+            vec![0, 1, 4, 6],
+            vec![0, 2, 3, 7],
+            vec![0, 2, 4, 8],
+        ];
+        let mut cells = vec![Content::default(); 9];
+        for (a, h) in holders.iter().enumerate() {
+            let (n, yes) = interior[a];
+            for &c in h {
+                cells[c].add(&share(n, yes));
+            }
+        }
+        let atoms: Vec<Atom> = holders
+            .iter()
+            .zip(interior)
+            .map(|(h, (n, yes))| Atom {
+                content: share(n, yes),
+                cells: h.clone(),
+            })
+            .collect();
+        let lines = vec![
+            line(0, &[1, 2]),
+            line(0, &[3, 4]),
+            line(1, &[5, 6]),
+            line(2, &[7, 8]),
+            line(3, &[5, 7]),
+            line(4, &[6, 8]),
+        ];
+        let p = Policy {
+            k: 3,
+            checks: vec![Check::EachBlock(2)],
+        };
+        let pinned = |status: &[Status]| -> Vec<usize> {
+            // Dissatisfied answers per atom: at most 2 in all.
+            let published: Vec<(usize, u64)> = (0..9)
+                .filter(|&c| status[c] == Status::Published)
+                .map(|c| (c, cells[c].parts[0][&0]))
+                .collect();
+            let tables = consistent(&holders, 9, &published, 2);
+            (0..9)
+                .filter(|&c| status[c].hidden())
+                .filter(|&c| {
+                    tables.iter().all(|t| {
+                        holders
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, h)| h.contains(&c))
+                            .all(|(a, _)| t[a] == 0)
+                    })
+                })
+                .collect()
+        };
+        let lines_only = protect(&cells, &lines, &p, &[], &[]);
+        assert!(
+            !pinned(&lines_only.status).is_empty(),
+            "the line rule alone pins a cell: {:?}",
+            lines_only.status
+        );
+        let audited = protect(&cells, &lines, &p, &[], &atoms);
+        assert_eq!(
+            pinned(&audited.status),
+            Vec::<usize>::new(),
+            "{:?}",
+            audited.status
+        );
+        // The audit only adds withheld cells.
+        for c in 0..9 {
+            assert!(!lines_only.status[c].hidden() || audited.status[c].hidden());
+        }
+        assert_eq!(audited.status[0], Status::Published);
     }
 
     #[test]

@@ -453,13 +453,17 @@ fn attack(seen: &Observed, answers: &[Answer]) -> Vec<String> {
     }
     // Differences of nested figures, twice over, and the zeros they force.
     let mut zero = [0u128; 4];
+    let mut chains: Vec<(Rect, String)> = Vec::new();
     for (g, sets) in known.iter_mut().enumerate() {
+        let mut why: BTreeMap<Rect, (Rect, Rect)> = BTreeMap::new();
         for _ in 0..2 {
             let list: Vec<(Rect, i64)> = sets.iter().map(|(r, v)| (*r, *v)).collect();
             for &(a, va) in &list {
                 for &(b, vb) in &list {
-                    if a != b && a & b == a && sets.len() < 20_000 {
-                        sets.entry(b & !a).or_insert(vb - va);
+                    if a != b && a & b == a && sets.len() < 20_000 && !sets.contains_key(&(b & !a))
+                    {
+                        sets.insert(b & !a, vb - va);
+                        why.insert(b & !a, (b, a));
                     }
                 }
             }
@@ -467,6 +471,18 @@ fn attack(seen: &Observed, answers: &[Answer]) -> Vec<String> {
         for (r, v) in sets.iter() {
             if *v == 0 {
                 zero[g] |= *r;
+                if g == 0 {
+                    let mut chain = format!("group {g}: {r:#x} = 0");
+                    let mut cur = *r;
+                    while let Some((b, a)) = why.get(&cur) {
+                        chain += &format!(" <= {b:#x} - {a:#x}");
+                        if !why.contains_key(b) {
+                            break;
+                        }
+                        cur = *b;
+                    }
+                    chains.push((*r, chain));
+                }
             }
         }
     }
@@ -506,8 +522,13 @@ fn attack(seen: &Observed, answers: &[Answer]) -> Vec<String> {
         }
         let all_zero = |m: u128| r & !m == 0;
         if all_zero(forced[0]) {
+            let why: Vec<&String> = chains
+                .iter()
+                .filter(|(z, _)| z & r == *r)
+                .map(|(_, c)| c)
+                .collect();
             found.push(format!(
-                "withheld figure {r:#x} pinned at 100% satisfied ({t:?})"
+                "withheld figure {r:#x} pinned at 100% satisfied ({t:?}) {why:?}"
             ));
         }
         if all_zero(forced[1]) && all_zero(forced[2]) {
@@ -546,10 +567,8 @@ async fn run(answers: Vec<Answer>) -> Vec<String> {
     }
     h.feed(&VecFeed::default(), &feedback).await;
     // What runs in CI: each split on its own with every grid period. The
-    // whole reach (every split and scope together) is for
-    // ATTACK_REACH=full: it still finds cells pinned through two
-    // dimensions at once (docs/kpi.md, "What a caller can and cannot
-    // learn").
+    // whole reach (every split and scope together, slower) is for
+    // ATTACK_REACH=full.
     let reaches: Vec<Reach> = if std::env::var("ATTACK_REACH").is_ok_and(|r| r == "full") {
         vec![Reach {
             dims: "NUCD".into(),
@@ -578,19 +597,17 @@ async fn run(answers: Vec<Answer>) -> Vec<String> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 6,
+        // ATTACK_CASES=n runs more populations than CI's six.
+        cases: std::env::var("ATTACK_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(6),
         max_shrink_iters: 4,
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
 
     /// No withheld figure can be recovered or pinned from everything an
-    /// analyst may obtain. Ignored: it still finds cells pinned at 0% or
-    /// 100% through a group crossed with a period (e.g. a unit's month
-    /// against the other units and months), which the line-by-line rule
-    /// does not prevent; run it with --ignored (and ATTACK_REACH=full).
+    /// analyst may obtain (ATTACK_REACH=full for every split and scope at
+    /// once; it failed before the audit of crossed lines, disclosure rule 5).
     #[test]
-    #[ignore = "finds cells pinned through two crossed lines: docs/kpi.md, what a caller can and cannot learn"]
     fn no_withheld_figure_can_be_recovered(answers in proptest::collection::vec(answer(), 12..70)) {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let found = rt.block_on(run(answers));
