@@ -35,6 +35,7 @@ pub struct Kpi {
     db: Db,
     keys: Arc<Keyring>,
     min_count: u64,
+    tables: Arc<query::Cache>,
 }
 
 impl Kpi {
@@ -47,6 +48,7 @@ impl Kpi {
             keys: Arc::new(Keyring::new(master, db.clone())),
             db,
             min_count,
+            tables: Arc::default(),
         }
     }
 }
@@ -308,6 +310,7 @@ impl Kpi {
             group,
             filter: &filter,
             k: self.min_count,
+            cache: &self.tables,
         };
         let mut tx = self.db.read(Scope::Agency(agency)).await?;
         let series = query::series(&mut tx, &q).await?;
@@ -361,6 +364,7 @@ impl Kpi {
                 group: Dimension::None,
                 filter: &filter,
                 k: self.min_count,
+                cache: &self.tables,
             };
             let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let e = query::whole(&mut tx, &q).await?;
@@ -408,6 +412,7 @@ impl Kpi {
                 group: Dimension::None,
                 filter: &s.filter,
                 k: self.min_count,
+                cache: &self.tables,
             };
             let e = query::whole(&mut tx, &q).await?;
             let comparator =
@@ -457,6 +462,7 @@ impl Kpi {
             group: dimension,
             filter: &filter,
             k: self.min_count,
+            cache: &self.tables,
         };
         let mut tx = self.db.read(Scope::Agency(agency)).await?;
         let (whole, segments) = query::equity(&mut tx, &q).await?;

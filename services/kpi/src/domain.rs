@@ -514,16 +514,52 @@ enum Family {
     Count(String),
 }
 
+/// The stage of a per-stage indicator (`responded_within_standard.<stage>`),
+/// as its label.
+pub fn stage_of(indicator: &Indicator) -> Option<&'static str> {
+    let key = indicator.id.strip_prefix("responded_within_standard.")?;
+    STAGES.iter().find(|(_, k)| *k == key).map(|(_, k)| *k)
+}
+
+/// The stage label of a rollup measure (`resp.<n>`), if it is one.
+pub fn stage_of_measure(m: &str) -> Option<&'static str> {
+    let n: i32 = m.strip_prefix("resp.")?.parse().ok()?;
+    STAGES.iter().find(|(x, _)| *x == n).map(|(_, k)| *k)
+}
+
+/// What the disclosure rule knows of a cell of responses by stage: its
+/// resolutions, by within standard (1) or not (0), over every stage it
+/// holds.
+pub fn stage_content(cells: &Cells) -> Content {
+    let mut c = Content {
+        n: 0,
+        parts: vec![BTreeMap::new()],
+    };
+    for (m, h) in cells {
+        if stage_of_measure(m).is_none() {
+            continue;
+        }
+        for (v, count) in h {
+            let count = (*count).max(0) as u64;
+            c.n += count;
+            *c.parts[0].entry(i64::from(*v == 1)).or_default() += count;
+        }
+    }
+    c
+}
+
 impl Guard {
     /// The guard of `indicator`.
     pub fn of(indicator: &Indicator) -> Guard {
+        // A stage's figure is decided with the all-stage figures first
+        // (query.rs: the stage tier).
         let resolutions = matches!(
             indicator.id.as_str(),
             "responded_within_standard"
                 | "days_to_resolve_median"
                 | "days_to_resolve_p90"
                 | "share_upheld"
-        );
+        ) || stage_of(indicator).is_some();
         let first = indicator.measures().into_iter().next().unwrap_or_default();
         let family = if resolutions {
             Family::Resolutions

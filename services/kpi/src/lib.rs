@@ -38,6 +38,11 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
             name: "unit months",
             sql: include_str!("../migrations/sqlite/0003_unit_months.sql"),
         },
+        Migration {
+            version: 4,
+            name: "versions",
+            sql: include_str!("../migrations/sqlite/0004_versions.sql"),
+        },
     ],
     postgres: &[
         Migration {
@@ -54,6 +59,11 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
             version: 3,
             name: "unit months",
             sql: include_str!("../migrations/postgres/0003_unit_months.sql"),
+        },
+        Migration {
+            version: 4,
+            name: "versions",
+            sql: include_str!("../migrations/postgres/0004_versions.sql"),
         },
     ],
 };

@@ -17,6 +17,7 @@ use crate::domain::{self, Cells, Dimension, Estimate, Granularity, Guard, Indica
 use crate::store::{self, Filter};
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use time::{Date, Duration};
 use touchstone_platform::db::Tx;
 use touchstone_stats::Test;
@@ -41,6 +42,89 @@ pub struct Query<'a> {
     pub filter: &'a Filter,
     /// Suppression threshold.
     pub k: u64,
+    /// Tables decided before.
+    pub cache: &'a Cache,
+}
+
+/// How many protected tables a process keeps.
+const CACHED_TABLES: usize = 64;
+
+/// What a protected table depends on besides its agency's rollups: the
+/// agency, the measures read, the stage or characteristic its groups are
+/// split by, the calendar years, whether days are read, and `k`.
+type TableKey = (
+    String,
+    Vec<String>,
+    Option<&'static str>,
+    Option<char>,
+    (i32, i32),
+    bool,
+    u64,
+);
+
+/// A cached table: the version it was read after, when it was last used,
+/// and the table.
+type Cached = (i64, u64, Arc<Table>);
+
+/// Protected tables, reused while their agency's rollup version
+/// (`store::version`, read in the query's transaction) has not changed: a
+/// change to the rollups, or a rebuild, makes a new version, and a table is
+/// only ever served for the version it was read after. Freshness is
+/// therefore exact, not timed; the cache only saves rebuilding and
+/// re-deciding the same table for the next query of an unchanged agency.
+#[derive(Default)]
+pub struct Cache {
+    inner: std::sync::Mutex<(u64, HashMap<TableKey, Cached>)>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cache")
+    }
+}
+
+impl Cache {
+    fn get(&self, key: &TableKey, version: i64) -> Option<Arc<Table>> {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (tick, map) = &mut *guard;
+        *tick += 1;
+        let entry = map.get_mut(key)?;
+        if entry.0 != version {
+            return None;
+        }
+        entry.1 = *tick;
+        Some(entry.2.clone())
+    }
+
+    fn put(&self, key: TableKey, version: i64, table: Arc<Table>) {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (tick, map) = &mut *guard;
+        *tick += 1;
+        if map.len() >= CACHED_TABLES && !map.contains_key(&key) {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, (_, used, _))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                map.remove(&k);
+            }
+        }
+        // Never replace a newer table with an older one.
+        if map.get(&key).is_none_or(|e| e.0 <= version) {
+            map.insert(key, (version, *tick, table));
+        }
+    }
+}
+
+/// The measures a query's table reads: its indicator's and its guard's.
+fn measures_of(q: &Query<'_>) -> Vec<String> {
+    let mut measures = q.indicator.measures();
+    for m in Guard::of(q.indicator).measures {
+        if !measures.contains(&m) {
+            measures.push(m);
+        }
+    }
+    measures
 }
 
 /// One point of a series.
@@ -100,16 +184,15 @@ impl Table {
         by_day: bool,
     ) -> Result<Table, sqlx::Error> {
         let guard = Guard::of(q.indicator);
-        let mut measures = q.indicator.measures();
-        for m in &guard.measures {
-            if !measures.contains(m) {
-                measures.push(m.clone());
-            }
-        }
+        let measures = measures_of(q);
         let segment = match q.group {
             Dimension::Segment(tag) => Some(tag),
             _ => None,
         };
+        // A stage's figure: the stage takes the segment's place (complaint
+        // figures have no segments), its cells are tier 2, decided on their
+        // resolutions within standard with the all-stage table fixed.
+        let stage = domain::stage_of(q.indicator);
         // From yyyy0000: the monthly sums are filed under yyyymm00.
         let span = (
             i64::from(years.0) * 10_000,
@@ -128,7 +211,10 @@ impl Table {
         // far fewer merges than spreading every value row.
         let mut fine: BTreeMap<(i64, Key), Cells> = BTreeMap::new();
         for row in &rows {
-            let label = segment.map(|tag| domain::segment_label(&row.segment, tag));
+            let label = match stage {
+                Some(_) => domain::stage_of_measure(&row.measure).map(str::to_string),
+                None => segment.map(|tag| domain::segment_label(&row.segment, tag)),
+            };
             let full: Key = [
                 Some(row.service.clone()),
                 Some(row.unit.clone()),
@@ -144,16 +230,17 @@ impl Table {
                 .or_default() += row.count;
         }
         let mut acc: BTreeMap<(u8, i32, Slot, Key), Cells> = BTreeMap::new();
-        let masks: u8 = if segment.is_some() { 16 } else { 8 };
         for ((bucket, full), cells) in &fine {
             let is_day = *bucket > 999_999;
             let Some(day) = domain::key_date(if is_day { *bucket } else { bucket * 100 + 1 })
             else {
                 continue;
             };
-            for mask in 0..masks {
+            for mask in 0..16u8 {
                 // Bit 3 set: the segment is "all".
-                let mask = if segment.is_some() { mask } else { mask | 8 };
+                if mask & 8 == 0 && full[3].is_none() {
+                    continue;
+                }
                 let key: Key = std::array::from_fn(|d| {
                     if mask & (1 << d) != 0 {
                         None
@@ -186,9 +273,14 @@ impl Table {
             tiers.push(tier);
         }
         let contents: Vec<Content> = cells.iter().map(|c| guard.content(c)).collect();
+        let stage_contents: Vec<Content> = match stage {
+            Some(_) => cells.iter().map(domain::stage_content).collect(),
+            None => Vec::new(),
+        };
         // The atoms the audit splits the table into: the finest cells, by
         // month and (when read) by day, each with every cell holding it.
         let (mut by_month, mut by_days) = (Vec::new(), Vec::new());
+        let (mut stage_month, mut stage_days) = (Vec::new(), Vec::new());
         for ((bucket, full), c) in &fine {
             let is_day = *bucket > 999_999;
             let Some(day) = domain::key_date(if is_day { *bucket } else { bucket * 100 + 1 })
@@ -215,6 +307,17 @@ impl Table {
             }
             holders.sort_unstable();
             holders.dedup();
+            if stage.is_some() && full[3].is_some() {
+                let atom = disclosure::Atom {
+                    content: domain::stage_content(c),
+                    cells: holders.clone(),
+                };
+                if is_day {
+                    stage_days.push(atom);
+                } else {
+                    stage_month.push(atom);
+                }
+            }
             let atom = disclosure::Atom {
                 content: guard.content(c),
                 cells: holders,
@@ -248,6 +351,10 @@ impl Table {
             k: q.k,
             checks: guard.checks.clone(),
         };
+        let stage_policy = Policy {
+            k: q.k,
+            checks: vec![disclosure::Check::EachBlock(2)],
+        };
         let mut status: Vec<Status> = Vec::new();
         for tier in 0..3u8 {
             let end = tiers.iter().take_while(|&&t| t <= tier).count();
@@ -269,13 +376,20 @@ impl Table {
                     }
                 })
                 .collect();
-            let atoms = if tier == 0 || !by_day {
-                &by_month
+            let monthly = tier == 0 || !by_day;
+            let protected = if stage.is_some() && tier == 2 {
+                let atoms = if monthly { &stage_month } else { &stage_days };
+                disclosure::protect(
+                    &stage_contents[..end],
+                    &tier_lines,
+                    &stage_policy,
+                    &status,
+                    atoms,
+                )
             } else {
-                &by_days
+                let atoms = if monthly { &by_month } else { &by_days };
+                disclosure::protect(&contents[..end], &tier_lines, &policy, &status, atoms)
             };
-            let protected =
-                disclosure::protect(&contents[..end], &tier_lines, &policy, &status, atoms);
             if !protected.unprotected.is_empty() {
                 tracing::debug!(
                     lines = protected.unprotected.len(),
@@ -340,14 +454,16 @@ fn dimension_index(d: Dimension) -> Option<usize> {
     }
 }
 
-/// The cube key of a query's scope.
-fn scope_key(f: &Filter) -> Key {
+/// The cube key of a query's scope (and of its stage, for a stage's
+/// figure).
+fn scope_key(q: &Query<'_>) -> Key {
+    let f = q.filter;
     let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
     [
         some(&f.service),
         some(&f.unit),
         (f.channel != 0).then(|| f.channel.to_string()),
-        None,
+        domain::stage_of(q.indicator).map(str::to_string),
     ]
 }
 
@@ -370,17 +486,37 @@ fn grid(q: &Query<'_>) -> (u8, Slot, Vec<(Period, Slot)>) {
 async fn table(
     tx: &mut Tx,
     q: &Query<'_>,
-) -> Result<(Table, u8, Slot, Vec<(Period, Slot)>), sqlx::Error> {
+) -> Result<(Arc<Table>, u8, Slot, Vec<(Period, Slot)>), sqlx::Error> {
     let (level, before, points) = grid(q);
     let years = (before.1.year(), q.end.year());
-    let t = Table::build(tx, q, years, level == 3).await?;
+    let by_day = level == 3;
+    // The version first: the table is read after it, so it is at least as
+    // new as the version it is filed under.
+    let version = store::version(tx, q.agency).await?;
+    let key: TableKey = (
+        q.agency.to_string(),
+        measures_of(q),
+        domain::stage_of(q.indicator),
+        match q.group {
+            Dimension::Segment(tag) => Some(tag),
+            _ => None,
+        },
+        years,
+        by_day,
+        q.k,
+    );
+    if let Some(t) = q.cache.get(&key, version) {
+        return Ok((t, level, before, points));
+    }
+    let t = Arc::new(Table::build(tx, q, years, by_day).await?);
+    q.cache.put(key, version, t.clone());
     Ok((t, level, before, points))
 }
 
 /// The series of `q`, one per group (sorted), each with a point per period.
 pub async fn series(tx: &mut Tx, q: &Query<'_>) -> Result<Vec<(String, Vec<Point>)>, sqlx::Error> {
     let (t, _, before, points) = table(tx, q).await?;
-    let base = scope_key(q.filter);
+    let base = scope_key(q);
     let groups: Vec<(String, Key)> = match dimension_index(q.group) {
         None => vec![(String::new(), base.clone())],
         Some(d) => {
@@ -473,7 +609,7 @@ pub async fn equity(tx: &mut Tx, q: &Query<'_>) -> Result<(Estimate, Vec<Segment
             Vec::new(),
         ));
     };
-    let base = scope_key(q.filter);
+    let base = scope_key(&q);
     let whole = t.estimate(&q, &base, slot);
     let all = t.cells_of(&base, slot);
     let Some(d) = dimension_index(q.group) else {

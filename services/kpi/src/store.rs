@@ -114,7 +114,30 @@ pub async fn apply(tx: &mut Tx, agency: &str, deltas: &[(Cell, i64)]) -> Result<
         }
         q.execute(tx.conn()).await?;
     }
+    bump_version(tx, agency).await
+}
+
+/// Marks `agency`'s rollups changed (query.rs reuses a protected table only
+/// while its version holds).
+async fn bump_version(tx: &mut Tx, agency: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO kpi_versions (agency, version) VALUES ($1, 1) \
+         ON CONFLICT (agency) DO UPDATE SET version = kpi_versions.version + 1",
+    )
+    .bind(agency)
+    .execute(tx.conn())
+    .await?;
     Ok(())
+}
+
+/// The version of `agency`'s rollups: it grows with every change and never
+/// returns to an earlier number (0 before the first).
+pub async fn version(tx: &mut Tx, agency: &str) -> Result<i64> {
+    let v: Option<i64> = sqlx::query_scalar("SELECT version FROM kpi_versions WHERE agency = $1")
+        .bind(agency)
+        .fetch_optional(tx.conn())
+        .await?;
+    Ok(v.unwrap_or(0))
 }
 
 /// Which cells a query reads.
@@ -625,6 +648,11 @@ pub async fn clear_rollups(tx: &mut Tx) -> Result<()> {
             .execute(tx.conn())
             .await?;
     }
+    // Versions go on growing, so no table cached before the rebuild is
+    // taken for one after it.
+    sqlx::query("UPDATE kpi_versions SET version = version + 1")
+        .execute(tx.conn())
+        .await?;
     Ok(())
 }
 
