@@ -2437,9 +2437,9 @@ async fn a_withheld_stage_cannot_be_recovered_from_the_whole() {
         );
     }
     h.feed(&complaints, &feedback).await;
-    let mut c = h.client().await;
+    let c = h.client().await;
     let token = h.token("a1", ANALYST);
-    let mut figure = |indicator: &'static str| {
+    let figure = |indicator: &'static str| {
         let mut c = c.clone();
         let token = token.clone();
         async move {
@@ -2475,7 +2475,6 @@ async fn a_withheld_stage_cannot_be_recovered_from_the_whole() {
             .await
             .suppressed
     );
-    let _ = &mut c;
 }
 
 /// Protected tables are reused only while the agency's rollups are
