@@ -497,3 +497,102 @@ async fn a_storage_fault_loses_no_acknowledged_write() {
         .await;
     }
 }
+
+/// Reads of personal data are answered only once their audit records are
+/// durable (DESIGN §4: the audit records of concurrent reads share one
+/// group commit): concurrent GetClient calls, SIGKILL while some are in
+/// flight, restart; every answered read has its record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_under_reads_every_answered_read_was_audited() {
+    touchstone_e2e::touchstone_bin();
+    for store in stores().await {
+        within(CRASH_TIMEOUT, "kill -9 under reads", async {
+            let dir = tempdir();
+            let up = Up::start_with(dir.path(), &store.settings()).await;
+            let officer = mint_token(dir.path(), "officer").await;
+            let admin = mint_token(dir.path(), "agency_admin").await;
+            let mut register = RegisterServiceClient::new(up.channel().await);
+            let mut names = Vec::new();
+            for i in 0..5 {
+                let created = register
+                    .create_client(with_token(create(10_000 + i), &officer))
+                    .await
+                    .expect("CreateClient")
+                    .into_inner();
+                names.push(created.name);
+            }
+            let answered: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+            let total = Arc::new(AtomicUsize::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let readers: Vec<_> = (0..CALLERS * 4)
+                .map(|r| {
+                    let mut client = register.clone();
+                    let (answered, total, stop) = (answered.clone(), total.clone(), stop.clone());
+                    let (names, token) = (names.clone(), officer.clone());
+                    tokio::spawn(async move {
+                        let mut k = r;
+                        while !stop.load(Ordering::Acquire) {
+                            let name = &names[k % names.len()];
+                            k += 1;
+                            let req = pb::GetClientRequest { name: name.clone() };
+                            if client.get_client(with_token(req, &token)).await.is_ok() {
+                                *answered
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .entry(name.clone())
+                                    .or_default() += 1;
+                                total.fetch_add(1, Ordering::AcqRel);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            while total.load(Ordering::Acquire) < 300 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // Reads are in flight now: the kill cuts them off.
+            let mut up = up;
+            up.proc.kill9().await;
+            stop.store(true, Ordering::Release);
+            for r in readers {
+                r.await.expect("a reader");
+            }
+            let answered = std::mem::take(&mut *answered.lock().unwrap_or_else(|e| e.into_inner()));
+            let up = Up::start_with(dir.path(), &store.settings()).await;
+            let mut register = RegisterServiceClient::new(up.channel().await);
+            let mut recorded: BTreeMap<String, usize> = BTreeMap::new();
+            let mut page_token = String::new();
+            loop {
+                let page = register
+                    .list_audit_records(with_token(
+                        pb::ListAuditRecordsRequest {
+                            parent: format!("agencies/{AGENCY}"),
+                            page_size: 1000,
+                            page_token: page_token.clone(),
+                            filter: "action = \"GetClient\"".into(),
+                        },
+                        &admin,
+                    ))
+                    .await
+                    .expect("ListAuditRecords")
+                    .into_inner();
+                for r in page.audit_records {
+                    *recorded.entry(r.resource).or_default() += 1;
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            for (name, n) in &answered {
+                let have = recorded.get(name).copied().unwrap_or(0);
+                assert!(
+                    have >= *n,
+                    "{name}: {n} reads answered, {have} audit records after the kill"
+                );
+            }
+            drop(up);
+        })
+        .await;
+    }
+}

@@ -1293,14 +1293,19 @@ impl ComplaintsService for Complaints {
         let run = async {
             let (agency, id) = parse_complaint("name", &req.name)?;
             authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let key = self.key(&mut tx, agency).await?;
             let record = store::get_complaint(&mut tx, &key, agency, id)
                 .await?
                 .ok_or(Error::NotFound("complaint"))?;
             let (cal, standard) = rules(&mut tx, agency).await?;
-            audit::record(&mut tx, access(&caller, agency, "GetComplaint", &req.name)).await?;
             tx.commit().await?;
+            self.db
+                .audit_reads(
+                    access(&caller, agency, "GetComplaint", &req.name),
+                    &[&req.name],
+                )
+                .await?;
             Ok::<_, Error>(complaint_to_proto(
                 &record,
                 &cal,
@@ -1332,19 +1337,16 @@ impl ComplaintsService for Complaints {
             let first = if officer.is_some() { 3 } else { 2 };
             let query = ListQuery::plan(&store::COMPLAINT_SCHEMA, &scope, &params, first)
                 .map_err(list_error)?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let key = self.key(&mut tx, agency).await?;
             let (records, next_page_token) =
                 store::list_complaints(&mut tx, &key, agency, officer, &query).await?;
             let (cal, standard) = rules(&mut tx, agency).await?;
             let names: Vec<String> = records.iter().map(ComplaintRecord::name).collect();
-            audit::record_each(
-                &mut tx,
-                access(&caller, agency, "ListComplaints", ""),
-                &names,
-            )
-            .await?;
             tx.commit().await?;
+            self.db
+                .audit_reads(access(&caller, agency, "ListComplaints", ""), &names)
+                .await?;
             let now = times::now_millis();
             Ok::<_, Error>(pb::ListComplaintsResponse {
                 complaints: records
@@ -1854,18 +1856,19 @@ impl ComplaintsService for Complaints {
         let run = async {
             let (agency, id) = parse_complaint("parent", &req.parent)?;
             authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let key = self.key(&mut tx, agency).await?;
             if !store::complaint_exists(&mut tx, agency, id).await? {
                 return Err(Error::NotFound("complaint"));
             }
             let rows = store::history(&mut tx, &key, agency, id).await?;
-            audit::record(
-                &mut tx,
-                access(&caller, agency, "ListComplaintHistory", &req.parent),
-            )
-            .await?;
             tx.commit().await?;
+            self.db
+                .audit_reads(
+                    access(&caller, agency, "ListComplaintHistory", &req.parent),
+                    &[&req.parent],
+                )
+                .await?;
             Ok::<_, Error>(pb::ListComplaintHistoryResponse {
                 entries: rows
                     .iter()
@@ -1981,18 +1984,19 @@ impl ComplaintsService for Complaints {
         let run = async {
             let (agency, id) = parse_complaint("parent", &req.parent)?;
             authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let key = self.key(&mut tx, agency).await?;
             if !store::complaint_exists(&mut tx, agency, id).await? {
                 return Err(Error::NotFound("complaint"));
             }
             let rows = store::contacts(&mut tx, &key, agency, id).await?;
-            audit::record(
-                &mut tx,
-                access(&caller, agency, "ListContacts", &req.parent),
-            )
-            .await?;
             tx.commit().await?;
+            self.db
+                .audit_reads(
+                    access(&caller, agency, "ListContacts", &req.parent),
+                    &[&req.parent],
+                )
+                .await?;
             Ok::<_, Error>(pb::ListContactsResponse {
                 contacts: rows
                     .iter()

@@ -1049,19 +1049,20 @@ impl FeedbackService for Feedback {
                 Target::Named,
             )?;
             let personal = caller.acts_as_any(Action::SeePersonal.roles(), agency);
-            let mut tx = if personal {
-                self.db.write(Scope::Agency(agency)).await?
-            } else {
-                self.db.read(Scope::Agency(agency)).await?
-            };
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let key = self.keys.data_key(&mut tx, agency).await?;
             let record = store::get_response(&mut tx, &key, agency, survey_id, id)
                 .await?
                 .ok_or(Error::NotFound("response"))?;
-            if personal {
-                audit::record(&mut tx, access(&caller, agency, "GetResponse", &req.name)).await?;
-            }
             tx.commit().await?;
+            if personal {
+                self.db
+                    .audit_reads(
+                        access(&caller, agency, "GetResponse", &req.name),
+                        &[&req.name],
+                    )
+                    .await?;
+            }
             Ok::<_, Error>(response_to_proto(&record, personal))
         };
         Ok(tonic::Response::new(run.await?))
@@ -1100,25 +1101,18 @@ impl FeedbackService for Feedback {
             let query = ListQuery::plan(&store::RESPONSE_SCHEMA, &req.parent, &params, 3)
                 .map_err(list_error)?;
             let personal = caller.acts_as_any(Action::SeePersonal.roles(), agency);
-            let mut tx = if personal {
-                self.db.write(Scope::Agency(agency)).await?
-            } else {
-                self.db.read(Scope::Agency(agency)).await?
-            };
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let key = self.keys.data_key(&mut tx, agency).await?;
             let survey_id = (survey != "-").then_some(survey);
             let (records, next_page_token) =
                 store::list_responses(&mut tx, &key, agency, survey_id, &query).await?;
+            tx.commit().await?;
             if personal {
                 let names: Vec<String> = records.iter().map(ResponseRecord::name).collect();
-                audit::record_each(
-                    &mut tx,
-                    access(&caller, agency, "ListResponses", ""),
-                    &names,
-                )
-                .await?;
+                self.db
+                    .audit_reads(access(&caller, agency, "ListResponses", ""), &names)
+                    .await?;
             }
-            tx.commit().await?;
             Ok::<_, Error>(pb::ListResponsesResponse {
                 responses: records
                     .iter()
@@ -1267,12 +1261,17 @@ impl FeedbackService for Feedback {
             let ids = parse_name("name", "agencies/{}/followUps/{}", &req.name)?;
             let (agency, id) = (ids[0], ids[1]);
             authorize(&caller, Action::FollowUps.roles(), agency, Target::Named)?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let record = store::get_follow_up(&mut tx, agency, id, false)
                 .await?
                 .ok_or(Error::NotFound("follow-up"))?;
-            audit::record(&mut tx, access(&caller, agency, "GetFollowUp", &req.name)).await?;
             tx.commit().await?;
+            self.db
+                .audit_reads(
+                    access(&caller, agency, "GetFollowUp", &req.name),
+                    &[&req.name],
+                )
+                .await?;
             Ok::<_, Error>(follow_up_to_proto(&record))
         };
         Ok(tonic::Response::new(run.await?))
@@ -1301,17 +1300,14 @@ impl FeedbackService for Feedback {
             };
             let query = ListQuery::plan(&store::FOLLOW_UP_SCHEMA, &req.parent, &params, 2)
                 .map_err(list_error)?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let (records, next_page_token) =
                 store::list_follow_ups(&mut tx, agency, &query).await?;
             let names: Vec<String> = records.iter().map(FollowUpRecord::name).collect();
-            audit::record_each(
-                &mut tx,
-                access(&caller, agency, "ListFollowUps", ""),
-                &names,
-            )
-            .await?;
             tx.commit().await?;
+            self.db
+                .audit_reads(access(&caller, agency, "ListFollowUps", ""), &names)
+                .await?;
             Ok::<_, Error>(pb::ListFollowUpsResponse {
                 follow_ups: records.iter().map(follow_up_to_proto).collect(),
                 next_page_token,

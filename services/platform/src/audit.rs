@@ -1,7 +1,9 @@
 //! Audit records: every read or change of personal data is recorded (who,
 //! what, when, agency, request id) in the same transaction as the access.
 
-use crate::db::Tx;
+use crate::db::{Db, Inner, Scope, Tx};
+use std::sync::Weak;
+use tokio::sync::{mpsc, oneshot};
 use touchstone_list::{Field, FieldType, ListQuery, Schema};
 
 /// One access to record.
@@ -170,4 +172,137 @@ pub async fn record_each<S: AsRef<str>>(
         q.execute(tx.conn()).await?;
     }
     Ok(())
+}
+
+/// Most records written in one group commit.
+const BATCH_ROWS: usize = 5_000;
+/// Reads waiting for a group commit before callers wait to queue.
+const QUEUE: usize = 4_096;
+
+/// One read's records, and whom to tell when they are durable.
+#[derive(Debug)]
+struct Job {
+    rows: Vec<[String; 5]>,
+    time: i64,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The group commit of read audit records of one database: a task takes
+/// every job waiting, writes them in one transaction (a statement per
+/// agency and chunk, each under that agency's row-level security), and
+/// answers each job once the transaction has committed. While one batch
+/// commits the next gathers, so the batch grows with the load and no read
+/// waits for a timer.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Batch {
+    /// Starts the task; it ends when the database is dropped.
+    pub(crate) fn start(db: Weak<Inner>) -> Batch {
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(db, rx));
+        Batch { jobs }
+    }
+
+    pub(crate) async fn record<S: AsRef<str>>(
+        &self,
+        t: Access<'_>,
+        resources: &[S],
+    ) -> Result<(), sqlx::Error> {
+        if resources.is_empty() {
+            return Ok(());
+        }
+        let rows = resources
+            .iter()
+            .map(|r| {
+                [
+                    t.agency.to_string(),
+                    t.actor.to_string(),
+                    t.action.to_string(),
+                    r.as_ref().to_string(),
+                    t.request_id.to_string(),
+                ]
+            })
+            .collect();
+        let (done, answer) = oneshot::channel();
+        let job = Job {
+            rows,
+            time: crate::times::now_millis(),
+            done,
+        };
+        let gone = || sqlx::Error::Io(std::io::Error::other("the audit group commit has stopped"));
+        self.jobs.send(job).await.map_err(|_| gone())?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(sqlx::Error::Io(std::io::Error::other(format!(
+                "audit group commit failed: {e}"
+            )))),
+            Err(_) => Err(gone()),
+        }
+    }
+}
+
+async fn run(db: Weak<Inner>, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut rows = first.rows.len();
+        let mut jobs = vec![first];
+        while rows < BATCH_ROWS {
+            match rx.try_recv() {
+                Ok(job) => {
+                    rows += job.rows.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = db.upgrade() else {
+            break;
+        };
+        let result = write(&Db::from_inner(inner), &jobs).await;
+        let answer = result.map_err(|e| e.to_string());
+        for job in jobs {
+            let _ = job.done.send(answer.clone());
+        }
+    }
+}
+
+/// Writes every job's records in one transaction.
+async fn write(db: &Db, jobs: &[Job]) -> Result<(), sqlx::Error> {
+    let mut by_agency: std::collections::BTreeMap<&str, Vec<(&[String; 5], i64)>> =
+        std::collections::BTreeMap::new();
+    for job in jobs {
+        for row in &job.rows {
+            by_agency
+                .entry(row[0].as_str())
+                .or_default()
+                .push((row, job.time));
+        }
+    }
+    let first = by_agency.keys().next().copied().unwrap_or_default();
+    let mut tx = db.write(Scope::Agency(first)).await?;
+    for (agency, rows) in &by_agency {
+        tx.set_scope(Scope::Agency(agency)).await?;
+        for chunk in rows.chunks(500) {
+            let sql = format!(
+                "INSERT INTO audit_records (agency, id, actor, action, resource, request_id, time) \
+                 VALUES {}",
+                tx.backend().values_list(chunk.len(), 7)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (row, time) in chunk {
+                q = q
+                    .bind(row[0].as_str())
+                    .bind(crate::names::new_id())
+                    .bind(row[1].as_str())
+                    .bind(row[2].as_str())
+                    .bind(row[3].as_str())
+                    .bind(row[4].as_str())
+                    .bind(*time);
+            }
+            q.execute(tx.conn()).await?;
+        }
+    }
+    tx.commit().await
 }

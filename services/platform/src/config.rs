@@ -163,6 +163,10 @@ pub struct Settings {
     pub max_concurrent_per_connection: usize,
     /// Seconds to let in-flight calls finish on shutdown.
     pub shutdown_grace_secs: u64,
+    /// SQLite's `synchronous`: `full` (the default) makes every commit
+    /// durable against power loss; `normal` only against a crash of the
+    /// process (WAL mode may then lose the last commits when power fails).
+    pub sqlite_synchronous: crate::db::Synchronous,
     /// Token verification.
     pub auth: AuthSettings,
     /// File holding the token a service presents when it calls another on
@@ -237,6 +241,7 @@ impl Default for Settings {
             master_key: None,
             max_concurrent_per_connection: 256,
             shutdown_grace_secs: 20,
+            sqlite_synchronous: crate::db::Synchronous::Full,
             auth: AuthSettings::default(),
             service_token_file: None,
             peers: Peers::default(),

@@ -126,12 +126,15 @@ pub struct Db {
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     pool: AnyPool,
     backend: Backend,
     writer: Option<Arc<Mutex<()>>>,
     events: watch::Sender<u64>,
     faults: Arc<Faults>,
+    /// The group commit of read audit records (`crate::audit::Batch`),
+    /// started on first use.
+    audit: std::sync::OnceLock<crate::audit::Batch>,
 }
 
 /// How long the write probe of [`Db::writable`] waits for SQLite's writer
@@ -172,6 +175,27 @@ pub fn is_storage_fault(e: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// SQLite's `synchronous` setting (DESIGN §4): FULL syncs the WAL at every
+/// commit, so a commit acknowledged is kept through a power loss; NORMAL
+/// syncs only at checkpoints, which survives a crash of the process but may
+/// lose the last commits when the machine loses power.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Durable against a crash of the process only.
+    Normal,
+    /// Durable against power loss (the default).
+    Full,
+}
+
+static SYNCHRONOUS_FULL: AtomicBool = AtomicBool::new(true);
+
+/// Sets `synchronous` for SQLite connections opened from now on (the
+/// binary sets it from its settings at start-up; benchmarks compare both).
+pub fn set_sqlite_synchronous(s: Synchronous) {
+    SYNCHRONOUS_FULL.store(s == Synchronous::Full, Ordering::Relaxed);
 }
 
 /// A URL for a SQLite file, creating it if it is missing.
@@ -225,10 +249,15 @@ impl Db {
                     // and a writer upgrading past it fails with
                     // SQLITE_BUSY_SNAPSHOT.)
                     conn.execute(sqlx::raw_sql(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                         PRAGMA secure_delete = ON;",
+                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                         PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
                     ))
+                    .await?;
+                    conn.execute(sqlx::raw_sql(if SYNCHRONOUS_FULL.load(Ordering::Relaxed) {
+                        "PRAGMA synchronous = FULL;"
+                    } else {
+                        "PRAGMA synchronous = NORMAL;"
+                    }))
                     .await?;
                     faults.files_writable();
                     Ok(())
@@ -244,8 +273,31 @@ impl Db {
                 writer: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
                 events,
                 faults,
+                audit: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Records reads of personal data, one audit record per resource, in
+    /// the next group commit of this database's read audit (DESIGN §4),
+    /// returning once that commit is durable. A read's answer is released
+    /// only after this returns Ok: no read is answered unrecorded, and
+    /// concurrent reads share one write transaction instead of queueing
+    /// for the writer one by one.
+    pub async fn audit_reads<S: AsRef<str>>(
+        &self,
+        template: crate::audit::Access<'_>,
+        resources: &[S],
+    ) -> Result<(), sqlx::Error> {
+        let batch = self
+            .inner
+            .audit
+            .get_or_init(|| crate::audit::Batch::start(Arc::downgrade(&self.inner)));
+        batch.record(template, resources).await
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Db {
+        Db { inner }
     }
 
     /// The database product.
@@ -599,6 +651,18 @@ impl Tx {
             sqlx::query("SELECT set_config('touchstone.agency', $1, true)")
                 .bind(scope.setting())
                 .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Changes which agency's rows the rest of this transaction sees (on
+    /// PostgreSQL; SQLite has no row-level security).
+    pub(crate) async fn set_scope(&mut self, scope: Scope<'_>) -> Result<(), sqlx::Error> {
+        if self.backend() == Backend::Postgres {
+            sqlx::query("SELECT set_config('touchstone.agency', $1, true)")
+                .bind(scope.setting())
+                .execute(self.conn())
                 .await?;
         }
         Ok(())

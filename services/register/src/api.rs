@@ -383,12 +383,17 @@ impl RegisterService for Register {
                 ));
             };
             authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let key = self.key(&mut tx, agency).await?;
             let record = load_client(&mut tx, &key, agency, id).await?;
             let history = history_of(&mut tx, agency, id).await?;
-            audit::record(&mut tx, access(&caller, agency, "GetClient", &req.name, "")).await?;
             tx.commit().await?;
+            self.db
+                .audit_reads(
+                    access(&caller, agency, "GetClient", &req.name, ""),
+                    &[&req.name],
+                )
+                .await?;
             Ok::<_, Error>(client_to_proto(&record, &history))
         };
         Ok(Response::new(run.await?))
@@ -475,20 +480,17 @@ impl RegisterService for Register {
             };
             let query = ListQuery::plan(&store::CLIENT_SCHEMA, &req.parent, &params, 2)
                 .map_err(list_error)?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let key = self.key(&mut tx, agency).await?;
             let (records, next_page_token) =
                 store::list_clients(&mut tx, &key, agency, &query).await?;
             let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
             let mut histories = store::consent_histories(&mut tx, agency, &ids).await?;
             let names: Vec<String> = records.iter().map(ClientRecord::name).collect();
-            audit::record_each(
-                &mut tx,
-                access(&caller, agency, "ListClients", "", ""),
-                &names,
-            )
-            .await?;
             tx.commit().await?;
+            self.db
+                .audit_reads(access(&caller, agency, "ListClients", "", ""), &names)
+                .await?;
             let clients = records
                 .iter()
                 .map(|r| client_to_proto(r, &histories.remove(&r.id).unwrap_or_default()))
@@ -541,20 +543,17 @@ impl RegisterService for Register {
             if value.is_empty() || value.chars().count() > 400 {
                 return Err(Error::invalid(field, "must be 1 to 400 characters"));
             }
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let key = self.key(&mut tx, agency).await?;
             let records =
                 store::search_clients(&mut tx, &key, agency, kind, &value, SEARCH_LIMIT).await?;
             let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
             let mut histories = store::consent_histories(&mut tx, agency, &ids).await?;
             let names: Vec<String> = records.iter().map(ClientRecord::name).collect();
-            audit::record_each(
-                &mut tx,
-                access(&caller, agency, "SearchClients", "", ""),
-                &names,
-            )
-            .await?;
             tx.commit().await?;
+            self.db
+                .audit_reads(access(&caller, agency, "SearchClients", "", ""), &names)
+                .await?;
             let clients = records
                 .iter()
                 .map(|r| client_to_proto(r, &histories.remove(&r.id).unwrap_or_default()))
@@ -756,13 +755,18 @@ impl RegisterService for Register {
                 ));
             };
             authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let key = self.key(&mut tx, agency).await?;
             let record = store::get_need(&mut tx, &key, agency, client_id, id)
                 .await?
                 .ok_or(Error::NotFound("need"))?;
-            audit::record(&mut tx, access(&caller, agency, "GetNeed", &req.name, "")).await?;
             tx.commit().await?;
+            self.db
+                .audit_reads(
+                    access(&caller, agency, "GetNeed", &req.name, ""),
+                    &[&req.name],
+                )
+                .await?;
             Ok::<_, Error>(need_to_proto(&record))
         };
         Ok(Response::new(run.await?))
@@ -857,19 +861,16 @@ impl RegisterService for Register {
             };
             let query = ListQuery::plan(&store::NEED_SCHEMA, &req.parent, &params, 3)
                 .map_err(list_error)?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let key = self.key(&mut tx, agency).await?;
             let client_id = (client != "-").then_some(client);
             let (records, next_page_token) =
                 store::list_needs(&mut tx, &key, agency, client_id, "", &query).await?;
             let names: Vec<String> = records.iter().map(NeedRecord::name).collect();
-            audit::record_each(
-                &mut tx,
-                access(&caller, agency, "ListNeeds", "", ""),
-                &names,
-            )
-            .await?;
             tx.commit().await?;
+            self.db
+                .audit_reads(access(&caller, agency, "ListNeeds", "", ""), &names)
+                .await?;
             Ok::<_, Error>(pb::ListNeedsResponse {
                 needs: records.iter().map(need_to_proto).collect(),
                 next_page_token,
@@ -941,18 +942,18 @@ impl RegisterService for Register {
             };
             let query = ListQuery::plan(&store::NEED_SCHEMA, &req.parent, &params, 3)
                 .map_err(list_error)?;
-            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let key = self.key(&mut tx, agency).await?;
             let (records, next_page_token) =
                 store::list_needs(&mut tx, &key, agency, None, "", &query).await?;
             let names: Vec<String> = records.iter().map(NeedRecord::name).collect();
-            audit::record_each(
-                &mut tx,
-                access(&caller, agency, "ListNeedsDueForReview", "", ""),
-                &names,
-            )
-            .await?;
             tx.commit().await?;
+            self.db
+                .audit_reads(
+                    access(&caller, agency, "ListNeedsDueForReview", "", ""),
+                    &names,
+                )
+                .await?;
             Ok::<_, Error>(pb::ListNeedsDueForReviewResponse {
                 needs: records.iter().map(need_to_proto).collect(),
                 next_page_token,

@@ -227,6 +227,15 @@ struct Report {
 
 /// `touchstone bench`.
 pub(crate) async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
+    // The register and the raw baselines open SQLite with the same
+    // durability: TOUCHSTONE_SQLITE_SYNCHRONOUS=normal|full chooses it.
+    touchstone_platform::db::set_sqlite_synchronous(settings.sqlite_synchronous);
+    if args.backend == BackendArg::Sqlite {
+        println!(
+            "SQLite synchronous = {:?} (both the services and the raw baselines)",
+            settings.sqlite_synchronous
+        );
+    }
     if args.connections == 0 || args.in_flight == 0 {
         bail!("--connections and --in-flight must be at least 1");
     }

@@ -50,6 +50,9 @@ fn init_telemetry(
     name: &str,
     banner: bool,
 ) -> anyhow::Result<touchstone_server::telemetry::TelemetryGuard> {
+    // Every command opens its databases after this: the durability setting
+    // of SQLite connections comes first.
+    touchstone_platform::db::set_sqlite_synchronous(settings.sqlite_synchronous);
     touchstone_server::sample_gauge(
         "touchstone_outbox_horizon_lag_seconds",
         "PostgreSQL change feed: age of the oldest event written but not yet released to \
