@@ -198,6 +198,15 @@ pub fn set_sqlite_synchronous(s: Synchronous) {
     SYNCHRONOUS_FULL.store(s == Synchronous::Full, Ordering::Relaxed);
 }
 
+/// The `synchronous` setting SQLite connections are opened with now.
+pub fn sqlite_synchronous() -> Synchronous {
+    if SYNCHRONOUS_FULL.load(Ordering::Relaxed) {
+        Synchronous::Full
+    } else {
+        Synchronous::Normal
+    }
+}
+
 /// A URL for a SQLite file, creating it if it is missing.
 pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}?mode=rwc", path.display())

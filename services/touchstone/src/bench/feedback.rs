@@ -102,7 +102,11 @@ impl Fresh {
             .await?;
         Ok(Fresh {
             db,
-            description: format!("SQLite file {} (WAL, synchronous=NORMAL)", path.display()),
+            description: format!(
+                "SQLite file {} (WAL, synchronous={:?})",
+                path.display(),
+                touchstone_platform::db::sqlite_synchronous()
+            ),
             _dir: Some(dir),
             postgres: None,
         })

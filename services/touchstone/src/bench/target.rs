@@ -104,7 +104,11 @@ pub(super) async fn fresh_sqlite_with(
         .context("creating the raw-insert table")?;
     Ok(FreshDb {
         db,
-        description: format!("SQLite file {} (WAL, synchronous=NORMAL)", path.display()),
+        description: format!(
+            "SQLite file {} (WAL, synchronous={:?})",
+            path.display(),
+            touchstone_platform::db::sqlite_synchronous()
+        ),
         postgres: None,
     })
 }
