@@ -140,7 +140,7 @@ pub struct Point {
 
 /// A dimension's value in a cube key: service, unit, channel and segment
 /// label, `None` for all of them.
-type Key = [Option<String>; 4];
+type Key = [Option<Arc<str>>; 4];
 
 /// A grid period: level (0 year, 1 quarter, 2 month, 3 day) and first day.
 type Slot = (u8, Date);
@@ -212,13 +212,13 @@ impl Table {
         let mut fine: BTreeMap<(i64, Key), Cells> = BTreeMap::new();
         for row in &rows {
             let label = match stage {
-                Some(_) => domain::stage_of_measure(&row.measure).map(str::to_string),
-                None => segment.map(|tag| domain::segment_label(&row.segment, tag)),
+                Some(_) => domain::stage_of_measure(&row.measure).map(Arc::from),
+                None => segment.map(|tag| Arc::from(domain::segment_label(&row.segment, tag))),
             };
             let full: Key = [
-                Some(row.service.clone()),
-                Some(row.unit.clone()),
-                Some(row.channel.to_string()),
+                Some(Arc::from(row.service.as_str())),
+                Some(Arc::from(row.unit.as_str())),
+                Some(Arc::from(row.channel.to_string())),
                 label,
             ];
             *fine
@@ -436,7 +436,7 @@ impl Table {
                     && key[d].is_some()
                     && (0..4).all(|x| x == d || key[x] == base[x])
             })
-            .filter_map(|(key, _)| key[d].clone())
+            .filter_map(|(key, _)| key[d].as_deref().map(str::to_string))
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -458,12 +458,12 @@ fn dimension_index(d: Dimension) -> Option<usize> {
 /// figure).
 fn scope_key(q: &Query<'_>) -> Key {
     let f = q.filter;
-    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let some = |s: &str| (!s.is_empty()).then(|| Arc::from(s));
     [
         some(&f.service),
         some(&f.unit),
-        (f.channel != 0).then(|| f.channel.to_string()),
-        domain::stage_of(q.indicator).map(str::to_string),
+        (f.channel != 0).then(|| Arc::from(f.channel.to_string())),
+        domain::stage_of(q.indicator).map(Arc::from),
     ]
 }
 
@@ -523,7 +523,7 @@ pub async fn series(tx: &mut Tx, q: &Query<'_>) -> Result<Vec<(String, Vec<Point
             let mut slots: Vec<Slot> = points.iter().map(|p| p.1).collect();
             slots.push(before);
             let values = match &base[d] {
-                Some(v) => vec![v.clone()],
+                Some(v) => vec![v.to_string()],
                 None => t.groups(&base, d, &slots),
             };
             let mut out: Vec<(String, Key)> = values
@@ -534,7 +534,7 @@ pub async fn series(tx: &mut Tx, q: &Query<'_>) -> Result<Vec<(String, Vec<Point
                         Dimension::Segment(_) => v.clone(),
                         other => other.label(&v),
                     };
-                    key[d] = Some(v);
+                    key[d] = Some(Arc::from(v));
                     (label, key)
                 })
                 .collect();
@@ -620,7 +620,7 @@ pub async fn equity(tx: &mut Tx, q: &Query<'_>) -> Result<(Estimate, Vec<Segment
         .into_iter()
         .map(|label| {
             let mut key = base.clone();
-            key[d] = Some(label.clone());
+            key[d] = Some(Arc::from(label.as_str()));
             let estimate = t.estimate(&q, &key, slot);
             // Everyone else: the whole minus a published segment, which the
             // caller could work out from the two anyway.

@@ -360,13 +360,25 @@ pub async fn cube(
         "CAST('' AS TEXT)"
     };
     let measure_list: Vec<String> = (0..measures.len()).map(|i| format!("${}", i + 4)).collect();
-    let sql = format!(
+    let select = format!(
         "SELECT {bucket} AS b, service, unit, CAST(channel AS BIGINT) AS c, {segment} AS s, \
          measure, value, CAST(SUM(count) AS BIGINT) AS n FROM {table} \
          WHERE agency = $1 AND day >= $2 AND day <= $3 AND measure IN ({}) \
          GROUP BY 1, 2, 3, 4, 5, 6, 7",
         measure_list.join(", ")
     );
+    // SQLite hands each row of a result from its worker thread to the
+    // caller's one by one, which costs more than reading it: the cube comes
+    // back as one JSON document instead (BENCHMARKS.md, KPI service).
+    let sqlite = tx.backend() == touchstone_platform::db::Backend::Sqlite;
+    let sql = if sqlite {
+        format!(
+            "SELECT json_group_array(json_array(b, service, unit, c, s, measure, value, n)) \
+             FROM ({select})"
+        )
+    } else {
+        select
+    };
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(agency)
         .bind(from)
@@ -375,21 +387,42 @@ pub async fn cube(
         q = q.bind(m.as_str());
     }
     let mut out = Vec::new();
-    for row in q.fetch_all(tx.conn()).await? {
-        let count: i64 = row.try_get(7)?;
-        if count == 0 {
-            continue;
+    if sqlite {
+        let doc: String = q.fetch_one(tx.conn()).await?.try_get(0)?;
+        type Json = (i64, String, String, i64, String, String, i64, i64);
+        let rows: Vec<Json> =
+            serde_json::from_str(&doc).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        for (bucket, service, unit, channel, segment, measure, value, count) in rows {
+            if count != 0 {
+                out.push(CubeRow {
+                    bucket,
+                    service,
+                    unit,
+                    channel,
+                    segment,
+                    measure,
+                    value,
+                    count,
+                });
+            }
         }
-        out.push(CubeRow {
-            bucket: row.try_get(0)?,
-            service: row.try_get(1)?,
-            unit: row.try_get(2)?,
-            channel: row.try_get(3)?,
-            segment: row.try_get(4)?,
-            measure: row.try_get(5)?,
-            value: row.try_get(6)?,
-            count,
-        });
+    } else {
+        for row in q.fetch_all(tx.conn()).await? {
+            let count: i64 = row.try_get(7)?;
+            if count == 0 {
+                continue;
+            }
+            out.push(CubeRow {
+                bucket: row.try_get(0)?,
+                service: row.try_get(1)?,
+                unit: row.try_get(2)?,
+                channel: row.try_get(3)?,
+                segment: row.try_get(4)?,
+                measure: row.try_get(5)?,
+                value: row.try_get(6)?,
+                count,
+            });
+        }
     }
     // Rows in one order whatever the database returns, so that the same
     // data always gives the same table.
