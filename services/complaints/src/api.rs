@@ -1317,6 +1317,34 @@ impl ComplaintsService for Complaints {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn summarize_complaints(
+        &self,
+        request: Request<pb::SummarizeComplaintsRequest>,
+    ) -> Reply<pb::SummarizeComplaintsResponse> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let agency = parse_agency("parent", &req.parent)?;
+            authorize(&caller, Action::Read.roles(), agency, Target::Collection)?;
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
+            let rows = store::tally_open(&mut tx, agency, times::now_millis()).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(pb::SummarizeComplaintsResponse {
+                tallies: rows
+                    .into_iter()
+                    .map(|(stage, severity, open, overdue)| pb::ComplaintTally {
+                        stage,
+                        severity,
+                        open,
+                        overdue,
+                    })
+                    .collect(),
+            })
+        };
+        Ok(Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn list_complaints(
         &self,
         request: Request<pb::ListComplaintsRequest>,

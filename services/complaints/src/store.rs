@@ -1101,6 +1101,43 @@ pub async fn list_issues(
     Ok((out, next))
 }
 
+/// Open complaints of `agency` per (stage, severity), as proto numbers:
+/// (stage, severity, open, overdue at `now`). Overdue as the list filter
+/// `overdue = true` decides it (`overdue_from` passed).
+pub async fn tally_open(
+    tx: &mut Tx,
+    agency: &str,
+    now: i64,
+) -> Result<Vec<(i32, i32, i64, i64)>, sqlx::Error> {
+    let open: Vec<String> = crate::domain::Status::ALL
+        .iter()
+        .filter(|s| s.is_open())
+        .map(|s| (s.proto() as i64).to_string())
+        .collect();
+    let sql = format!(
+        "SELECT CAST(stage AS BIGINT), CAST(severity AS BIGINT), CAST(COUNT(*) AS BIGINT), \
+         CAST(SUM(CASE WHEN overdue_from IS NOT NULL AND overdue_from <= $2 THEN 1 ELSE 0 END) AS BIGINT) \
+         FROM complaints WHERE agency = $1 AND status IN ({}) \
+         GROUP BY stage, severity ORDER BY stage, severity",
+        open.join(", ")
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(now)
+        .fetch_all(tx.conn())
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<i64, _>(0)? as i32,
+                r.try_get::<i64, _>(1)? as i32,
+                r.try_get(2)?,
+                r.try_get(3)?,
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

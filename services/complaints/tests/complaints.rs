@@ -2176,8 +2176,40 @@ async fn run_clock_case(h: &Harness, n: usize, case: ClockCase) -> Result<(), St
             seen.push((f.clone(), listed(&mut c, f).await?));
         }
     }
+    let summary = c
+        .summarize_complaints(req(
+            pb::SummarizeComplaintsRequest {
+                parent: format!("agencies/{agency}"),
+            },
+            &officer,
+        ))
+        .await
+        .map_err(|e| format!("summarize: {e}"))?
+        .into_inner();
     let after = get(&mut c).await?;
     let ctx = || format!("{case:?}\nbefore {before:?}\nafter {after:?}");
+    // SummarizeComplaints counts what the list shows (the agency holds this
+    // complaint only).
+    let is_open = |g: &pb::Complaint| {
+        matches!(
+            pb::Status::try_from(g.status),
+            Ok(pb::Status::Received
+                | pb::Status::Acknowledged
+                | pb::Status::InProgress
+                | pb::Status::AwaitingClient
+                | pb::Status::Reopened)
+        )
+    };
+    let open: i64 = summary.tallies.iter().map(|t| t.open).sum();
+    let late: i64 = summary.tallies.iter().map(|t| t.overdue).sum();
+    if open != i64::from(is_open(&after))
+        || (pending_of(&after).1 == overdue && late != i64::from(overdue && is_open(&after)))
+    {
+        return Err(format!(
+            "SummarizeComplaints says {open} open, {late} overdue: {}",
+            ctx()
+        ));
+    }
     // Rules 4-5 hold through time: what is due does not move while nothing happens.
     if pending_of(&after).0 != due {
         return Err(format!("due time moved: {}", ctx()));

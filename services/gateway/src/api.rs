@@ -29,8 +29,8 @@ use crate::store::{self, AgencyRow, PeerGroupRow, UnitRow};
 
 /// Open complaints, in the complaints service's filter language.
 const OPEN_COMPLAINTS: &str = "status != RESOLVED AND status != CLOSED AND status != WITHDRAWN";
-/// At most this many open complaints are counted for a dashboard.
-const MAX_OPEN_COMPLAINTS: usize = 10_000;
+/// Open complaints a dashboard lists, due first.
+const QUEUE_LENGTH: i32 = 50;
 /// At most this many responses are read for a dashboard's topics.
 const MAX_TOPIC_RESPONSES: usize = 5_000;
 /// Topics shown on a dashboard.
@@ -1185,33 +1185,39 @@ impl Gateway {
         ctx: &CallContext,
         agency: &str,
     ) -> Result<pb::ComplaintSummary, Status> {
+        // Counts from the complaints service (no complaint leaves it, so no
+        // audit record), and only the 50 due first as records.
         let mut client = self.backends.complaints();
-        let mut open = Vec::new();
-        let mut token = String::new();
-        let mut truncated = false;
-        loop {
-            let req = cpb::ListComplaintsRequest {
-                parent: format!("agencies/{agency}"),
-                page_size: 1000,
-                page_token: token,
-                filter: OPEN_COMPLAINTS.into(),
-                order_by: "due_time".into(),
-                assigned_to_me: false,
-            };
-            let page = ctx.run(client.list_complaints(ctx.request(req))).await?;
-            open.extend(page.complaints);
-            token = page.next_page_token;
-            if token.is_empty() {
-                break;
-            }
-            if open.len() >= MAX_OPEN_COMPLAINTS {
-                truncated = true;
-                break;
-            }
-        }
-        let counts = domain::count_complaints(&open);
+        let summary = cpb::SummarizeComplaintsRequest {
+            parent: format!("agencies/{agency}"),
+        };
+        let queue = cpb::ListComplaintsRequest {
+            parent: format!("agencies/{agency}"),
+            page_size: QUEUE_LENGTH,
+            page_token: String::new(),
+            filter: OPEN_COMPLAINTS.into(),
+            order_by: "due_time".into(),
+            assigned_to_me: false,
+        };
+        let mut other = client.clone();
+        let (tallies, first) = tokio::try_join!(
+            ctx.run(client.summarize_complaints(ctx.request(summary))),
+            ctx.run(other.list_complaints(ctx.request(queue))),
+        )?;
+        let counts: Vec<pb::ComplaintCount> = tallies
+            .tallies
+            .iter()
+            .map(|t| pb::ComplaintCount {
+                stage: t.stage,
+                severity: t.severity,
+                open: t.open,
+                overdue: t.overdue,
+            })
+            .collect();
+        let open = counts.iter().map(|c| c.open).sum();
         let overdue = counts.iter().map(|c| c.overdue).sum();
-        let mut queue: Vec<pb::QueueItem> = open.iter().map(domain::queue_item).collect();
+        let mut queue: Vec<pb::QueueItem> =
+            first.complaints.iter().map(domain::queue_item).collect();
         let due = |q: &pb::QueueItem| {
             q.clock
                 .as_ref()
@@ -1219,13 +1225,12 @@ impl Gateway {
                 .map_or(i64::MAX, |t| times::millis(&t).unwrap_or(i64::MAX))
         };
         queue.sort_by_key(|q| (!q.overdue, due(q)));
-        queue.truncate(50);
         Ok(pb::ComplaintSummary {
-            open: open.len() as i64,
+            open,
             overdue,
             counts,
             queue,
-            truncated,
+            truncated: false,
         })
     }
 

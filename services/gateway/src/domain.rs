@@ -469,27 +469,6 @@ pub fn overdue(c: &complaints::Complaint) -> bool {
     pending_clock(c).is_some_and(|clock| !clock.stopped && clock.breached)
 }
 
-/// Counts open complaints per stage and severity.
-pub fn count_complaints(open: &[complaints::Complaint]) -> Vec<pb::ComplaintCount> {
-    let mut counts: BTreeMap<(i32, i32), (i64, i64)> = BTreeMap::new();
-    for c in open {
-        let entry = counts.entry((c.stage, c.severity)).or_default();
-        entry.0 += 1;
-        if overdue(c) {
-            entry.1 += 1;
-        }
-    }
-    counts
-        .into_iter()
-        .map(|((stage, severity), (open, overdue))| pb::ComplaintCount {
-            stage,
-            severity,
-            open,
-            overdue,
-        })
-        .collect()
-}
-
 /// A queue item: what a manager needs of an open complaint, no personal data.
 pub fn queue_item(c: &complaints::Complaint) -> pb::QueueItem {
     pb::QueueItem {
