@@ -10,6 +10,8 @@ mod scope;
 mod wire;
 // The crash suite (SIGKILL and storage faults under load), likewise.
 mod crash;
+// OTLP traces of calls across services, received by a collector in the test.
+mod trace;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -17,6 +17,7 @@ use touchstone_platform::consumer::{self, BoxFuture, ConsumeError, FeedSource, H
 use touchstone_platform::db::{Db, Scope, Tx};
 use touchstone_platform::idempotency;
 use touchstone_platform::{names, times};
+use touchstone_server::PeerChannel;
 
 /// Longest wait for the register at intake; a slower register leaves the
 /// complaint to be checked in the background.
@@ -52,6 +53,11 @@ impl RegisterClient {
         Self { channel, token }
     }
 
+    /// A register client whose calls carry the current trace context.
+    fn client(&self) -> RegisterServiceClient<PeerChannel> {
+        RegisterServiceClient::new(touchstone_server::traced(self.channel.clone()))
+    }
+
     fn request<T>(&self, message: T, timeout: Duration) -> Option<tonic::Request<T>> {
         let mut r = tonic::Request::new(message);
         match self.token.header() {
@@ -80,7 +86,7 @@ pub async fn check(register: &RegisterClient, client: &str, deadline: Option<Dur
     ) else {
         return Checked::Unavailable;
     };
-    let mut api = RegisterServiceClient::new(register.channel.clone());
+    let mut api = register.client();
     match tokio::time::timeout(timeout, api.get_client(request)).await {
         Ok(Ok(response)) => {
             let c = response.into_inner();
@@ -166,7 +172,7 @@ impl FeedSource for RegisterFeed {
                     Duration::from_secs(10),
                 )
                 .ok_or_else(|| tonic::Status::unauthenticated("no service token"))?;
-            let mut api = RegisterServiceClient::new(self.0.channel.clone());
+            let mut api = self.0.client();
             Ok(api.list_events(request).await?.into_inner().events)
         })
     }

@@ -16,6 +16,7 @@ use touchstone_platform::audit::{self, Access};
 use touchstone_platform::consumer::{self, BoxFuture, ConsumeError, FeedSource, Handler};
 use touchstone_platform::db::Tx;
 use touchstone_platform::{idempotency, names, times};
+use touchstone_server::PeerChannel;
 
 /// The cursor name of the register's feed in this service's database.
 pub const REGISTER_FEED: &str = "register";
@@ -35,7 +36,7 @@ pub struct Linkage {
 /// The register, called on the service's own behalf.
 #[derive(Debug, Clone)]
 pub struct Register {
-    client: RegisterServiceClient<Channel>,
+    client: RegisterServiceClient<PeerChannel>,
     token: ServiceToken,
 }
 
@@ -43,7 +44,7 @@ impl Register {
     /// The register behind `channel`, called with `token`.
     pub fn new(channel: Channel, token: ServiceToken) -> Self {
         Self {
-            client: RegisterServiceClient::new(channel),
+            client: RegisterServiceClient::new(touchstone_server::traced(channel)),
             token,
         }
     }

@@ -1,7 +1,9 @@
 //! Calls to the other services with the caller's token and within the
 //! caller's time: every call carries the `authorization` header the caller
 //! sent (so each service checks it again) and a `grpc-timeout` of what is
-//! left of the budget, and is abandoned when the budget is spent.
+//! left of the budget, and is abandoned when the budget is spent. Clients are
+//! built on [`touchstone_server::PeerChannel`], so every call also carries the
+//! caller's trace context.
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use touchstone_api::feedback::v1::feedback_service_client::FeedbackServiceClient
 use touchstone_api::kpi::v1::kpi_service_client::KpiServiceClient;
 use touchstone_api::register::v1::register_service_client::RegisterServiceClient;
 use touchstone_auth::ServiceToken;
+use touchstone_server::{PeerChannel, traced};
 
 /// The budget of a call whose caller set no deadline.
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(5);
@@ -41,23 +44,23 @@ pub struct Backends {
 
 impl Backends {
     /// A register client.
-    pub fn register(&self) -> RegisterServiceClient<Channel> {
-        RegisterServiceClient::new(self.register.clone())
+    pub fn register(&self) -> RegisterServiceClient<PeerChannel> {
+        RegisterServiceClient::new(traced(self.register.clone()))
     }
 
     /// A complaints client.
-    pub fn complaints(&self) -> ComplaintsServiceClient<Channel> {
-        ComplaintsServiceClient::new(self.complaints.clone())
+    pub fn complaints(&self) -> ComplaintsServiceClient<PeerChannel> {
+        ComplaintsServiceClient::new(traced(self.complaints.clone()))
     }
 
     /// A feedback client.
-    pub fn feedback(&self) -> FeedbackServiceClient<Channel> {
-        FeedbackServiceClient::new(self.feedback.clone())
+    pub fn feedback(&self) -> FeedbackServiceClient<PeerChannel> {
+        FeedbackServiceClient::new(traced(self.feedback.clone()))
     }
 
     /// A KPI client.
-    pub fn kpi(&self) -> KpiServiceClient<Channel> {
-        KpiServiceClient::new(self.kpi.clone())
+    pub fn kpi(&self) -> KpiServiceClient<PeerChannel> {
+        KpiServiceClient::new(traced(self.kpi.clone()))
     }
 }
 
@@ -113,7 +116,6 @@ impl CallContext {
         r.metadata_mut()
             .insert("authorization", self.authorization.clone());
         r.set_timeout(self.remaining());
-        touchstone_server::inject_trace_context(r.metadata_mut());
         r
     }
 

@@ -25,11 +25,13 @@ mod health;
 mod methods;
 mod metrics;
 mod observe;
+pub mod peer;
 mod serve;
 mod shed;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use metrics::sample_gauge;
+pub use peer::{PeerChannel, traced};
 pub use serve::{Readiness, ServeError, ServeOptions, serve};
 pub use telemetry::inject_trace_context;

@@ -184,10 +184,21 @@ fn tracer_provider(
 
 /// Writes the current span's trace context (`traceparent`, `tracestate`) into outbound gRPC
 /// metadata, so the callee's spans join this trace. A no-op unless trace export is configured.
+/// Calls through a [`crate::PeerChannel`] get this without asking.
 pub fn inject_trace_context(metadata: &mut MetadataMap) {
     let context = tracing::Span::current().context();
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut MetadataInjector(metadata));
+    });
+}
+
+/// Writes the current span's trace context into outbound HTTP/2 request headers (what
+/// [`crate::peer::TraceContext`] does for every call through a peer channel). A no-op unless
+/// trace export is configured.
+pub(crate) fn inject_trace_headers(headers: &mut http::HeaderMap) {
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut HeaderInjector(headers));
     });
 }
 
@@ -205,6 +216,19 @@ impl Injector for MetadataInjector<'_> {
         if let (Ok(key), Ok(value)) = (
             MetadataKey::from_bytes(key.as_bytes()),
             MetadataValue::try_from(value.as_str()),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
         ) {
             self.0.insert(key, value);
         }

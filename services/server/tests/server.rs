@@ -27,8 +27,10 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_prost::ProstCodec;
 use tonic_types::StatusExt as _;
+use touchstone_server::peer::TraceContext;
 use touchstone_server::telemetry::TelemetryError;
 use touchstone_server::{Readiness, ServeError, ServeOptions, serve};
+use tower::ServiceExt as _;
 
 /// Long enough never to fire on a healthy run; only there so a broken build cannot hang CI.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -50,6 +52,9 @@ struct WorkReply {
     /// The `traceparent` this handler would send on a downstream call.
     #[prost(string, tag = "1")]
     traceparent: String,
+    /// The `traceparent` a call through a peer channel's middleware carried.
+    #[prost(string, tag = "2")]
+    peer_traceparent: String,
 }
 
 /// A one-method gRPC service written against tonic's server plumbing, so no protoc is needed.
@@ -119,7 +124,25 @@ impl UnaryService<WorkRequest> for Work {
                 .and_then(|value| value.to_str().ok())
                 .unwrap_or_default()
                 .to_owned();
-            Ok(tonic::Response::new(WorkReply { traceparent }))
+            // What `touchstone_server::traced` channels add to every outgoing request.
+            let capture = tower::service_fn(|request: http::Request<()>| async move {
+                Ok::<_, Infallible>(
+                    request
+                        .headers()
+                        .get("traceparent")
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            });
+            let peer_traceparent = TraceContext::new(capture)
+                .oneshot(http::Request::new(()))
+                .await
+                .unwrap_or_else(|never| match never {});
+            Ok(tonic::Response::new(WorkReply {
+                traceparent,
+                peer_traceparent,
+            }))
         }
         .boxed()
     }
@@ -623,6 +646,10 @@ async fn trace_context_crosses_the_hop_and_telemetry_installs_once() {
     assert_ne!(
         downstream[2], caller_span,
         "the callee must have its own span"
+    );
+    assert_eq!(
+        reply.peer_traceparent, reply.traceparent,
+        "a call through a peer channel carries the handler's trace context"
     );
     drop(guard);
 }
