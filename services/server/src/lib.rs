@@ -23,13 +23,14 @@
 pub mod deadline;
 mod health;
 mod methods;
-mod metrics;
+pub mod metrics;
 mod observe;
+mod process;
 mod serve;
 mod shed;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use metrics::sample_gauge;
+pub use metrics::{register_collector, sample_gauge};
 pub use serve::{Readiness, ServeError, ServeOptions, serve};
 pub use telemetry::inject_trace_context;
