@@ -1906,11 +1906,17 @@ async fn dashboard_port_answers_healthz_and_metrics() {
         "{body}"
     );
     assert!(
-        has(&[r#"http_route="/api/me""#, r#"http_response_status_code="401""#]),
+        has(&[
+            r#"http_route="/api/me""#,
+            r#"http_response_status_code="401""#
+        ]),
         "{body}"
     );
     assert!(
-        has(&[r#"http_route="other""#, r#"http_response_status_code="404""#]),
+        has(&[
+            r#"http_route="other""#,
+            r#"http_response_status_code="404""#
+        ]),
         "{body}"
     );
     assert!(!body.contains("page-with-an-id-42"), "{body}");

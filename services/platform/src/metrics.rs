@@ -114,7 +114,10 @@ pub fn encode_pools(encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt:
         let size = i64::from(inner.pool().size());
         let idle = i64::try_from(inner.pool().num_idle()).unwrap_or(i64::MAX);
         for (state, value) in [("used", (size - idle).max(0)), ("idle", idle)] {
-            let labels = [(POOL_NAME, name.as_str()), ("db_client_connection_state", state)];
+            let labels = [
+                (POOL_NAME, name.as_str()),
+                ("db_client_connection_state", state),
+            ];
             ConstGauge::new(value).encode(count.encode_family(&labels)?)?;
         }
     }
@@ -451,9 +454,8 @@ mod tests {
             .collect();
         let source = VecFeed(events);
         let handler = FailOnB(AtomicBool::new(true));
-        let series = |name: &str| {
-            format!(r#"{name}{{consumer="metrics-lag-test",feed="lag-test-feed"}}"#)
-        };
+        let series =
+            |name: &str| format!(r#"{name}{{consumer="metrics-lag-test",feed="lag-test-feed"}}"#);
 
         // Agency a's run commits; b's fails and stays pending.
         consumer::step(&test.db, "lag-test-feed", &source, &handler)
@@ -482,7 +484,10 @@ mod tests {
         consumer::catch_up(&test.db, "lag-test-feed", &source, &handler)
             .await
             .unwrap();
-        assert_eq!(consumer::cursor(&test.db, "lag-test-feed").await.unwrap(), 3);
+        assert_eq!(
+            consumer::cursor(&test.db, "lag-test-feed").await.unwrap(),
+            3
+        );
         let text = scrape();
         assert_eq!(
             value(&text, &series("touchstone_feed_consumer_lag_events")),

@@ -479,7 +479,10 @@ async fn metrics_follow_the_opentelemetry_rpc_conventions_and_show_process_metri
         "process_start_time_seconds ",
         "touchstone_test_group 7",
     ] {
-        assert!(response.contains(expected), "missing {expected} in\n{response}");
+        assert!(
+            response.contains(expected),
+            "missing {expected} in\n{response}"
+        );
     }
 }
 
