@@ -427,8 +427,7 @@ impl Complaints {
             note,
             sequence,
         };
-        let mut missed = Missed::default();
-        let events = advance(
+        let (events, missed) = advance(
             &mut change.tx,
             &change.key,
             caller,
@@ -436,7 +435,6 @@ impl Complaints {
             step,
             &cal,
             &standard,
-            &mut missed,
         )
         .await?;
         record.revision += 1;
@@ -475,8 +473,7 @@ async fn advance(
     step: Step<'_>,
     cal: &Calendar,
     standard: &Standard,
-    missed: &mut Missed,
-) -> Result<Vec<outbox::Pending>, Error> {
+) -> Result<(Vec<outbox::Pending>, Missed), Error> {
     if let Some(why) = domain::needs_senior(&record.state, &step.command)
         && !caller.acts_as(Role::SeniorOfficer, &record.agency)
     {
@@ -520,9 +517,17 @@ async fn advance(
         ),
     )
     .await?;
-    Ok(events_of(
-        &command, &before, record, cal, standard, step.time, missed,
-    ))
+    let mut missed = Missed::default();
+    let events = events_of(
+        &command,
+        &before,
+        record,
+        cal,
+        standard,
+        step.time,
+        &mut missed,
+    );
+    Ok((events, missed))
 }
 
 /// Parses a resolution into its command and the response summary.
@@ -1203,7 +1208,8 @@ impl Complaints {
                 note,
                 sequence: i as i64 + 2,
             };
-            let events = advance(
+            // Steps taken in (history) are not live breaches: `_missed`.
+            let (events, _missed) = advance(
                 &mut change.tx,
                 &change.key,
                 caller,
@@ -1211,8 +1217,6 @@ impl Complaints {
                 step,
                 &cal,
                 &standard,
-                // Steps taken in (history) are not live breaches.
-                &mut Missed::default(),
             )
             .await
             .map_err(|e| match e {
