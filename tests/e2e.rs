@@ -234,6 +234,48 @@ async fn up_serves_the_register_end_to_end() {
                 .any(|l| l.starts_with("touchstone_outbox_horizon_lag_seconds ")),
             "no change-feed horizon lag gauge in /metrics:\n{metrics}"
         );
+        // The RPC histogram under the OpenTelemetry conventions' names, the
+        // process, the register's pool, and the change-feed consumers of
+        // the other services in this process.
+        for expected in [
+            &[
+                "rpc_server_duration_seconds_bucket{",
+                r#"rpc_system="grpc""#,
+                r#"rpc_service="touchstone.register.v1.RegisterService""#,
+                r#"rpc_method="CreateClient""#,
+                r#"rpc_grpc_status_code="0""#,
+            ][..],
+            &["process_resident_memory_bytes "],
+            &[
+                "db_client_connection_count{",
+                r#"db_client_connection_pool_name="register""#,
+                r#"db_client_connection_state="used""#,
+            ],
+            &["db_client_connection_pending_requests{", r#"="register""#],
+            &[
+                "db_client_connection_wait_time_seconds_count{",
+                r#"="register""#,
+            ],
+            &[
+                "touchstone_feed_consumer_lag_events{",
+                r#"consumer="complaints""#,
+                r#"feed="register""#,
+            ],
+            &[
+                "touchstone_feed_consumer_lag_seconds{",
+                r#"consumer="kpi""#,
+                r#"feed="feedback""#,
+            ],
+            &["touchstone_complaint_timeframe_breaches_total{"],
+        ] {
+            assert!(
+                metrics
+                    .lines()
+                    .any(|l| l.starts_with(expected[0])
+                        && expected.iter().all(|part| l.contains(part))),
+                "no {expected:?} in /metrics:\n{metrics}"
+            );
+        }
 
         // Without a token, or with a bad one, the register refuses.
         let mut anonymous = RegisterServiceClient::new(channel.clone());

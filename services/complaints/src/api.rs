@@ -251,11 +251,14 @@ fn facts(r: &ComplaintRecord, cal: &Calendar, now: i64) -> pb::ComplaintFacts {
     }
 }
 
+pub(crate) use crate::metrics::Missed;
+
 fn days(n: i64) -> i32 {
     n.clamp(0, i64::from(i32::MAX)) as i32
 }
 
-/// The outbox events a command causes, given the state before and after.
+/// The outbox events a command causes, given the state before and after;
+/// adds the timeframes it missed to `missed`.
 fn events_of(
     command: &Command,
     before: &State,
@@ -263,6 +266,7 @@ fn events_of(
     cal: &Calendar,
     standard: &Standard,
     now: i64,
+    missed: &mut Missed,
 ) -> Vec<outbox::Pending> {
     let f = || Some(facts(after, cal, now));
     let s = &after.state;
@@ -278,6 +282,7 @@ fn events_of(
             at,
             standard.acknowledge_days,
         );
+        missed.acknowledge += u64::from(c.breached);
         out.push(outbox::Pending::new(&pb::ComplaintAcknowledged {
             facts: f(),
             working_days: days(c.used),
@@ -335,6 +340,7 @@ fn events_of(
                 .map(|&(from, to)| clock::Pause { from, to })
                 .collect();
             let total = clock::clock(cal, s.receive_time, &all_pauses, Some(now), now, 0);
+            missed.respond += u64::from(current.breached);
             out.push(outbox::Pending::new(&pb::ComplaintResolved {
                 facts: f(),
                 outcome: s.outcome,
@@ -421,7 +427,7 @@ impl Complaints {
             note,
             sequence,
         };
-        let events = advance(
+        let (events, missed) = advance(
             &mut change.tx,
             &change.key,
             caller,
@@ -442,7 +448,9 @@ impl Complaints {
             change.event_pending(&name, event);
         }
         let response = complaint_to_proto(&record, &cal, &standard, now);
-        Ok(change.finish(&name, response).await?)
+        let response = change.finish(&name, response).await?;
+        crate::metrics::count_missed(missed);
+        Ok(response)
     }
 }
 
@@ -465,7 +473,7 @@ async fn advance(
     step: Step<'_>,
     cal: &Calendar,
     standard: &Standard,
-) -> Result<Vec<outbox::Pending>, Error> {
+) -> Result<(Vec<outbox::Pending>, Missed), Error> {
     if let Some(why) = domain::needs_senior(&record.state, &step.command)
         && !caller.acts_as(Role::SeniorOfficer, &record.agency)
     {
@@ -509,9 +517,17 @@ async fn advance(
         ),
     )
     .await?;
-    Ok(events_of(
-        &command, &before, record, cal, standard, step.time,
-    ))
+    let mut missed = Missed::default();
+    let events = events_of(
+        &command,
+        &before,
+        record,
+        cal,
+        standard,
+        step.time,
+        &mut missed,
+    );
+    Ok((events, missed))
 }
 
 /// Parses a resolution into its command and the response summary.
@@ -1192,7 +1208,8 @@ impl Complaints {
                 note,
                 sequence: i as i64 + 2,
             };
-            let events = advance(
+            // Steps taken in (history) are not live breaches: `_missed`.
+            let (events, _missed) = advance(
                 &mut change.tx,
                 &change.key,
                 caller,
@@ -1564,13 +1581,16 @@ impl ComplaintsService for Complaints {
                 return Err(Error::StaleEtag);
             }
             let name = record.name();
+            let mut missed = Missed::default();
             if let Some(c) = &command {
-                for event in events_of(c, &before, &record, &cal, &standard, now) {
+                for event in events_of(c, &before, &record, &cal, &standard, now, &mut missed) {
                     change.event_pending(&name, event);
                 }
             }
             let response = complaint_to_proto(&record, &cal, &standard, now);
-            Ok(change.finish(&name, response).await?)
+            let response = change.finish(&name, response).await?;
+            crate::metrics::count_missed(missed);
+            Ok(response)
         };
         Ok(Response::new(run.await?))
     }

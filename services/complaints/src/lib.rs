@@ -9,6 +9,7 @@ pub mod clock;
 pub mod domain;
 pub mod error;
 pub mod intake;
+pub mod metrics;
 pub mod store;
 
 use std::sync::Arc;

@@ -1459,6 +1459,9 @@ async fn clocks_follow_the_agency_calendar_and_overdue_lists() {
     assert!(!payload.within_standard);
     assert_eq!(payload.stages.len(), 1);
     assert!(payload.working_days > 5);
+    // ... and the late resolution counts as a breach of the response timeframe
+    // (touchstone_complaint_timeframe_breaches_total{timeframe="respond"}).
+    assert!(touchstone_complaints::metrics::missed_so_far().respond >= 1);
     h.stop().await;
 }
 

@@ -208,6 +208,11 @@ fn rfc3339_day(d: jiff::civil::Date) -> String {
 }
 
 impl Gateway {
+    /// The gateway's own database.
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
     /// The channels to the services, for routes that forward a caller's
     /// request as it is (the web dashboard's complaint desk).
     pub(crate) fn backends(&self) -> &Backends {

@@ -11,6 +11,7 @@ pub mod desk;
 pub mod domain;
 pub mod error;
 pub mod open311;
+mod ops;
 pub mod store;
 pub mod web;
 

@@ -35,11 +35,13 @@ struct App {
     auth: AuthInterceptor,
 }
 
-/// The dashboard's routes: `/` and its assets, and `/api/...`; and the Open311
-/// endpoints under `/open311/v2/`.
+/// The dashboard's routes: `/` and its assets, and `/api/...`; the Open311
+/// endpoints under `/open311/v2/`; and `/metrics` and `/healthz`
+/// (`crate::ops`). Every request is measured.
 pub fn router(gateway: Arc<Gateway>, verifier: Arc<Verifier>) -> Router {
     let open311 = crate::open311::router(gateway.clone());
     let desk = crate::desk::router(gateway.clone(), verifier.clone());
+    let ops = crate::ops::Ops::new(gateway.db().clone());
     let app = App {
         gateway,
         auth: AuthInterceptor::new(verifier),
@@ -67,6 +69,11 @@ pub fn router(gateway: Arc<Gateway>, verifier: Arc<Verifier>) -> Router {
         .with_state(app)
         .merge(open311)
         .merge(desk)
+        .merge(ops.routes())
+        .layer(axum::middleware::from_fn_with_state(
+            ops,
+            crate::ops::measure,
+        ))
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {

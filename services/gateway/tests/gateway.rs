@@ -1876,3 +1876,49 @@ async fn the_complaint_desk_acts_through_the_complaints_api() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["follow_ups"], serde_json::json!([]));
 }
+
+/// The dashboard's listener answers `/healthz` and `/metrics` (no token
+/// needed): its own requests by route template (never the path sent), and
+/// the process-wide metrics every gRPC port shows.
+#[tokio::test]
+async fn dashboard_port_answers_healthz_and_metrics() {
+    let h = Harness::start().await;
+    let (status, body) = h.http_get("/healthz", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.trim(), "ok");
+    assert_eq!(h.http_get("/api/me", None).await.0, 401);
+    assert_eq!(h.http_get("/no/such/page-with-an-id-42", None).await.0, 404);
+
+    let (status, body) = h.http_get("/metrics", None).await;
+    assert_eq!(status, 200, "{body}");
+    let has = |labels: &[&str]| {
+        body.lines().any(|l| {
+            l.starts_with("http_server_request_duration_seconds_count{")
+                && labels.iter().all(|label| l.contains(label))
+        })
+    };
+    assert!(
+        has(&[
+            r#"http_request_method="GET""#,
+            r#"http_route="/healthz""#,
+            r#"http_response_status_code="200""#,
+        ]),
+        "{body}"
+    );
+    assert!(
+        has(&[
+            r#"http_route="/api/me""#,
+            r#"http_response_status_code="401""#
+        ]),
+        "{body}"
+    );
+    assert!(
+        has(&[
+            r#"http_route="other""#,
+            r#"http_response_status_code="404""#
+        ]),
+        "{body}"
+    );
+    assert!(!body.contains("page-with-an-id-42"), "{body}");
+    assert!(body.contains("process_resident_memory_bytes "), "{body}");
+}

@@ -137,14 +137,22 @@ async fn ensure_cursor(db: &Db, feed: &str) -> Result<(), sqlx::Error> {
     tx.commit().await
 }
 
+/// The consumer's name in metrics: its database's name, or `unnamed`.
+fn lag_of(db: &Db, feed: &'static str) -> Arc<crate::metrics::FeedLag> {
+    crate::metrics::feed_lag(db.name().unwrap_or("unnamed"), feed)
+}
+
 /// Reads one page after the cursor and applies it. Returns how many events
-/// were consumed (0 when caught up).
+/// were consumed (0 when caught up). The consumer's lag metrics
+/// ([`crate::metrics::encode_feeds`]) follow: what the read returned is
+/// pending until each run of it commits.
 pub async fn step(
     db: &Db,
-    feed: &str,
+    feed: &'static str,
     source: &dyn FeedSource,
     handler: &dyn Handler,
 ) -> Result<usize, ConsumeError> {
+    let lag = lag_of(db, feed);
     let mut at = match stored_cursor(db, feed).await? {
         Some(at) => at,
         None => {
@@ -153,6 +161,7 @@ pub async fn step(
         }
     };
     let events = source.list(at, PAGE).await.map_err(ConsumeError::Source)?;
+    lag.read(&events);
     let total = events.len();
     let mut rest = events.as_slice();
     while let Some(first) = rest.first() {
@@ -181,6 +190,7 @@ pub async fn step(
             return Err(ConsumeError::Overtaken);
         }
         tx.commit().await?;
+        lag.applied(batch.len(), rest);
         at = last;
     }
     Ok(total)
@@ -189,7 +199,7 @@ pub async fn step(
 /// Applies pages until the feed has nothing more; returns the events consumed.
 pub async fn catch_up(
     db: &Db,
-    feed: &str,
+    feed: &'static str,
     source: &dyn FeedSource,
     handler: &dyn Handler,
 ) -> Result<u64, ConsumeError> {
@@ -212,6 +222,7 @@ pub fn spawn(
     source: Arc<dyn FeedSource>,
     handler: Arc<dyn Handler>,
 ) -> tokio::task::JoinHandle<()> {
+    let lag = lag_of(&db, feed);
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(250);
         loop {
@@ -223,6 +234,7 @@ pub fn spawn(
                 Ok(_) => backoff = Duration::from_millis(250),
                 Err(ConsumeError::Overtaken) => {}
                 Err(e) => {
+                    lag.failed();
                     tracing::warn!(feed, error = %e, retry_in_ms = backoff.as_millis() as u64, "consuming a change feed failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -135,6 +135,31 @@ pub(crate) struct Inner {
     /// The group commit of read audit records (`crate::audit::Batch`),
     /// started on first use.
     audit: std::sync::OnceLock<crate::audit::Batch>,
+    /// The pool's name in metrics and the consumer name of its change
+    /// feeds, once [`Db::set_name`] gave one.
+    name: std::sync::OnceLock<String>,
+    /// What the pool's metrics count (`crate::metrics`).
+    pub(crate) stats: crate::metrics::PoolStats,
+}
+
+impl Inner {
+    /// A connection from the pool, counted as waiting while it is awaited
+    /// and timed for the pool's wait-time histogram.
+    async fn acquire(&self) -> Result<PoolConnection<Any>, sqlx::Error> {
+        let _waiting = self.stats.waiting();
+        let started = std::time::Instant::now();
+        let conn = self.pool.acquire().await;
+        self.stats.acquired(started.elapsed(), conn.as_ref().err());
+        conn
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.get().map(String::as_str)
+    }
 }
 
 /// How long the write probe of [`Db::writable`] waits for SQLite's writer
@@ -283,6 +308,8 @@ impl Db {
                 events,
                 faults,
                 audit: std::sync::OnceLock::new(),
+                name: std::sync::OnceLock::new(),
+                stats: crate::metrics::PoolStats::default(),
             }),
         })
     }
@@ -303,6 +330,22 @@ impl Db {
             .audit
             .get_or_init(|| crate::audit::Batch::start(Arc::downgrade(&self.inner)));
         batch.record(template, resources).await
+    }
+
+    /// Names this database (the service that owns it, e.g. `register`):
+    /// its pool appears in the process's metrics under that name
+    /// (`db_client_connection_pool_name`), and its change-feed consumers
+    /// under it as `consumer`. The first name given stays; a later pool
+    /// given the same name takes its place in the metrics.
+    pub fn set_name(&self, name: &str) {
+        if self.inner.name.set(name.to_string()).is_ok() {
+            crate::metrics::register_pool(name, &self.inner);
+        }
+    }
+
+    /// The name [`Db::set_name`] gave, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.inner.name()
     }
 
     pub(crate) fn from_inner(inner: Arc<Inner>) -> Db {
@@ -335,7 +378,7 @@ impl Db {
             (Some(lock), true) => Some(lock.clone().lock_owned().await),
             _ => None,
         };
-        let conn = match self.inner.pool.acquire().await {
+        let conn = match self.inner.acquire().await {
             Ok(conn) => conn,
             Err(e) => {
                 if write {
@@ -410,7 +453,7 @@ impl Db {
     }
 
     async fn probe_write(&self, writer: Option<OwnedMutexGuard<()>>) -> Result<(), sqlx::Error> {
-        let conn = self.inner.pool.acquire().await.inspect_err(|e| {
+        let conn = self.inner.acquire().await.inspect_err(|e| {
             self.note_write(&Err(e));
         })?;
         let mut tx = Tx {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod idempotency;
 pub mod keycheck;
 pub mod keyring;
+pub mod metrics;
 pub mod names;
 pub mod outbox;
 pub mod testing;

@@ -23,15 +23,16 @@
 pub mod deadline;
 mod health;
 mod methods;
-mod metrics;
+pub mod metrics;
 mod observe;
 pub mod peer;
+mod process;
 mod serve;
 mod shed;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use metrics::sample_gauge;
+pub use metrics::{register_collector, sample_gauge};
 pub use peer::{PeerChannel, traced};
 pub use serve::{Readiness, ServeError, ServeOptions, serve};
 pub use telemetry::inject_trace_context;

@@ -1,10 +1,18 @@
-//! Prometheus metrics for the RPCs a server handles, and the `/metrics` response that exposes them.
+//! Prometheus metrics for the RPCs a server handles, the process-wide metrics every port shows
+//! (process, and whatever other crates register: database pools, change feeds, clocks), and
+//! the `/metrics` response that exposes them.
+//!
+//! The RPC histogram follows the OpenTelemetry RPC semantic conventions as Prometheus names
+//! them (`rpc.server.duration` → `rpc_server_duration_seconds`, attributes `rpc.system`,
+//! `rpc.service`, `rpc.method`, `rpc.grpc.status_code` → underscored labels), so dashboards
+//! written for those conventions work unchanged.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -15,12 +23,15 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use tonic::Code;
 
+use crate::methods::Rpc;
+
 /// From half a millisecond (a cached read) to ten seconds (past any sane deadline).
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`exposition`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -29,10 +40,13 @@ struct RequestLabels {
     code: &'static str,
 }
 
+/// `rpc.server.duration`'s attributes, as Prometheus labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MethodLabels {
-    service: &'static str,
-    method: Arc<str>,
+struct RpcLabels {
+    rpc_system: &'static str,
+    rpc_service: Arc<str>,
+    rpc_method: Arc<str>,
+    rpc_grpc_status_code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -45,7 +59,7 @@ pub(crate) struct Metrics {
     service: &'static str,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    duration: Family<RpcLabels, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
 }
 
@@ -60,11 +74,12 @@ impl Metrics {
             requests.clone(),
         );
 
-        let duration: Family<MethodLabels, Histogram, fn() -> Histogram> =
+        let duration: Family<RpcLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
         registry.register_with_unit(
-            "touchstone_grpc_request_duration",
-            "Time from receiving a gRPC request to its final status",
+            "rpc_server_duration",
+            "Time from receiving a gRPC request to its final status (OpenTelemetry \
+             rpc.server.duration)",
             Unit::Seconds,
             duration.clone(),
         );
@@ -77,7 +92,7 @@ impl Metrics {
             in_flight_family,
         );
 
-        registry.register_collector(Box::new(Sampled));
+        registry.register_collector(Box::new(ProcessWide));
 
         Self {
             service,
@@ -92,19 +107,21 @@ impl Metrics {
         self.in_flight.inc();
     }
 
-    pub(crate) fn request_finished(&self, method: &Arc<str>, code: Code, elapsed: Duration) {
+    pub(crate) fn request_finished(&self, rpc: &Rpc, code: Code, elapsed: Duration) {
         self.in_flight.dec();
         self.requests
             .get_or_create(&RequestLabels {
                 service: self.service,
-                method: method.clone(),
+                method: rpc.method.clone(),
                 code: code_name(code),
             })
             .inc();
         self.duration
-            .get_or_create(&MethodLabels {
-                service: self.service,
-                method: method.clone(),
+            .get_or_create(&RpcLabels {
+                rpc_system: "grpc",
+                rpc_service: rpc.service.clone(),
+                rpc_method: rpc.method.clone(),
+                rpc_grpc_status_code: code_number(code),
             })
             .observe(elapsed.as_secs_f64());
     }
@@ -146,18 +163,100 @@ pub fn sample_gauge(name: &'static str, help: &'static str, read: fn() -> f64) {
     }
 }
 
-#[derive(Debug)]
-struct Sampled;
+/// Writes a group of metrics into a scrape: `encoder.encode_descriptor(..)` per metric.
+pub type EncodeFn = fn(&mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error>;
 
-impl Collector for Sampled {
+static COLLECTORS: Mutex<Vec<(&'static str, EncodeFn)>> = Mutex::new(Vec::new());
+
+/// Adds metrics that every server in this process exposes at every scrape, for state kept
+/// by other crates (database pools, change-feed consumers, complaint clocks): `encode` is
+/// called with the scrape's encoder. `key` names the group: registering the same key twice
+/// keeps the first, so a process that starts several services may register once per service.
+///
+/// Labels must be bounded and carry no personal data, tokens, or agency ids.
+pub fn register_collector(key: &'static str, encode: EncodeFn) {
+    let mut list = COLLECTORS.lock().unwrap_or_else(|p| p.into_inner());
+    if !list.iter().any(|(k, _)| *k == key) {
+        list.push((key, encode));
+    }
+}
+
+/// The process-wide metrics: the process itself, the sampled gauges and the registered
+/// collectors. Every server's registry has it; add it to another registry (e.g. an HTTP
+/// listener's) to expose the same there.
+pub fn process_wide() -> Box<dyn Collector> {
+    Box::new(ProcessWide)
+}
+
+/// OpenMetrics text of `registry`, for a `/metrics` response with [`CONTENT_TYPE`].
+pub fn exposition(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    Ok(text)
+}
+
+#[derive(Debug)]
+struct ProcessWide;
+
+impl Collector for ProcessWide {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        crate::process::encode(&mut encoder)?;
         let list = SAMPLED.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (name, help, read) in list {
-            let gauge = ConstGauge::new(read());
-            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
-            gauge.encode(metric)?;
+            encode_gauge(&mut encoder, name, help, read())?;
+        }
+        let collectors = COLLECTORS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (_, encode) in collectors {
+            encode(&mut encoder)?;
         }
         Ok(())
+    }
+}
+
+/// Encodes one unlabelled gauge.
+pub fn encode_gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let gauge = ConstGauge::new(value);
+    let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+    gauge.encode(metric)
+}
+
+/// Encodes one unlabelled counter (`name` without `_total`).
+pub fn encode_counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let counter = ConstCounter::new(value);
+    let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+    counter.encode(metric)
+}
+
+/// The numeric value of a status code, as OpenTelemetry's `rpc.grpc.status_code` has it.
+fn code_number(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "0",
+        Code::Cancelled => "1",
+        Code::Unknown => "2",
+        Code::InvalidArgument => "3",
+        Code::DeadlineExceeded => "4",
+        Code::NotFound => "5",
+        Code::AlreadyExists => "6",
+        Code::PermissionDenied => "7",
+        Code::ResourceExhausted => "8",
+        Code::FailedPrecondition => "9",
+        Code::Aborted => "10",
+        Code::OutOfRange => "11",
+        Code::Unimplemented => "12",
+        Code::Internal => "13",
+        Code::Unavailable => "14",
+        Code::DataLoss => "15",
+        Code::Unauthenticated => "16",
     }
 }
 
@@ -192,9 +291,12 @@ mod tests {
     #[test]
     fn exposition_uses_the_documented_names() {
         let metrics = Metrics::new("register");
-        let method: Arc<str> = "GetClient".into();
+        let rpc = Rpc {
+            service: "touchstone.register.v1.RegisterService".into(),
+            method: "GetClient".into(),
+        };
         metrics.request_started();
-        metrics.request_finished(&method, Code::InvalidArgument, Duration::from_millis(3));
+        metrics.request_finished(&rpc, Code::InvalidArgument, Duration::from_millis(3));
 
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &metrics.registry).unwrap();
@@ -202,8 +304,10 @@ mod tests {
             r#"touchstone_grpc_requests_total{service="register",method="GetClient",code="INVALID_ARGUMENT"} 1"#
         ));
         assert!(text.contains(
-            r#"touchstone_grpc_request_duration_seconds_count{service="register",method="GetClient"} 1"#
+            r#"rpc_server_duration_seconds_count{rpc_system="grpc",rpc_service="touchstone.register.v1.RegisterService",rpc_method="GetClient",rpc_grpc_status_code="3"} 1"#
         ));
+        assert!(text.contains("# TYPE rpc_server_duration_seconds histogram"));
+        assert!(text.contains("# UNIT rpc_server_duration_seconds seconds"));
         assert!(text.contains(r#"touchstone_grpc_in_flight{service="register"} 0"#));
     }
 }

@@ -123,7 +123,7 @@ impl Drop for Record {
         let elapsed = self.started.elapsed();
         self.observer
             .metrics
-            .request_finished(&self.rpc.method, code, elapsed);
+            .request_finished(&self.rpc, code, elapsed);
 
         self.span.record("rpc.grpc.status_code", code as i32);
         if is_server_error(code) {

@@ -447,7 +447,8 @@ async fn metrics_count_requests_by_method_and_code_over_plain_http1() {
         // The test service is not in the served descriptor sets, so its path is not a label.
         r#"touchstone_grpc_requests_total{service="test",method="other",code="OK"} 1"#,
         r#"touchstone_grpc_requests_total{service="test",method="other",code="INVALID_ARGUMENT"} 1"#,
-        r#"touchstone_grpc_request_duration_seconds_count{service="test",method="Check"} 3"#,
+        r#"rpc_server_duration_seconds_count{rpc_system="grpc",rpc_service="grpc.health.v1.Health",rpc_method="Check",rpc_grpc_status_code="0"} 2"#,
+        r#"rpc_server_duration_seconds_count{rpc_system="grpc",rpc_service="grpc.health.v1.Health",rpc_method="Check",rpc_grpc_status_code="5"} 1"#,
         r#"touchstone_grpc_in_flight{service="test"} 0"#,
     ] {
         assert!(
@@ -456,6 +457,56 @@ async fn metrics_count_requests_by_method_and_code_over_plain_http1() {
         );
     }
     assert!(!response.contains("TestService"), "{response}");
+}
+
+/// The RPC latency histogram has the OpenTelemetry RPC semantic conventions' name and labels
+/// (what stock gRPC dashboards query), and the port also shows the process-wide metrics: the
+/// process itself and groups other crates register.
+#[tokio::test]
+async fn metrics_follow_the_opentelemetry_rpc_conventions_and_show_process_metrics() {
+    fn encode_test_group(
+        encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        touchstone_server::metrics::encode_gauge(encoder, "touchstone_test_group", "a test", 7.0)
+    }
+    touchstone_server::register_collector("server-test", encode_test_group);
+
+    let server = TestServer::start(true, |_| {}).await;
+    let channel = server.channel().await;
+    check(channel.clone(), "").await.unwrap();
+
+    let response = scrape(server.addr).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let bucket = response
+        .lines()
+        .find(|l| {
+            l.starts_with("rpc_server_duration_seconds_bucket{")
+                && [
+                    r#"rpc_system="grpc""#,
+                    r#"rpc_service="grpc.health.v1.Health""#,
+                    r#"rpc_method="Check""#,
+                    r#"rpc_grpc_status_code="0""#,
+                    r#"le="+Inf""#,
+                ]
+                .iter()
+                .all(|label| l.contains(label))
+        })
+        .unwrap_or_else(|| panic!("no semantic-convention bucket in\n{response}"));
+    assert!(bucket.ends_with(" 1"), "{bucket}");
+    for expected in [
+        "# TYPE rpc_server_duration_seconds histogram",
+        "rpc_server_duration_seconds_sum{",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_start_time_seconds ",
+        "touchstone_test_group 7",
+    ] {
+        assert!(
+            response.contains(expected),
+            "missing {expected} in\n{response}"
+        );
+    }
 }
 
 #[tokio::test]

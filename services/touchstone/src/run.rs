@@ -60,6 +60,15 @@ fn init_telemetry(
          (0 on SQLite)",
         touchstone_platform::outbox::horizon_lag_seconds,
     );
+    touchstone_server::register_collector("db-pools", touchstone_platform::metrics::encode_pools);
+    touchstone_server::register_collector(
+        "feed-consumers",
+        touchstone_platform::metrics::encode_feeds,
+    );
+    touchstone_server::register_collector(
+        "complaint-timeframes",
+        touchstone_complaints::metrics::encode,
+    );
     let (json, level) = settings.log_output(std::io::stdout().is_terminal(), banner);
     touchstone_server::telemetry::init(
         name,
@@ -138,6 +147,8 @@ async fn open_db(
     let db = Db::connect(&url, svc.max_connections)
         .await
         .with_context(|| format!("connecting with setting {name}.database_url"))?;
+    // The pool's and its feed consumers' name in the metrics.
+    db.set_name(name);
     if migrate && owner_url.is_none() {
         db.migrate(sets, svc.app_role.as_deref())
             .await
