@@ -10,9 +10,9 @@
 #   tests/browser/run.sh
 #
 # Environment:
-#   TOUCHSTONE_BIN  the binary to test (default: target/release/touchstone if
-#                   it exists, else target/debug/touchstone, built if missing;
-#                   target/ is $CARGO_TARGET_DIR when that is set)
+#   TOUCHSTONE_BIN  the binary to test (default: target/debug/touchstone, built
+#                   by cargo first so it matches the sources; target/ is
+#                   $CARGO_TARGET_DIR when that is set)
 #   DEMO_SCALE      share of the full demo volume (default 0.2)
 #   BROWSER_OUT     where screenshots and logs go (default target/browser)
 set -euo pipefail
@@ -44,13 +44,10 @@ fi
 
 bin="${TOUCHSTONE_BIN:-}"
 if [ -z "$bin" ]; then
-  if [ -x "$target/release/touchstone" ]; then
-    bin="$target/release/touchstone"
-  else
-    bin="$target/debug/touchstone"
-    # Always ask cargo, so a binary from an earlier build is never tested.
-    (cd "$root" && cargo build --quiet -p touchstone)
-  fi
+  # Always ask cargo, so a binary from an earlier build is never tested (a
+  # release binary left by a benchmark run may be older than the sources).
+  bin="$target/debug/touchstone"
+  (cd "$root" && cargo build --quiet -p touchstone)
 fi
 
 data="$(mktemp -d -t touchstone-browser-XXXXXX)"

@@ -9,9 +9,9 @@
 #   tests/python/run.sh
 #
 # Environment:
-#   TOUCHSTONE_BIN  the binary to test (default: target/release/touchstone if
-#                   it exists, else target/debug/touchstone, built if missing;
-#                   target/ is $CARGO_TARGET_DIR when that is set)
+#   TOUCHSTONE_BIN  the binary to test (default: target/debug/touchstone, built
+#                   by cargo first so it matches the sources; target/ is
+#                   $CARGO_TARGET_DIR when that is set)
 #   ROWS            rows in the ImportResponses stream (default 50000)
 #   PYTHON_OUT      where the server's logs go (default target/python)
 set -euo pipefail
@@ -37,13 +37,10 @@ py="$venv/bin/python"
 
 bin="${TOUCHSTONE_BIN:-}"
 if [ -z "$bin" ]; then
-  if [ -x "$target/release/touchstone" ]; then
-    bin="$target/release/touchstone"
-  else
-    bin="$target/debug/touchstone"
-    # Always ask cargo, so a binary from an earlier build is never tested.
-    (cd "$root" && cargo build --quiet -p touchstone)
-  fi
+  # Always ask cargo, so a binary from an earlier build is never tested (a
+  # release binary left by a benchmark run may be older than the sources).
+  bin="$target/debug/touchstone"
+  (cd "$root" && cargo build --quiet -p touchstone)
 fi
 
 work="$(mktemp -d -t touchstone-python-XXXXXX)"
