@@ -82,6 +82,7 @@ pub(super) async fn run<O: Op>(
                 latencies_ns: Vec::with_capacity(4096),
                 errors: BTreeMap::new(),
             };
+            let mut retries: u64 = 0;
             loop {
                 let sent = Instant::now();
                 if sent >= until {
@@ -89,14 +90,21 @@ pub(super) async fn run<O: Op>(
                 }
                 let result = op.call().await;
                 let done = Instant::now();
-                if done < from || done > until {
-                    continue;
+                // A refused call is sent again after a short pause, as the
+                // refusal asks ("retry with backoff"); at once, the callers
+                // of an overloaded server would starve the calls it admitted.
+                let failed = result.is_err();
+                if done >= from && done <= until {
+                    match result {
+                        Ok(()) => tally.latencies_ns.push(
+                            u64::try_from(done.duration_since(sent).as_nanos()).unwrap_or(u64::MAX),
+                        ),
+                        Err(label) => *tally.errors.entry(label).or_default() += 1,
+                    }
                 }
-                match result {
-                    Ok(()) => tally.latencies_ns.push(
-                        u64::try_from(done.duration_since(sent).as_nanos()).unwrap_or(u64::MAX),
-                    ),
-                    Err(label) => *tally.errors.entry(label).or_default() += 1,
+                if failed {
+                    retries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10 + retries % 10)).await;
                 }
             }
             tally
