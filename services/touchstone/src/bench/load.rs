@@ -83,6 +83,7 @@ pub(super) async fn run<O: Op>(
                 errors: BTreeMap::new(),
             };
             let mut retries: u64 = 0;
+            let mut refused_in_a_row: u32 = 0;
             loop {
                 let sent = Instant::now();
                 if sent >= until {
@@ -90,9 +91,11 @@ pub(super) async fn run<O: Op>(
                 }
                 let result = op.call().await;
                 let done = Instant::now();
-                // A refused call is sent again after a short pause, as the
-                // refusal asks ("retry with backoff"); at once, the callers
-                // of an overloaded server would starve the calls it admitted.
+                // A refused call is sent again after a pause that doubles
+                // with each refusal in a row (10 ms up to 1 s, with jitter),
+                // as the refusal asks ("retry with backoff"); resent at once,
+                // the callers of an overloaded server spend its CPU on
+                // refusals and starve the calls it admitted.
                 let failed = result.is_err();
                 if done >= from && done <= until {
                     match result {
@@ -103,8 +106,13 @@ pub(super) async fn run<O: Op>(
                     }
                 }
                 if failed {
+                    refused_in_a_row = (refused_in_a_row + 1).min(7);
                     retries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(10 + retries % 10)).await;
+                    let pause = (10u64 << (refused_in_a_row - 1)).min(1000);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause + retries % 10))
+                        .await;
+                } else {
+                    refused_in_a_row = 0;
                 }
             }
             tally
