@@ -163,6 +163,32 @@ fn granularity_of(level: u8) -> Granularity {
     ][usize::from(level.min(3))]
 }
 
+/// The day of a fine cell's bucket (yyyymmdd, or yyyymm for a monthly
+/// sum, which stands on the month's first day) and whether it is a day.
+fn fine_day(bucket: i64) -> Option<(Date, bool)> {
+    let is_day = bucket > 999_999;
+    domain::key_date(if is_day { bucket } else { bucket * 100 + 1 }).map(|d| (d, is_day))
+}
+
+/// Every cube key and grid period whose cell holds the fine cell `full` on
+/// `day`: each combination of its dimensions with "all" (a segment only
+/// when it has one) in each grid period holding the day, down to days for
+/// a daily cell and months for a monthly one.
+fn holding(full: &Key, day: Date, is_day: bool) -> impl Iterator<Item = (Key, Slot)> + '_ {
+    (0..16u8)
+        .filter(move |mask| mask & 8 != 0 || full[3].is_some())
+        .flat_map(move |mask| {
+            let key: Key = std::array::from_fn(|d| {
+                if mask & (1 << d) != 0 {
+                    None
+                } else {
+                    full[d].clone()
+                }
+            });
+            slots_of(day, if is_day { 3 } else { 2 }).map(move |slot| (key.clone(), slot))
+        })
+}
+
 /// The grid periods holding day `d`, coarsest first, down to `finest`.
 fn slots_of(d: Date, finest: u8) -> impl Iterator<Item = Slot> {
     (0..=finest).map(move |l| (l, granularity_of(l).start_of(d)))
@@ -231,37 +257,21 @@ impl Table {
         }
         let mut acc: BTreeMap<(u8, i32, Slot, Key), Cells> = BTreeMap::new();
         for ((bucket, full), cells) in &fine {
-            let is_day = *bucket > 999_999;
-            let Some(day) = domain::key_date(if is_day { *bucket } else { bucket * 100 + 1 })
-            else {
+            let Some((day, is_day)) = fine_day(*bucket) else {
                 continue;
             };
-            for mask in 0..16u8 {
-                // Bit 3 set: the segment is "all".
-                if mask & 8 == 0 && full[3].is_none() {
+            for (key, slot) in holding(full, day, is_day) {
+                // Days come from the daily read only, months and up from
+                // the monthly one.
+                if (slot.0 == 3) != is_day {
                     continue;
                 }
-                let key: Key = std::array::from_fn(|d| {
-                    if mask & (1 << d) != 0 {
-                        None
-                    } else {
-                        full[d].clone()
-                    }
-                });
-                let seg_tier = key[3].is_some();
-                for slot in slots_of(day, if is_day { 3 } else { 2 }) {
-                    // Days come from the daily read only, months and up
-                    // from the monthly one.
-                    if (slot.0 == 3) != is_day {
-                        continue;
-                    }
-                    let tier = if seg_tier { 2 } else { u8::from(slot.0 == 3) };
-                    domain::merge(
-                        acc.entry((tier, day.year(), slot, key.clone()))
-                            .or_default(),
-                        cells,
-                    );
-                }
+                let tier = if key[3].is_some() {
+                    2
+                } else {
+                    u8::from(slot.0 == 3)
+                };
+                domain::merge(acc.entry((tier, day.year(), slot, key)).or_default(), cells);
             }
         }
         let mut index = HashMap::with_capacity(acc.len());
@@ -282,29 +292,12 @@ impl Table {
         let (mut by_month, mut by_days) = (Vec::new(), Vec::new());
         let (mut stage_month, mut stage_days) = (Vec::new(), Vec::new());
         for ((bucket, full), c) in &fine {
-            let is_day = *bucket > 999_999;
-            let Some(day) = domain::key_date(if is_day { *bucket } else { bucket * 100 + 1 })
-            else {
+            let Some((day, is_day)) = fine_day(*bucket) else {
                 continue;
             };
-            let mut holders = Vec::new();
-            for mask in 0..16u8 {
-                let key: Key = std::array::from_fn(|d| {
-                    if mask & (1 << d) != 0 {
-                        None
-                    } else {
-                        full[d].clone()
-                    }
-                });
-                if mask & 8 == 0 && key[3].is_none() {
-                    continue;
-                }
-                for slot in slots_of(day, if is_day { 3 } else { 2 }) {
-                    if let Some(&i) = index.get(&(key.clone(), slot)) {
-                        holders.push(i);
-                    }
-                }
-            }
+            let mut holders: Vec<usize> = holding(full, day, is_day)
+                .filter_map(|cell| index.get(&cell).copied())
+                .collect();
             holders.sort_unstable();
             holders.dedup();
             if stage.is_some() && full[3].is_some() {

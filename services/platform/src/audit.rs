@@ -149,25 +149,41 @@ pub async fn record_each<S: AsRef<str>>(
     template: Access<'_>,
     resources: &[S],
 ) -> Result<(), sqlx::Error> {
-    // Seven parameters per row stays far below SQLite's and PostgreSQL's
-    // limits at this chunk size.
     let time = crate::times::now_millis();
-    for chunk in resources.chunks(500) {
+    let rows: Vec<(Access<'_>, i64)> = resources
+        .iter()
+        .map(|r| {
+            (
+                Access {
+                    resource: r.as_ref(),
+                    ..template
+                },
+                time,
+            )
+        })
+        .collect();
+    insert(tx, &rows).await
+}
+
+/// Inserts audit records (each with its time), 500 to a statement: seven
+/// parameters a row stays far below SQLite's and PostgreSQL's limits.
+async fn insert(tx: &mut Tx, rows: &[(Access<'_>, i64)]) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(500) {
         let sql = format!(
             "INSERT INTO audit_records (agency, id, actor, action, resource, request_id, time) \
              VALUES {}",
             tx.backend().values_list(chunk.len(), 7)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for resource in chunk {
+        for (access, time) in chunk {
             q = q
-                .bind(template.agency)
+                .bind(access.agency)
                 .bind(crate::names::new_id())
-                .bind(template.actor)
-                .bind(template.action)
-                .bind(resource.as_ref())
-                .bind(template.request_id)
-                .bind(time);
+                .bind(access.actor)
+                .bind(access.action)
+                .bind(access.resource)
+                .bind(access.request_id)
+                .bind(*time);
         }
         q.execute(tx.conn()).await?;
     }
@@ -179,10 +195,15 @@ const BATCH_ROWS: usize = 5_000;
 /// Reads waiting for a group commit before callers wait to queue.
 const QUEUE: usize = 4_096;
 
-/// One read's records, and whom to tell when they are durable.
+/// One read's records (its access, once per resource), and whom to tell
+/// when they are durable.
 #[derive(Debug)]
 struct Job {
-    rows: Vec<[String; 5]>,
+    agency: String,
+    actor: String,
+    action: String,
+    request_id: String,
+    resources: Vec<String>,
     time: i64,
     done: oneshot::Sender<Result<(), String>>,
 }
@@ -214,21 +235,13 @@ impl Batch {
         if resources.is_empty() {
             return Ok(());
         }
-        let rows = resources
-            .iter()
-            .map(|r| {
-                [
-                    t.agency.to_string(),
-                    t.actor.to_string(),
-                    t.action.to_string(),
-                    r.as_ref().to_string(),
-                    t.request_id.to_string(),
-                ]
-            })
-            .collect();
         let (done, answer) = oneshot::channel();
         let job = Job {
-            rows,
+            agency: t.agency.to_string(),
+            actor: t.actor.to_string(),
+            action: t.action.to_string(),
+            request_id: t.request_id.to_string(),
+            resources: resources.iter().map(|r| r.as_ref().to_string()).collect(),
             time: crate::times::now_millis(),
             done,
         };
@@ -246,12 +259,12 @@ impl Batch {
 
 async fn run(db: Weak<Inner>, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.recv().await {
-        let mut rows = first.rows.len();
+        let mut rows = first.resources.len();
         let mut jobs = vec![first];
         while rows < BATCH_ROWS {
             match rx.try_recv() {
                 Ok(job) => {
-                    rows += job.rows.len();
+                    rows += job.resources.len();
                     jobs.push(job);
                 }
                 Err(_) => break,
@@ -268,41 +281,29 @@ async fn run(db: Weak<Inner>, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// Writes every job's records in one transaction.
+/// Writes every job's records in one transaction, a run of statements per
+/// agency under that agency's row-level security.
 async fn write(db: &Db, jobs: &[Job]) -> Result<(), sqlx::Error> {
-    let mut by_agency: std::collections::BTreeMap<&str, Vec<(&[String; 5], i64)>> =
+    let mut by_agency: std::collections::BTreeMap<&str, Vec<(Access<'_>, i64)>> =
         std::collections::BTreeMap::new();
     for job in jobs {
-        for row in &job.rows {
-            by_agency
-                .entry(row[0].as_str())
-                .or_default()
-                .push((row, job.time));
+        let rows = by_agency.entry(job.agency.as_str()).or_default();
+        for resource in &job.resources {
+            let access = Access {
+                agency: &job.agency,
+                actor: &job.actor,
+                action: &job.action,
+                resource,
+                request_id: &job.request_id,
+            };
+            rows.push((access, job.time));
         }
     }
     let first = by_agency.keys().next().copied().unwrap_or_default();
     let mut tx = db.write(Scope::Agency(first)).await?;
     for (agency, rows) in &by_agency {
         tx.set_scope(Scope::Agency(agency)).await?;
-        for chunk in rows.chunks(500) {
-            let sql = format!(
-                "INSERT INTO audit_records (agency, id, actor, action, resource, request_id, time) \
-                 VALUES {}",
-                tx.backend().values_list(chunk.len(), 7)
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (row, time) in chunk {
-                q = q
-                    .bind(row[0].as_str())
-                    .bind(crate::names::new_id())
-                    .bind(row[1].as_str())
-                    .bind(row[2].as_str())
-                    .bind(row[3].as_str())
-                    .bind(row[4].as_str())
-                    .bind(*time);
-            }
-            q.execute(tx.conn()).await?;
-        }
+        insert(&mut tx, rows).await?;
     }
     tx.commit().await
 }

@@ -300,6 +300,20 @@ pub(super) async fn run(
         let client = KpiServiceClient::new(channel);
         let (from, to) = (20250101_i64, 20251231_i64);
         let budget = args.duration;
+        // The timed call: share satisfied for 2025 by month.
+        let request = |group_by: pb::Dimension| {
+            let mut r = Request::new(pb::QueryIndicatorRequest {
+                agency: format!("agencies/{AGENCY}"),
+                indicator: "share_satisfied.a11_satisfaction".into(),
+                start_date: Some(Date { year: 2025, month: 1, day: 1 }),
+                end_date: Some(Date { year: 2025, month: 12, day: 31 }),
+                granularity: pb::Granularity::Month as i32,
+                group_by: group_by as i32,
+                scope: None,
+            });
+            r.metadata_mut().insert("authorization", header.clone());
+            r
+        };
         let mut results = Vec::new();
         for (label, group_by, raw_sql) in [
             ("year by month", pb::Dimension::Unspecified, RAW_AGGREGATE),
@@ -307,16 +321,7 @@ pub(super) async fn run(
         ] {
             let service = time_calls(budget, || {
                 let mut client = client.clone();
-                let mut r = Request::new(pb::QueryIndicatorRequest {
-                    agency: format!("agencies/{AGENCY}"),
-                    indicator: "share_satisfied.a11_satisfaction".into(),
-                    start_date: Some(Date { year: 2025, month: 1, day: 1 }),
-                    end_date: Some(Date { year: 2025, month: 12, day: 31 }),
-                    granularity: pb::Granularity::Month as i32,
-                    group_by: group_by as i32,
-                    scope: None,
-                });
-                r.metadata_mut().insert("authorization", header.clone());
+                let r = request(group_by);
                 async move {
                     let out = client.query_indicator(r).await?.into_inner();
                     anyhow::ensure!(!out.series.is_empty(), "no series");
@@ -348,16 +353,7 @@ pub(super) async fn run(
                         .execute(fresh.db.pool())
                         .await?;
                 anyhow::ensure!(bumped.rows_affected() == 1, "no rollup version to move");
-                let mut r = Request::new(pb::QueryIndicatorRequest {
-                    agency: format!("agencies/{AGENCY}"),
-                    indicator: "share_satisfied.a11_satisfaction".into(),
-                    start_date: Some(Date { year: 2025, month: 1, day: 1 }),
-                    end_date: Some(Date { year: 2025, month: 12, day: 31 }),
-                    granularity: pb::Granularity::Month as i32,
-                    group_by: group_by as i32,
-                    scope: None,
-                });
-                r.metadata_mut().insert("authorization", header.clone());
+                let r = request(group_by);
                 let t = Instant::now();
                 client.clone().query_indicator(r).await?;
                 cold_times.push(t.elapsed().as_secs_f64() * 1000.0);
