@@ -4,7 +4,9 @@
 //! `set_config('touchstone.agency', …, true)` at the start of each
 //! transaction so that row-level security backs up the application's own
 //! checks; on SQLite, which allows one writer at a time, writers queue on an
-//! in-process lock instead of failing with SQLITE_BUSY.
+//! in-process lock instead of failing with SQLITE_BUSY, and concurrent
+//! writers share one transaction, a savepoint each, whose `COMMIT` (and
+//! fsync) answers them all (group commit, DESIGN §4; see [`Tx::commit`]).
 //!
 //! Nothing acknowledged may be lost (DESIGN §5), so a transaction's
 //! connection goes back to the pool only when its state is known: committed,
@@ -23,8 +25,8 @@ use sqlx::{Any, AnyConnection, AnyPool, Executor};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
-use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, OwnedMutexGuard, oneshot, watch};
 
 /// The database product behind a `Db`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +131,7 @@ pub struct Db {
 pub(crate) struct Inner {
     pool: AnyPool,
     backend: Backend,
-    writer: Option<Arc<Mutex<()>>>,
+    writer: Option<Arc<Mutex<Writer>>>,
     events: watch::Sender<u64>,
     faults: Arc<Faults>,
     /// The group commit of read audit records (`crate::audit::Batch`),
@@ -159,6 +161,10 @@ impl Inner {
 
     pub(crate) fn name(&self) -> Option<&str> {
         self.name.get().map(String::as_str)
+    }
+
+    pub(crate) fn is_sqlite(&self) -> bool {
+        self.backend == Backend::Sqlite
     }
 }
 
@@ -304,7 +310,8 @@ impl Db {
             inner: Arc::new(Inner {
                 pool,
                 backend,
-                writer: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+                writer: (backend == Backend::Sqlite)
+                    .then(|| Arc::new(Mutex::new(Writer::default()))),
                 events,
                 faults,
                 audit: std::sync::OnceLock::new(),
@@ -374,10 +381,12 @@ impl Db {
     }
 
     async fn begin(&self, scope: Scope<'_>, write: bool) -> Result<Tx, sqlx::Error> {
-        let writer = match (&self.inner.writer, write) {
-            (Some(lock), true) => Some(lock.clone().lock_owned().await),
-            _ => None,
-        };
+        if write && let Some(lock) = &self.inner.writer {
+            let queued = self.inner.stats.queued_writer();
+            let writer = lock.clone().lock_owned().await;
+            drop(queued);
+            return self.begin_sqlite_write(writer).await;
+        }
         let conn = match self.inner.acquire().await {
             Ok(conn) => conn,
             Err(e) => {
@@ -389,18 +398,50 @@ impl Db {
         };
         // From here on, dropping `tx` (on an error, or when the caller gives
         // up) rolls back, or closes the connection if that fails.
-        let mut tx = Tx {
-            conn: Some(conn),
-            writer,
-            db: self.clone(),
-            write,
-            appended_events: false,
-        };
+        let mut tx = Tx::new(conn, self.clone(), write);
         let begun = tx.start(scope).await;
         if let Err(e) = begun {
             if write {
                 self.note_write(&Err(&e));
             }
+            return Err(e);
+        }
+        Ok(tx)
+    }
+
+    /// A SQLite write transaction for the holder of the writer lock: it
+    /// joins the group transaction other writers left open for their commit
+    /// (in a savepoint of its own), or begins one.
+    async fn begin_sqlite_write(
+        &self,
+        mut writer: OwnedMutexGuard<Writer>,
+    ) -> Result<Tx, sqlx::Error> {
+        if let Some(group) = writer.open.take() {
+            let mut tx = Tx::new(group.conn, self.clone(), true);
+            tx.writer = Some(writer);
+            tx.members = Some(group.members);
+            tx.joined = true;
+            if let Err(e) = tx.conn().execute(sqlx::raw_sql("SAVEPOINT w")).await {
+                // The shared transaction's state is unknown: it is given up,
+                // and every member waiting for it told so.
+                self.note_write(&Err(&e));
+                tx.end(false);
+                return Err(e);
+            }
+            return Ok(tx);
+        }
+        let conn = match self.inner.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.note_write(&Err(&e));
+                return Err(e);
+            }
+        };
+        let mut tx = Tx::new(conn, self.clone(), true);
+        tx.writer = Some(writer);
+        tx.members = Some(Members::new());
+        if let Err(e) = tx.start(Scope::AllAgencies).await {
+            self.note_write(&Err(&e));
             return Err(e);
         }
         Ok(tx)
@@ -440,38 +481,24 @@ impl Db {
         if committed && !self.writes_failing() {
             return true;
         }
-        let writer = match &self.inner.writer {
+        let tx = match &self.inner.writer {
             Some(lock) => {
                 match tokio::time::timeout(PROBE_LOCK_WAIT, lock.clone().lock_owned()).await {
-                    Ok(guard) => Some(guard),
+                    Ok(writer) => self.begin_sqlite_write(writer).await,
                     Err(_) => return !self.writes_failing(),
                 }
             }
-            None => None,
+            None => self.begin(Scope::AllAgencies, true).await,
         };
-        self.probe_write(writer).await.is_ok()
+        self.probe_write(tx).await.is_ok()
     }
 
-    async fn probe_write(&self, writer: Option<OwnedMutexGuard<()>>) -> Result<(), sqlx::Error> {
-        let conn = self.inner.acquire().await.inspect_err(|e| {
-            self.note_write(&Err(e));
-        })?;
-        let mut tx = Tx {
-            conn: Some(conn),
-            writer,
-            db: self.clone(),
-            write: true,
-            appended_events: false,
-        };
-        let wrote = async {
-            tx.start(Scope::AllAgencies).await?;
-            sqlx::query("UPDATE write_probe SET probe_time = $1 WHERE id = 1")
-                .bind(crate::times::now_millis())
-                .execute(tx.conn())
-                .await?;
-            Ok(())
-        }
-        .await;
+    async fn probe_write(&self, tx: Result<Tx, sqlx::Error>) -> Result<(), sqlx::Error> {
+        let mut tx = tx?;
+        let wrote = sqlx::query("UPDATE write_probe SET probe_time = $1 WHERE id = 1")
+            .bind(crate::times::now_millis())
+            .execute(tx.conn())
+            .await;
         if let Err(e) = wrote {
             // Noted before `tx` drops, so that its connection is closed.
             self.note_write(&Err(&e));
@@ -620,6 +647,53 @@ impl Faults {
     }
 }
 
+/// Most writers that share one SQLite transaction: the last one commits it
+/// without waiting for more.
+const GROUP_MEMBERS: usize = 256;
+/// How long a group may stay open for more writers once its first has
+/// released its savepoint: a writer that finds it older commits it.
+const GROUP_AGE: Duration = Duration::from_millis(20);
+
+/// SQLite's writer lock, and what it guards between writers: the group
+/// transaction waiting for its commit, if any.
+#[derive(Debug, Default)]
+pub(crate) struct Writer {
+    open: Option<Group>,
+}
+
+/// A SQLite write transaction some writers have finished their part of:
+/// each released its savepoint and waits for the `COMMIT`. Held in
+/// [`Writer`] only while someone waits for it, whose commit task then takes
+/// the writer lock and commits it unless the group was committed first.
+#[derive(Debug)]
+struct Group {
+    conn: PoolConnection<Any>,
+    members: Members,
+}
+
+/// The writers waiting for a group's commit.
+#[derive(Debug)]
+struct Members {
+    /// Told once the group's `COMMIT` has run (Ok, or why it failed); a
+    /// sender dropped unsent means the transaction was given up.
+    waiting: Vec<oneshot::Sender<Result<(), String>>>,
+    /// Writes that released their savepoint into the group.
+    writes: usize,
+    opened: Instant,
+    appended_events: bool,
+}
+
+impl Members {
+    fn new() -> Members {
+        Members {
+            waiting: Vec::new(),
+            writes: 0,
+            opened: Instant::now(),
+            appended_events: false,
+        }
+    }
+}
+
 /// A transaction bound to a tenant scope. Dropping it without `commit`
 /// rolls back.
 #[derive(Debug)]
@@ -627,7 +701,12 @@ pub struct Tx {
     /// In a transaction until `commit` or drop.
     conn: Option<PoolConnection<Any>>,
     /// SQLite's in-process writer lock, for write transactions.
-    writer: Option<OwnedMutexGuard<()>>,
+    writer: Option<OwnedMutexGuard<Writer>>,
+    /// SQLite write transactions: the group this one belongs to.
+    members: Option<Members>,
+    /// Whether this writer joined a group other writers are in, its work in
+    /// savepoint `w` of their transaction.
+    joined: bool,
     db: Db,
     /// Opened with [`Db::write`].
     write: bool,
@@ -645,45 +724,125 @@ impl Drop for Tx {
 }
 
 impl Tx {
+    fn new(conn: PoolConnection<Any>, db: Db, write: bool) -> Tx {
+        Tx {
+            conn: Some(conn),
+            writer: None,
+            members: None,
+            joined: false,
+            db,
+            write,
+            appended_events: false,
+        }
+    }
+
     /// Ends the transaction without committing (see [`end_uncommitted`]).
     fn end(&mut self, trusted: bool) {
         let Some(conn) = self.conn.take() else {
             return;
         };
-        let writer = self.writer.take();
+        let ending = Ending {
+            writer: self.writer.take(),
+            members: self.members.take(),
+            joined: self.joined,
+        };
         match tokio::runtime::Handle::try_current() {
             // The writer lock is released only once the rollback has run:
             // the next writer would otherwise find SQLite still locked.
             Ok(runtime) => {
-                runtime.spawn(end_uncommitted(conn, writer, trusted));
+                runtime.spawn(end_uncommitted(conn, ending, trusted));
             }
             // No runtime left to roll back on: closing the connection rolls
-            // back too.
+            // back too (and the group's members are told it was given up).
             Err(_) => drop(conn.detach()),
         }
     }
 }
 
+/// What a transaction ending uncommitted hands on besides its connection.
+struct Ending {
+    writer: Option<OwnedMutexGuard<Writer>>,
+    members: Option<Members>,
+    joined: bool,
+}
+
 /// Ends a transaction that was not committed: rolled back, its connection
 /// goes back to the pool; when the rollback fails, or `trusted` is false, the
-/// connection's state is unknown and it is closed instead.
-async fn end_uncommitted(
-    mut conn: PoolConnection<Any>,
-    writer: Option<OwnedMutexGuard<()>>,
-    trusted: bool,
-) {
+/// connection's state is unknown and it is closed instead. A writer that
+/// joined a group rolls back only its savepoint and leaves the group to its
+/// members; if that fails, the group is given up and its members told.
+async fn end_uncommitted(mut conn: PoolConnection<Any>, ending: Ending, trusted: bool) {
+    let Ending {
+        writer,
+        members,
+        joined,
+    } = ending;
     if trusted {
-        match conn.execute(sqlx::raw_sql("ROLLBACK")).await {
+        let rollback = if joined {
+            "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w"
+        } else {
+            "ROLLBACK"
+        };
+        match conn.execute(sqlx::raw_sql(rollback)).await {
             Ok(_) => {
-                drop(conn);
-                drop(writer);
+                match (writer, members) {
+                    (Some(mut writer), Some(members)) if joined => {
+                        writer.open = Some(Group { conn, members });
+                    }
+                    (writer, _) => {
+                        drop(conn);
+                        drop(writer);
+                    }
+                }
                 return;
             }
             Err(e) => tracing::warn!(error = %e, "rolling back failed; closing the connection"),
         }
     }
     discard(conn).await;
+    drop(members);
     drop(writer);
+}
+
+/// Commits a SQLite group transaction and tells its members how it went.
+async fn commit_group(
+    db: &Db,
+    writer: OwnedMutexGuard<Writer>,
+    mut conn: PoolConnection<Any>,
+    members: Members,
+) -> Result<(), sqlx::Error> {
+    let committed = conn.execute(sqlx::raw_sql("COMMIT")).await.map(|_| ());
+    db.note_write(&committed.as_ref().map(|_| ()));
+    if committed.is_ok() {
+        db.inner.stats.group_committed(members.writes);
+    }
+    match &committed {
+        Ok(()) => drop(conn),
+        Err(_) => discard(conn).await,
+    }
+    drop(writer);
+    if committed.is_ok() && members.appended_events {
+        db.notify_events();
+    }
+    let told = committed.as_ref().map(|_| ()).map_err(|e| e.to_string());
+    for member in members.waiting {
+        let _ = member.send(told.clone());
+    }
+    committed
+}
+
+/// What a member of a group is told, as its commit's outcome: a failed or
+/// abandoned group is a storage fault (UNAVAILABLE; the write may be retried).
+fn group_outcome(told: Option<Result<(), String>>) -> Result<(), sqlx::Error> {
+    match told {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(sqlx::Error::Io(std::io::Error::other(format!(
+            "the shared write transaction did not commit: {e}"
+        )))),
+        None => Err(sqlx::Error::Io(std::io::Error::other(
+            "the shared write transaction was rolled back",
+        ))),
+    }
 }
 
 /// Closes a connection whose state is unknown instead of returning it to the
@@ -750,7 +909,19 @@ impl Tx {
     /// Commits, then wakes change-feed watchers if events were appended. Ok
     /// means the transaction is committed; an error means it may or may not
     /// be (a connection lost during `COMMIT`), and the connection is closed.
+    ///
+    /// A SQLite write commits in a group (DESIGN §4): its savepoint is
+    /// released, the transaction is left open for the writers queued behind
+    /// it, and this returns once a `COMMIT` that includes it has run. The
+    /// group is committed by the first of its members whose turn at the
+    /// writer lock comes round again: by then every writer that was queued
+    /// when the group's first member finished has had its turn, so the group
+    /// grows with the load and no writer waits for a timer. A member whose
+    /// statement fails rolls back only its savepoint.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        if self.members.is_some() {
+            return self.commit_in_group().await;
+        }
         let committed = self.conn().execute(sqlx::raw_sql("COMMIT")).await;
         if self.write {
             self.db.note_write(&committed.as_ref().map(|_| ()));
@@ -765,6 +936,61 @@ impl Tx {
             self.db.notify_events();
         }
         Ok(())
+    }
+
+    async fn commit_in_group(mut self) -> Result<(), sqlx::Error> {
+        if self.joined
+            && let Err(e) = self
+                .conn()
+                .execute(sqlx::raw_sql("RELEASE SAVEPOINT w"))
+                .await
+        {
+            self.db.note_write(&Err(&e));
+            self.end(false);
+            return Err(e);
+        }
+        let (Some(conn), Some(mut writer), Some(mut members)) =
+            (self.conn.take(), self.writer.take(), self.members.take())
+        else {
+            unreachable!("a SQLite write transaction holds its connection, lock and group");
+        };
+        members.appended_events |= self.appended_events;
+        members.writes += 1;
+        let db = self.db.clone();
+        if members.writes >= GROUP_MEMBERS || members.opened.elapsed() >= GROUP_AGE {
+            return commit_group(&db, writer, conn, members).await;
+        }
+        let (done, mut told) = oneshot::channel();
+        members.waiting.push(done);
+        writer.open = Some(Group { conn, members });
+        let lock = OwnedMutexGuard::mutex(&writer).clone();
+        drop(writer);
+        // A task of its own, so that the group is committed even if this
+        // caller stops waiting.
+        let commit = tokio::spawn(async move {
+            let turn = tokio::select! {
+                biased;
+                outcome = &mut told => return group_outcome(outcome.ok()),
+                writer = lock.lock_owned() => writer,
+            };
+            match told.try_recv() {
+                Ok(outcome) => group_outcome(Some(outcome)),
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    let mut writer = turn;
+                    let group = writer
+                        .open
+                        .take()
+                        .expect("a group not yet committed is open while its members wait");
+                    commit_group(&db, writer, group.conn, group.members).await
+                }
+                Err(oneshot::error::TryRecvError::Closed) => group_outcome(None),
+            }
+        });
+        commit.await.unwrap_or_else(|e| {
+            Err(sqlx::Error::Io(std::io::Error::other(format!(
+                "the group commit task failed: {e}"
+            ))))
+        })
     }
 }
 
@@ -1040,6 +1266,105 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    }
+
+    /// Writers queued behind another share its transaction and its one
+    /// COMMIT, each in a savepoint: one whose statement fails leaves the
+    /// others' writes in the group, and every write acknowledged is there
+    /// when the file is opened again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_sqlite_writers_commit_as_one_group() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = sqlite_url(&dir.path().join("group.db"));
+        let db = Db::connect(&url, 4).await.expect("open");
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            .execute(db.pool())
+            .await
+            .expect("create");
+        let stats = &db.inner.stats;
+        let commits_before = stats.group_commits.load(Ordering::Relaxed);
+
+        let mut first = db.write(Scope::AllAgencies).await.expect("begin");
+        sqlx::query("INSERT INTO t (id) VALUES (0)")
+            .execute(first.conn())
+            .await
+            .expect("insert 0");
+        // Three writers queue behind it; the second repeats id 0, which the
+        // first has written in the shared transaction.
+        let mut queued = tokio::task::JoinSet::new();
+        for id in [1, 0, 2] {
+            let db = db.clone();
+            queued.spawn(async move { (id, insert(db, id).await) });
+            while stats.writers_queued.load(Ordering::Relaxed) < queued.len() as i64 {
+                tokio::task::yield_now().await;
+            }
+        }
+        first.commit().await.expect("the first write commits");
+        let mut outcomes = Vec::new();
+        while let Some(joined) = queued.join_next().await {
+            let (id, outcome) = joined.expect("a writer");
+            outcomes.push((id, outcome.is_ok()));
+        }
+        outcomes.sort();
+        assert_eq!(outcomes, vec![(0, false), (1, true), (2, true)]);
+        assert_eq!(
+            stats.group_commits.load(Ordering::Relaxed) - commits_before,
+            1,
+            "the three writes that succeeded shared one COMMIT"
+        );
+        assert_eq!(stats.group_writes.load(Ordering::Relaxed), 3);
+        db.close().await;
+
+        let reopened = Db::connect(&url, 1).await.expect("reopen");
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM t ORDER BY id")
+            .fetch_all(reopened.pool())
+            .await
+            .expect("read back");
+        assert_eq!(ids, vec![0, 1, 2]);
+    }
+
+    /// A writer that stops waiting for its group's commit (its caller gave
+    /// up) does not leave the group open: it is committed all the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_commits_when_its_writers_stop_waiting() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = sqlite_url(&dir.path().join("abandoned.db"));
+        let db = Db::connect(&url, 2).await.expect("open");
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            .execute(db.pool())
+            .await
+            .expect("create");
+        let mut tx = db.write(Scope::AllAgencies).await.expect("begin");
+        sqlx::query("INSERT INTO t (id) VALUES (7)")
+            .execute(tx.conn())
+            .await
+            .expect("insert");
+        // The caller polls the commit once and drops it.
+        let commit = tx.commit();
+        tokio::pin!(commit);
+        let _ = futures_poll_once(commit.as_mut()).await;
+        drop(commit);
+        // Another process-less reader sees it once committed; the writer
+        // lock is free again.
+        let mut seen = 0;
+        while seen == 0 {
+            seen = count(&db).await.expect("count");
+            tokio::task::yield_now().await;
+        }
+        insert(db.clone(), 8).await.expect("a later write");
+        assert_eq!(count(&db).await.expect("count"), 2);
+    }
+
+    /// Polls a future once.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
+        let mut f = f;
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 
     /// A database that refuses writes is a storage fault on both backends

@@ -39,6 +39,11 @@ pub(crate) struct PoolStats {
     wait_time: Histogram,
     /// Callers who got none within the acquire timeout.
     timeouts: AtomicU64,
+    /// SQLite: writers waiting for the writer lock now.
+    pub(crate) writers_queued: AtomicI64,
+    /// SQLite: group transactions committed, and the writes they held.
+    pub(crate) group_commits: AtomicU64,
+    pub(crate) group_writes: AtomicU64,
 }
 
 impl Default for PoolStats {
@@ -47,6 +52,9 @@ impl Default for PoolStats {
             waiting: AtomicI64::new(0),
             wait_time: Histogram::new(WAIT_BUCKETS),
             timeouts: AtomicU64::new(0),
+            writers_queued: AtomicI64::new(0),
+            group_commits: AtomicU64::new(0),
+            group_writes: AtomicU64::new(0),
         }
     }
 }
@@ -64,6 +72,19 @@ impl PoolStats {
     pub(crate) fn waiting(&self) -> Waiting<'_> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         Waiting(&self.waiting)
+    }
+
+    /// Counts its caller as waiting for SQLite's writer lock until dropped.
+    pub(crate) fn queued_writer(&self) -> Waiting<'_> {
+        self.writers_queued.fetch_add(1, Ordering::Relaxed);
+        Waiting(&self.writers_queued)
+    }
+
+    /// Counts a group commit of `writes` writes.
+    pub(crate) fn group_committed(&self, writes: usize) {
+        self.group_commits.fetch_add(1, Ordering::Relaxed);
+        self.group_writes
+            .fetch_add(u64::try_from(writes).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     pub(crate) fn acquired(&self, waited: Duration, error: Option<&sqlx::Error>) {
@@ -97,8 +118,11 @@ fn live_pools() -> Vec<(String, Arc<Inner>)> {
 /// Writes the metrics of every named, open pool of this process:
 /// `db_client_connection_count{db_client_connection_pool_name, db_client_connection_state="used"|"idle"}`,
 /// `db_client_connection_max`, `db_client_connection_pending_requests`,
-/// `db_client_connection_wait_time_seconds` (histogram) and
-/// `db_client_connection_timeouts_total`.
+/// `db_client_connection_wait_time_seconds` (histogram),
+/// `db_client_connection_timeouts_total`, and for SQLite's group commit
+/// `touchstone_db_writers_queued`, `touchstone_db_group_commits_total` and
+/// `touchstone_db_group_commit_writes_total` (their quotient is the mean
+/// group size).
 pub fn encode_pools(encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
     let pools = live_pools();
     if pools.is_empty() {
@@ -155,6 +179,40 @@ pub fn encode_pools(encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt:
         let labels = [(POOL_NAME, name.as_str())];
         ConstCounter::new(inner.stats.timeouts.load(Ordering::Relaxed))
             .encode(timeouts.encode_family(&labels)?)?;
+    }
+    drop(timeouts);
+    let sqlite: Vec<(String, Arc<Inner>)> = pools
+        .iter()
+        .filter(|(_, inner)| inner.is_sqlite())
+        .cloned()
+        .collect();
+    if sqlite.is_empty() {
+        return Ok(());
+    }
+    gauges(
+        encoder,
+        &sqlite,
+        "touchstone_db_writers_queued",
+        "SQLite: writers waiting for the writer lock now",
+        |inner| inner.stats.writers_queued.load(Ordering::Relaxed).max(0),
+    )?;
+    for (name, help, value) in [
+        (
+            "touchstone_db_group_commits",
+            "SQLite: group transactions committed",
+            (|s: &PoolStats| s.group_commits.load(Ordering::Relaxed)) as fn(&PoolStats) -> u64,
+        ),
+        (
+            "touchstone_db_group_commit_writes",
+            "SQLite: write transactions committed in groups",
+            |s: &PoolStats| s.group_writes.load(Ordering::Relaxed),
+        ),
+    ] {
+        let mut counter = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (pool, inner) in &sqlite {
+            let labels = [(POOL_NAME, pool.as_str())];
+            ConstCounter::new(value(&inner.stats)).encode(counter.encode_family(&labels)?)?;
+        }
     }
     Ok(())
 }

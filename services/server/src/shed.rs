@@ -23,32 +23,40 @@ const REASON: &str = "CONCURRENCY_LIMIT_EXCEEDED";
 pub(crate) struct Shed<S> {
     permits: Arc<Semaphore>,
     limit: usize,
-    domain: Arc<str>,
+    /// The refusal's headers, encoded once per connection: refusing must
+    /// cost as little as possible when it is done the most.
+    refusal: Arc<http::HeaderMap>,
     inner: S,
 }
 
 impl<S> Shed<S> {
     pub(crate) fn new(inner: S, limit: usize, domain: Arc<str>) -> Self {
+        let details = ErrorDetails::with_error_info(
+            REASON,
+            &*domain,
+            HashMap::from([("limit".to_owned(), limit.to_string())]),
+        );
+        let refusal = Status::with_error_details(
+            Code::ResourceExhausted,
+            "too many concurrent requests on this connection; retry with backoff",
+            details,
+        )
+        .into_http::<Body>()
+        .into_parts()
+        .0
+        .headers;
         Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
-            domain,
+            refusal: Arc::new(refusal),
             inner,
         }
     }
 
     fn refusal(&self) -> Response<Body> {
-        let details = ErrorDetails::with_error_info(
-            REASON,
-            &*self.domain,
-            HashMap::from([("limit".to_owned(), self.limit.to_string())]),
-        );
-        Status::with_error_details(
-            Code::ResourceExhausted,
-            "too many concurrent requests on this connection; retry with backoff",
-            details,
-        )
-        .into_http()
+        let mut response = Response::new(Body::empty());
+        *response.headers_mut() = (*self.refusal).clone();
+        response
     }
 }
 
