@@ -439,7 +439,7 @@ impl Db {
         };
         let mut tx = Tx::new(conn, self.clone(), true);
         tx.writer = Some(writer);
-        tx.members = Some(Members::new());
+        tx.members = Some(Box::new(Members::new()));
         if let Err(e) = tx.start(Scope::AllAgencies).await {
             self.note_write(&Err(&e));
             return Err(e);
@@ -668,7 +668,7 @@ pub(crate) struct Writer {
 #[derive(Debug)]
 struct Group {
     conn: PoolConnection<Any>,
-    members: Members,
+    members: Box<Members>,
 }
 
 /// The writers waiting for a group's commit.
@@ -703,7 +703,7 @@ pub struct Tx {
     /// SQLite's in-process writer lock, for write transactions.
     writer: Option<OwnedMutexGuard<Writer>>,
     /// SQLite write transactions: the group this one belongs to.
-    members: Option<Members>,
+    members: Option<Box<Members>>,
     /// Whether this writer joined a group other writers are in, its work in
     /// savepoint `w` of their transaction.
     joined: bool,
@@ -762,7 +762,7 @@ impl Tx {
 /// What a transaction ending uncommitted hands on besides its connection.
 struct Ending {
     writer: Option<OwnedMutexGuard<Writer>>,
-    members: Option<Members>,
+    members: Option<Box<Members>>,
     joined: bool,
 }
 
@@ -809,7 +809,7 @@ async fn commit_group(
     db: &Db,
     writer: OwnedMutexGuard<Writer>,
     mut conn: PoolConnection<Any>,
-    members: Members,
+    members: Box<Members>,
 ) -> Result<(), sqlx::Error> {
     let committed = conn.execute(sqlx::raw_sql("COMMIT")).await.map(|_| ());
     db.note_write(&committed.as_ref().map(|_| ()));
@@ -1340,8 +1340,7 @@ mod tests {
             .await
             .expect("insert");
         // The caller polls the commit once and drops it.
-        let commit = tx.commit();
-        tokio::pin!(commit);
+        let mut commit = Box::pin(tx.commit());
         let _ = futures_poll_once(commit.as_mut()).await;
         drop(commit);
         // Another process-less reader sees it once committed; the writer

@@ -180,7 +180,6 @@ pub fn encode_pools(encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt:
         ConstCounter::new(inner.stats.timeouts.load(Ordering::Relaxed))
             .encode(timeouts.encode_family(&labels)?)?;
     }
-    drop(timeouts);
     let sqlite: Vec<(String, Arc<Inner>)> = pools
         .iter()
         .filter(|(_, inner)| inner.is_sqlite())
