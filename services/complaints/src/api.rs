@@ -2456,7 +2456,7 @@ impl ComplaintsService for Complaints {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
         let allowed = Action::Feed.roles();
-        let events = outbox::list_for(
+        let page = outbox::list_for(
             &self.db,
             &caller,
             allowed,
@@ -2465,7 +2465,10 @@ impl ComplaintsService for Complaints {
         )
         .await
         .map_err(Error::from)?;
-        Ok(Response::new(pb::ListEventsResponse { events }))
+        Ok(Response::new(pb::ListEventsResponse {
+            events: page.events,
+            remaining: page.remaining,
+        }))
     }
 
     type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'static>>;

@@ -13,7 +13,9 @@ use touchstone_api::complaints::v1 as pb;
 use touchstone_api::register::v1 as reg;
 use touchstone_api::register::v1::register_service_client::RegisterServiceClient;
 use touchstone_auth::ServiceToken;
-use touchstone_platform::consumer::{self, BoxFuture, ConsumeError, FeedSource, Handler};
+use touchstone_platform::consumer::{
+    self, BoxFuture, ConsumeError, EventPage, FeedSource, Handler,
+};
 use touchstone_platform::db::{Db, Scope, Tx};
 use touchstone_platform::idempotency;
 use touchstone_platform::{names, times};
@@ -160,7 +162,7 @@ pub fn spawn_verifier(db: Db, register: RegisterClient) -> tokio::task::JoinHand
 pub struct RegisterFeed(pub RegisterClient);
 
 impl FeedSource for RegisterFeed {
-    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<Vec<Event>, tonic::Status>> {
+    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<EventPage, tonic::Status>> {
         Box::pin(async move {
             let request = self
                 .0
@@ -173,7 +175,11 @@ impl FeedSource for RegisterFeed {
                 )
                 .ok_or_else(|| tonic::Status::unauthenticated("no service token"))?;
             let mut api = self.0.client();
-            Ok(api.list_events(request).await?.into_inner().events)
+            let page = api.list_events(request).await?.into_inner();
+            Ok(EventPage {
+                events: page.events,
+                remaining: page.remaining,
+            })
         })
     }
 }

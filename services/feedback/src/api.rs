@@ -1465,7 +1465,7 @@ impl FeedbackService for Feedback {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
         let allowed = Action::Feed.roles();
-        let events = outbox::list_for(
+        let page = outbox::list_for(
             &self.db,
             &caller,
             allowed,
@@ -1474,7 +1474,10 @@ impl FeedbackService for Feedback {
         )
         .await
         .map_err(Error::from)?;
-        Ok(tonic::Response::new(pb::ListEventsResponse { events }))
+        Ok(tonic::Response::new(pb::ListEventsResponse {
+            events: page.events,
+            remaining: page.remaining,
+        }))
     }
 
     type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'static>>;

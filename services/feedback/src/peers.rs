@@ -13,7 +13,9 @@ use touchstone_api::register::v1 as reg;
 use touchstone_api::register::v1::register_service_client::RegisterServiceClient;
 use touchstone_auth::ServiceToken;
 use touchstone_platform::audit::{self, Access};
-use touchstone_platform::consumer::{self, BoxFuture, ConsumeError, FeedSource, Handler};
+use touchstone_platform::consumer::{
+    self, BoxFuture, ConsumeError, EventPage, FeedSource, Handler,
+};
 use touchstone_platform::db::Tx;
 use touchstone_platform::{idempotency, names, times};
 use touchstone_server::PeerChannel;
@@ -115,7 +117,7 @@ impl Register {
 }
 
 impl FeedSource for Register {
-    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<Vec<Event>, tonic::Status>> {
+    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<EventPage, tonic::Status>> {
         Box::pin(async move {
             let req = self.request(
                 reg::ListEventsRequest {
@@ -124,13 +126,11 @@ impl FeedSource for Register {
                 },
                 None,
             )?;
-            Ok(self
-                .client
-                .clone()
-                .list_events(req)
-                .await?
-                .into_inner()
-                .events)
+            let page = self.client.clone().list_events(req).await?.into_inner();
+            Ok(EventPage {
+                events: page.events,
+                remaining: page.remaining,
+            })
         })
     }
 }

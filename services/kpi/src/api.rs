@@ -748,7 +748,7 @@ impl KpiService for Kpi {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
         let allowed = &[Role::Service, Role::AgencyAdmin];
-        let events = outbox::list_for(
+        let page = outbox::list_for(
             &self.db,
             &caller,
             allowed,
@@ -757,7 +757,10 @@ impl KpiService for Kpi {
         )
         .await
         .map_err(Error::from)?;
-        Ok(Response::new(pb::ListEventsResponse { events }))
+        Ok(Response::new(pb::ListEventsResponse {
+            events: page.events,
+            remaining: page.remaining,
+        }))
     }
 
     type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'static>>;

@@ -16,7 +16,9 @@ use touchstone_api::complaints::v1::complaints_service_client::ComplaintsService
 use touchstone_api::feedback::v1 as fpb;
 use touchstone_api::feedback::v1::feedback_service_client::FeedbackServiceClient;
 use touchstone_auth::ServiceToken;
-use touchstone_platform::consumer::{self, BoxFuture, ConsumeError, FeedSource, Handler, Skipped};
+use touchstone_platform::consumer::{
+    self, BoxFuture, ConsumeError, EventPage, FeedSource, Handler, Skipped,
+};
 use touchstone_platform::db::{Db, Scope, Tx};
 
 /// The complaints feed's name in `feed_cursors`.
@@ -47,7 +49,7 @@ pub struct ComplaintsFeed {
 }
 
 impl FeedSource for ComplaintsFeed {
-    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<Vec<Event>, tonic::Status>> {
+    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<EventPage, tonic::Status>> {
         Box::pin(async move {
             let r = request(
                 &self.token,
@@ -57,7 +59,11 @@ impl FeedSource for ComplaintsFeed {
                 },
             )?;
             let mut api = ComplaintsServiceClient::new(self.channel.clone());
-            Ok(api.list_events(r).await?.into_inner().events)
+            let page = api.list_events(r).await?.into_inner();
+            Ok(EventPage {
+                events: page.events,
+                remaining: page.remaining,
+            })
         })
     }
 }
@@ -72,7 +78,7 @@ pub struct FeedbackFeed {
 }
 
 impl FeedSource for FeedbackFeed {
-    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<Vec<Event>, tonic::Status>> {
+    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<EventPage, tonic::Status>> {
         Box::pin(async move {
             let r = request(
                 &self.token,
@@ -82,7 +88,11 @@ impl FeedSource for FeedbackFeed {
                 },
             )?;
             let mut api = FeedbackServiceClient::new(self.channel.clone());
-            Ok(api.list_events(r).await?.into_inner().events)
+            let page = api.list_events(r).await?.into_inner();
+            Ok(EventPage {
+                events: page.events,
+                remaining: page.remaining,
+            })
         })
     }
 }
@@ -99,18 +109,18 @@ where
     S: std::ops::Deref + Send + Sync,
     S::Target: FeedSource,
 {
-    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<Vec<Event>, tonic::Status>> {
+    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<EventPage, tonic::Status>> {
         Box::pin(async move {
             let mut last = after;
-            let mut events = self.0.list(after, limit).await?;
-            events.retain(|e| {
+            let mut page = self.0.list(after, limit).await?;
+            page.events.retain(|e| {
                 let fresh = e.sequence > last;
                 if fresh {
                     last = e.sequence;
                 }
                 fresh
             });
-            Ok(events)
+            Ok(page)
         })
     }
 }

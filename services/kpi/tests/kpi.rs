@@ -35,7 +35,9 @@ use touchstone_api::register::v1 as reg;
 use touchstone_auth::{AuthConfig, DevKey, Role, TokenRequest, Verifier};
 use touchstone_crypto::MasterKey;
 use touchstone_kpi::feeds::{self, ComplaintsHandler, FeedbackHandler};
-use touchstone_platform::consumer::{self, BoxFuture, ConsumeError, FeedSource, Handler};
+use touchstone_platform::consumer::{
+    self, BoxFuture, ConsumeError, EventPage, FeedSource, Handler,
+};
 use touchstone_platform::db::{Db, Scope, Tx};
 use touchstone_platform::testing::{self, TestDb};
 
@@ -185,7 +187,7 @@ struct VecFeed {
 }
 
 impl FeedSource for VecFeed {
-    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<Vec<Event>, tonic::Status>> {
+    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<EventPage, tonic::Status>> {
         let page: Vec<Event> = self
             .events
             .iter()
@@ -197,7 +199,7 @@ impl FeedSource for VecFeed {
             })
             .cloned()
             .collect();
-        Box::pin(async move { Ok(page) })
+        Box::pin(async move { Ok(page.into()) })
     }
 }
 
@@ -206,7 +208,7 @@ impl FeedSource for VecFeed {
 struct StutteringFeed(VecFeed);
 
 impl FeedSource for StutteringFeed {
-    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<Vec<Event>, tonic::Status>> {
+    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<EventPage, tonic::Status>> {
         let from = (after - 3).max(0);
         let page: Vec<Event> = self
             .0
@@ -217,7 +219,7 @@ impl FeedSource for StutteringFeed {
             .flat_map(|e| [e.clone(), e.clone()])
             .collect();
         let _ = limit;
-        Box::pin(async move { Ok(page) })
+        Box::pin(async move { Ok(page.into()) })
     }
 }
 

@@ -8,6 +8,7 @@
 //! second one's compare-and-set finds the cursor moved and rolls back.
 
 use crate::db::{Db, Scope, Tx};
+pub use crate::outbox::EventPage;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,8 +28,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Where the events come from: usually the producing service's `ListEvents`
 /// over gRPC, called with the consumer's service token.
 pub trait FeedSource: Send + Sync {
-    /// Up to `limit` events after `after`, in sequence order.
-    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<Vec<Event>, tonic::Status>>;
+    /// Up to `limit` events after `after`, in sequence order, and how many
+    /// follow them at the producer (0 if it does not say).
+    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<EventPage, tonic::Status>>;
 }
 
 /// What the consumer does with each event.
@@ -160,8 +162,9 @@ pub async fn step(
             cursor(db, feed).await?
         }
     };
-    let events = source.list(at, PAGE).await.map_err(ConsumeError::Source)?;
-    lag.read(&events);
+    let EventPage { events, remaining } =
+        source.list(at, PAGE).await.map_err(ConsumeError::Source)?;
+    lag.read(&events, remaining);
     let total = events.len();
     let mut rest = events.as_slice();
     while let Some(first) = rest.first() {

@@ -25,7 +25,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Executor};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot, watch};
 
 /// The database product behind a `Db`.
@@ -648,11 +648,10 @@ impl Faults {
 }
 
 /// Most writers that share one SQLite transaction: the last one commits it
-/// without waiting for more.
+/// without waiting for more. (No timer is needed: the writer lock is FIFO,
+/// so a group holds at most the writers queued when its first member
+/// finished, and its commit comes right after them.)
 const GROUP_MEMBERS: usize = 256;
-/// How long a group may stay open for more writers once its first has
-/// released its savepoint: a writer that finds it older commits it.
-const GROUP_AGE: Duration = Duration::from_millis(20);
 
 /// SQLite's writer lock, and what it guards between writers: the group
 /// transaction waiting for its commit, if any.
@@ -679,7 +678,6 @@ struct Members {
     waiting: Vec<oneshot::Sender<Result<(), String>>>,
     /// Writes that released their savepoint into the group.
     writes: usize,
-    opened: Instant,
     appended_events: bool,
 }
 
@@ -688,7 +686,6 @@ impl Members {
         Members {
             waiting: Vec::new(),
             writes: 0,
-            opened: Instant::now(),
             appended_events: false,
         }
     }
@@ -957,7 +954,7 @@ impl Tx {
         members.appended_events |= self.appended_events;
         members.writes += 1;
         let db = self.db.clone();
-        if members.writes >= GROUP_MEMBERS || members.opened.elapsed() >= GROUP_AGE {
+        if members.writes >= GROUP_MEMBERS {
             return commit_group(&db, writer, conn, members).await;
         }
         let (done, mut told) = oneshot::channel();

@@ -278,12 +278,15 @@ fn occurred_ms(event: &Event) -> i64 {
 }
 
 impl FeedLag {
-    /// The producer answered a read with `events`, none applied yet.
-    pub(crate) fn read(&self, events: &[Event]) {
+    /// The producer answered a read with `events`, none applied yet, and
+    /// said `remaining` more follow them.
+    pub(crate) fn read(&self, events: &[Event], remaining: i64) {
         self.last_read_ms
             .store(crate::times::now_millis(), Ordering::Relaxed);
         self.pending.store(
-            i64::try_from(events.len()).unwrap_or(i64::MAX),
+            i64::try_from(events.len())
+                .unwrap_or(i64::MAX)
+                .saturating_add(remaining.max(0)),
             Ordering::Relaxed,
         );
         self.oldest_ms.store(
@@ -310,8 +313,9 @@ impl FeedLag {
 
 /// Writes every change-feed consumer's lag, labelled `consumer` (the
 /// consuming database's name) and `feed` (the producer):
-/// `touchstone_feed_consumer_lag_events` (read and not yet applied; at most
-/// a page, 1000), `touchstone_feed_consumer_lag_seconds` (age of the oldest
+/// `touchstone_feed_consumer_lag_events` (events at the producer not yet
+/// applied: those read and not applied plus those the producer said follow
+/// them at the last read, counted up to 100,000 past the page), `touchstone_feed_consumer_lag_seconds` (age of the oldest
 /// of those; 0 when none), `touchstone_feed_consumer_last_read_timestamp_seconds`
 /// and `touchstone_feed_consumer_failures_total`.
 pub fn encode_feeds(encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
@@ -372,7 +376,7 @@ pub fn encode_feeds(encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt:
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::consumer::{self, BoxFuture, ConsumeError, FeedSource, Handler};
+    use crate::consumer::{self, BoxFuture, ConsumeError, EventPage, FeedSource, Handler};
     use crate::db::{PLATFORM_MIGRATIONS, Scope, Tx};
     use prometheus_client::collector::Collector;
     use prometheus_client::registry::Registry;
@@ -457,17 +461,23 @@ mod tests {
         tx.commit().await.unwrap();
     }
 
-    struct VecFeed(Vec<Event>);
+    /// A feed that answers pages of at most `.1` events and says how many
+    /// follow.
+    struct VecFeed(Vec<Event>, usize);
 
     impl FeedSource for VecFeed {
-        fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<Vec<Event>, tonic::Status>> {
-            let page = self
+        fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<EventPage, tonic::Status>> {
+            let later: Vec<Event> = self
                 .0
                 .iter()
                 .filter(|e| e.sequence > after)
-                .take(limit as usize)
                 .cloned()
                 .collect();
+            let size = self.1.min(limit as usize).min(later.len());
+            let page = EventPage {
+                remaining: (later.len() - size) as i64,
+                events: later[..size].to_vec(),
+            };
             Box::pin(async move { Ok(page) })
         }
     }
@@ -497,7 +507,7 @@ mod tests {
         let test = crate::testing::fresh(&[&PLATFORM_MIGRATIONS]).await;
         test.db.set_name("metrics-lag-test");
         let hour_ago = crate::times::now_millis() / 1000 - 3600;
-        let events = [(1, "a"), (2, "a"), (3, "b")]
+        let events = [(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "b")]
             .into_iter()
             .map(|(sequence, agency)| Event {
                 sequence,
@@ -509,19 +519,21 @@ mod tests {
                 ..Event::default()
             })
             .collect();
-        let source = VecFeed(events);
+        // Pages of three: 1a 2a 3b, and two more follow.
+        let source = VecFeed(events, 3);
         let handler = FailOnB(AtomicBool::new(true));
         let series =
             |name: &str| format!(r#"{name}{{consumer="metrics-lag-test",feed="lag-test-feed"}}"#);
 
-        // Agency a's run commits; b's fails and stays pending.
+        // Agency a's run commits; b's fails and stays pending, and the two
+        // events after the page are behind too.
         consumer::step(&test.db, "lag-test-feed", &source, &handler)
             .await
             .unwrap_err();
         let text = scrape();
         assert_eq!(
             value(&text, &series("touchstone_feed_consumer_lag_events")),
-            Some(1.0),
+            Some(3.0),
             "{text}"
         );
         let behind = value(&text, &series("touchstone_feed_consumer_lag_seconds")).unwrap();
@@ -543,7 +555,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             consumer::cursor(&test.db, "lag-test-feed").await.unwrap(),
-            3
+            5
         );
         let text = scrape();
         assert_eq!(

@@ -135,14 +135,38 @@ pub async fn list_for(
     roles: &[touchstone_auth::Role],
     after_sequence: i64,
     page_size: i32,
-) -> Result<Vec<Event>, FeedError> {
+) -> Result<EventPage, FeedError> {
     let feed = feed_scope(caller, roles).map_err(FeedError::Denied)?;
     check_after(after_sequence)?;
     let size = touchstone_list::page_size(page_size).map_err(|e| {
         FeedError::Invalid(crate::error::FieldViolation::new(e.field, e.description))
     })?;
-    Ok(list(db, &feed, after_sequence, size as i64).await?)
+    Ok(list_page(db, &feed, after_sequence, size as i64).await?)
 }
+
+/// A page of a feed and how many readable events follow it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventPage {
+    /// The events, in feed order.
+    pub events: Vec<Event>,
+    /// Readable events after the last of `events`, counted up to
+    /// [`REMAINING_COUNTED`]; 0 when the page reached the end.
+    pub remaining: i64,
+}
+
+impl From<Vec<Event>> for EventPage {
+    /// A page whose source does not say what follows it.
+    fn from(events: Vec<Event>) -> EventPage {
+        EventPage {
+            events,
+            remaining: 0,
+        }
+    }
+}
+
+/// Most events counted after a page: a backlog past this is reported as
+/// this many, so that a far-behind reader does not pay for counting it all.
+pub const REMAINING_COUNTED: i64 = 100_000;
 
 /// Every service's `WatchEvents`: the feed `caller` may read, replayed from
 /// `after_sequence` and then followed.
@@ -185,23 +209,133 @@ pub async fn list(
     };
     let rows = match tx.backend() {
         Backend::Sqlite => list_sqlite(&mut tx, agency, after_sequence, limit).await?,
-        Backend::Postgres => list_postgres(&mut tx, agency, after_sequence, limit).await?,
+        Backend::Postgres => {
+            list_postgres(&mut tx, agency, after_sequence, limit)
+                .await?
+                .0
+        }
     };
     tx.commit().await?;
-    Ok(rows
-        .into_iter()
-        .map(|(sequence, agency, ty, name, occurred, payload)| Event {
-            sequence,
-            agency,
-            name,
-            occurred_time: Some(crate::times::timestamp(occurred)),
-            payload: Some(prost_types::Any {
-                type_url: format!("type.googleapis.com/{ty}"),
-                value: payload,
-            }),
-            r#type: ty,
-        })
-        .collect())
+    Ok(rows.into_iter().map(event_of).collect())
+}
+
+/// [`list`], and how many readable events follow the page: counted only
+/// when the page is full, in the same read transaction, up to
+/// [`REMAINING_COUNTED`].
+pub async fn list_page(
+    db: &Db,
+    feed: &FeedScope,
+    after_sequence: i64,
+    limit: i64,
+) -> Result<EventPage, sqlx::Error> {
+    let mut tx = db.read(feed.scope()).await?;
+    let agency = match feed {
+        FeedScope::Agency(a) => Some(a.as_str()),
+        FeedScope::All => None,
+    };
+    let (rows, remaining) = match tx.backend() {
+        Backend::Sqlite => {
+            let rows = list_sqlite(&mut tx, agency, after_sequence, limit).await?;
+            let remaining = match rows.last() {
+                Some(last) if rows.len() as i64 >= limit => {
+                    remaining_sqlite(&mut tx, agency, last.0).await?
+                }
+                _ => 0,
+            };
+            (rows, remaining)
+        }
+        Backend::Postgres => {
+            let (rows, horizon) = list_postgres(&mut tx, agency, after_sequence, limit).await?;
+            let remaining = match rows.last() {
+                Some(last) if rows.len() as i64 >= limit => {
+                    remaining_postgres(&mut tx, agency, last.0, horizon).await?
+                }
+                _ => 0,
+            };
+            (rows, remaining)
+        }
+    };
+    tx.commit().await?;
+    Ok(EventPage {
+        events: rows.into_iter().map(event_of).collect(),
+        remaining,
+    })
+}
+
+fn event_of((sequence, agency, ty, name, occurred, payload): EventRow) -> Event {
+    Event {
+        sequence,
+        agency,
+        name,
+        occurred_time: Some(crate::times::timestamp(occurred)),
+        payload: Some(prost_types::Any {
+            type_url: format!("type.googleapis.com/{ty}"),
+            value: payload,
+        }),
+        r#type: ty,
+    }
+}
+
+async fn remaining_sqlite(
+    tx: &mut Tx,
+    agency: Option<&str>,
+    after: i64,
+) -> Result<i64, sqlx::Error> {
+    let later = "SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE";
+    match agency {
+        Some(a) => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "{later} agency = $1 AND sequence > $2 LIMIT $3) AS later"
+            )))
+            .bind(a)
+            .bind(after)
+            .bind(REMAINING_COUNTED)
+            .fetch_one(tx.conn())
+            .await
+        }
+        None => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "{later} sequence > $1 LIMIT $2) AS later"
+            )))
+            .bind(after)
+            .bind(REMAINING_COUNTED)
+            .fetch_one(tx.conn())
+            .await
+        }
+    }
+}
+
+async fn remaining_postgres(
+    tx: &mut Tx,
+    agency: Option<&str>,
+    after: i64,
+    horizon: i64,
+) -> Result<i64, sqlx::Error> {
+    // After the page's last event in feed order (xid, sequence), below the
+    // horizon, as the page itself was read.
+    let later = "SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE (xid, sequence) > \
+                 ((SELECT xid FROM events WHERE sequence = $1), $1) AND xid < $2";
+    match agency {
+        Some(a) => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "{later} AND agency = $3 LIMIT $4) AS later"
+            )))
+            .bind(after)
+            .bind(horizon)
+            .bind(a)
+            .bind(REMAINING_COUNTED)
+            .fetch_one(tx.conn())
+            .await
+        }
+        None => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("{later} LIMIT $3) AS later")))
+                .bind(after)
+                .bind(horizon)
+                .bind(REMAINING_COUNTED)
+                .fetch_one(tx.conn())
+                .await
+        }
+    }
 }
 
 async fn list_sqlite(
@@ -257,7 +391,7 @@ async fn list_postgres(
     agency: Option<&str>,
     after: i64,
     limit: i64,
-) -> Result<Vec<EventRow>, sqlx::Error> {
+) -> Result<(Vec<EventRow>, i64), sqlx::Error> {
     // Where to resume: the xid of the event the consumer saw last (or, for a
     // position that names no event, of the nearest one before it).
     let after_xid: i64 = sqlx::query_scalar(
@@ -277,7 +411,7 @@ async fn list_postgres(
         Ordering::Relaxed,
     );
     const COLUMNS: &str = "SELECT sequence, agency, type, name, occurred_time, payload FROM events";
-    match agency {
+    let rows = match agency {
         Some(a) => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "{COLUMNS} WHERE agency = $1 AND (xid, sequence) > ($2, $3) AND xid < $4 \
@@ -289,7 +423,7 @@ async fn list_postgres(
             .bind(horizon)
             .bind(limit)
             .fetch_all(tx.conn())
-            .await
+            .await?
         }
         None => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -301,9 +435,10 @@ async fn list_postgres(
             .bind(horizon)
             .bind(limit)
             .fetch_all(tx.conn())
-            .await
+            .await?
         }
-    }
+    };
+    Ok((rows, horizon))
 }
 
 struct WatchState {
@@ -372,6 +507,38 @@ mod tests {
         <prost_types::Timestamp as prost::Message>::decode(any.value.as_slice())
             .unwrap()
             .seconds
+    }
+
+    /// A full page says how many readable events follow it (what a
+    /// consumer reports as its lag); a page that reaches the end says none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_page_says_how_many_events_follow() {
+        let t = crate::testing::fresh(&[&PLATFORM_MIGRATIONS]).await;
+        for id in 0..10 {
+            let agency = if id % 3 == 0 { "b" } else { "a" };
+            let mut tx = t.db.write(Scope::Agency(agency)).await.unwrap();
+            let event = Pending::new(&prost_types::Timestamp {
+                seconds: id,
+                nanos: 0,
+            });
+            append_pending(&mut tx, agency, "agencies/x", &event)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+        let all = FeedScope::All;
+        let page = list_page(&t.db, &all, 0, 4).await.unwrap();
+        assert_eq!((page.events.len(), page.remaining), (4, 6));
+        let last = page.events.last().unwrap().sequence;
+        let rest = list_page(&t.db, &all, last, 6).await.unwrap();
+        assert_eq!((rest.events.len(), rest.remaining), (6, 0));
+        let more = list_page(&t.db, &all, last, 100).await.unwrap();
+        assert_eq!((more.events.len(), more.remaining), (6, 0));
+        // Agency a has 6 of the 10 (ids 1 2 4 5 7 8).
+        let a = FeedScope::Agency("a".into());
+        let page = list_page(&t.db, &a, 0, 4).await.unwrap();
+        assert_eq!((page.events.len(), page.remaining), (4, 2));
+        assert!(page.events.iter().all(|e| e.agency == "a"));
     }
 
     /// Many writers commit (or roll back) in random order with random delays

@@ -999,7 +999,7 @@ impl RegisterService for Register {
         let caller = Caller::from_request(&request)?;
         let req = request.into_inner();
         let allowed = Action::Feed.roles();
-        let events = outbox::list_for(
+        let page = outbox::list_for(
             &self.db,
             &caller,
             allowed,
@@ -1008,7 +1008,10 @@ impl RegisterService for Register {
         )
         .await
         .map_err(Error::from)?;
-        Ok(Response::new(pb::ListEventsResponse { events }))
+        Ok(Response::new(pb::ListEventsResponse {
+            events: page.events,
+            remaining: page.remaining,
+        }))
     }
 
     type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'static>>;

@@ -25,7 +25,7 @@ use touchstone_auth::{DevKey, Role, TokenRequest};
 use touchstone_crypto::MasterKey;
 use touchstone_kpi::feeds;
 use touchstone_platform::config::Settings;
-use touchstone_platform::consumer::{BoxFuture, FeedSource};
+use touchstone_platform::consumer::{BoxFuture, EventPage, FeedSource};
 use touchstone_platform::db::{Backend, Db};
 
 const AGENCY: &str = "bench";
@@ -103,7 +103,7 @@ struct Feed {
 }
 
 impl FeedSource for Feed {
-    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<Vec<Event>, tonic::Status>> {
+    fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<EventPage, tonic::Status>> {
         let from = after.max(0) as u64;
         let to = (from + limit.max(1) as u64).min(self.n);
         let events = (from..to)
@@ -138,7 +138,11 @@ impl FeedSource for Feed {
                 }
             })
             .collect();
-        Box::pin(async move { Ok(events) })
+        let page = EventPage {
+            events,
+            remaining: (self.n - to) as i64,
+        };
+        Box::pin(async move { Ok(page) })
     }
 }
 
