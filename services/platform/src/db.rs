@@ -817,13 +817,16 @@ async fn commit_group(
         Ok(()) => drop(conn),
         Err(_) => discard(conn).await,
     }
-    drop(writer);
-    if committed.is_ok() && members.appended_events {
-        db.notify_events();
-    }
+    // Members are told before the lock is released: a member whose turn at
+    // the lock comes next must find its answer, not an empty `open` (or the
+    // next group, which is not its to commit).
     let told = committed.as_ref().map(|_| ()).map_err(|e| e.to_string());
     for member in members.waiting {
         let _ = member.send(told.clone());
+    }
+    drop(writer);
+    if committed.is_ok() && members.appended_events {
+        db.notify_events();
     }
     committed
 }
@@ -973,12 +976,16 @@ impl Tx {
             match told.try_recv() {
                 Ok(outcome) => group_outcome(Some(outcome)),
                 Err(oneshot::error::TryRecvError::Empty) => {
+                    // Not answered yet, so the group is open, waiting: its
+                    // members are answered before the lock is released.
                     let mut writer = turn;
-                    let group = writer
-                        .open
-                        .take()
-                        .expect("a group not yet committed is open while its members wait");
-                    commit_group(&db, writer, group.conn, group.members).await
+                    match writer.open.take() {
+                        Some(group) => commit_group(&db, writer, group.conn, group.members).await,
+                        None => {
+                            drop(writer);
+                            group_outcome(told.await.ok())
+                        }
+                    }
                 }
                 Err(oneshot::error::TryRecvError::Closed) => group_outcome(None),
             }
@@ -1318,6 +1325,36 @@ mod tests {
             .await
             .expect("read back");
         assert_eq!(ids, vec![0, 1, 2]);
+    }
+
+    /// Many writers at once, round after round: every one is answered and
+    /// every write is there. (Members were once answered after the lock was
+    /// released, and a member whose turn came first found no group.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_concurrent_sqlite_writers_are_all_answered() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = sqlite_url(&dir.path().join("many.db"));
+        let db = Db::connect(&url, 4).await.expect("open");
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            .execute(db.pool())
+            .await
+            .expect("create");
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..64 {
+            let db = db.clone();
+            writers.spawn(async move {
+                for i in 0..50 {
+                    insert(db.clone(), w * 100 + i).await?;
+                }
+                Ok::<_, sqlx::Error>(())
+            });
+        }
+        while let Some(joined) = writers.join_next().await {
+            joined.expect("a writer").expect("every write commits");
+        }
+        assert_eq!(count(&db).await.expect("count"), 64 * 50);
+        let stats = &db.inner.stats;
+        assert_eq!(stats.group_writes.load(Ordering::Relaxed), 64 * 50);
     }
 
     /// A writer that stops waiting for its group's commit (its caller gave
