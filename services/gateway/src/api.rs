@@ -1122,67 +1122,41 @@ impl Gateway {
         Ok(out)
     }
 
+    /// The dashboard's figures from the KPI service in one BatchGetFigures
+    /// call: the charter reports of the period and the one before, three
+    /// feedback indicators, and the equity report per dimension. Each part
+    /// keeps its own outcome, so one withheld or failed part leaves the rest.
     async fn kpi_part(&self, ctx: &CallContext, agency: &str, period: Period) -> KpiPart {
         let name = format!("agencies/{agency}");
         let (start, end) = period.bounds();
-        let charter = |p: Period| {
-            let (s, _) = p.bounds();
-            let req = kpi::GetCharterReportRequest {
-                agency: name.clone(),
-                period: p.granularity() as i32,
-                date: Some(domain::wire_date(s)),
-            };
-            let mut client = self.backends.kpi();
-            async move { ctx.run(client.get_charter_report(ctx.request(req))).await }
+        let charter = |p: Period| kpi::GetCharterReportRequest {
+            agency: name.clone(),
+            period: p.granularity() as i32,
+            date: Some(domain::wire_date(p.bounds().0)),
         };
-        let query = |indicator: &str| {
-            let req = kpi::QueryIndicatorRequest {
-                agency: name.clone(),
-                indicator: indicator.to_string(),
-                start_date: Some(domain::wire_date(start)),
-                end_date: Some(domain::wire_date(end)),
-                ..Default::default()
-            };
-            let mut client = self.backends.kpi();
-            async move {
-                let r = ctx.run(client.query_indicator(ctx.request(req))).await?;
-                Ok::<_, Status>(
-                    r.series
-                        .into_iter()
-                        .next()
-                        .and_then(|s| s.points.into_iter().next())
-                        .and_then(|p| p.value),
-                )
-            }
+        let query = |indicator: &str| kpi::QueryIndicatorRequest {
+            agency: name.clone(),
+            indicator: indicator.to_string(),
+            start_date: Some(domain::wire_date(start)),
+            end_date: Some(domain::wire_date(end)),
+            ..Default::default()
         };
-        let equity = EQUITY_DIMENSIONS.iter().map(|&d| {
-            let req = kpi::GetEquityReportRequest {
-                agency: name.clone(),
-                indicator: SATISFACTION.into(),
-                start_date: Some(domain::wire_date(start)),
-                end_date: Some(domain::wire_date(end)),
-                dimension: d as i32,
-                scope: None,
-            };
-            let mut client = self.backends.kpi();
-            async move { (d, ctx.run(client.get_equity_report(ctx.request(req))).await) }
-        });
-        let (now, before, rate, satisfaction, nps, equity) = futures::join!(
-            charter(period),
-            charter(period.previous()),
-            query("response_rate"),
-            query(SATISFACTION),
-            query("nps"),
-            futures::future::join_all(equity),
-        );
-        KpiPart {
-            now,
-            before,
-            rate,
-            satisfaction,
-            nps,
-            equity,
-        }
+        let equity = |d: kpi::Dimension| kpi::GetEquityReportRequest {
+            agency: name.clone(),
+            indicator: SATISFACTION.into(),
+            start_date: Some(domain::wire_date(start)),
+            end_date: Some(domain::wire_date(end)),
+            dimension: d as i32,
+            scope: None,
+        };
+        let req = kpi::BatchGetFiguresRequest {
+            queries: vec![query("response_rate"), query(SATISFACTION), query("nps")],
+            charter_reports: vec![charter(period), charter(period.previous())],
+            equity_reports: EQUITY_DIMENSIONS.iter().map(|&d| equity(d)).collect(),
+        };
+        let mut client = self.backends.kpi();
+        let answer = ctx.run(client.batch_get_figures(ctx.request(req))).await;
+        KpiPart::from_batch(answer)
     }
 
     async fn open_complaints(
@@ -1687,7 +1661,78 @@ struct KpiPart {
     equity: Vec<(kpi::Dimension, Result<kpi::EquityReport, Status>)>,
 }
 
+/// A part's error as the status its own method would have returned.
+fn part_status(e: kpi::PartError) -> Status {
+    Status::new(tonic::Code::from(e.code), e.message)
+}
+
 impl KpiPart {
+    /// The parts of a BatchGetFigures answer (or its failure, for every
+    /// part), in the order `kpi_part` asked for them.
+    fn from_batch(answer: Result<kpi::BatchGetFiguresResponse, Status>) -> KpiPart {
+        use kpi::charter_report_result::Result as C;
+        use kpi::equity_report_result::Result as E;
+        use kpi::query_indicator_result::Result as Q;
+        let missing = || Status::internal("the KPI service answered fewer parts than asked");
+        let (queries, charters, equity) = match answer {
+            Ok(r) => (
+                r.queries
+                    .into_iter()
+                    .map(|q| match q.result {
+                        Some(Q::Response(r)) => Ok(r
+                            .series
+                            .into_iter()
+                            .next()
+                            .and_then(|s| s.points.into_iter().next())
+                            .and_then(|p| p.value)),
+                        Some(Q::Error(e)) => Err(part_status(e)),
+                        None => Err(missing()),
+                    })
+                    .collect::<Vec<_>>(),
+                r.charter_reports
+                    .into_iter()
+                    .map(|c| match c.result {
+                        Some(C::Report(r)) => Ok(r),
+                        Some(C::Error(e)) => Err(part_status(e)),
+                        None => Err(missing()),
+                    })
+                    .collect::<Vec<_>>(),
+                r.equity_reports
+                    .into_iter()
+                    .map(|e| match e.result {
+                        Some(E::Report(r)) => Ok(r),
+                        Some(E::Error(e)) => Err(part_status(e)),
+                        None => Err(missing()),
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            Err(status) => (
+                vec![Err(status.clone()); 3],
+                vec![Err(status.clone()); 2],
+                vec![Err(status); EQUITY_DIMENSIONS.len()],
+            ),
+        };
+        let mut queries = queries.into_iter();
+        let mut charters = charters.into_iter();
+        let mut equity = equity.into_iter();
+        let mut next_query = || queries.next().unwrap_or_else(|| Err(missing()));
+        let (rate, satisfaction, nps) = (next_query(), next_query(), next_query());
+        let mut next_charter = || charters.next().unwrap_or_else(|| Err(missing()));
+        let (now, before) = (next_charter(), next_charter());
+        let equity = EQUITY_DIMENSIONS
+            .iter()
+            .map(|&d| (d, equity.next().unwrap_or_else(|| Err(missing()))))
+            .collect();
+        KpiPart {
+            now,
+            before,
+            rate,
+            satisfaction,
+            nps,
+            equity,
+        }
+    }
+
     fn fill(
         self,
         out: &mut pb::Dashboard,

@@ -266,6 +266,74 @@ impl KpiService for FakeKpi {
         }))
     }
 
+    async fn batch_get_figures(
+        &self,
+        r: Request<kpi::BatchGetFiguresRequest>,
+    ) -> Result<Response<kpi::BatchGetFiguresResponse>, Status> {
+        // Each part as the fake's own method answers it, all at once.
+        fn part<M, T>(from: &Request<T>, m: M) -> Request<M> {
+            let mut p = Request::new(m);
+            *p.metadata_mut() = from.metadata().clone();
+            *p.extensions_mut() = from.extensions().clone();
+            p
+        }
+        let error = |s: Status| kpi::PartError {
+            code: s.code() as i32,
+            message: s.message().to_string(),
+        };
+        let mut from = Request::new(());
+        *from.metadata_mut() = r.metadata().clone();
+        *from.extensions_mut() = r.extensions().clone();
+        let req = r.into_inner();
+        let from = &from;
+        let (queries, charters, equity) = futures::join!(
+            futures::future::join_all(
+                req.queries
+                    .into_iter()
+                    .map(|q| self.query_indicator(part(from, q)))
+            ),
+            futures::future::join_all(
+                req.charter_reports
+                    .into_iter()
+                    .map(|c| self.get_charter_report(part(from, c)))
+            ),
+            futures::future::join_all(
+                req.equity_reports
+                    .into_iter()
+                    .map(|e| self.get_equity_report(part(from, e)))
+            ),
+        );
+        use kpi::charter_report_result::Result as C;
+        use kpi::equity_report_result::Result as E;
+        use kpi::query_indicator_result::Result as Q;
+        Ok(Response::new(kpi::BatchGetFiguresResponse {
+            queries: queries
+                .into_iter()
+                .map(|r| kpi::QueryIndicatorResult {
+                    result: Some(
+                        r.map_or_else(|s| Q::Error(error(s)), |r| Q::Response(r.into_inner())),
+                    ),
+                })
+                .collect(),
+            charter_reports: charters
+                .into_iter()
+                .map(|r| kpi::CharterReportResult {
+                    result: Some(
+                        r.map_or_else(|s| C::Error(error(s)), |r| C::Report(r.into_inner())),
+                    ),
+                })
+                .collect(),
+            equity_reports: equity
+                .into_iter()
+                .map(|r| kpi::EquityReportResult {
+                    result: Some(
+                        r.map_or_else(|s| E::Error(error(s)), |r| E::Report(r.into_inner())),
+                    ),
+                })
+                .collect(),
+        }))
+    }
+
     async fn create_standard(
         &self,
         _: Request<kpi::CreateStandardRequest>,

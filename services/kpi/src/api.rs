@@ -62,6 +62,9 @@ const READERS: &[Role] = &[
     Role::Service,
 ];
 
+/// Most parts of one BatchGetFigures call.
+const BATCH_PARTS: usize = 50;
+
 fn parse_agency<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
     Ok(names::parse_field(field, "agencies/{}", value)?[0])
 }
@@ -272,6 +275,105 @@ fn apply_standard(row: &mut StandardRow, s: &pb::Standard, paths: &[String]) -> 
 }
 
 impl Kpi {
+    /// BatchGetFigures: the parts checked to name one agency the caller may
+    /// read, then answered concurrently, each as its own method would.
+    async fn batch(
+        &self,
+        caller: &Caller,
+        req: pb::BatchGetFiguresRequest,
+    ) -> Result<pb::BatchGetFiguresResponse, Error> {
+        let parts = req.queries.len() + req.charter_reports.len() + req.equity_reports.len();
+        if parts == 0 {
+            return Err(Error::invalid("queries", "a batch needs at least one part"));
+        }
+        if parts > BATCH_PARTS {
+            return Err(Error::invalid(
+                "queries",
+                format!("a batch has at most {BATCH_PARTS} parts in all"),
+            ));
+        }
+        let named = req
+            .queries
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (format!("queries[{i}].agency"), q.agency.as_str()))
+            .chain(
+                req.charter_reports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("charter_reports[{i}].agency"), c.agency.as_str())),
+            )
+            .chain(
+                req.equity_reports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (format!("equity_reports[{i}].agency"), e.agency.as_str())),
+            );
+        let mut agency: Option<&str> = None;
+        for (field, name) in named {
+            let this = parse_agency(&field, name)?;
+            match agency {
+                None => agency = Some(this),
+                Some(first) if first != this => {
+                    return Err(Error::invalid(
+                        &field,
+                        "every part must name the same agency",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(agency) = agency {
+            authorize(caller, READERS, agency, Target::Collection)?;
+        }
+        fn part_error(e: Error) -> pb::PartError {
+            let status = Status::from(e);
+            pb::PartError {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+            }
+        }
+        let queries = futures::future::join_all(
+            req.queries
+                .into_iter()
+                .map(|q| self.query_indicator(caller, q)),
+        );
+        let charters = futures::future::join_all(
+            req.charter_reports
+                .into_iter()
+                .map(|c| self.charter(caller, c)),
+        );
+        let equity = futures::future::join_all(
+            req.equity_reports
+                .into_iter()
+                .map(|e| self.equity(caller, e)),
+        );
+        let (queries, charters, equity) = futures::join!(queries, charters, equity);
+        use pb::charter_report_result::Result as C;
+        use pb::equity_report_result::Result as E;
+        use pb::query_indicator_result::Result as Q;
+        Ok(pb::BatchGetFiguresResponse {
+            queries: queries
+                .into_iter()
+                .map(|r| pb::QueryIndicatorResult {
+                    result: Some(r.map_or_else(|e| Q::Error(part_error(e)), Q::Response)),
+                })
+                .collect(),
+            charter_reports: charters
+                .into_iter()
+                .map(|r| pb::CharterReportResult {
+                    result: Some(r.map_or_else(|e| C::Error(part_error(e)), C::Report)),
+                })
+                .collect(),
+            equity_reports: equity
+                .into_iter()
+                .map(|r| pb::EquityReportResult {
+                    result: Some(r.map_or_else(|e| E::Error(part_error(e)), E::Report)),
+                })
+                .collect(),
+        })
+    }
+
     async fn query_indicator(
         &self,
         caller: &Caller,
@@ -691,6 +793,16 @@ impl KpiService for Kpi {
         let caller = Caller::from_request(&request)?;
         Ok(Response::new(
             self.equity(&caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn batch_get_figures(
+        &self,
+        request: Request<pb::BatchGetFiguresRequest>,
+    ) -> Reply<pb::BatchGetFiguresResponse> {
+        let caller = Caller::from_request(&request)?;
+        Ok(Response::new(
+            self.batch(&caller, request.into_inner()).await?,
         ))
     }
 

@@ -2514,3 +2514,133 @@ async fn figures_follow_the_rollup_at_once() {
     }
     assert_eq!(seen, vec![12, 12, 24, 24, 36, 36]);
 }
+
+/// BatchGetFigures answers each part exactly as its own method does (an
+/// answer or the same error), and checks the batch as a whole: one agency
+/// the caller may read, 1 to 50 parts.
+#[tokio::test]
+async fn batch_get_figures_answers_each_part_as_its_method() {
+    let h = Harness::start(10).await;
+    let (mut complaints, feedback) = (VecFeed::default(), VecFeed::default());
+    for i in 0..20 {
+        let id = format!("k{i}");
+        let d = date(2026, 7, 1 + i);
+        let f = complaint_facts(&id, "north", 1, 1, &d);
+        complaints.push(
+            "a1",
+            &id,
+            &cpb::ComplaintReceived {
+                facts: Some(f.clone()),
+                senior_queue: false,
+            },
+        );
+        complaints.push(
+            "a1",
+            &id,
+            &cpb::ComplaintAcknowledged {
+                facts: Some(f),
+                working_days: 1,
+                within_standard: i < 18,
+            },
+        );
+    }
+    h.feed(&complaints, &feedback).await;
+    let mut c = h.client().await;
+    let analyst = h.token("a1", ANALYST);
+    let query = |indicator: &str| pb::QueryIndicatorRequest {
+        agency: "agencies/a1".into(),
+        indicator: indicator.into(),
+        start_date: Some(date(2026, 7, 1)),
+        end_date: Some(date(2026, 9, 30)),
+        ..Default::default()
+    };
+    let charter = pb::GetCharterReportRequest {
+        agency: "agencies/a1".into(),
+        period: pb::Granularity::Quarter as i32,
+        date: Some(date(2026, 8, 15)),
+    };
+    let equity = pb::GetEquityReportRequest {
+        agency: "agencies/a1".into(),
+        indicator: "share_satisfied.a11_satisfaction".into(),
+        start_date: Some(date(2026, 7, 1)),
+        end_date: Some(date(2026, 9, 30)),
+        dimension: pb::Dimension::Disability as i32,
+        scope: None,
+    };
+    let batch = pb::BatchGetFiguresRequest {
+        queries: vec![
+            query("acknowledged_within_standard"),
+            query("no_such_indicator"),
+            query("complaints_received"),
+        ],
+        charter_reports: vec![charter.clone()],
+        equity_reports: vec![equity.clone()],
+    };
+    let answer = c
+        .batch_get_figures(req(batch.clone(), &analyst))
+        .await
+        .expect("batch")
+        .into_inner();
+    let part_error = |s: Status| pb::PartError {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+    };
+    use pb::charter_report_result::Result as C;
+    use pb::equity_report_result::Result as E;
+    use pb::query_indicator_result::Result as Q;
+    assert_eq!(answer.queries.len(), 3);
+    for (q, got) in batch.queries.iter().zip(&answer.queries) {
+        let want = match c.query_indicator(req(q.clone(), &analyst)).await {
+            Ok(r) => Q::Response(r.into_inner()),
+            Err(s) => Q::Error(part_error(s)),
+        };
+        assert_eq!(got.result.as_ref(), Some(&want), "{}", q.indicator);
+    }
+    assert!(
+        matches!(&answer.queries[1].result, Some(Q::Error(e)) if e.code == Code::InvalidArgument as i32),
+        "an unknown indicator fails its part only"
+    );
+    assert!(matches!(&answer.queries[0].result, Some(Q::Response(_))));
+    let want = match c.get_charter_report(req(charter.clone(), &analyst)).await {
+        Ok(r) => C::Report(r.into_inner()),
+        Err(s) => C::Error(part_error(s)),
+    };
+    assert_eq!(answer.charter_reports[0].result.as_ref(), Some(&want));
+    let want = match c.get_equity_report(req(equity.clone(), &analyst)).await {
+        Ok(r) => E::Report(r.into_inner()),
+        Err(s) => E::Error(part_error(s)),
+    };
+    assert_eq!(answer.equity_reports[0].result.as_ref(), Some(&want));
+
+    // Two agencies in one batch: the first part naming the second is named.
+    let mut mixed = batch.clone();
+    mixed.charter_reports[0].agency = "agencies/a2".into();
+    let err = c
+        .batch_get_figures(req(mixed, &analyst))
+        .await
+        .expect_err("two agencies");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violations(&err), vec!["charter_reports[0].agency"]);
+    // Nothing to do, or too much.
+    let err = c
+        .batch_get_figures(req(pb::BatchGetFiguresRequest::default(), &analyst))
+        .await
+        .expect_err("empty");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let many = pb::BatchGetFiguresRequest {
+        queries: vec![query("complaints_received"); 51],
+        ..Default::default()
+    };
+    let err = c
+        .batch_get_figures(req(many, &analyst))
+        .await
+        .expect_err("51 parts");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // Another agency's analyst gets nothing, not a list of part errors.
+    let outsider = h.token("a2", ANALYST);
+    let err = c
+        .batch_get_figures(req(batch, &outsider))
+        .await
+        .expect_err("outsider");
+    assert_eq!(err.code(), Code::PermissionDenied);
+}
