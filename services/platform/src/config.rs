@@ -103,6 +103,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "otlp_endpoint",
     "master_key",
     "max_concurrent_per_connection",
+    "max_concurrent_per_service",
     "shutdown_grace_secs",
     "auth",
     "service_token_file",
@@ -161,6 +162,9 @@ pub struct Settings {
     pub master_key: Option<String>,
     /// Requests in flight per connection before new ones are shed.
     pub max_concurrent_per_connection: usize,
+    /// Requests in flight in one service, over all its connections, before
+    /// new ones are shed.
+    pub max_concurrent_per_service: usize,
     /// Seconds to let in-flight calls finish on shutdown.
     pub shutdown_grace_secs: u64,
     /// SQLite's `synchronous`: `full` (the default) makes every commit
@@ -240,6 +244,7 @@ impl Default for Settings {
             otlp_endpoint: None,
             master_key: None,
             max_concurrent_per_connection: 256,
+            max_concurrent_per_service: 1024,
             shutdown_grace_secs: 20,
             sqlite_synchronous: crate::db::Synchronous::Full,
             auth: AuthSettings::default(),
@@ -352,6 +357,9 @@ impl Settings {
                 "max_concurrent_per_connection",
                 "must be at least 1",
             ));
+        }
+        if self.max_concurrent_per_service == 0 {
+            return Err(invalid("max_concurrent_per_service", "must be at least 1"));
         }
         if self.auth.issuer.is_empty() {
             return Err(invalid("auth.issuer", "must not be empty"));

@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::sync::watch;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tonic::body::Body;
@@ -51,6 +52,10 @@ pub struct ServeOptions {
     pub grpc_services: Vec<&'static str>,
     /// In-flight requests allowed on one connection before more are shed with RESOURCE_EXHAUSTED.
     pub max_concurrent_per_connection: usize,
+    /// In-flight requests allowed in this server over all its connections before more are shed
+    /// with RESOURCE_EXHAUSTED: many connections each under their own limit must not admit more
+    /// work than the service can finish in good time.
+    pub max_concurrent_total: usize,
     /// How often the readiness probe runs.
     pub readiness_interval: Duration,
     /// How long in-flight calls may take to finish after shutdown starts.
@@ -59,15 +64,18 @@ pub struct ServeOptions {
 
 impl ServeOptions {
     pub const DEFAULT_MAX_CONCURRENT_PER_CONNECTION: usize = 256;
+    pub const DEFAULT_MAX_CONCURRENT_TOTAL: usize = 1024;
     pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(5);
     pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-    /// Options with the defaults: 256 per connection, a probe every 5 s, a 20 s drain.
+    /// Options with the defaults: 256 per connection, 1,024 in all, a probe every 5 s, a 20 s
+    /// drain.
     pub fn new(service: &'static str, grpc_services: Vec<&'static str>) -> Self {
         Self {
             service,
             grpc_services,
             max_concurrent_per_connection: Self::DEFAULT_MAX_CONCURRENT_PER_CONNECTION,
+            max_concurrent_total: Self::DEFAULT_MAX_CONCURRENT_TOTAL,
             readiness_interval: Self::DEFAULT_READINESS_INTERVAL,
             shutdown_grace: Self::DEFAULT_SHUTDOWN_GRACE,
         }
@@ -77,7 +85,7 @@ impl ServeOptions {
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("max_concurrent_per_connection must be at least 1")]
+    #[error("max_concurrent_per_connection and max_concurrent_total must be at least 1")]
     NoConcurrency,
     #[error("cannot build server reflection from the descriptor sets")]
     Reflection(#[source] tonic_reflection::server::Error),
@@ -113,7 +121,7 @@ pub async fn serve(
     readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    if opts.max_concurrent_per_connection == 0 {
+    if opts.max_concurrent_per_connection == 0 || opts.max_concurrent_total == 0 {
         return Err(ServeError::NoConcurrency);
     }
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -147,6 +155,8 @@ pub async fn serve(
         }),
         routes,
         limit: opts.max_concurrent_per_connection,
+        server: Arc::new(Semaphore::new(opts.max_concurrent_total)),
+        total: opts.max_concurrent_total,
         domain: format!("{}.touchstone", opts.service).into(),
     };
 
@@ -330,6 +340,9 @@ struct Stack {
     observer: Arc<Observer>,
     routes: Routes,
     limit: usize,
+    /// The server's budget over all connections, and its size.
+    server: Arc<Semaphore>,
+    total: usize,
     domain: Arc<str>,
 }
 
@@ -338,6 +351,7 @@ impl Stack {
         let admitted = Shed::new(
             Deadline::new(self.routes.clone(), self.domain.clone()),
             self.limit,
+            (self.server.clone(), self.total),
             self.domain.clone(),
         );
         Connection {

@@ -1,5 +1,5 @@
-//! Per-connection load shedding: beyond a fixed number of in-flight requests on one connection,
-//! a request is refused at once with RESOURCE_EXHAUSTED instead of waiting in a queue.
+//! Load shedding: beyond a fixed number of in-flight requests on one connection, or in the whole
+//! server, a request is refused at once with RESOURCE_EXHAUSTED instead of waiting in a queue.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -22,40 +22,61 @@ const REASON: &str = "CONCURRENCY_LIMIT_EXCEEDED";
 #[derive(Clone, Debug)]
 pub(crate) struct Shed<S> {
     permits: Arc<Semaphore>,
+    /// The server's budget, shared by all its connections.
+    server: Arc<Semaphore>,
     limit: usize,
-    /// The refusal's headers, encoded once per connection: refusing must
-    /// cost as little as possible when it is done the most.
-    refusal: Arc<http::HeaderMap>,
+    /// The refusals' headers (connection over its limit, server over its
+    /// limit), encoded once per connection: refusing must cost as little
+    /// as possible when it is done the most.
+    refusals: Arc<[http::HeaderMap; 2]>,
     inner: S,
 }
 
 impl<S> Shed<S> {
-    pub(crate) fn new(inner: S, limit: usize, domain: Arc<str>) -> Self {
-        let details = ErrorDetails::with_error_info(
-            REASON,
-            &*domain,
-            HashMap::from([("limit".to_owned(), limit.to_string())]),
-        );
-        let refusal = Status::with_error_details(
-            Code::ResourceExhausted,
-            "too many concurrent requests on this connection; retry with backoff",
-            details,
-        )
-        .into_http::<Body>()
-        .into_parts()
-        .0
-        .headers;
+    pub(crate) fn new(
+        inner: S,
+        limit: usize,
+        (server, total): (Arc<Semaphore>, usize),
+        domain: Arc<str>,
+    ) -> Self {
+        let refusal = |scope: &str, limit: usize, message: &str| {
+            let details = ErrorDetails::with_error_info(
+                REASON,
+                &*domain,
+                HashMap::from([
+                    ("limit".to_owned(), limit.to_string()),
+                    ("scope".to_owned(), scope.to_owned()),
+                ]),
+            );
+            Status::with_error_details(Code::ResourceExhausted, message, details)
+                .into_http::<Body>()
+                .into_parts()
+                .0
+                .headers
+        };
         Self {
             permits: Arc::new(Semaphore::new(limit)),
+            server,
             limit,
-            refusal: Arc::new(refusal),
+            refusals: Arc::new([
+                refusal(
+                    "connection",
+                    limit,
+                    "too many concurrent requests on this connection; retry with backoff",
+                ),
+                refusal(
+                    "server",
+                    total,
+                    "the service is at its concurrency limit; retry with backoff",
+                ),
+            ]),
             inner,
         }
     }
 
-    fn refusal(&self) -> Response<Body> {
+    fn refusal(&self, which: usize) -> Response<Body> {
         let mut response = Response::new(Body::empty());
-        *response.headers_mut() = (*self.refusal).clone();
+        *response.headers_mut() = self.refusals[which].clone();
         response
     }
 }
@@ -79,7 +100,11 @@ where
                 limit = self.limit,
                 "connection at its concurrency limit; shedding"
             );
-            return Box::pin(std::future::ready(Ok(self.refusal())));
+            return Box::pin(std::future::ready(Ok(self.refusal(0))));
+        };
+        let Ok(server_permit) = self.server.clone().try_acquire_owned() else {
+            tracing::debug!("server at its concurrency limit; shedding");
+            return Box::pin(std::future::ready(Ok(self.refusal(1))));
         };
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -88,7 +113,7 @@ where
             Ok(response.map(|body| {
                 Body::new(PermitBody {
                     inner: body,
-                    _permit: permit,
+                    _permit: (permit, server_permit),
                 })
             }))
         })
@@ -99,7 +124,7 @@ pin_project_lite::pin_project! {
     struct PermitBody<B> {
         #[pin]
         inner: B,
-        _permit: OwnedSemaphorePermit,
+        _permit: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     }
 }
 

@@ -536,6 +536,37 @@ async fn grpc_web_works_over_http1() {
     assert!(response.contains("grpc-status:0"), "{response}");
 }
 
+/// The server's own limit holds over all its connections: many connections each under their
+/// own limit cannot admit more than the server's total.
+#[tokio::test]
+async fn sheds_beyond_the_server_limit_across_connections() {
+    let mut server = TestServer::start(true, |opts| {
+        opts.max_concurrent_per_connection = 10;
+        opts.max_concurrent_total = 1;
+    })
+    .await;
+    let channel = server.channel().await;
+    let held = tokio::spawn(work(channel.clone(), true, false));
+    server.wait_until_held().await;
+
+    // Another connection, far under its own limit, is refused: the server is full.
+    let other = server.channel().await;
+    let shed = work(other.clone(), false, false).await.unwrap_err();
+    assert_eq!(shed.code(), Code::ResourceExhausted);
+    let info = shed.get_details_error_info().expect("an ErrorInfo");
+    assert_eq!(info.reason, "CONCURRENCY_LIMIT_EXCEEDED");
+    assert_eq!(
+        info.metadata.get("scope").map(String::as_str),
+        Some("server")
+    );
+    assert_eq!(info.metadata.get("limit").map(String::as_str), Some("1"));
+
+    server.release_held();
+    within(held).await.unwrap().unwrap();
+    // The server's permit came back with the finished call.
+    work(other, false, false).await.unwrap();
+}
+
 #[tokio::test]
 async fn sheds_beyond_the_per_connection_limit() {
     let mut server = TestServer::start(true, |opts| opts.max_concurrent_per_connection = 1).await;
@@ -549,6 +580,10 @@ async fn sheds_beyond_the_per_connection_limit() {
     let info = shed.get_details_error_info().expect("an ErrorInfo");
     assert_eq!(info.reason, "CONCURRENCY_LIMIT_EXCEEDED");
     assert_eq!(info.domain, "test.touchstone");
+    assert_eq!(
+        info.metadata.get("scope").map(String::as_str),
+        Some("connection")
+    );
 
     // The limit is per connection: another connection is unaffected.
     let other = server.channel().await;

@@ -392,6 +392,7 @@ async fn start_service(
         service: name,
         grpc_services: vec![service.grpc_name()],
         max_concurrent_per_connection: settings.max_concurrent_per_connection,
+        max_concurrent_total: settings.max_concurrent_per_service,
         readiness_interval: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
     };

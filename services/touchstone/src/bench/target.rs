@@ -298,6 +298,7 @@ impl Served {
             service,
             grpc_services: vec![grpc],
             max_concurrent_per_connection,
+            max_concurrent_total: touchstone_server::ServeOptions::DEFAULT_MAX_CONCURRENT_TOTAL,
             readiness_interval: touchstone_server::ServeOptions::DEFAULT_READINESS_INTERVAL,
             shutdown_grace: Duration::from_secs(5),
         };
