@@ -255,13 +255,12 @@ fn connection_builder(limit: usize) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     // With a timer hyper enforces its HTTP/1 header read timeout (slow-loris protection).
     builder.http1().timer(TokioTimer::new());
-    // HTTP/2 lets each connection open a few streams past the concurrency limit: those reach
-    // the server and are shed with a status the client can act on (RESOURCE_EXHAUSTED, retry
-    // with backoff), while the rest of an overloaded client's calls wait in the client for a
-    // stream. A cap far above the limit let every caller over it be refused and resend: at 50
-    // connections x 1,000 calls the refusals took both CPUs and no admitted call completed
-    // (BENCHMARKS.md, overload). The margin also bounds what one connection can open.
-    let streams = u32::try_from(limit.saturating_add(shed_margin(limit))).unwrap_or(u32::MAX);
+    // HTTP/2 lets each connection open as many streams as its concurrency limit: an
+    // overloaded client's further calls wait in the client for a stream. A cap above the limit
+    // let every caller over it be refused and resend: at 50 connections x 1,000 calls the
+    // refusals took both CPUs and no admitted call completed (BENCHMARKS.md, overload). The
+    // limit still sheds what reaches it (gRPC-Web over HTTP/1.1, a client ignoring the cap).
+    let streams = u32::try_from(limit).unwrap_or(u32::MAX);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -269,11 +268,6 @@ fn connection_builder(limit: usize) -> Builder<TokioExecutor> {
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW);
     builder
-}
-
-/// Streams a connection may open beyond its concurrency limit, to be shed.
-fn shed_margin(limit: usize) -> usize {
-    (limit / 8).clamp(4, 64)
 }
 
 /// SETTINGS_INITIAL_WINDOW_SIZE: the request bytes one stream may send before the handler

@@ -75,15 +75,28 @@ impl<S> Shed<S> {
     }
 
     fn refusal(&self, which: usize) -> Response<Body> {
-        let mut response = Response::new(Body::empty());
-        *response.headers_mut() = self.refusals[which].clone();
-        response
+        refusal(&self.refusals, which)
     }
 }
 
+fn refusal(refusals: &[http::HeaderMap; 2], which: usize) -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    *response.headers_mut() = refusals[which].clone();
+    response
+}
+
+/// How long a call admitted by its connection may wait for the server's
+/// budget before it is shed: a short, bounded queue in front of the
+/// service, so that a burst is served in order instead of refused and
+/// resent, while a call that cannot start soon is told at once to back off.
+const ADMISSION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl<S> tower::Service<Request<Body>> for Shed<S>
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -102,13 +115,34 @@ where
             );
             return Box::pin(std::future::ready(Ok(self.refusal(0))));
         };
-        let Ok(server_permit) = self.server.clone().try_acquire_owned() else {
-            tracing::debug!("server at its concurrency limit; shedding");
-            return Box::pin(std::future::ready(Ok(self.refusal(1))));
-        };
-        let response = self.inner.call(request);
+        if let Ok(server_permit) = self.server.clone().try_acquire_owned() {
+            let response = self.inner.call(request);
+            return Box::pin(async move {
+                let Ok(response) = response.await;
+                Ok(response.map(|body| {
+                    Body::new(PermitBody {
+                        inner: body,
+                        _permit: (permit, server_permit),
+                    })
+                }))
+            });
+        }
+        // The server is full: wait a little, in order, for its budget. The
+        // service was polled ready, so it is the one that takes the call.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let server = self.server.clone();
+        let refusals = self.refusals.clone();
         Box::pin(async move {
-            let Ok(response) = response.await;
+            let server_permit =
+                match tokio::time::timeout(ADMISSION_WAIT, server.acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        tracing::debug!("server at its concurrency limit; shedding");
+                        return Ok(refusal(&refusals, 1));
+                    }
+                };
+            let Ok(response) = inner.call(request).await;
             // A streaming response keeps doing work until its body ends, so it keeps the permit.
             Ok(response.map(|body| {
                 Body::new(PermitBody {
