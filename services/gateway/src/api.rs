@@ -25,6 +25,7 @@ use touchstone_platform::times;
 use crate::backends::{Backends, CallContext, Failure, classify};
 use crate::domain::{self, HUB, MemberFigure, Period};
 use crate::error::Error;
+use crate::open311_form::Submission;
 use crate::store::{self, AgencyRow, PeerGroupRow, UnitRow};
 
 /// Open complaints, in the complaints service's filter language.
@@ -64,6 +65,32 @@ pub struct KeyGrant {
     pub agency: String,
     /// The key's resource name (for audit: who wrote).
     pub key: String,
+}
+
+/// What Open311 shows of one request: its record here, its complaint's
+/// public status, and the names it is shown with.
+#[derive(Debug, Clone)]
+pub struct Open311View {
+    /// The record.
+    pub row: store::Open311RequestRow,
+    /// The complaint's public status.
+    pub status: cpb::ComplaintStatus,
+    /// The service's name (its code once the service is gone).
+    pub service_name: String,
+    /// The agency's name: agency_responsible.
+    pub agency_name: String,
+    /// The agency's time zone, for datetimes.
+    pub time_zone: String,
+}
+
+impl Open311View {
+    /// Open until the complaint is resolved, closed or withdrawn.
+    pub fn is_open(&self) -> bool {
+        !matches!(
+            cpb::Status::try_from(self.status.status),
+            Ok(cpb::Status::Resolved | cpb::Status::Closed | cpb::Status::Withdrawn)
+        )
+    }
 }
 
 /// Unreachable backends and withheld sections of a partial answer (AIP-217).
@@ -848,6 +875,260 @@ impl Gateway {
         let found = store::get_open311_service(&mut tx, agency, code).await?;
         tx.commit().await?;
         Ok(found)
+    }
+
+    // ---- Open311 requests ----
+
+    /// Takes in an Open311 `POST requests` made with `grant`'s key: a
+    /// complaint of the service's category, created through the complaints
+    /// API by the gateway acting as the key's `intake` (so it gets its
+    /// clocks, events and sealed personal fields), and the request's public
+    /// record here. Answers the service_request_id (the complaint's id). A
+    /// retry of the same POST (same key, device_id or account_id, and
+    /// fields) within [`domain::OPEN311_RETRY_WINDOW_MILLIS`] answers the
+    /// first id and creates nothing.
+    pub async fn open311_submit(
+        &self,
+        grant: &KeyGrant,
+        sub: &Submission,
+    ) -> Result<String, Error> {
+        let agency = grant.agency.as_str();
+        if sub.jurisdiction_id.as_deref().is_some_and(|j| j != agency) {
+            return Err(Error::PermissionDenied(
+                "the api_key is not valid for this jurisdiction_id",
+            ));
+        }
+        let service = self
+            .open311_service(agency, &sub.service_code)
+            .await?
+            .ok_or(Error::NotFound("service_code"))?;
+        if let Some(code) = sub.attributes.keys().next() {
+            return Err(Error::invalid(
+                &format!("attribute[{code}]"),
+                "this service takes no attributes",
+            ));
+        }
+        let now = times::now_millis();
+        let retry_key = if sub.identifies_sender() {
+            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let key = self.keys.data_key(&mut tx, agency).await?;
+            let retry_key = key.blind_index(
+                "open311_retry",
+                &domain::open311_retry_text(&grant.key, sub),
+            );
+            let since = now - domain::OPEN311_RETRY_WINDOW_MILLIS;
+            let first = store::find_open311_retry(&mut tx, agency, &retry_key, since).await?;
+            tx.commit().await?;
+            if let Some(first) = first {
+                return Ok(first.id);
+            }
+            retry_key
+        } else {
+            String::new()
+        };
+        let ctx = CallContext::acting_as(
+            &self.backends.service_token,
+            Role::Intake,
+            agency,
+            &grant.key,
+        )
+        .map_err(Error::Backend)?;
+        let who = if sub.name.is_empty() && sub.email.is_empty() && sub.phone.is_empty() {
+            cpb::complainant::Who::Anonymous(true)
+        } else {
+            cpb::complainant::Who::Contact(cpb::ContactDetails {
+                display_name: sub.name.clone(),
+                email: sub.email.clone(),
+                phone: sub.phone.clone(),
+            })
+        };
+        let made = ctx
+            .run(self.backends.complaints().create_complaint(ctx.request(
+                cpb::CreateComplaintRequest {
+                    parent: format!("agencies/{agency}"),
+                    complaint: Some(cpb::Complaint {
+                        complainant: Some(cpb::Complainant { who: Some(who) }),
+                        channel: touchstone_api::common::v1::Channel::Web as i32,
+                        service: service.complaint_service.clone(),
+                        category: service.complaint_category.clone(),
+                        description: sub.narrative(),
+                        severity: cpb::Severity::Medium as i32,
+                        ..Default::default()
+                    }),
+                    complaint_id: String::new(),
+                    request_id: domain::open311_request_id(&retry_key, now),
+                },
+            )))
+            .await
+            .map_err(Error::Backend)?;
+        let id = made.name.rsplit('/').next().unwrap_or_default().to_string();
+        let (latitude, longitude) = sub.location.lat_long.clone().unwrap_or_default();
+        let row = store::Open311RequestRow {
+            agency: agency.to_string(),
+            id: id.clone(),
+            service_code: service.id,
+            api_key: grant.key.rsplit('/').next().unwrap_or_default().to_string(),
+            retry_key,
+            latitude,
+            longitude,
+            address_string: sub.location.address_string.clone(),
+            address_id: sub.location.address_id.clone(),
+            requested_time: made
+                .receive_time
+                .as_ref()
+                .and_then(times::millis)
+                .unwrap_or(now),
+        };
+        let mut tx = self.db.write(Scope::Agency(agency)).await?;
+        store::insert_open311_request(&mut tx, &row).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Open311 requests of `agency` as `GET requests` asks for them, each
+    /// with its complaint's public status (read by the gateway on its own
+    /// behalf: no personal data, no audit record).
+    pub async fn open311_requests(
+        &self,
+        agency: &str,
+        query: &domain::RequestQuery,
+    ) -> Result<Vec<Open311View>, Error> {
+        let ctx = CallContext::own(&self.backends.service_token).map_err(Error::Backend)?;
+        let mut out = Vec::new();
+        if let Some(ids) = &query.ids {
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
+            let rows = store::open311_requests_by_id(&mut tx, agency, ids).await?;
+            tx.commit().await?;
+            out.extend(self.with_statuses(&ctx, agency, rows).await?);
+            return self.named(agency, out).await;
+        }
+        let page_size = query.page_size;
+        let mut skip = (query.page - 1).saturating_mul(page_size);
+        // Without a status filter the page is the page of rows; with one,
+        // rows are read in chunks and kept while their status matches.
+        let (mut offset, chunk) = match query.open {
+            None => (std::mem::take(&mut skip), page_size),
+            Some(_) => (0, domain::OPEN311_MAX_PAGE),
+        };
+        loop {
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
+            let rows = store::list_open311_requests(
+                &mut tx,
+                agency,
+                &query.codes,
+                query.window,
+                offset,
+                chunk,
+            )
+            .await?;
+            tx.commit().await?;
+            let read = rows.len() as i64;
+            for view in self.with_statuses(&ctx, agency, rows).await? {
+                if query.open.is_some_and(|open| open != view.is_open()) {
+                    continue;
+                }
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                out.push(view);
+                if out.len() as i64 >= page_size {
+                    return self.named(agency, out).await;
+                }
+            }
+            if read < chunk || query.open.is_none() {
+                return self.named(agency, out).await;
+            }
+            offset += chunk;
+        }
+    }
+
+    /// One Open311 request of `agency`.
+    pub async fn open311_request(&self, agency: &str, id: &str) -> Result<Open311View, Error> {
+        let query = domain::RequestQuery::ids(vec![id.to_string()]);
+        self.open311_requests(agency, &query)
+            .await?
+            .pop()
+            .ok_or(Error::NotFound("service_request_id"))
+    }
+
+    /// Rows joined with their complaints' statuses (rows whose complaint
+    /// the complaints service does not know are left out).
+    async fn with_statuses(
+        &self,
+        ctx: &CallContext,
+        agency: &str,
+        rows: Vec<store::Open311RequestRow>,
+    ) -> Result<Vec<Open311View>, Error> {
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(domain::OPEN311_MAX_PAGE as usize) {
+            let names = chunk
+                .iter()
+                .map(|r| format!("agencies/{agency}/complaints/{}", r.id))
+                .collect();
+            let found = ctx
+                .run(
+                    self.backends
+                        .complaints()
+                        .get_complaint_statuses(ctx.request(cpb::GetComplaintStatusesRequest {
+                            parent: format!("agencies/{agency}"),
+                            names,
+                        })),
+                )
+                .await
+                .map_err(Error::Backend)?;
+            let mut by_name: BTreeMap<String, cpb::ComplaintStatus> = found
+                .statuses
+                .into_iter()
+                .map(|s| (s.name.clone(), s))
+                .collect();
+            for row in chunk {
+                let name = format!("agencies/{agency}/complaints/{}", row.id);
+                if let Some(status) = by_name.remove(&name) {
+                    out.push(Open311View {
+                        row: row.clone(),
+                        status,
+                        service_name: String::new(),
+                        agency_name: String::new(),
+                        time_zone: String::new(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fills in the names Open311 shows: the service's and the agency's,
+    /// and the agency's time zone for the datetimes.
+    async fn named(
+        &self,
+        agency: &str,
+        mut views: Vec<Open311View>,
+    ) -> Result<Vec<Open311View>, Error> {
+        if views.is_empty() {
+            return Ok(views);
+        }
+        let services: BTreeMap<String, String> = self
+            .open311_services(agency)
+            .await?
+            .into_iter()
+            .map(|s| (s.id, s.display_name))
+            .collect();
+        let mut tx = self.db.read(Scope::Agency(agency)).await?;
+        let found = store::get_agency(&mut tx, agency).await?;
+        tx.commit().await?;
+        let (agency_name, time_zone) = found
+            .map(|a| (a.display_name, a.time_zone))
+            .unwrap_or_else(|| (agency.to_string(), "UTC".into()));
+        for v in &mut views {
+            v.service_name = services
+                .get(&v.row.service_code)
+                .cloned()
+                .unwrap_or_else(|| v.row.service_code.clone());
+            v.agency_name.clone_from(&agency_name);
+            v.time_zone.clone_from(&time_zone);
+        }
+        Ok(views)
     }
 
     // ---- peer groups ----

@@ -8,6 +8,8 @@ use touchstone_api::common::v1::Date;
 use touchstone_api::complaints::v1 as complaints;
 use touchstone_api::gateway::v1 as pb;
 use touchstone_api::kpi::v1 as kpi;
+use touchstone_platform::error::{FieldViolation, Violations};
+use touchstone_platform::names;
 
 /// The scope key of hub-level directory changes and reads: never an agency
 /// id, because ids do not start with '-'.
@@ -780,6 +782,219 @@ pub enum Jurisdiction {
     Missing,
     /// The named one is not in the directory.
     Unknown,
+}
+
+/// How long a retried Open311 POST answers the first one's id.
+pub const OPEN311_RETRY_WINDOW_MILLIS: i64 = 10 * 60 * 1000;
+/// The most requests one `GET requests` answers (and its default).
+pub const OPEN311_MAX_PAGE: i64 = 1000;
+/// The longest span of `start_date` to `end_date`, and the default span.
+const OPEN311_MAX_SPAN_MILLIS: i64 = 90 * 24 * 3600 * 1000;
+/// The most ids one `service_request_id` list may name.
+const OPEN311_MAX_IDS: usize = 1000;
+
+/// What a retry of an Open311 POST must repeat: the key, who sent it, and
+/// every field but the key. The gateway keeps only a keyed hash of it.
+pub fn open311_retry_text(key: &str, sub: &crate::open311_form::Submission) -> String {
+    format!(
+        "{key}\n{}\n{}\n{}",
+        sub.device_id, sub.account_id, sub.canonical
+    )
+}
+
+/// The complaints API `request_id` of an Open311 POST: derived from its
+/// retry key and the retry window it falls in, so two identical POSTs that
+/// race within a window make one complaint (the complaints service's own
+/// idempotency); none (no replay protection) without a retry key.
+pub fn open311_request_id(retry_key: &str, now: i64) -> String {
+    use sha2::Digest as _;
+    if retry_key.is_empty() {
+        return String::new();
+    }
+    let window = now.div_euclid(OPEN311_RETRY_WINDOW_MILLIS);
+    let digest = sha2::Sha256::digest(format!("{retry_key}/{window}").as_bytes());
+    let hex: String = digest.iter().take(20).map(|b| format!("{b:02x}")).collect();
+    format!("open311-{hex}")
+}
+
+/// A `GET requests` query, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestQuery {
+    /// `service_request_id`: these ids only, every other filter ignored.
+    pub ids: Option<Vec<String>>,
+    /// `service_code`: these codes (all when empty).
+    pub codes: Vec<String>,
+    /// Received in [from, to), millis.
+    pub window: (i64, i64),
+    /// `status`: open only, closed only, or either.
+    pub open: Option<bool>,
+    /// `page`, from 1.
+    pub page: i64,
+    /// `page_size`, 1 to 1000.
+    pub page_size: i64,
+}
+
+impl RequestQuery {
+    /// These ids only.
+    pub fn ids(ids: Vec<String>) -> RequestQuery {
+        RequestQuery {
+            ids: Some(ids),
+            codes: Vec::new(),
+            window: (0, i64::MAX),
+            open: None,
+            page: 1,
+            page_size: OPEN311_MAX_PAGE,
+        }
+    }
+
+    /// Parses the arguments (absent and empty are the same); each bad one
+    /// is named. `now` anchors the default window: the last 90 days.
+    pub fn parse(
+        get: impl Fn(&str) -> Option<String>,
+        now: i64,
+    ) -> Result<RequestQuery, Vec<FieldViolation>> {
+        let mut v = Violations::new();
+        let list = |name: &str| -> Vec<String> {
+            get(name)
+                .map(|s| {
+                    s.split(',')
+                        .map(|p| p.trim().to_string())
+                        .filter(|p| !p.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let ids = list("service_request_id");
+        if ids.len() > OPEN311_MAX_IDS {
+            v.add(
+                "service_request_id",
+                format!("at most {OPEN311_MAX_IDS} ids"),
+            );
+        }
+        if ids.iter().any(|id| names::check_id(id).is_err()) {
+            v.add(
+                "service_request_id",
+                "each id must be 1 to 63 characters of a-z, 0-9 and '-'",
+            );
+        }
+        let codes = list("service_code");
+        if codes.iter().any(|c| names::check_id(c).is_err()) || codes.len() > 100 {
+            v.add(
+                "service_code",
+                "at most 100 codes, each 1 to 63 characters of a-z, 0-9 and '-'",
+            );
+        }
+        let mut instant = |name: &str| {
+            get(name).and_then(|s| match s.parse::<jiff::Timestamp>() {
+                Ok(t) => Some(t.as_millisecond()),
+                Err(_) => {
+                    v.add(
+                        name,
+                        "must be a W3C datetime with a zone, e.g. 2026-12-01T00:00:00Z",
+                    );
+                    None
+                }
+            })
+        };
+        let start = instant("start_date");
+        let end = instant("end_date");
+        let window = match (start, end) {
+            (Some(s), Some(e)) => (s, e),
+            (Some(s), None) => (s, s.saturating_add(OPEN311_MAX_SPAN_MILLIS)),
+            (None, Some(e)) => (e.saturating_sub(OPEN311_MAX_SPAN_MILLIS), e),
+            (None, None) => (now - OPEN311_MAX_SPAN_MILLIS, now + 1),
+        };
+        if window.0 > window.1 {
+            v.add("end_date", "must not be before start_date");
+        } else if window.1 - window.0 > OPEN311_MAX_SPAN_MILLIS {
+            v.add("end_date", "may be at most 90 days after start_date");
+        }
+        let mut open = None;
+        let statuses = list("status");
+        for s in &statuses {
+            match s.as_str() {
+                "open" | "closed" => {}
+                _ => v.add("status", "must be open, closed or both (comma separated)"),
+            }
+        }
+        let has = |s: &str| statuses.iter().any(|x| x == s);
+        if has("open") != has("closed") {
+            open = Some(has("open"));
+        }
+        let mut number = |name: &str, max: i64, default: i64| match get(name) {
+            None => default,
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if (1..=max).contains(&n) => n,
+                _ => {
+                    v.add(name, format!("must be a whole number from 1 to {max}"));
+                    default
+                }
+            },
+        };
+        let page = number("page", 1_000_000, 1);
+        let page_size = number("page_size", OPEN311_MAX_PAGE, OPEN311_MAX_PAGE);
+        v.finish()?;
+        Ok(RequestQuery {
+            ids: (!ids.is_empty()).then_some(ids),
+            codes,
+            // end_date is inclusive in the spec's words ("latest datetime").
+            window: (window.0, window.1.saturating_add(1)),
+            open,
+            page,
+            page_size,
+        })
+    }
+}
+
+/// The public words for a complaint's state: Open311's `status_notes`.
+pub fn open311_status_notes(status: &complaints::ComplaintStatus) -> String {
+    use complaints::Status as S;
+    let words = match S::try_from(status.status) {
+        Ok(S::Received) => "Received",
+        Ok(S::Acknowledged) => "Acknowledged",
+        Ok(S::InProgress) => "In progress",
+        Ok(S::AwaitingClient) => {
+            "Waiting for more information from the person who made the request"
+        }
+        Ok(S::Resolved) => "Resolved: a response was given",
+        Ok(S::Closed) => "Closed",
+        Ok(S::Withdrawn) => "Withdrawn",
+        Ok(S::Reopened) => "Reopened",
+        Ok(S::Unspecified) | Err(_) => "Received",
+    };
+    let stage = match complaints::Stage::try_from(status.stage) {
+        Ok(complaints::Stage::Investigation) => " (investigation)",
+        Ok(complaints::Stage::InternalReview) => " (internal review)",
+        Ok(complaints::Stage::ExternalReview) => " (external review)",
+        _ => "",
+    };
+    format!("{words}{stage}")
+}
+
+/// An instant as Open311 shows it: a W3C datetime in the agency's zone,
+/// with its offset (UTC when the zone is unknown).
+pub fn open311_datetime(millis: i64, time_zone: &str) -> String {
+    let Ok(t) = jiff::Timestamp::from_millisecond(millis) else {
+        return String::new();
+    };
+    static TZDB: std::sync::LazyLock<jiff::tz::TimeZoneDatabase> =
+        std::sync::LazyLock::new(jiff::tz::TimeZoneDatabase::bundled);
+    let zone = TZDB.get(time_zone).unwrap_or(jiff::tz::TimeZone::UTC);
+    let local = zone.to_datetime(t);
+    let offset = zone.to_offset(t).seconds();
+    let sign = if offset < 0 { '-' } else { '+' };
+    let offset = offset.unsigned_abs();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{sign}{:02}:{:02}",
+        local.year(),
+        local.month(),
+        local.day(),
+        local.hour(),
+        local.minute(),
+        local.second(),
+        offset / 3600,
+        offset % 3600 / 60
+    )
 }
 
 /// Checks the Open311 fields of a service, naming each bad one.

@@ -696,3 +696,162 @@ pub async fn delete_open311_service(
         .await?;
     Ok(())
 }
+
+// ---- Open311 requests ----
+
+/// A request taken in through Open311: its complaint's id and what Open311
+/// shows of it beside the complaint's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Open311RequestRow {
+    /// Agency.
+    pub agency: String,
+    /// The complaint's id: the service_request_id.
+    pub id: String,
+    /// The service_code it was made to.
+    pub service_code: String,
+    /// The API key's id.
+    pub api_key: String,
+    /// Keyed hash under which a retry finds it; empty when the sender gave
+    /// no device_id or account_id.
+    pub retry_key: String,
+    /// Latitude as given, or empty.
+    pub latitude: String,
+    /// Longitude as given, or empty.
+    pub longitude: String,
+    /// address_string, or empty.
+    pub address_string: String,
+    /// address_id, or empty.
+    pub address_id: String,
+    /// When it was received, millis.
+    pub requested_time: i64,
+}
+
+impl Open311RequestRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Open311RequestRow {
+            agency: r.try_get("agency")?,
+            id: r.try_get("id")?,
+            service_code: r.try_get("service_code")?,
+            api_key: r.try_get("api_key")?,
+            retry_key: r.try_get("retry_key")?,
+            latitude: r.try_get("latitude")?,
+            longitude: r.try_get("longitude")?,
+            address_string: r.try_get("address_string")?,
+            address_id: r.try_get("address_id")?,
+            requested_time: r.try_get("requested_time")?,
+        })
+    }
+}
+
+const REQUEST_COLUMNS: &str = "agency, id, service_code, api_key, retry_key, latitude, longitude, \
+    address_string, address_id, requested_time";
+
+/// Records a request; a second record of the same complaint (a retry that
+/// raced the first) changes nothing.
+pub async fn insert_open311_request(tx: &mut Tx, r: &Open311RequestRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO hub_open311_requests (agency, id, service_code, api_key, retry_key, \
+         latitude, longitude, address_string, address_id, requested_time) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (agency, id) DO NOTHING",
+    )
+    .bind(&r.agency)
+    .bind(&r.id)
+    .bind(&r.service_code)
+    .bind(&r.api_key)
+    .bind(&r.retry_key)
+    .bind(&r.latitude)
+    .bind(&r.longitude)
+    .bind(&r.address_string)
+    .bind(&r.address_id)
+    .bind(r.requested_time)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// The newest request recorded under `retry_key` since `since`.
+pub async fn find_open311_retry(
+    tx: &mut Tx,
+    agency: &str,
+    retry_key: &str,
+    since: i64,
+) -> Result<Option<Open311RequestRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM hub_open311_requests \
+         WHERE agency = $1 AND retry_key = $2 AND requested_time >= $3 \
+         ORDER BY requested_time DESC LIMIT 1"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(retry_key)
+        .bind(since)
+        .fetch_optional(tx.conn())
+        .await?
+        .map(|r| Open311RequestRow::from_row(&r))
+        .transpose()
+}
+
+/// The requests of `agency` with these ids (those found).
+pub async fn open311_requests_by_id(
+    tx: &mut Tx,
+    agency: &str,
+    ids: &[String],
+) -> Result<Vec<Open311RequestRow>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM hub_open311_requests WHERE agency = $1 AND id IN ({}) \
+         ORDER BY requested_time DESC, id DESC",
+        marks.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
+    for id in ids {
+        query = query.bind(id);
+    }
+    query
+        .fetch_all(tx.conn())
+        .await?
+        .iter()
+        .map(Open311RequestRow::from_row)
+        .collect()
+}
+
+/// Requests of `agency` received in [`from`, `to`), of the given service
+/// codes (all when empty), newest first, `limit` from `offset`.
+pub async fn list_open311_requests(
+    tx: &mut Tx,
+    agency: &str,
+    codes: &[String],
+    (from, to): (i64, i64),
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<Open311RequestRow>, sqlx::Error> {
+    let marks: Vec<String> = (0..codes.len()).map(|i| format!("${}", i + 6)).collect();
+    let by_code = if codes.is_empty() {
+        String::new()
+    } else {
+        format!(" AND service_code IN ({})", marks.join(", "))
+    };
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM hub_open311_requests \
+         WHERE agency = $1 AND requested_time >= $2 AND requested_time < $3{by_code} \
+         ORDER BY requested_time DESC, id DESC LIMIT $4 OFFSET $5"
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(from)
+        .bind(to)
+        .bind(limit)
+        .bind(offset);
+    for code in codes {
+        query = query.bind(code);
+    }
+    query
+        .fetch_all(tx.conn())
+        .await?
+        .iter()
+        .map(Open311RequestRow::from_row)
+        .collect()
+}
