@@ -902,7 +902,7 @@ impl RequestQuery {
             (Some(s), Some(e)) => (s, e),
             (Some(s), None) => (s, s.saturating_add(OPEN311_MAX_SPAN_MILLIS)),
             (None, Some(e)) => (e.saturating_sub(OPEN311_MAX_SPAN_MILLIS), e),
-            (None, None) => (now - OPEN311_MAX_SPAN_MILLIS, now + 1),
+            (None, None) => (now - OPEN311_MAX_SPAN_MILLIS, now),
         };
         if window.0 > window.1 {
             v.add("end_date", "must not be before start_date");
