@@ -1154,3 +1154,107 @@ mod key_tests {
         assert!(l.admit("a", 2, next_minute));
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod open311_tests {
+    use super::*;
+
+    const DAY: i64 = 24 * 3600 * 1000;
+
+    fn query(args: &[(&str, &str)]) -> Result<RequestQuery, Vec<String>> {
+        let now = 1_800_000_000_000;
+        RequestQuery::parse(
+            |name| {
+                args.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            },
+            now,
+        )
+        .map_err(|v| v.into_iter().map(|f| f.field).collect())
+    }
+
+    #[test]
+    fn request_queries_default_and_check_each_argument() {
+        let q = query(&[]).unwrap();
+        assert_eq!(q.window, (1_800_000_000_000 - 90 * DAY, 1_800_000_000_001));
+        assert_eq!((q.page, q.page_size, q.open, q.ids), (1, 1000, None, None));
+        let q = query(&[
+            ("start_date", "2026-01-01T00:00:00+10:00"),
+            ("end_date", "2026-03-31T14:00:00Z"),
+            ("status", "closed"),
+            ("service_code", "delay, other"),
+            ("page", "3"),
+            ("page_size", "20"),
+        ])
+        .unwrap();
+        let start = "2025-12-31T14:00:00Z".parse::<jiff::Timestamp>().unwrap();
+        assert_eq!(q.window.0, start.as_millisecond());
+        assert_eq!(
+            q.window.1 - q.window.0,
+            90 * DAY + 1,
+            "exactly 90 days, end included"
+        );
+        assert_eq!(q.open, Some(false));
+        assert_eq!(q.codes, ["delay", "other"]);
+        assert_eq!((q.page, q.page_size), (3, 20));
+        assert_eq!(query(&[("status", "open,closed")]).unwrap().open, None);
+        assert_eq!(
+            query(&[("service_request_id", "a,b")]).unwrap().ids,
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        // Only start: the 90 days after it.
+        let q = query(&[("start_date", "2026-01-01T00:00:00Z")]).unwrap();
+        assert_eq!(q.window.1 - q.window.0, 90 * DAY + 1);
+        for (args, field) in [
+            (vec![("start_date", "2026-01-01")], "start_date"),
+            (vec![("end_date", "2026-01-01T00:00:00")], "end_date"),
+            (
+                vec![
+                    ("start_date", "2026-01-01T00:00:00Z"),
+                    ("end_date", "2026-04-01T00:00:01Z"),
+                ],
+                "end_date",
+            ),
+            (vec![("status", "pending")], "status"),
+            (vec![("page", "0")], "page"),
+            (vec![("page", "x")], "page"),
+            (vec![("page_size", "1001")], "page_size"),
+            (vec![("service_code", "Bad!")], "service_code"),
+            (vec![("service_request_id", "a,B")], "service_request_id"),
+        ] {
+            assert_eq!(query(&args).unwrap_err(), [field], "{args:?}");
+        }
+    }
+
+    #[test]
+    fn datetimes_carry_the_agencys_offset() {
+        let t = "2026-12-05T01:02:03Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_millisecond();
+        assert_eq!(
+            open311_datetime(t, "Australia/Sydney"),
+            "2026-12-05T12:02:03+11:00"
+        );
+        assert_eq!(
+            open311_datetime(t, "America/Los_Angeles"),
+            "2026-12-04T17:02:03-08:00"
+        );
+        assert_eq!(
+            open311_datetime(t, "Nowhere/Else"),
+            "2026-12-05T01:02:03+00:00"
+        );
+    }
+
+    #[test]
+    fn a_retry_keeps_its_request_id_within_a_window() {
+        assert_eq!(open311_request_id("", 0), "");
+        let at = |m: i64| open311_request_id("k", m);
+        assert_eq!(at(0), at(OPEN311_RETRY_WINDOW_MILLIS - 1));
+        assert_ne!(at(0), at(OPEN311_RETRY_WINDOW_MILLIS));
+        assert_ne!(at(0), open311_request_id("k2", 0));
+        assert!(at(0).starts_with("open311-") && at(0).len() <= 100);
+    }
+}

@@ -2111,7 +2111,6 @@ async fn open311_requests_become_complaints_over_raw_http() {
         .list_complaint_history(req(
             cpb::ListComplaintHistoryRequest {
                 parent: complaint.name.clone(),
-                ..Default::default()
             },
             &officer,
         ))
