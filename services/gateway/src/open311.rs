@@ -392,17 +392,14 @@ async fn one_request(
     Path(file): Path<String>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
-    let (id, format) = split(&file);
-    let Some(format) = format else {
-        return failure(Format::Xml, Failure::not_found("no such resource"));
-    };
-    let run = async {
-        let query = arguments(query)?;
-        let agency = jurisdiction(&gateway, &query).await?;
-        let view = find(&gateway, &agency, id, "service_request_id").await?;
-        Ok(request_list(format, &[view]))
-    };
-    run.await.unwrap_or_else(|f| failure(format, f))
+    by_id(
+        &gateway,
+        &file,
+        query,
+        "service_request_id",
+        |format, _, view| request_list(format, std::slice::from_ref(view)),
+    )
+    .await
 }
 
 /// `GET tokens/{token}.{xml,json}`. Every POST answers its
@@ -413,16 +410,9 @@ async fn token(
     Path(file): Path<String>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
-    let (token, format) = split(&file);
-    let Some(format) = format else {
-        return failure(Format::Xml, Failure::not_found("no such resource"));
-    };
-    let run = async {
-        let query = arguments(query)?;
-        let agency = jurisdiction(&gateway, &query).await?;
-        let view = find(&gateway, &agency, token, "token").await?;
+    by_id(&gateway, &file, query, "token", |format, token, view| {
         let id = &view.row.id;
-        Ok(match format {
+        match format {
             Format::Json => body_of(
                 format,
                 json!([{"service_request_id": id, "token": token}]).to_string(),
@@ -436,7 +426,29 @@ async fn token(
                     escape(token)
                 )),
             ),
-        })
+        }
+    })
+    .await
+}
+
+/// The request a `{id}.{format}` path names, answered by `answer` in the
+/// format asked (with the id as given); a 404 naming `what` when unknown.
+async fn by_id(
+    gateway: &Gateway,
+    file: &str,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    what: &str,
+    answer: impl FnOnce(Format, &str, &Open311View) -> Response,
+) -> Response {
+    let (id, format) = split(file);
+    let Some(format) = format else {
+        return failure(Format::Xml, Failure::not_found("no such resource"));
+    };
+    let run = async {
+        let query = arguments(query)?;
+        let agency = jurisdiction(gateway, &query).await?;
+        let view = find(gateway, &agency, id, what).await?;
+        Ok(answer(format, id, &view))
     };
     run.await.unwrap_or_else(|f| failure(format, f))
 }
