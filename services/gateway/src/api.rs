@@ -73,8 +73,9 @@ pub struct KeyGrant {
 pub struct Open311View {
     /// The record.
     pub row: store::Open311RequestRow,
-    /// The complaint's public status.
-    pub status: cpb::ComplaintStatus,
+    /// The complaint's public status; none for a survey response, which
+    /// needs nothing done.
+    pub status: Option<cpb::ComplaintStatus>,
     /// The service's name (its code once the service is gone).
     pub service_name: String,
     /// The agency's name: agency_responsible.
@@ -84,12 +85,25 @@ pub struct Open311View {
 }
 
 impl Open311View {
-    /// Open until the complaint is resolved, closed or withdrawn.
+    fn of(row: store::Open311RequestRow, status: Option<cpb::ComplaintStatus>) -> Open311View {
+        Open311View {
+            row,
+            status,
+            service_name: String::new(),
+            agency_name: String::new(),
+            time_zone: String::new(),
+        }
+    }
+
+    /// Open until the complaint is resolved, closed or withdrawn; a survey
+    /// response is closed once received.
     pub fn is_open(&self) -> bool {
-        !matches!(
-            cpb::Status::try_from(self.status.status),
-            Ok(cpb::Status::Resolved | cpb::Status::Closed | cpb::Status::Withdrawn)
-        )
+        self.status.as_ref().is_some_and(|s| {
+            !matches!(
+                cpb::Status::try_from(s.status),
+                Ok(cpb::Status::Resolved | cpb::Status::Closed | cpb::Status::Withdrawn)
+            )
+        })
     }
 }
 
@@ -716,6 +730,7 @@ impl Gateway {
     async fn create_open311_service(
         &self,
         caller: &Caller,
+        ctx: &CallContext,
         req: pb::CreateOpen311ServiceRequest,
     ) -> Result<pb::Open311Service, Error> {
         let agency = agency_of("parent", &req.parent)?.to_string();
@@ -730,6 +745,10 @@ impl Gateway {
         }
         domain::check_open311_service(&service, &mut v);
         v.finish().map_err(Error::InvalidArgument)?;
+        let attributes = match service.survey.trim() {
+            "" => Vec::new(),
+            survey => self.survey_attributes(ctx, &agency, survey).await?,
+        };
         let fp = fingerprint(&req);
         let mut change = match self
             .begin::<pb::Open311Service>(
@@ -770,11 +789,54 @@ impl Gateway {
             complaint_category: service.complaint_category.trim().to_string(),
             complaint_service: service.complaint_service.trim().to_string(),
             create_time: times::now_millis(),
+            survey: service.survey.trim().to_string(),
+            attributes,
         };
         store::insert_open311_service(&mut change.tx, &row).await?;
         let out = row.to_proto();
         let name = out.name.clone();
         Ok(change.finish(&name, out).await?)
+    }
+
+    /// The questions of a published survey of `agency` as Open311
+    /// attributes, read with the caller's token (an agency_admin may read
+    /// its surveys).
+    async fn survey_attributes(
+        &self,
+        ctx: &CallContext,
+        agency: &str,
+        survey: &str,
+    ) -> Result<Vec<domain::Open311Attribute>, Error> {
+        let ids = names::parse_field("open311_service.survey", "agencies/{}/surveys/{}", survey)?;
+        if ids[0] != agency {
+            return Err(Error::invalid(
+                "open311_service.survey",
+                "must be a survey of the same agency",
+            ));
+        }
+        let found = ctx
+            .run(
+                self.backends
+                    .feedback()
+                    .get_survey(ctx.request(fpb::GetSurveyRequest {
+                        name: survey.to_string(),
+                    })),
+            )
+            .await;
+        let found = match found {
+            Ok(s) => s,
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                return Err(Error::invalid("open311_service.survey", "no such survey"));
+            }
+            Err(status) => return Err(Error::Backend(status)),
+        };
+        if found.state != fpb::SurveyState::Published as i32 {
+            return Err(Error::FailedPrecondition {
+                reason: "SURVEY_NOT_PUBLISHED",
+                message: "only a published survey can be an Open311 service",
+            });
+        }
+        Ok(domain::Open311Attribute::of_survey(&found))
     }
 
     async fn list_open311_services(
@@ -902,12 +964,20 @@ impl Gateway {
             .open311_service(agency, &sub.service_code)
             .await?
             .ok_or(Error::NotFound("service_code"))?;
-        if let Some(code) = sub.attributes.keys().next() {
-            return Err(Error::invalid(
-                &format!("attribute[{code}]"),
-                "this service takes no attributes",
-            ));
-        }
+        let answers = if service.survey.is_empty() {
+            if let Some(code) = sub.attributes.keys().next() {
+                return Err(Error::invalid(
+                    &format!("attribute[{code}]"),
+                    "this service takes no attributes",
+                ));
+            }
+            None
+        } else {
+            Some(
+                domain::open311_answers(&service.attributes, sub)
+                    .map_err(Error::InvalidArgument)?,
+            )
+        };
         let now = times::now_millis();
         let retry_key = if sub.identifies_sender() {
             let mut tx = self.db.write(Scope::Agency(agency)).await?;
@@ -933,6 +1003,75 @@ impl Gateway {
             &grant.key,
         )
         .map_err(Error::Backend)?;
+        let request_id = domain::open311_request_id(&retry_key, now);
+        let (id, requested_time) = match answers {
+            Some(answers) => {
+                self.submit_response(&ctx, &service, answers, request_id)
+                    .await?
+            }
+            None => {
+                self.submit_complaint(&ctx, agency, &service, sub, request_id)
+                    .await?
+            }
+        };
+        let (latitude, longitude) = sub.location.lat_long.clone().unwrap_or_default();
+        let row = store::Open311RequestRow {
+            agency: agency.to_string(),
+            id: id.clone(),
+            service_code: service.id.clone(),
+            api_key: grant.key.rsplit('/').next().unwrap_or_default().to_string(),
+            retry_key,
+            latitude,
+            longitude,
+            address_string: sub.location.address_string.clone(),
+            address_id: sub.location.address_id.clone(),
+            requested_time: requested_time.unwrap_or(now),
+            survey: service.survey.clone(),
+        };
+        let mut tx = self.db.write(Scope::Agency(agency)).await?;
+        store::insert_open311_request(&mut tx, &row).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// A survey response of the service's survey, through the feedback API
+    /// as the key's intake: its id and submit time. The request's contact
+    /// details are not passed on: a survey response is anonymous.
+    async fn submit_response(
+        &self,
+        ctx: &CallContext,
+        service: &store::Open311ServiceRow,
+        answers: Vec<fpb::Answer>,
+        request_id: String,
+    ) -> Result<(String, Option<i64>), Error> {
+        let made = ctx
+            .run(self.backends.feedback().submit_response(ctx.request(
+                fpb::SubmitResponseRequest {
+                    parent: service.survey.clone(),
+                    response: Some(fpb::Response {
+                        answers,
+                        channel: touchstone_api::common::v1::Channel::Web as i32,
+                        ..Default::default()
+                    }),
+                    request_id,
+                },
+            )))
+            .await
+            .map_err(Error::Backend)?;
+        let id = made.name.rsplit('/').next().unwrap_or_default().to_string();
+        Ok((id, made.submit_time.as_ref().and_then(times::millis)))
+    }
+
+    /// A complaint of the service's category, through the complaints API as
+    /// the key's intake: its id and receive time.
+    async fn submit_complaint(
+        &self,
+        ctx: &CallContext,
+        agency: &str,
+        service: &store::Open311ServiceRow,
+        sub: &Submission,
+        request_id: String,
+    ) -> Result<(String, Option<i64>), Error> {
         let who = if sub.name.is_empty() && sub.email.is_empty() && sub.phone.is_empty() {
             cpb::complainant::Who::Anonymous(true)
         } else {
@@ -956,33 +1095,13 @@ impl Gateway {
                         ..Default::default()
                     }),
                     complaint_id: String::new(),
-                    request_id: domain::open311_request_id(&retry_key, now),
+                    request_id,
                 },
             )))
             .await
             .map_err(Error::Backend)?;
         let id = made.name.rsplit('/').next().unwrap_or_default().to_string();
-        let (latitude, longitude) = sub.location.lat_long.clone().unwrap_or_default();
-        let row = store::Open311RequestRow {
-            agency: agency.to_string(),
-            id: id.clone(),
-            service_code: service.id,
-            api_key: grant.key.rsplit('/').next().unwrap_or_default().to_string(),
-            retry_key,
-            latitude,
-            longitude,
-            address_string: sub.location.address_string.clone(),
-            address_id: sub.location.address_id.clone(),
-            requested_time: made
-                .receive_time
-                .as_ref()
-                .and_then(times::millis)
-                .unwrap_or(now),
-        };
-        let mut tx = self.db.write(Scope::Agency(agency)).await?;
-        store::insert_open311_request(&mut tx, &row).await?;
-        tx.commit().await?;
-        Ok(id)
+        Ok((id, made.receive_time.as_ref().and_then(times::millis)))
     }
 
     /// Open311 requests of `agency` as `GET requests` asks for them, each
@@ -1062,10 +1181,15 @@ impl Gateway {
     ) -> Result<Vec<Open311View>, Error> {
         let mut out = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(domain::OPEN311_MAX_PAGE as usize) {
-            let names = chunk
+            let names: Vec<String> = chunk
                 .iter()
+                .filter(|r| r.survey.is_empty())
                 .map(|r| format!("agencies/{agency}/complaints/{}", r.id))
                 .collect();
+            if names.is_empty() {
+                out.extend(chunk.iter().map(|row| Open311View::of(row.clone(), None)));
+                continue;
+            }
             let found = ctx
                 .run(
                     self.backends
@@ -1083,15 +1207,13 @@ impl Gateway {
                 .map(|s| (s.name.clone(), s))
                 .collect();
             for row in chunk {
+                if !row.survey.is_empty() {
+                    out.push(Open311View::of(row.clone(), None));
+                    continue;
+                }
                 let name = format!("agencies/{agency}/complaints/{}", row.id);
                 if let Some(status) = by_name.remove(&name) {
-                    out.push(Open311View {
-                        row: row.clone(),
-                        status,
-                        service_name: String::new(),
-                        agency_name: String::new(),
-                        time_zone: String::new(),
-                    });
+                    out.push(Open311View::of(row.clone(), Some(status)));
                 }
             }
         }
@@ -2139,9 +2261,9 @@ impl GatewayService for Gateway {
         &self,
         r: Request<pb::CreateOpen311ServiceRequest>,
     ) -> Result<Response<pb::Open311Service>, Status> {
-        let caller = Caller::from_request(&r)?;
+        let (caller, ctx, req) = caller_and(r)?;
         Ok(Response::new(
-            Gateway::create_open311_service(self, &caller, r.into_inner()).await?,
+            Gateway::create_open311_service(self, &caller, &ctx, req).await?,
         ))
     }
 

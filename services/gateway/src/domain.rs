@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use touchstone_api::common::v1::Date;
 use touchstone_api::complaints::v1 as complaints;
+use touchstone_api::feedback::v1 as feedback;
 use touchstone_api::gateway::v1 as pb;
 use touchstone_api::kpi::v1 as kpi;
 use touchstone_platform::error::{FieldViolation, Violations};
@@ -997,6 +998,181 @@ pub fn open311_datetime(millis: i64, time_zone: &str) -> String {
     )
 }
 
+/// A survey question as an Open311 attribute of the survey's service.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Open311Attribute {
+    /// The question's key: the attribute's code.
+    pub code: String,
+    /// The question's text: the attribute's description.
+    pub description: String,
+    /// The question's kind (feedback's QuestionKind number).
+    pub kind: i32,
+    /// Whether a response must answer it.
+    pub required: bool,
+    /// Choices (key, label) of a choice question.
+    pub choices: Vec<(String, String)>,
+}
+
+impl Open311Attribute {
+    /// The attributes of a survey's questions, in order.
+    pub fn of_survey(survey: &feedback::Survey) -> Vec<Open311Attribute> {
+        survey
+            .questions
+            .iter()
+            .map(|q| Open311Attribute {
+                code: q.key.clone(),
+                description: q.text.clone(),
+                kind: q.kind,
+                required: q.required,
+                choices: match feedback::QuestionKind::try_from(q.kind) {
+                    Ok(feedback::QuestionKind::YesNo) => {
+                        vec![("yes".into(), "Yes".into()), ("no".into(), "No".into())]
+                    }
+                    _ => q
+                        .choices
+                        .iter()
+                        .map(|c| (c.key.clone(), c.label.clone()))
+                        .collect(),
+                },
+            })
+            .collect()
+    }
+
+    /// The scale of a scored question: lowest and highest score.
+    fn scale(&self) -> Option<(i32, i32)> {
+        use feedback::QuestionKind as K;
+        match K::try_from(self.kind) {
+            Ok(K::Agreement5 | K::Satisfaction5) => Some((1, 5)),
+            Ok(K::Likelihood11) => Some((0, 10)),
+            Ok(K::Effort7) => Some((1, 7)),
+            _ => None,
+        }
+    }
+
+    fn is_text(&self) -> bool {
+        self.kind == feedback::QuestionKind::FreeText as i32
+    }
+
+    fn is_multiple(&self) -> bool {
+        self.kind == feedback::QuestionKind::MultipleChoice as i32
+    }
+
+    /// The Open311 datatype.
+    pub fn datatype(&self) -> &'static str {
+        if self.scale().is_some() {
+            "number"
+        } else if self.is_text() {
+            "text"
+        } else if self.is_multiple() {
+            "multivaluelist"
+        } else {
+            "singlevaluelist"
+        }
+    }
+
+    /// What the value must be, in words.
+    pub fn datatype_description(&self) -> String {
+        match self.scale() {
+            Some((lo, hi)) => format!("a whole number from {lo} to {hi}"),
+            None if self.is_text() => "free text".into(),
+            None if self.is_multiple() => "one or more of the values' keys".into(),
+            None => "one of the values' keys".into(),
+        }
+    }
+
+    /// The answer a request's values give this question.
+    fn answer(&self, values: &[String]) -> Result<feedback::Answer, String> {
+        let mut answer = feedback::Answer {
+            question_key: self.code.clone(),
+            ..Default::default()
+        };
+        let one = || match values {
+            [v] => Ok(v.as_str()),
+            _ => Err("takes one value".to_string()),
+        };
+        if let Some((lo, hi)) = self.scale() {
+            match one()?.parse::<i32>() {
+                Ok(n) if (lo..=hi).contains(&n) => answer.score = Some(n),
+                _ => return Err(format!("must be a whole number from {lo} to {hi}")),
+            }
+        } else if self.is_text() {
+            answer.text = one()?.to_string();
+        } else if self.kind == feedback::QuestionKind::YesNo as i32 {
+            answer.yes = Some(match one()? {
+                "yes" | "true" => true,
+                "no" | "false" => false,
+                _ => return Err("must be yes or no".into()),
+            });
+        } else {
+            if !self.is_multiple() {
+                one()?;
+            }
+            if let Some(bad) = values
+                .iter()
+                .find(|v| !self.choices.iter().any(|(key, _)| key == *v))
+            {
+                let keys: Vec<&str> = self.choices.iter().map(|(k, _)| k.as_str()).collect();
+                return Err(format!(
+                    "{bad:?} is not one of the values ({})",
+                    keys.join(", ")
+                ));
+            }
+            answer.choices = values.to_vec();
+        }
+        Ok(answer)
+    }
+}
+
+/// A survey response's answers from an Open311 request's attributes (and its
+/// description, which answers the survey's one free-text question when that
+/// was not given as an attribute); each bad or missing one is named.
+pub fn open311_answers(
+    attributes: &[Open311Attribute],
+    sub: &crate::open311_form::Submission,
+) -> Result<Vec<feedback::Answer>, Vec<FieldViolation>> {
+    let mut v = Violations::new();
+    let mut answers = Vec::new();
+    for code in sub.attributes.keys() {
+        if !attributes.iter().any(|a| &a.code == code) {
+            v.add(
+                format!("attribute[{code}]"),
+                "not an attribute of this service",
+            );
+        }
+    }
+    let texts: Vec<&Open311Attribute> = attributes
+        .iter()
+        .filter(|a| a.is_text() && !sub.attributes.contains_key(&a.code))
+        .collect();
+    let description = sub.description.trim();
+    for a in attributes {
+        let field = format!("attribute[{}]", a.code);
+        match sub.attributes.get(&a.code) {
+            Some(values) => match a.answer(values) {
+                Ok(answer) => answers.push(answer),
+                Err(e) => v.add(field, e),
+            },
+            None if a.is_text() && texts.len() == 1 && !description.is_empty() => {
+                answers.push(feedback::Answer {
+                    question_key: a.code.clone(),
+                    text: description.to_string(),
+                    ..Default::default()
+                });
+            }
+            None if a.required => v.add(field, "required"),
+            None => {}
+        }
+    }
+    if !description.is_empty() && texts.len() != 1 {
+        v.add(
+            "description",
+            "this service has no free-text question left for it: give the comment as its attribute",
+        );
+    }
+    v.finish()?;
+    Ok(answers)
+}
+
 /// Checks the Open311 fields of a service, naming each bad one.
 pub fn check_open311_service(
     s: &pb::Open311Service,
@@ -1028,8 +1204,19 @@ pub fn check_open311_service(
         }
     }
     let category = s.complaint_category.trim();
-    if category.is_empty() {
-        v.add("open311_service.complaint_category", "required");
+    let survey = s.survey.trim();
+    if category.is_empty() == survey.is_empty() {
+        v.add(
+            "open311_service.complaint_category",
+            "required: a complaint category or (in `survey`) a survey, not both",
+        );
+    } else if !survey.is_empty() {
+        if !survey.starts_with("agencies/") || survey.split('/').count() != 4 {
+            v.add(
+                "open311_service.survey",
+                "must be agencies/{agency}/surveys/{survey}",
+            );
+        }
     } else if !text(category, 100) || category.contains('\n') {
         v.add(
             "open311_service.complaint_category",

@@ -45,6 +45,11 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
             name: "open311_requests",
             sql: include_str!("../migrations/sqlite/0003_open311_requests.sql"),
         },
+        Migration {
+            version: 4,
+            name: "open311_surveys",
+            sql: include_str!("../migrations/sqlite/0004_open311_surveys.sql"),
+        },
     ],
     postgres: &[
         Migration {
@@ -61,6 +66,11 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
             version: 3,
             name: "open311_requests",
             sql: include_str!("../migrations/postgres/0003_open311_requests.sql"),
+        },
+        Migration {
+            version: 4,
+            name: "open311_surveys",
+            sql: include_str!("../migrations/postgres/0004_open311_surveys.sql"),
         },
     ],
 };

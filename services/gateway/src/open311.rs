@@ -199,17 +199,33 @@ async fn definition(
             .await
             .map_err(Failure::from_error)?
             .ok_or_else(|| Failure::not_found(format!("service_code {code:?} was not found")))?;
-        // A complaint takes no attributes beyond the standard fields.
+        // A complaint takes no attributes beyond the standard fields; a
+        // survey's questions are its attributes.
         Ok(match format {
             Format::Json => body_of(
                 format,
-                json!({"service_code": service.id, "attributes": []}).to_string(),
+                json!({
+                    "service_code": service.id,
+                    "attributes": service
+                        .attributes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| attribute_json(i, a))
+                        .collect::<Vec<_>>(),
+                })
+                .to_string(),
             ),
             Format::Xml => body_of(
                 format,
                 xml(&format!(
-                    "<service_definition><service_code>{}</service_code><attributes></attributes></service_definition>",
-                    escape(&service.id)
+                    "<service_definition><service_code>{}</service_code><attributes>{}</attributes></service_definition>",
+                    escape(&service.id),
+                    service
+                        .attributes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| attribute_xml(i, a))
+                        .collect::<String>(),
                 )),
             ),
         })
@@ -262,7 +278,7 @@ fn service_json(s: &Open311ServiceRow) -> Json {
         "service_code": s.id,
         "service_name": s.display_name,
         "description": s.description,
-        "metadata": false,
+        "metadata": !s.attributes.is_empty(),
         "type": "realtime",
         "keywords": s.keywords.join(", "),
         "group": s.group,
@@ -272,11 +288,12 @@ fn service_json(s: &Open311ServiceRow) -> Json {
 fn service_xml(s: &Open311ServiceRow) -> String {
     format!(
         "<service><service_code>{}</service_code><service_name>{}</service_name>\
-         <description>{}</description><metadata>false</metadata><type>realtime</type>\
+         <description>{}</description><metadata>{}</metadata><type>realtime</type>\
          <keywords>{}</keywords><group>{}</group></service>",
         escape(&s.id),
         escape(&s.display_name),
         escape(&s.description),
+        !s.attributes.is_empty(),
         escape(&s.keywords.join(", ")),
         escape(&s.group),
     )
@@ -480,26 +497,34 @@ fn request_fields(v: &Open311View) -> Vec<(&'static str, Option<String>)> {
             .map(|ms| domain::open311_datetime(ms, &v.time_zone))
     };
     let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let requested = domain::open311_datetime(v.row.requested_time, &v.time_zone);
+    let (notes, updated, expected) = match &v.status {
+        Some(s) => (
+            domain::open311_status_notes(s),
+            time(&s.update_time),
+            time(&s.response_due_time),
+        ),
+        // A survey response: nothing is owed once it is in.
+        None => (
+            "Feedback received".to_string(),
+            Some(requested.clone()),
+            None,
+        ),
+    };
     vec![
         ("service_request_id", Some(v.row.id.clone())),
         (
             "status",
             Some(if v.is_open() { "open" } else { "closed" }.into()),
         ),
-        (
-            "status_notes",
-            Some(domain::open311_status_notes(&v.status)),
-        ),
+        ("status_notes", Some(notes)),
         ("service_name", Some(v.service_name.clone())),
         ("service_code", Some(v.row.service_code.clone())),
         ("agency_responsible", Some(v.agency_name.clone())),
         ("service_notice", None),
-        (
-            "requested_datetime",
-            Some(domain::open311_datetime(v.row.requested_time, &v.time_zone)),
-        ),
-        ("updated_datetime", time(&v.status.update_time)),
-        ("expected_datetime", time(&v.status.response_due_time)),
+        ("requested_datetime", Some(requested)),
+        ("updated_datetime", updated),
+        ("expected_datetime", expected),
         ("address", some(&v.row.address_string)),
         ("address_id", some(&v.row.address_id)),
         ("zipcode", None),
@@ -551,6 +576,49 @@ fn request_list(format: Format, views: &[Open311View]) -> Response {
             )
         }
     }
+}
+
+/// A survey question as the spec's attribute (order from 1).
+fn attribute_json(i: usize, a: &domain::Open311Attribute) -> Json {
+    json!({
+        "variable": true,
+        "code": a.code,
+        "datatype": a.datatype(),
+        "required": a.required,
+        "datatype_description": a.datatype_description(),
+        "order": i + 1,
+        "description": a.description,
+        "values": a
+            .choices
+            .iter()
+            .map(|(key, name)| json!({"key": key, "name": name}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+fn attribute_xml(i: usize, a: &domain::Open311Attribute) -> String {
+    let values: String = a
+        .choices
+        .iter()
+        .map(|(key, name)| {
+            format!(
+                "<value><key>{}</key><name>{}</name></value>",
+                escape(key),
+                escape(name)
+            )
+        })
+        .collect();
+    format!(
+        "<attribute><variable>true</variable><code>{}</code><datatype>{}</datatype>\
+         <required>{}</required><datatype_description>{}</datatype_description>\
+         <order>{}</order><description>{}</description><values>{values}</values></attribute>",
+        escape(&a.code),
+        a.datatype(),
+        a.required,
+        escape(&a.datatype_description()),
+        i + 1,
+        escape(&a.description),
+    )
 }
 
 /// Service discovery: this endpoint, its formats, whom to ask for a key.

@@ -586,11 +586,16 @@ pub struct Open311ServiceRow {
     pub complaint_service: String,
     /// Millis.
     pub create_time: i64,
+    /// Instead of a complaint category: the survey answered, by name.
+    pub survey: String,
+    /// The survey's questions as Open311 attributes.
+    pub attributes: Vec<crate::domain::Open311Attribute>,
 }
 
 impl Open311ServiceRow {
     fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
         let keywords: String = r.try_get("keywords")?;
+        let attributes: String = r.try_get("attributes")?;
         Ok(Open311ServiceRow {
             agency: r.try_get("agency")?,
             id: r.try_get("id")?,
@@ -602,6 +607,9 @@ impl Open311ServiceRow {
             complaint_category: r.try_get("complaint_category")?,
             complaint_service: r.try_get("complaint_service")?,
             create_time: r.try_get("create_time")?,
+            survey: r.try_get("survey")?,
+            attributes: serde_json::from_str(&attributes)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         })
     }
 
@@ -616,19 +624,20 @@ impl Open311ServiceRow {
             complaint_category: self.complaint_category.clone(),
             complaint_service: self.complaint_service.clone(),
             create_time: Some(times::timestamp(self.create_time)),
+            survey: self.survey.clone(),
         }
     }
 }
 
 const OPEN311_COLUMNS: &str = "agency, id, display_name, description, group_name, keywords, \
-    complaint_category, complaint_service, create_time";
+    complaint_category, complaint_service, create_time, survey, attributes";
 
 /// Inserts an Open311 service.
 pub async fn insert_open311_service(tx: &mut Tx, s: &Open311ServiceRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO hub_open311_services (agency, id, display_name, description, group_name, \
-         keywords, complaint_category, complaint_service, create_time) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         keywords, complaint_category, complaint_service, create_time, survey, attributes) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&s.agency)
     .bind(&s.id)
@@ -639,6 +648,8 @@ pub async fn insert_open311_service(tx: &mut Tx, s: &Open311ServiceRow) -> Resul
     .bind(&s.complaint_category)
     .bind(&s.complaint_service)
     .bind(s.create_time)
+    .bind(&s.survey)
+    .bind(serde_json::to_string(&s.attributes).unwrap_or_else(|_| "[]".into()))
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -724,6 +735,9 @@ pub struct Open311RequestRow {
     pub address_id: String,
     /// When it was received, millis.
     pub requested_time: i64,
+    /// The survey it answered (a response of it, with id `id`); empty for a
+    /// complaint.
+    pub survey: String,
 }
 
 impl Open311RequestRow {
@@ -739,20 +753,21 @@ impl Open311RequestRow {
             address_string: r.try_get("address_string")?,
             address_id: r.try_get("address_id")?,
             requested_time: r.try_get("requested_time")?,
+            survey: r.try_get("survey")?,
         })
     }
 }
 
 const REQUEST_COLUMNS: &str = "agency, id, service_code, api_key, retry_key, latitude, longitude, \
-    address_string, address_id, requested_time";
+    address_string, address_id, requested_time, survey";
 
 /// Records a request; a second record of the same complaint (a retry that
 /// raced the first) changes nothing.
 pub async fn insert_open311_request(tx: &mut Tx, r: &Open311RequestRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO hub_open311_requests (agency, id, service_code, api_key, retry_key, \
-         latitude, longitude, address_string, address_id, requested_time) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (agency, id) DO NOTHING",
+         latitude, longitude, address_string, address_id, requested_time, survey) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (agency, id) DO NOTHING",
     )
     .bind(&r.agency)
     .bind(&r.id)
@@ -764,6 +779,7 @@ pub async fn insert_open311_request(tx: &mut Tx, r: &Open311RequestRow) -> Resul
     .bind(&r.address_string)
     .bind(&r.address_id)
     .bind(r.requested_time)
+    .bind(&r.survey)
     .execute(tx.conn())
     .await?;
     Ok(())

@@ -2548,3 +2548,288 @@ async fn only_a_service_may_act_as_an_agencys_intake() {
         .expect_err("names of another agency");
     assert_eq!(err.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn surveys_are_open311_services_whose_questions_are_attributes() {
+    use touchstone_api::feedback::v1 as fpb;
+    use touchstone_api::feedback::v1::feedback_service_client::FeedbackServiceClient;
+    let h = Harness::start().await;
+    let mut g = h.gateway().await;
+    create_agency(&h, "passports", pb::BenchmarkConsent::Named, &h.hub())
+        .await
+        .expect("agency");
+    let admin = h.token("passports", ADMIN);
+    let mut f = FeedbackServiceClient::new(Harness::channel(&h._feedback).await);
+    let question = |key: &str, kind: fpb::QuestionKind, required: bool| fpb::Question {
+        key: key.into(),
+        text: format!("Question {key}?"),
+        kind: kind as i32,
+        required,
+        ..Default::default()
+    };
+    let survey = f
+        .create_survey(req(
+            fpb::CreateSurveyRequest {
+                parent: "agencies/passports".into(),
+                survey: Some(fpb::Survey {
+                    title: "Counter visit".into(),
+                    touchpoint: Some(fpb::Touchpoint {
+                        service: "passport renewal".into(),
+                        unit: "north".into(),
+                        channel: Via::InPerson as i32,
+                        stage: "collection".into(),
+                    }),
+                    questions: vec![
+                        question("satisfied", fpb::QuestionKind::Satisfaction5, true),
+                        question("resolved", fpb::QuestionKind::YesNo, false),
+                        fpb::Question {
+                            choices: ["web", "counter"]
+                                .iter()
+                                .map(|k| fpb::Choice {
+                                    key: (*k).into(),
+                                    label: format!("By {k}"),
+                                })
+                                .collect(),
+                            ..question("how", fpb::QuestionKind::MultipleChoice, false)
+                        },
+                        question("comment", fpb::QuestionKind::FreeText, false),
+                    ],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .expect("survey")
+        .into_inner();
+    let map = |survey: &str, id: &str| {
+        req(
+            pb::CreateOpen311ServiceRequest {
+                parent: "agencies/passports".into(),
+                open311_service: Some(pb::Open311Service {
+                    display_name: "Tell us about your visit".into(),
+                    survey: survey.into(),
+                    ..Default::default()
+                }),
+                open311_service_id: id.into(),
+                request_id: format!("map-{id}"),
+            },
+            &admin,
+        )
+    };
+    // A draft takes no responses, so it is no service yet.
+    let err = g
+        .create_open311_service(map(&survey.name, "visit"))
+        .await
+        .expect_err("draft");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&err), "SURVEY_NOT_PUBLISHED");
+    for (bad, field) in [
+        (
+            "agencies/passports/surveys/nothere",
+            "open311_service.survey",
+        ),
+        ("agencies/tax/surveys/x", "open311_service.survey"),
+    ] {
+        let err = g
+            .create_open311_service(map(bad, "visit"))
+            .await
+            .expect_err("bad survey");
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        assert_eq!(violations(&err), [field], "{bad}");
+    }
+    let mut both = map(&survey.name, "both");
+    if let Some(s) = both.get_mut().open311_service.as_mut() {
+        s.complaint_category = "delay".into();
+    }
+    let err = g.create_open311_service(both).await.expect_err("both");
+    assert_eq!(violations(&err), ["open311_service.complaint_category"]);
+    f.publish_survey(req(
+        fpb::PublishSurveyRequest {
+            name: survey.name.clone(),
+            ..Default::default()
+        },
+        &admin,
+    ))
+    .await
+    .expect("publish");
+    let made = g
+        .create_open311_service(map(&survey.name, "visit"))
+        .await
+        .expect("mapped")
+        .into_inner();
+    assert_eq!(made.survey, survey.name);
+
+    // The catalogue: metadata true, the questions as attributes.
+    let (status, body) = h.http_get("/open311/v2/services.json", None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"metadata\":true"), "{body}");
+    let (status, body) = h.http_get("/open311/v2/services/visit.json", None).await;
+    assert_eq!(status, 200);
+    let d: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let attrs = d["attributes"].as_array().expect("attributes");
+    let shape: Vec<(String, String, bool, u64)> = attrs
+        .iter()
+        .map(|a| {
+            (
+                a["code"].as_str().unwrap_or_default().to_string(),
+                a["datatype"].as_str().unwrap_or_default().to_string(),
+                a["required"].as_bool().unwrap_or_default(),
+                a["order"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("satisfied".into(), "number".into(), true, 1),
+            ("resolved".into(), "singlevaluelist".into(), false, 2),
+            ("how".into(), "multivaluelist".into(), false, 3),
+            ("comment".into(), "text".into(), false, 4),
+        ]
+    );
+    assert_eq!(attrs[2]["values"][1]["key"], "counter");
+    assert_eq!(attrs[2]["values"][1]["name"], "By counter");
+    assert_eq!(attrs[0]["variable"], true);
+    let (_, body) = h.http_get("/open311/v2/services/visit.xml", None).await;
+    assert!(
+        body.contains("<attribute><variable>true</variable><code>satisfied</code><datatype>number</datatype><required>true</required>"),
+        "{body}"
+    );
+
+    // A POST: a survey response with the attributes as answers and the
+    // description as the comment; contact details are not passed on.
+    let secret = g
+        .create_api_key(req(
+            pb::CreateApiKeyRequest {
+                parent: "agencies/passports".into(),
+                api_key: Some(pb::ApiKey {
+                    display_name: "Kiosk".into(),
+                    ..Default::default()
+                }),
+                api_key_id: "kiosk".into(),
+                request_id: "k1".into(),
+            },
+            &admin,
+        ))
+        .await
+        .expect("key")
+        .into_inner()
+        .key;
+    let base = format!(
+        "api_key={}&service_code=visit&address_id=north-counter",
+        enc(&secret)
+    );
+    let (status, _, body) = h
+        .http_form(
+            "/open311/v2/requests.json",
+            &format!(
+                "{base}&attribute[satisfied]=4&attribute[resolved]=yes&attribute[how][]=web\
+                 &attribute[how][]=counter&description=Quick+and+kind&email=a%40b.example"
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let id = answer[0]["service_request_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let responses = f
+        .list_responses(req(
+            fpb::ListResponsesRequest {
+                parent: survey.name.clone(),
+                ..Default::default()
+            },
+            &h.token("passports", OFFICER),
+        ))
+        .await
+        .expect("responses")
+        .into_inner()
+        .responses;
+    assert_eq!(responses.len(), 1);
+    let r = &responses[0];
+    assert_eq!(r.name, format!("{}/responses/{id}", survey.name));
+    let by_key = |k: &str| r.answers.iter().find(|a| a.question_key == k).cloned();
+    assert_eq!(by_key("satisfied").and_then(|a| a.score), Some(4));
+    assert_eq!(by_key("resolved").and_then(|a| a.yes), Some(true));
+    assert_eq!(
+        by_key("how").map(|a| a.choices),
+        Some(vec!["web".into(), "counter".into()])
+    );
+    assert_eq!(
+        by_key("comment").map(|a| a.text),
+        Some("Quick and kind".into())
+    );
+    assert!(r.client.is_empty());
+
+    // Public status: closed, received; no comment.
+    let (status, body) = h
+        .http_get(&format!("/open311/v2/requests/{id}.json"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(!body.contains("Quick and kind"), "{body}");
+    let one: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(one[0]["status"], "closed");
+    assert_eq!(one[0]["status_notes"], "Feedback received");
+    assert_eq!(one[0]["service_code"], "visit");
+    assert_eq!(one[0]["expected_datetime"], serde_json::Value::Null);
+    let (_, body) = h
+        .http_get("/open311/v2/requests.json?status=closed", None)
+        .await;
+    assert!(body.contains(&id), "{body}");
+
+    // Each bad answer is named; nothing is written.
+    for (extra, field) in [
+        ("&attribute[satisfied]=6", "attribute[satisfied]"),
+        ("&attribute[satisfied]=x", "attribute[satisfied]"),
+        (
+            "&attribute[satisfied][]=1&attribute[satisfied][]=2",
+            "attribute[satisfied]",
+        ),
+        (
+            "&attribute[satisfied]=3&attribute[resolved]=maybe",
+            "attribute[resolved]",
+        ),
+        (
+            "&attribute[satisfied]=3&attribute[how][]=fax",
+            "attribute[how]",
+        ),
+        (
+            "&attribute[satisfied]=3&attribute[colour]=red",
+            "attribute[colour]",
+        ),
+        ("", "attribute[satisfied]"),
+        (
+            "&attribute[satisfied]=3&attribute[comment]=Fine&description=Also",
+            "description",
+        ),
+    ] {
+        let (status, _, body) = h
+            .http_form("/open311/v2/requests.json", &format!("{base}{extra}"))
+            .await;
+        assert_eq!(status, 400, "{extra}: {body}");
+        let errors = open311_errors(&body);
+        assert!(
+            errors
+                .iter()
+                .any(|(_, d)| d.starts_with(&format!("{field}: "))),
+            "{extra}: {body}"
+        );
+    }
+    let count = f
+        .list_responses(req(
+            fpb::ListResponsesRequest {
+                parent: survey.name.clone(),
+                ..Default::default()
+            },
+            &h.token("passports", OFFICER),
+        ))
+        .await
+        .expect("responses")
+        .into_inner()
+        .responses
+        .len();
+    assert_eq!(count, 1);
+}
