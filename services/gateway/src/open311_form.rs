@@ -272,7 +272,8 @@ pub fn parse(pairs: &[(String, String)]) -> Result<Submission, Vec<FieldViolatio
             if !long_ok {
                 v.add("long", "must be decimal degrees from -180 to 180");
             }
-            (lat_ok && long_ok).then(|| (lat.to_string(), long.to_string()))
+            // Kept as plain decimals, so JSON shows them as numbers.
+            (lat_ok && long_ok).then(|| (plain_degrees(lat), plain_degrees(long)))
         }
     };
     let location = Location {
@@ -378,6 +379,11 @@ fn is_url(s: &str) -> bool {
         .strip_prefix("https://")
         .or_else(|| s.strip_prefix("http://"));
     rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
+}
+
+/// Checked degrees as a plain decimal: `+1.50` is `1.5`.
+fn plain_degrees(s: &str) -> String {
+    s.parse::<f64>().map(|d| d.to_string()).unwrap_or_default()
 }
 
 /// Decimal degrees within ±`max`, written plainly (no exponent, no NaN).
@@ -500,6 +506,15 @@ mod tests {
         assert_eq!(
             fields("email=x&phone=y&lat=200&long=0"),
             ["email", "lat", "phone", "service_code"]
+        );
+    }
+
+    #[test]
+    fn coordinates_are_kept_as_plain_decimals() {
+        let s = parse(&form("service_code=a&lat=%2B35.10&long=-.5")).unwrap();
+        assert_eq!(
+            s.location.lat_long,
+            Some(("35.1".to_string(), "-0.5".to_string()))
         );
     }
 
