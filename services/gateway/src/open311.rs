@@ -1,7 +1,8 @@
 //! The Open311 GeoReport v2 face of the gateway's HTTP listener, under
 //! `/open311/v2/`: service discovery, the agency's service catalogue
 //! (services and service definitions), `POST requests` (a complaint through
-//! the complaints API, with an `api_key`), `GET requests`, `requests/{id}`
+//! the complaints API, or a survey response through the feedback API, with an
+//! `api_key`), `GET requests`, `requests/{id}`
 //! and `tokens/{id}` (public status, no key), in XML always and JSON too.
 //! Errors are the spec's list of `{code, description}` with the HTTP status
 //! as code.
@@ -86,13 +87,13 @@ impl Failure {
                             .iter()
                             .map(|v| {
                                 format!(
-                                    "refused by the complaints service: {}: {}",
+                                    "refused by the service behind this endpoint: {}: {}",
                                     v.field, v.description
                                 )
                             })
                             .collect(),
                     ),
-                    _ => Failure::bad("the complaints service refused the request"),
+                    _ => Failure::bad("the service behind this endpoint refused the request"),
                 }
             }
             Error::Backend(status) => {

@@ -1947,6 +1947,32 @@ async fn dashboard_port_answers_healthz_and_metrics() {
     assert!(body.contains("process_resident_memory_bytes "), "{body}");
 }
 
+/// An API key of passports (its secret), issued by `admin`.
+async fn issue_key(
+    g: &mut GatewayServiceClient<Channel>,
+    admin: &str,
+    id: &str,
+    rate: i32,
+) -> String {
+    g.create_api_key(req(
+        pb::CreateApiKeyRequest {
+            parent: "agencies/passports".into(),
+            api_key: Some(pb::ApiKey {
+                display_name: format!("System {id}"),
+                requests_per_minute: rate,
+                ..Default::default()
+            }),
+            api_key_id: id.into(),
+            request_id: format!("k-{id}"),
+        },
+        admin,
+    ))
+    .await
+    .expect("key")
+    .into_inner()
+    .key
+}
+
 /// Percent-encodes a form value.
 fn enc(value: &str) -> String {
     value
@@ -1999,22 +2025,7 @@ async fn open311_requests_become_complaints_over_raw_http() {
     ))
     .await
     .expect("service");
-    let key = |id: &str, rate: i32| pb::CreateApiKeyRequest {
-        parent: "agencies/passports".into(),
-        api_key: Some(pb::ApiKey {
-            display_name: format!("System {id}"),
-            requests_per_minute: rate,
-            ..Default::default()
-        }),
-        api_key_id: id.into(),
-        request_id: format!("k-{id}"),
-    };
-    let secret = g
-        .create_api_key(req(key("web-forms", 1000), &admin))
-        .await
-        .expect("key")
-        .into_inner()
-        .key;
+    let secret = issue_key(&mut g, &admin, "web-forms", 1000).await;
     let officer = h.token("passports", OFFICER);
     let count = || async {
         h.complaints_client()
@@ -2403,12 +2414,7 @@ async fn open311_requests_become_complaints_over_raw_http() {
     assert_eq!(count().await.len(), 6);
 
     // Past its rate a key is 429 in the spec's form, with when to retry.
-    let tight = g
-        .create_api_key(req(key("tight", 1), &admin))
-        .await
-        .expect("key")
-        .into_inner()
-        .key;
+    let tight = issue_key(&mut g, &admin, "tight", 1).await;
     let mut refused = 0;
     for _ in 0..3 {
         let (status, head, body) = post("json", format!("api_key={}", enc(&tight))).await;
@@ -2700,23 +2706,7 @@ async fn surveys_are_open311_services_whose_questions_are_attributes() {
 
     // A POST: a survey response with the attributes as answers and the
     // description as the comment; contact details are not passed on.
-    let secret = g
-        .create_api_key(req(
-            pb::CreateApiKeyRequest {
-                parent: "agencies/passports".into(),
-                api_key: Some(pb::ApiKey {
-                    display_name: "Kiosk".into(),
-                    ..Default::default()
-                }),
-                api_key_id: "kiosk".into(),
-                request_id: "k1".into(),
-            },
-            &admin,
-        ))
-        .await
-        .expect("key")
-        .into_inner()
-        .key;
+    let secret = issue_key(&mut g, &admin, "kiosk", 60).await;
     let base = format!(
         "api_key={}&service_code=visit&address_id=north-counter",
         enc(&secret)
