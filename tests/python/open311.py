@@ -10,12 +10,15 @@ the agency).
   requests (form-encoded, with `attribute[...]` support), reads tokens, and
   reads requests back; it speaks JSON only.
 - Discovery has no call in either, so it is read with the standard library.
+- A survey offered as a service: georeport reads its definition (the
+  questions as attributes) and civicbot checks a request against that
+  definition before it posts the answers as `attribute[...]`.
 
 The agency's Open311 service and its API key are made through the gateway's
 gRPC API, as an agency_admin would.
 
-Environment: TS_AGENCY, TS_TOKEN (agency_admin among its roles), TS_GATEWAY
-(host:port), TS_OPEN311 (the base URL, http://host:port/open311/v2).
+Environment: TS_AGENCY, TS_TOKEN (agency_admin among its roles), TS_GATEWAY and
+TS_FEEDBACK (host:port), TS_OPEN311 (the base URL, http://host:port/open311/v2).
 """
 
 import json
@@ -27,10 +30,11 @@ import grpc
 import requests
 import xmltodict
 from civicbot.http import HttpError, HttpTransport, RateLimiter
-from civicbot.open311 import CONFIRM_TOKEN, Open311Client
+from civicbot.open311 import CONFIRM_TOKEN, Open311Client, ValidationError
 from civicbot.registry import Endpoint
 from georeport import GeoReport
 
+from touchstone.feedback.v1 import feedback_pb2, feedback_pb2_grpc
 from touchstone.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 AGENCY = os.environ["TS_AGENCY"]
@@ -202,12 +206,77 @@ def read_back(request_id, other):
     print("ok   open311: georeport get_service_requests, get_service_request (JSON and XML), 404; no personal data")
 
 
+def survey(key):
+    """A published survey as the service "visit": its questions are attributes."""
+    feedback = feedback_pb2_grpc.FeedbackServiceStub(grpc.insecure_channel(os.environ["TS_FEEDBACK"]))
+    kinds = feedback_pb2.QuestionKind
+    made = feedback.CreateSurvey(
+        feedback_pb2.CreateSurveyRequest(
+            parent=PARENT,
+            survey=feedback_pb2.Survey(
+                title="Your visit",
+                touchpoint=feedback_pb2.Touchpoint(service="counter service", unit="north", stage="visit"),
+                questions=[
+                    feedback_pb2.Question(key="satisfied", text="How satisfied were you?",
+                                          kind=kinds.Value("QUESTION_KIND_SATISFACTION_5"), required=True),
+                    feedback_pb2.Question(key="how", text="How did you contact us?",
+                                          kind=kinds.Value("QUESTION_KIND_MULTIPLE_CHOICE"),
+                                          choices=[feedback_pb2.Choice(key="web", label="Web"),
+                                                   feedback_pb2.Choice(key="counter", label="Counter")]),
+                ],
+            ),
+            request_id="py-open311-survey",
+        ),
+        metadata=TOKEN,
+        timeout=TIMEOUT,
+    )
+    feedback.PublishSurvey(feedback_pb2.PublishSurveyRequest(name=made.name), metadata=TOKEN, timeout=TIMEOUT)
+    gateway = gateway_pb2_grpc.GatewayServiceStub(grpc.insecure_channel(os.environ["TS_GATEWAY"]))
+    gateway.CreateOpen311Service(
+        gateway_pb2.CreateOpen311ServiceRequest(
+            parent=PARENT,
+            open311_service_id="visit",
+            open311_service=gateway_pb2.Open311Service(display_name="Tell us about your visit", survey=made.name),
+            request_id="py-open311-visit",
+        ),
+        metadata=TOKEN,
+        timeout=TIMEOUT,
+    )
+    for fmt in ("json", "xml"):
+        definition = GeoReport(BASE, jurisdiction=AGENCY, output_format=fmt).get_service_definition("visit")
+        attributes = definition["attributes"]
+        if fmt == "xml":
+            attributes = attributes["attribute"]
+        codes = [(a["code"], a["datatype"]) for a in attributes]
+        assert codes == [("satisfied", "number"), ("how", "multivaluelist")], codes
+    client, _ = civic_client()
+    try:  # civicbot checks the request against the definition it read
+        client.create_request("visit", dry_run=False, confirm=CONFIRM_TOKEN, api_key=key,
+                              validate_remote=True, address_id="counter-3", attributes={"how": ["web"]})
+        raise AssertionError("a request without the required answer was sent")
+    except ValidationError as e:
+        assert "satisfied" in str(e), e
+    sent = client.create_request("visit", dry_run=False, confirm=CONFIRM_TOKEN, api_key=key,
+                                 validate_remote=True, address_id="counter-3",
+                                 attributes={"satisfied": 4, "how": ["web", "counter"]})
+    response_id = sent.response[0]["service_request_id"]
+    responses = feedback.ListResponses(feedback_pb2.ListResponsesRequest(parent=made.name),
+                                       metadata=TOKEN, timeout=TIMEOUT).responses
+    assert [r.name.rsplit("/", 1)[1] for r in responses] == [response_id], responses
+    answers = {a.question_key: a for a in responses[0].answers}
+    assert answers["satisfied"].score == 4 and list(answers["how"].choices) == ["web", "counter"], answers
+    status = GeoReport(BASE, jurisdiction=AGENCY).get_service_request(response_id)
+    assert status["status"] == "closed" and status["service_code"] == "visit", status
+    print("ok   open311: a survey as a service: georeport reads its attributes, civicbot checks and posts answers")
+
+
 def main():
     key = setup()
     discovery()
     catalogue()
     request_id, other = post(key)
     read_back(request_id, other)
+    survey(key)
     print("python client: Open311 answered as documented")
 
 

@@ -99,5 +99,5 @@ env PYTHONPATH="$stubs" \
 
 env PYTHONPATH="$stubs" \
   TS_AGENCY="$agency" TS_TOKEN="$token" TS_GATEWAY="127.0.0.1:$p_gateway" \
-  TS_OPEN311="http://127.0.0.1:$p_http/open311/v2" \
+  TS_FEEDBACK="127.0.0.1:$p_feedback" TS_OPEN311="http://127.0.0.1:$p_http/open311/v2" \
   "$py" "$here/open311.py"
