@@ -190,3 +190,36 @@ pub fn classify(status: &Status) -> Failure {
         _ => Failure::Unreachable,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acting_as_carries_the_gateways_token_and_the_narrower_caller() {
+        let ctx = CallContext::acting_as(
+            &ServiceToken::Fixed("t".into()),
+            Role::Intake,
+            "a",
+            "agencies/a/apiKeys/k",
+        )
+        .unwrap();
+        let r = ctx.request(());
+        assert_eq!(r.metadata().get("authorization").unwrap(), "Bearer t");
+        assert_eq!(
+            r.metadata().get(ACT_AS_HEADER).unwrap(),
+            "intake agencies/a agencies/a/apiKeys/k"
+        );
+        // Another token for the same deadline acts as itself again.
+        let own = ctx.with_token(&ServiceToken::Fixed("u".into())).unwrap();
+        assert!(own.request(()).metadata().get(ACT_AS_HEADER).is_none());
+        // Without a service token nothing can be done on a key's behalf.
+        let err = CallContext::acting_as(&ServiceToken::None, Role::Intake, "a", "k").unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert_eq!(
+            CallContext::own(&ServiceToken::None).unwrap_err().code(),
+            Code::Unavailable
+        );
+    }
+}
