@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Third-party client suite: Python grpcio against the real `touchstone up`.
+# Third-party client suite against the real `touchstone up`: Python grpcio
+# (client.py), then the Open311 GeoReport v2 clients `georeport` and `civicbot`
+# from PyPI over the gateway's HTTP listener (open311.py).
 # Installs the pinned client packages (requirements.txt) into a virtual
 # environment under the target directory, generates stubs from proto/ with
 # grpcio-tools into a temporary directory (never committed), starts
 # `touchstone up` on a fresh data directory and free ports, mints tokens with
-# `touchstone token`, runs client.py, and stops the server.
+# `touchstone token`, runs client.py and open311.py, and stops the server.
 #
 #   tests/python/run.sh
 #
@@ -94,3 +96,8 @@ env PYTHONPATH="$stubs" \
   TS_FEEDBACK="127.0.0.1:$p_feedback" TS_KPI="127.0.0.1:$p_kpi" TS_GATEWAY="127.0.0.1:$p_gateway" \
   ROWS="${ROWS:-50000}" \
   "$py" "$here/client.py"
+
+env PYTHONPATH="$stubs" \
+  TS_AGENCY="$agency" TS_TOKEN="$token" TS_GATEWAY="127.0.0.1:$p_gateway" \
+  TS_FEEDBACK="127.0.0.1:$p_feedback" TS_OPEN311="http://127.0.0.1:$p_http/open311/v2" \
+  "$py" "$here/open311.py"

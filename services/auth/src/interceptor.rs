@@ -7,6 +7,7 @@ use tonic::{Code, Request, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::caller::Caller;
+use crate::delegation::ACT_AS_HEADER;
 use crate::error::AuthError;
 use crate::verifier::Verifier;
 
@@ -15,7 +16,10 @@ pub const ERROR_DOMAIN: &str = "auth.touchstone";
 
 /// Verifies `authorization: Bearer <jwt>` and stores the [`Caller`] in the request
 /// extensions, where [`Caller::from_request`] finds it. Failures are `UNAUTHENTICATED` with
-/// an `ErrorInfo` reason of `TOKEN_MISSING`, `TOKEN_INVALID` or `TOKEN_EXPIRED`.
+/// an `ErrorInfo` reason of `TOKEN_MISSING`, `TOKEN_INVALID` or `TOKEN_EXPIRED`. With a
+/// `touchstone-act-as` header the stored caller is the narrower one the token's holder may
+/// act as ([`Caller::act_as`]); a refused one is `PERMISSION_DENIED`, reason
+/// `ACT_AS_DENIED`, and the call goes no further.
 #[derive(Clone, Debug)]
 pub struct AuthInterceptor {
     verifier: Arc<Verifier>,
@@ -60,6 +64,24 @@ impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         match self.authenticate(&req) {
             Ok(caller) => {
+                let caller = match req.metadata().get(ACT_AS_HEADER) {
+                    None => caller,
+                    Some(value) => value
+                        .to_str()
+                        .map_err(|_| crate::DelegationError::Malformed)
+                        .and_then(|v| caller.act_as(v))
+                        .map_err(|e| {
+                            Status::with_error_details(
+                                Code::PermissionDenied,
+                                e.message(),
+                                ErrorDetails::with_error_info(
+                                    "ACT_AS_DENIED",
+                                    ERROR_DOMAIN,
+                                    HashMap::new(),
+                                ),
+                            )
+                        })?,
+                };
                 req.extensions_mut().insert(caller);
                 Ok(req)
             }

@@ -14,6 +14,7 @@ use crate::store::{
     IssueRecord, Needs, Personal,
 };
 use futures::{Stream, StreamExt};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -1017,6 +1018,8 @@ impl Complaints {
 
 /// Most historic steps of one imported complaint.
 const MAX_STEPS: usize = 100;
+/// Most complaints one GetComplaintStatuses names.
+const MAX_STATUSES: usize = 1000;
 
 /// A complaint being taken in: new (CreateComplaint) or historic, with the
 /// steps it already went through (ImportComplaint).
@@ -1354,6 +1357,64 @@ impl ComplaintsService for Complaints {
                         severity,
                         open,
                         overdue,
+                    })
+                    .collect(),
+            })
+        };
+        Ok(Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_complaint_statuses(
+        &self,
+        request: Request<pb::GetComplaintStatusesRequest>,
+    ) -> Reply<pb::GetComplaintStatusesResponse> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let agency = parse_agency("parent", &req.parent)?;
+            authorize(
+                &caller,
+                Action::ReadStatus.roles(),
+                agency,
+                Target::Collection,
+            )?;
+            if req.names.len() > MAX_STATUSES {
+                return Err(Error::invalid("names", "at most 1000"));
+            }
+            let mut ids = Vec::with_capacity(req.names.len());
+            for (i, name) in req.names.iter().enumerate() {
+                let field = format!("names[{i}]");
+                let (of, id) = parse_complaint(&field, name)?;
+                if of != agency {
+                    return Err(Error::invalid(&field, "must be a complaint of `parent`"));
+                }
+                ids.push(id);
+            }
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
+            let found = store::public_states(&mut tx, agency, &ids).await?;
+            let (cal, standard) = rules(&mut tx, agency).await?;
+            tx.commit().await?;
+            let now = times::now_millis();
+            let by_id: HashMap<&str, &store::PublicState> =
+                found.iter().map(|p| (p.id.as_str(), p)).collect();
+            Ok::<_, Error>(pb::GetComplaintStatusesResponse {
+                statuses: ids
+                    .iter()
+                    .filter_map(|id| by_id.get(id))
+                    .map(|p| {
+                        let s = &p.state;
+                        let clocks = s.clocks(&cal, &standard, now);
+                        pb::ComplaintStatus {
+                            name: format!("agencies/{agency}/complaints/{}", p.id),
+                            status: s.status.proto() as i32,
+                            stage: s.stage.proto() as i32,
+                            category: s.category.clone(),
+                            service: p.service.clone(),
+                            receive_time: Some(times::timestamp(s.receive_time)),
+                            update_time: Some(times::timestamp(p.update_time)),
+                            response_due_time: times::timestamp_opt(clocks.response.due_time),
+                        }
                     })
                     .collect(),
             })

@@ -902,6 +902,8 @@ pub enum Action {
     Migrate,
     /// Read complaints (personal data).
     Read,
+    /// Read the public state of complaints (no personal data).
+    ReadStatus,
     /// Work a complaint.
     Work,
     /// Read calendars, the standard and the learning register (no personal data).
@@ -921,6 +923,12 @@ impl Action {
             Action::Intake => &[Role::Officer, Role::SeniorOfficer, Role::Intake],
             Action::Migrate => &[Role::SeniorOfficer, Role::AgencyAdmin],
             Action::Read => &[Role::Officer, Role::SeniorOfficer],
+            Action::ReadStatus => &[
+                Role::Officer,
+                Role::SeniorOfficer,
+                Role::Analyst,
+                Role::Service,
+            ],
             Action::Work => &[Role::Officer, Role::SeniorOfficer],
             Action::ReadSettings => &[
                 Role::Officer,

@@ -1149,3 +1149,50 @@ mod tests {
         CALENDAR_SCHEMA.validate().expect("calendars");
     }
 }
+
+/// The public part of a stored complaint: what replays its clocks, without
+/// the sealed personal data (never read, so never opened).
+#[derive(Debug, Clone)]
+pub struct PublicState {
+    /// Id.
+    pub id: String,
+    /// Service complained about.
+    pub service: String,
+    /// State.
+    pub state: State,
+    /// Last changed.
+    pub update_time: i64,
+}
+
+/// The public state of the complaints of `agency` with these ids (those
+/// found, in no particular order).
+pub async fn public_states(
+    tx: &mut Tx,
+    agency: &str,
+    ids: &[&str],
+) -> Result<Vec<PublicState>, Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!(
+        "SELECT id, service, state, update_time FROM complaints WHERE agency = $1 AND id IN ({})",
+        marks.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    let rows = query.fetch_all(tx.conn()).await?;
+    rows.iter()
+        .map(|r| {
+            let state: String = r.try_get("state")?;
+            Ok(PublicState {
+                id: r.try_get("id")?,
+                service: r.try_get("service")?,
+                state: serde_json::from_str(&state).map_err(|_| Error::Corrupt("state"))?,
+                update_time: r.try_get("update_time")?,
+            })
+        })
+        .collect()
+}

@@ -25,6 +25,7 @@ use touchstone_platform::times;
 use crate::backends::{Backends, CallContext, Failure, classify};
 use crate::domain::{self, HUB, MemberFigure, Period};
 use crate::error::Error;
+use crate::open311_form::Submission;
 use crate::store::{self, AgencyRow, PeerGroupRow, UnitRow};
 
 /// Open complaints, in the complaints service's filter language.
@@ -64,6 +65,46 @@ pub struct KeyGrant {
     pub agency: String,
     /// The key's resource name (for audit: who wrote).
     pub key: String,
+}
+
+/// What Open311 shows of one request: its record here, its complaint's
+/// public status, and the names it is shown with.
+#[derive(Debug, Clone)]
+pub struct Open311View {
+    /// The record.
+    pub row: store::Open311RequestRow,
+    /// The complaint's public status; none for a survey response, which
+    /// needs nothing done.
+    pub status: Option<cpb::ComplaintStatus>,
+    /// The service's name (its code once the service is gone).
+    pub service_name: String,
+    /// The agency's name: agency_responsible.
+    pub agency_name: String,
+    /// The agency's time zone, for datetimes.
+    pub time_zone: String,
+}
+
+impl Open311View {
+    fn of(row: store::Open311RequestRow, status: Option<cpb::ComplaintStatus>) -> Open311View {
+        Open311View {
+            row,
+            status,
+            service_name: String::new(),
+            agency_name: String::new(),
+            time_zone: String::new(),
+        }
+    }
+
+    /// Open until the complaint is resolved, closed or withdrawn; a survey
+    /// response is closed once received.
+    pub fn is_open(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| {
+            !matches!(
+                cpb::Status::try_from(s.status),
+                Ok(cpb::Status::Resolved | cpb::Status::Closed | cpb::Status::Withdrawn)
+            )
+        })
+    }
 }
 
 /// Unreachable backends and withheld sections of a partial answer (AIP-217).
@@ -689,6 +730,7 @@ impl Gateway {
     async fn create_open311_service(
         &self,
         caller: &Caller,
+        ctx: &CallContext,
         req: pb::CreateOpen311ServiceRequest,
     ) -> Result<pb::Open311Service, Error> {
         let agency = agency_of("parent", &req.parent)?.to_string();
@@ -703,6 +745,10 @@ impl Gateway {
         }
         domain::check_open311_service(&service, &mut v);
         v.finish().map_err(Error::InvalidArgument)?;
+        let attributes = match service.survey.trim() {
+            "" => Vec::new(),
+            survey => self.survey_attributes(ctx, &agency, survey).await?,
+        };
         let fp = fingerprint(&req);
         let mut change = match self
             .begin::<pb::Open311Service>(
@@ -743,11 +789,54 @@ impl Gateway {
             complaint_category: service.complaint_category.trim().to_string(),
             complaint_service: service.complaint_service.trim().to_string(),
             create_time: times::now_millis(),
+            survey: service.survey.trim().to_string(),
+            attributes,
         };
         store::insert_open311_service(&mut change.tx, &row).await?;
         let out = row.to_proto();
         let name = out.name.clone();
         Ok(change.finish(&name, out).await?)
+    }
+
+    /// The questions of a published survey of `agency` as Open311
+    /// attributes, read with the caller's token (an agency_admin may read
+    /// its surveys).
+    async fn survey_attributes(
+        &self,
+        ctx: &CallContext,
+        agency: &str,
+        survey: &str,
+    ) -> Result<Vec<domain::Open311Attribute>, Error> {
+        let ids = names::parse_field("open311_service.survey", "agencies/{}/surveys/{}", survey)?;
+        if ids[0] != agency {
+            return Err(Error::invalid(
+                "open311_service.survey",
+                "must be a survey of the same agency",
+            ));
+        }
+        let found = ctx
+            .run(
+                self.backends
+                    .feedback()
+                    .get_survey(ctx.request(fpb::GetSurveyRequest {
+                        name: survey.to_string(),
+                    })),
+            )
+            .await;
+        let found = match found {
+            Ok(s) => s,
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                return Err(Error::invalid("open311_service.survey", "no such survey"));
+            }
+            Err(status) => return Err(Error::Backend(status)),
+        };
+        if found.state != fpb::SurveyState::Published as i32 {
+            return Err(Error::FailedPrecondition {
+                reason: "SURVEY_NOT_PUBLISHED",
+                message: "only a published survey can be an Open311 service",
+            });
+        }
+        Ok(domain::Open311Attribute::of_survey(&found))
     }
 
     async fn list_open311_services(
@@ -848,6 +937,320 @@ impl Gateway {
         let found = store::get_open311_service(&mut tx, agency, code).await?;
         tx.commit().await?;
         Ok(found)
+    }
+
+    // ---- Open311 requests ----
+
+    /// Takes in an Open311 `POST requests` made with `grant`'s key: a
+    /// complaint of the service's category, created through the complaints
+    /// API by the gateway acting as the key's `intake` (so it gets its
+    /// clocks, events and sealed personal fields), and the request's public
+    /// record here. Answers the service_request_id (the complaint's id). A
+    /// retry of the same POST (same key, device_id or account_id, and
+    /// fields) within [`domain::OPEN311_RETRY_WINDOW_MILLIS`] answers the
+    /// first id and creates nothing.
+    pub async fn open311_submit(
+        &self,
+        grant: &KeyGrant,
+        sub: &Submission,
+    ) -> Result<String, Error> {
+        let agency = grant.agency.as_str();
+        if sub.jurisdiction_id.as_deref().is_some_and(|j| j != agency) {
+            return Err(Error::PermissionDenied(
+                "the api_key is not valid for this jurisdiction_id",
+            ));
+        }
+        let service = self
+            .open311_service(agency, &sub.service_code)
+            .await?
+            .ok_or(Error::NotFound("service_code"))?;
+        let answers = if service.survey.is_empty() {
+            if let Some(code) = sub.attributes.keys().next() {
+                return Err(Error::invalid(
+                    &format!("attribute[{code}]"),
+                    "this service takes no attributes",
+                ));
+            }
+            None
+        } else {
+            Some(
+                domain::open311_answers(&service.attributes, sub)
+                    .map_err(Error::InvalidArgument)?,
+            )
+        };
+        let now = times::now_millis();
+        let retry_key = if sub.identifies_sender() {
+            let mut tx = self.db.write(Scope::Agency(agency)).await?;
+            let key = self.keys.data_key(&mut tx, agency).await?;
+            let retry_key = key.blind_index(
+                "open311_retry",
+                &domain::open311_retry_text(&grant.key, sub),
+            );
+            let since = now - domain::OPEN311_RETRY_WINDOW_MILLIS;
+            let first = store::find_open311_retry(&mut tx, agency, &retry_key, since).await?;
+            tx.commit().await?;
+            if let Some(first) = first {
+                return Ok(first.id);
+            }
+            retry_key
+        } else {
+            String::new()
+        };
+        let ctx = CallContext::acting_as(
+            &self.backends.service_token,
+            Role::Intake,
+            agency,
+            &grant.key,
+        )
+        .map_err(Error::Backend)?;
+        let request_id = domain::open311_request_id(&retry_key, now);
+        let (id, requested_time) = match answers {
+            Some(answers) => {
+                self.submit_response(&ctx, &service, answers, request_id)
+                    .await?
+            }
+            None => {
+                self.submit_complaint(&ctx, agency, &service, sub, request_id)
+                    .await?
+            }
+        };
+        let (latitude, longitude) = sub.location.lat_long.clone().unwrap_or_default();
+        let row = store::Open311RequestRow {
+            agency: agency.to_string(),
+            id: id.clone(),
+            service_code: service.id.clone(),
+            api_key: grant.key.rsplit('/').next().unwrap_or_default().to_string(),
+            retry_key,
+            latitude,
+            longitude,
+            address_string: sub.location.address_string.clone(),
+            address_id: sub.location.address_id.clone(),
+            requested_time: requested_time.unwrap_or(now),
+            survey: service.survey.clone(),
+        };
+        let mut tx = self.db.write(Scope::Agency(agency)).await?;
+        store::insert_open311_request(&mut tx, &row).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// A survey response of the service's survey, through the feedback API
+    /// as the key's intake: its id and submit time. The request's contact
+    /// details are not passed on: a survey response is anonymous.
+    async fn submit_response(
+        &self,
+        ctx: &CallContext,
+        service: &store::Open311ServiceRow,
+        answers: Vec<fpb::Answer>,
+        request_id: String,
+    ) -> Result<(String, Option<i64>), Error> {
+        let made = ctx
+            .run(self.backends.feedback().submit_response(ctx.request(
+                fpb::SubmitResponseRequest {
+                    parent: service.survey.clone(),
+                    response: Some(fpb::Response {
+                        answers,
+                        channel: touchstone_api::common::v1::Channel::Web as i32,
+                        ..Default::default()
+                    }),
+                    request_id,
+                },
+            )))
+            .await
+            .map_err(Error::Backend)?;
+        let id = made.name.rsplit('/').next().unwrap_or_default().to_string();
+        Ok((id, made.submit_time.as_ref().and_then(times::millis)))
+    }
+
+    /// A complaint of the service's category, through the complaints API as
+    /// the key's intake: its id and receive time.
+    async fn submit_complaint(
+        &self,
+        ctx: &CallContext,
+        agency: &str,
+        service: &store::Open311ServiceRow,
+        sub: &Submission,
+        request_id: String,
+    ) -> Result<(String, Option<i64>), Error> {
+        let who = if sub.name.is_empty() && sub.email.is_empty() && sub.phone.is_empty() {
+            cpb::complainant::Who::Anonymous(true)
+        } else {
+            cpb::complainant::Who::Contact(cpb::ContactDetails {
+                display_name: sub.name.clone(),
+                email: sub.email.clone(),
+                phone: sub.phone.clone(),
+            })
+        };
+        let made = ctx
+            .run(self.backends.complaints().create_complaint(ctx.request(
+                cpb::CreateComplaintRequest {
+                    parent: format!("agencies/{agency}"),
+                    complaint: Some(cpb::Complaint {
+                        complainant: Some(cpb::Complainant { who: Some(who) }),
+                        channel: touchstone_api::common::v1::Channel::Web as i32,
+                        service: service.complaint_service.clone(),
+                        category: service.complaint_category.clone(),
+                        description: sub.narrative(),
+                        severity: cpb::Severity::Medium as i32,
+                        ..Default::default()
+                    }),
+                    complaint_id: String::new(),
+                    request_id,
+                },
+            )))
+            .await
+            .map_err(Error::Backend)?;
+        let id = made.name.rsplit('/').next().unwrap_or_default().to_string();
+        Ok((id, made.receive_time.as_ref().and_then(times::millis)))
+    }
+
+    /// Open311 requests of `agency` as `GET requests` asks for them, each
+    /// with its complaint's public status (read by the gateway on its own
+    /// behalf: no personal data, no audit record).
+    pub async fn open311_requests(
+        &self,
+        agency: &str,
+        query: &domain::RequestQuery,
+    ) -> Result<Vec<Open311View>, Error> {
+        let ctx = CallContext::own(&self.backends.service_token).map_err(Error::Backend)?;
+        let mut out = Vec::new();
+        if let Some(ids) = &query.ids {
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
+            let rows = store::open311_requests_by_id(&mut tx, agency, ids).await?;
+            tx.commit().await?;
+            out.extend(self.with_statuses(&ctx, agency, rows).await?);
+            return self.named(agency, out).await;
+        }
+        let page_size = query.page_size;
+        let mut skip = (query.page - 1).saturating_mul(page_size);
+        // Without a status filter the page is the page of rows; with one,
+        // rows are read in chunks and kept while their status matches.
+        let (mut offset, chunk) = match query.open {
+            None => (std::mem::take(&mut skip), page_size),
+            Some(_) => (0, domain::OPEN311_MAX_PAGE),
+        };
+        loop {
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
+            let rows = store::list_open311_requests(
+                &mut tx,
+                agency,
+                &query.codes,
+                query.window,
+                offset,
+                chunk,
+            )
+            .await?;
+            tx.commit().await?;
+            let read = rows.len() as i64;
+            for view in self.with_statuses(&ctx, agency, rows).await? {
+                if query.open.is_some_and(|open| open != view.is_open()) {
+                    continue;
+                }
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                out.push(view);
+                if out.len() as i64 >= page_size {
+                    return self.named(agency, out).await;
+                }
+            }
+            if read < chunk || query.open.is_none() {
+                return self.named(agency, out).await;
+            }
+            offset += chunk;
+        }
+    }
+
+    /// One Open311 request of `agency`.
+    pub async fn open311_request(&self, agency: &str, id: &str) -> Result<Open311View, Error> {
+        let query = domain::RequestQuery::ids(vec![id.to_string()]);
+        self.open311_requests(agency, &query)
+            .await?
+            .pop()
+            .ok_or(Error::NotFound("service_request_id"))
+    }
+
+    /// Rows joined with their complaints' statuses (rows whose complaint
+    /// the complaints service does not know are left out).
+    async fn with_statuses(
+        &self,
+        ctx: &CallContext,
+        agency: &str,
+        rows: Vec<store::Open311RequestRow>,
+    ) -> Result<Vec<Open311View>, Error> {
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(domain::OPEN311_MAX_PAGE as usize) {
+            let names: Vec<String> = chunk
+                .iter()
+                .filter(|r| r.survey.is_empty())
+                .map(|r| format!("agencies/{agency}/complaints/{}", r.id))
+                .collect();
+            if names.is_empty() {
+                out.extend(chunk.iter().map(|row| Open311View::of(row.clone(), None)));
+                continue;
+            }
+            let found = ctx
+                .run(
+                    self.backends
+                        .complaints()
+                        .get_complaint_statuses(ctx.request(cpb::GetComplaintStatusesRequest {
+                            parent: format!("agencies/{agency}"),
+                            names,
+                        })),
+                )
+                .await
+                .map_err(Error::Backend)?;
+            let mut by_name: BTreeMap<String, cpb::ComplaintStatus> = found
+                .statuses
+                .into_iter()
+                .map(|s| (s.name.clone(), s))
+                .collect();
+            for row in chunk {
+                if !row.survey.is_empty() {
+                    out.push(Open311View::of(row.clone(), None));
+                    continue;
+                }
+                let name = format!("agencies/{agency}/complaints/{}", row.id);
+                if let Some(status) = by_name.remove(&name) {
+                    out.push(Open311View::of(row.clone(), Some(status)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fills in the names Open311 shows: the service's and the agency's,
+    /// and the agency's time zone for the datetimes.
+    async fn named(
+        &self,
+        agency: &str,
+        mut views: Vec<Open311View>,
+    ) -> Result<Vec<Open311View>, Error> {
+        if views.is_empty() {
+            return Ok(views);
+        }
+        let services: BTreeMap<String, String> = self
+            .open311_services(agency)
+            .await?
+            .into_iter()
+            .map(|s| (s.id, s.display_name))
+            .collect();
+        let mut tx = self.db.read(Scope::Agency(agency)).await?;
+        let found = store::get_agency(&mut tx, agency).await?;
+        tx.commit().await?;
+        let (agency_name, time_zone) = found
+            .map(|a| (a.display_name, a.time_zone))
+            .unwrap_or_else(|| (agency.to_string(), "UTC".into()));
+        for v in &mut views {
+            v.service_name = services
+                .get(&v.row.service_code)
+                .cloned()
+                .unwrap_or_else(|| v.row.service_code.clone());
+            v.agency_name.clone_from(&agency_name);
+            v.time_zone.clone_from(&time_zone);
+        }
+        Ok(views)
     }
 
     // ---- peer groups ----
@@ -1903,9 +2306,9 @@ impl GatewayService for Gateway {
         &self,
         r: Request<pb::CreateOpen311ServiceRequest>,
     ) -> Result<Response<pb::Open311Service>, Status> {
-        let caller = Caller::from_request(&r)?;
+        let (caller, ctx, req) = caller_and(r)?;
         Ok(Response::new(
-            Gateway::create_open311_service(self, &caller, r.into_inner()).await?,
+            Gateway::create_open311_service(self, &caller, &ctx, req).await?,
         ))
     }
 

@@ -15,7 +15,7 @@ use touchstone_api::complaints::v1::complaints_service_client::ComplaintsService
 use touchstone_api::feedback::v1::feedback_service_client::FeedbackServiceClient;
 use touchstone_api::kpi::v1::kpi_service_client::KpiServiceClient;
 use touchstone_api::register::v1::register_service_client::RegisterServiceClient;
-use touchstone_auth::ServiceToken;
+use touchstone_auth::{ACT_AS_HEADER, Role, ServiceToken, act_as_value};
 use touchstone_server::{PeerChannel, traced};
 
 /// The budget of a call whose caller set no deadline.
@@ -68,6 +68,8 @@ impl Backends {
 #[derive(Debug, Clone)]
 pub struct CallContext {
     authorization: MetadataValue<Ascii>,
+    /// The narrower caller the token's holder acts as, if any.
+    act_as: Option<MetadataValue<Ascii>>,
     deadline: Instant,
 }
 
@@ -85,8 +87,37 @@ impl CallContext {
             .unwrap_or(DEFAULT_BUDGET);
         Ok(CallContext {
             authorization,
+            act_as: None,
             deadline: Instant::now() + budget,
         })
+    }
+
+    /// The gateway on its own behalf, with the default budget: for calls no
+    /// caller's token stands behind (Open311 reads of public status).
+    pub fn own(token: &ServiceToken) -> Result<CallContext, Status> {
+        CallContext {
+            authorization: MetadataValue::from_static(""),
+            act_as: None,
+            deadline: Instant::now() + DEFAULT_BUDGET,
+        }
+        .with_token(token)
+    }
+
+    /// The gateway's token acting as `role` of `agency` for `subject` (an
+    /// Open311 API key acting as its agency's `intake`): the services verify
+    /// the gateway's token, then see only that narrower caller.
+    pub fn acting_as(
+        token: &ServiceToken,
+        role: Role,
+        agency: &str,
+        subject: &str,
+    ) -> Result<CallContext, Status> {
+        let mut ctx = CallContext::own(token)?;
+        ctx.act_as =
+            Some(act_as_value(role, agency, subject).parse().map_err(|_| {
+                Status::invalid_argument("the subject is not a valid header value")
+            })?);
+        Ok(ctx)
     }
 
     /// The same deadline with another token.
@@ -96,6 +127,7 @@ impl CallContext {
             .map_err(|_| Status::unavailable("the gateway's service token is not available"))?;
         Ok(CallContext {
             authorization,
+            act_as: None,
             deadline: self.deadline,
         })
     }
@@ -115,6 +147,9 @@ impl CallContext {
         let mut r = Request::new(message);
         r.metadata_mut()
             .insert("authorization", self.authorization.clone());
+        if let Some(act_as) = &self.act_as {
+            r.metadata_mut().insert(ACT_AS_HEADER, act_as.clone());
+        }
         r.set_timeout(self.remaining());
         r
     }
@@ -153,5 +188,38 @@ pub fn classify(status: &Status) -> Failure {
             Failure::Empty
         }
         _ => Failure::Unreachable,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acting_as_carries_the_gateways_token_and_the_narrower_caller() {
+        let ctx = CallContext::acting_as(
+            &ServiceToken::Fixed("t".into()),
+            Role::Intake,
+            "a",
+            "agencies/a/apiKeys/k",
+        )
+        .unwrap();
+        let r = ctx.request(());
+        assert_eq!(r.metadata().get("authorization").unwrap(), "Bearer t");
+        assert_eq!(
+            r.metadata().get(ACT_AS_HEADER).unwrap(),
+            "intake agencies/a agencies/a/apiKeys/k"
+        );
+        // Another token for the same deadline acts as itself again.
+        let own = ctx.with_token(&ServiceToken::Fixed("u".into())).unwrap();
+        assert!(own.request(()).metadata().get(ACT_AS_HEADER).is_none());
+        // Without a service token nothing can be done on a key's behalf.
+        let err = CallContext::acting_as(&ServiceToken::None, Role::Intake, "a", "k").unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert_eq!(
+            CallContext::own(&ServiceToken::None).unwrap_err().code(),
+            Code::Unavailable
+        );
     }
 }

@@ -6,8 +6,11 @@
 use std::collections::{BTreeMap, HashMap};
 use touchstone_api::common::v1::Date;
 use touchstone_api::complaints::v1 as complaints;
+use touchstone_api::feedback::v1 as feedback;
 use touchstone_api::gateway::v1 as pb;
 use touchstone_api::kpi::v1 as kpi;
+use touchstone_platform::error::{FieldViolation, Violations};
+use touchstone_platform::names;
 
 /// The scope key of hub-level directory changes and reads: never an agency
 /// id, because ids do not start with '-'.
@@ -782,6 +785,394 @@ pub enum Jurisdiction {
     Unknown,
 }
 
+/// How long a retried Open311 POST answers the first one's id.
+pub const OPEN311_RETRY_WINDOW_MILLIS: i64 = 10 * 60 * 1000;
+/// The most requests one `GET requests` answers (and its default).
+pub const OPEN311_MAX_PAGE: i64 = 1000;
+/// The longest span of `start_date` to `end_date`, and the default span.
+const OPEN311_MAX_SPAN_MILLIS: i64 = 90 * 24 * 3600 * 1000;
+/// The most ids one `service_request_id` list may name.
+const OPEN311_MAX_IDS: usize = 1000;
+
+/// What a retry of an Open311 POST must repeat: the key, who sent it, and
+/// every field but the key. The gateway keeps only a keyed hash of it.
+pub fn open311_retry_text(key: &str, sub: &crate::open311_form::Submission) -> String {
+    format!(
+        "{key}\n{}\n{}\n{}",
+        sub.device_id, sub.account_id, sub.canonical
+    )
+}
+
+/// The complaints API `request_id` of an Open311 POST: derived from its
+/// retry key and the retry window it falls in, so two identical POSTs that
+/// race within a window make one complaint (the complaints service's own
+/// idempotency); none (no replay protection) without a retry key.
+pub fn open311_request_id(retry_key: &str, now: i64) -> String {
+    use sha2::Digest as _;
+    if retry_key.is_empty() {
+        return String::new();
+    }
+    let window = now.div_euclid(OPEN311_RETRY_WINDOW_MILLIS);
+    let digest = sha2::Sha256::digest(format!("{retry_key}/{window}").as_bytes());
+    let hex: String = digest.iter().take(20).map(|b| format!("{b:02x}")).collect();
+    format!("open311-{hex}")
+}
+
+/// A `GET requests` query, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestQuery {
+    /// `service_request_id`: these ids only, every other filter ignored.
+    pub ids: Option<Vec<String>>,
+    /// `service_code`: these codes (all when empty).
+    pub codes: Vec<String>,
+    /// Received in [from, to), millis.
+    pub window: (i64, i64),
+    /// `status`: open only, closed only, or either.
+    pub open: Option<bool>,
+    /// `page`, from 1.
+    pub page: i64,
+    /// `page_size`, 1 to 1000.
+    pub page_size: i64,
+}
+
+impl RequestQuery {
+    /// These ids only.
+    pub fn ids(ids: Vec<String>) -> RequestQuery {
+        RequestQuery {
+            ids: Some(ids),
+            codes: Vec::new(),
+            window: (0, i64::MAX),
+            open: None,
+            page: 1,
+            page_size: OPEN311_MAX_PAGE,
+        }
+    }
+
+    /// Parses the arguments (absent and empty are the same); each bad one
+    /// is named. `now` anchors the default window: the last 90 days.
+    pub fn parse(
+        get: impl Fn(&str) -> Option<String>,
+        now: i64,
+    ) -> Result<RequestQuery, Vec<FieldViolation>> {
+        let mut v = Violations::new();
+        let list = |name: &str| -> Vec<String> {
+            get(name)
+                .map(|s| {
+                    s.split(',')
+                        .map(|p| p.trim().to_string())
+                        .filter(|p| !p.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let ids = list("service_request_id");
+        if ids.len() > OPEN311_MAX_IDS {
+            v.add(
+                "service_request_id",
+                format!("at most {OPEN311_MAX_IDS} ids"),
+            );
+        }
+        if ids.iter().any(|id| names::check_id(id).is_err()) {
+            v.add(
+                "service_request_id",
+                "each id must be 1 to 63 characters of a-z, 0-9 and '-'",
+            );
+        }
+        let codes = list("service_code");
+        if codes.iter().any(|c| names::check_id(c).is_err()) || codes.len() > 100 {
+            v.add(
+                "service_code",
+                "at most 100 codes, each 1 to 63 characters of a-z, 0-9 and '-'",
+            );
+        }
+        let mut instant = |name: &str| {
+            get(name).and_then(|s| match s.parse::<jiff::Timestamp>() {
+                Ok(t) => Some(t.as_millisecond()),
+                Err(_) => {
+                    v.add(
+                        name,
+                        "must be a W3C datetime with a zone, e.g. 2026-12-01T00:00:00Z",
+                    );
+                    None
+                }
+            })
+        };
+        let start = instant("start_date");
+        let end = instant("end_date");
+        let window = match (start, end) {
+            (Some(s), Some(e)) => (s, e),
+            (Some(s), None) => (s, s.saturating_add(OPEN311_MAX_SPAN_MILLIS)),
+            (None, Some(e)) => (e.saturating_sub(OPEN311_MAX_SPAN_MILLIS), e),
+            (None, None) => (now - OPEN311_MAX_SPAN_MILLIS, now),
+        };
+        if window.0 > window.1 {
+            v.add("end_date", "must not be before start_date");
+        } else if window.1 - window.0 > OPEN311_MAX_SPAN_MILLIS {
+            v.add("end_date", "may be at most 90 days after start_date");
+        }
+        let mut open = None;
+        let statuses = list("status");
+        for s in &statuses {
+            match s.as_str() {
+                "open" | "closed" => {}
+                _ => v.add("status", "must be open, closed or both (comma separated)"),
+            }
+        }
+        let has = |s: &str| statuses.iter().any(|x| x == s);
+        if has("open") != has("closed") {
+            open = Some(has("open"));
+        }
+        let mut number = |name: &str, max: i64, default: i64| match get(name) {
+            None => default,
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if (1..=max).contains(&n) => n,
+                _ => {
+                    v.add(name, format!("must be a whole number from 1 to {max}"));
+                    default
+                }
+            },
+        };
+        let page = number("page", 1_000_000, 1);
+        let page_size = number("page_size", OPEN311_MAX_PAGE, OPEN311_MAX_PAGE);
+        v.finish()?;
+        Ok(RequestQuery {
+            ids: (!ids.is_empty()).then_some(ids),
+            codes,
+            // end_date is inclusive in the spec's words ("latest datetime").
+            window: (window.0, window.1.saturating_add(1)),
+            open,
+            page,
+            page_size,
+        })
+    }
+}
+
+/// The public words for a complaint's state: Open311's `status_notes`.
+pub fn open311_status_notes(status: &complaints::ComplaintStatus) -> String {
+    use complaints::Status as S;
+    let words = match S::try_from(status.status) {
+        Ok(S::Received) => "Received",
+        Ok(S::Acknowledged) => "Acknowledged",
+        Ok(S::InProgress) => "In progress",
+        Ok(S::AwaitingClient) => {
+            "Waiting for more information from the person who made the request"
+        }
+        Ok(S::Resolved) => "Resolved: a response was given",
+        Ok(S::Closed) => "Closed",
+        Ok(S::Withdrawn) => "Withdrawn",
+        Ok(S::Reopened) => "Reopened",
+        Ok(S::Unspecified) | Err(_) => "Received",
+    };
+    let stage = match complaints::Stage::try_from(status.stage) {
+        Ok(complaints::Stage::Investigation) => " (investigation)",
+        Ok(complaints::Stage::InternalReview) => " (internal review)",
+        Ok(complaints::Stage::ExternalReview) => " (external review)",
+        _ => "",
+    };
+    format!("{words}{stage}")
+}
+
+/// An instant as Open311 shows it: a W3C datetime in the agency's zone,
+/// with its offset (UTC when the zone is unknown).
+pub fn open311_datetime(millis: i64, time_zone: &str) -> String {
+    let Ok(t) = jiff::Timestamp::from_millisecond(millis) else {
+        return String::new();
+    };
+    static TZDB: std::sync::LazyLock<jiff::tz::TimeZoneDatabase> =
+        std::sync::LazyLock::new(jiff::tz::TimeZoneDatabase::bundled);
+    let zone = TZDB.get(time_zone).unwrap_or(jiff::tz::TimeZone::UTC);
+    let local = zone.to_datetime(t);
+    let offset = zone.to_offset(t).seconds();
+    let sign = if offset < 0 { '-' } else { '+' };
+    let offset = offset.unsigned_abs();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{sign}{:02}:{:02}",
+        local.year(),
+        local.month(),
+        local.day(),
+        local.hour(),
+        local.minute(),
+        local.second(),
+        offset / 3600,
+        offset % 3600 / 60
+    )
+}
+
+/// A survey question as an Open311 attribute of the survey's service.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Open311Attribute {
+    /// The question's key: the attribute's code.
+    pub code: String,
+    /// The question's text: the attribute's description.
+    pub description: String,
+    /// The question's kind (feedback's QuestionKind number).
+    pub kind: i32,
+    /// Whether a response must answer it.
+    pub required: bool,
+    /// Choices (key, label) of a choice question.
+    pub choices: Vec<(String, String)>,
+}
+
+impl Open311Attribute {
+    /// The attributes of a survey's questions, in order.
+    pub fn of_survey(survey: &feedback::Survey) -> Vec<Open311Attribute> {
+        survey
+            .questions
+            .iter()
+            .map(|q| Open311Attribute {
+                code: q.key.clone(),
+                description: q.text.clone(),
+                kind: q.kind,
+                required: q.required,
+                choices: match feedback::QuestionKind::try_from(q.kind) {
+                    Ok(feedback::QuestionKind::YesNo) => {
+                        vec![("yes".into(), "Yes".into()), ("no".into(), "No".into())]
+                    }
+                    _ => q
+                        .choices
+                        .iter()
+                        .map(|c| (c.key.clone(), c.label.clone()))
+                        .collect(),
+                },
+            })
+            .collect()
+    }
+
+    /// The scale of a scored question: lowest and highest score.
+    fn scale(&self) -> Option<(i32, i32)> {
+        use feedback::QuestionKind as K;
+        match K::try_from(self.kind) {
+            Ok(K::Agreement5 | K::Satisfaction5) => Some((1, 5)),
+            Ok(K::Likelihood11) => Some((0, 10)),
+            Ok(K::Effort7) => Some((1, 7)),
+            _ => None,
+        }
+    }
+
+    fn is_text(&self) -> bool {
+        self.kind == feedback::QuestionKind::FreeText as i32
+    }
+
+    fn is_multiple(&self) -> bool {
+        self.kind == feedback::QuestionKind::MultipleChoice as i32
+    }
+
+    /// The Open311 datatype.
+    pub fn datatype(&self) -> &'static str {
+        if self.scale().is_some() {
+            "number"
+        } else if self.is_text() {
+            "text"
+        } else if self.is_multiple() {
+            "multivaluelist"
+        } else {
+            "singlevaluelist"
+        }
+    }
+
+    /// What the value must be, in words.
+    pub fn datatype_description(&self) -> String {
+        match self.scale() {
+            Some((lo, hi)) => format!("a whole number from {lo} to {hi}"),
+            None if self.is_text() => "free text".into(),
+            None if self.is_multiple() => "one or more of the values' keys".into(),
+            None => "one of the values' keys".into(),
+        }
+    }
+
+    /// The answer a request's values give this question.
+    fn answer(&self, values: &[String]) -> Result<feedback::Answer, String> {
+        let mut answer = feedback::Answer {
+            question_key: self.code.clone(),
+            ..Default::default()
+        };
+        let one = || match values {
+            [v] => Ok(v.as_str()),
+            _ => Err("takes one value".to_string()),
+        };
+        if let Some((lo, hi)) = self.scale() {
+            match one()?.parse::<i32>() {
+                Ok(n) if (lo..=hi).contains(&n) => answer.score = Some(n),
+                _ => return Err(format!("must be a whole number from {lo} to {hi}")),
+            }
+        } else if self.is_text() {
+            answer.text = one()?.to_string();
+        } else if self.kind == feedback::QuestionKind::YesNo as i32 {
+            answer.yes = Some(match one()? {
+                "yes" | "true" => true,
+                "no" | "false" => false,
+                _ => return Err("must be yes or no".into()),
+            });
+        } else {
+            if !self.is_multiple() {
+                one()?;
+            }
+            if let Some(bad) = values
+                .iter()
+                .find(|v| !self.choices.iter().any(|(key, _)| key == *v))
+            {
+                let keys: Vec<&str> = self.choices.iter().map(|(k, _)| k.as_str()).collect();
+                return Err(format!(
+                    "{bad:?} is not one of the values ({})",
+                    keys.join(", ")
+                ));
+            }
+            answer.choices = values.to_vec();
+        }
+        Ok(answer)
+    }
+}
+
+/// A survey response's answers from an Open311 request's attributes (and its
+/// description, which answers the survey's one free-text question when that
+/// was not given as an attribute); each bad or missing one is named.
+pub fn open311_answers(
+    attributes: &[Open311Attribute],
+    sub: &crate::open311_form::Submission,
+) -> Result<Vec<feedback::Answer>, Vec<FieldViolation>> {
+    let mut v = Violations::new();
+    let mut answers = Vec::new();
+    for code in sub.attributes.keys() {
+        if !attributes.iter().any(|a| &a.code == code) {
+            v.add(
+                format!("attribute[{code}]"),
+                "not an attribute of this service",
+            );
+        }
+    }
+    let texts: Vec<&Open311Attribute> = attributes
+        .iter()
+        .filter(|a| a.is_text() && !sub.attributes.contains_key(&a.code))
+        .collect();
+    let description = sub.description.trim();
+    for a in attributes {
+        let field = format!("attribute[{}]", a.code);
+        match sub.attributes.get(&a.code) {
+            Some(values) => match a.answer(values) {
+                Ok(answer) => answers.push(answer),
+                Err(e) => v.add(field, e),
+            },
+            None if a.is_text() && texts.len() == 1 && !description.is_empty() => {
+                answers.push(feedback::Answer {
+                    question_key: a.code.clone(),
+                    text: description.to_string(),
+                    ..Default::default()
+                });
+            }
+            None if a.required => v.add(field, "required"),
+            None => {}
+        }
+    }
+    if !description.is_empty() && texts.len() != 1 {
+        v.add(
+            "description",
+            "this service has no free-text question left for it: give the comment as its attribute",
+        );
+    }
+    v.finish()?;
+    Ok(answers)
+}
+
 /// Checks the Open311 fields of a service, naming each bad one.
 pub fn check_open311_service(
     s: &pb::Open311Service,
@@ -813,8 +1204,19 @@ pub fn check_open311_service(
         }
     }
     let category = s.complaint_category.trim();
-    if category.is_empty() {
-        v.add("open311_service.complaint_category", "required");
+    let survey = s.survey.trim();
+    if category.is_empty() == survey.is_empty() {
+        v.add(
+            "open311_service.complaint_category",
+            "required: a complaint category or (in `survey`) a survey, not both",
+        );
+    } else if !survey.is_empty() {
+        if !survey.starts_with("agencies/") || survey.split('/').count() != 4 {
+            v.add(
+                "open311_service.survey",
+                "must be agencies/{agency}/surveys/{survey}",
+            );
+        }
     } else if !text(category, 100) || category.contains('\n') {
         v.add(
             "open311_service.complaint_category",
@@ -937,5 +1339,109 @@ mod key_tests {
         assert!(l.admit("b", 2, t + 2));
         let next_minute = (t.div_euclid(60_000) + 1) * 60_000;
         assert!(l.admit("a", 2, next_minute));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod open311_tests {
+    use super::*;
+
+    const DAY: i64 = 24 * 3600 * 1000;
+
+    fn query(args: &[(&str, &str)]) -> Result<RequestQuery, Vec<String>> {
+        let now = 1_800_000_000_000;
+        RequestQuery::parse(
+            |name| {
+                args.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            },
+            now,
+        )
+        .map_err(|v| v.into_iter().map(|f| f.field).collect())
+    }
+
+    #[test]
+    fn request_queries_default_and_check_each_argument() {
+        let q = query(&[]).unwrap();
+        assert_eq!(q.window, (1_800_000_000_000 - 90 * DAY, 1_800_000_000_001));
+        assert_eq!((q.page, q.page_size, q.open, q.ids), (1, 1000, None, None));
+        let q = query(&[
+            ("start_date", "2026-01-01T00:00:00+10:00"),
+            ("end_date", "2026-03-31T14:00:00Z"),
+            ("status", "closed"),
+            ("service_code", "delay, other"),
+            ("page", "3"),
+            ("page_size", "20"),
+        ])
+        .unwrap();
+        let start = "2025-12-31T14:00:00Z".parse::<jiff::Timestamp>().unwrap();
+        assert_eq!(q.window.0, start.as_millisecond());
+        assert_eq!(
+            q.window.1 - q.window.0,
+            90 * DAY + 1,
+            "exactly 90 days, end included"
+        );
+        assert_eq!(q.open, Some(false));
+        assert_eq!(q.codes, ["delay", "other"]);
+        assert_eq!((q.page, q.page_size), (3, 20));
+        assert_eq!(query(&[("status", "open,closed")]).unwrap().open, None);
+        assert_eq!(
+            query(&[("service_request_id", "a,b")]).unwrap().ids,
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        // Only start: the 90 days after it.
+        let q = query(&[("start_date", "2026-01-01T00:00:00Z")]).unwrap();
+        assert_eq!(q.window.1 - q.window.0, 90 * DAY + 1);
+        for (args, field) in [
+            (vec![("start_date", "2026-01-01")], "start_date"),
+            (vec![("end_date", "2026-01-01T00:00:00")], "end_date"),
+            (
+                vec![
+                    ("start_date", "2026-01-01T00:00:00Z"),
+                    ("end_date", "2026-04-01T00:00:01Z"),
+                ],
+                "end_date",
+            ),
+            (vec![("status", "pending")], "status"),
+            (vec![("page", "0")], "page"),
+            (vec![("page", "x")], "page"),
+            (vec![("page_size", "1001")], "page_size"),
+            (vec![("service_code", "Bad!")], "service_code"),
+            (vec![("service_request_id", "a,B")], "service_request_id"),
+        ] {
+            assert_eq!(query(&args).unwrap_err(), [field], "{args:?}");
+        }
+    }
+
+    #[test]
+    fn datetimes_carry_the_agencys_offset() {
+        let t = "2026-12-05T01:02:03Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_millisecond();
+        assert_eq!(
+            open311_datetime(t, "Australia/Sydney"),
+            "2026-12-05T12:02:03+11:00"
+        );
+        assert_eq!(
+            open311_datetime(t, "America/Los_Angeles"),
+            "2026-12-04T17:02:03-08:00"
+        );
+        assert_eq!(
+            open311_datetime(t, "Nowhere/Else"),
+            "2026-12-05T01:02:03+00:00"
+        );
+    }
+
+    #[test]
+    fn a_retry_keeps_its_request_id_within_a_window() {
+        assert_eq!(open311_request_id("", 0), "");
+        let at = |m: i64| open311_request_id("k", m);
+        assert_eq!(at(0), at(OPEN311_RETRY_WINDOW_MILLIS - 1));
+        assert_ne!(at(0), at(OPEN311_RETRY_WINDOW_MILLIS));
+        assert_ne!(at(0), open311_request_id("k2", 0));
+        assert!(at(0).starts_with("open311-") && at(0).len() <= 100);
     }
 }

@@ -11,6 +11,7 @@ pub mod desk;
 pub mod domain;
 pub mod error;
 pub mod open311;
+pub mod open311_form;
 mod ops;
 pub mod store;
 pub mod web;
@@ -39,6 +40,16 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
             name: "open311",
             sql: include_str!("../migrations/sqlite/0002_open311.sql"),
         },
+        Migration {
+            version: 3,
+            name: "open311_requests",
+            sql: include_str!("../migrations/sqlite/0003_open311_requests.sql"),
+        },
+        Migration {
+            version: 4,
+            name: "open311_surveys",
+            sql: include_str!("../migrations/sqlite/0004_open311_surveys.sql"),
+        },
     ],
     postgres: &[
         Migration {
@@ -50,6 +61,16 @@ pub static MIGRATIONS: MigrationSet = MigrationSet {
             version: 2,
             name: "open311",
             sql: include_str!("../migrations/postgres/0002_open311.sql"),
+        },
+        Migration {
+            version: 3,
+            name: "open311_requests",
+            sql: include_str!("../migrations/postgres/0003_open311_requests.sql"),
+        },
+        Migration {
+            version: 4,
+            name: "open311_surveys",
+            sql: include_str!("../migrations/postgres/0004_open311_surveys.sql"),
         },
     ],
 };

@@ -586,11 +586,16 @@ pub struct Open311ServiceRow {
     pub complaint_service: String,
     /// Millis.
     pub create_time: i64,
+    /// Instead of a complaint category: the survey answered, by name.
+    pub survey: String,
+    /// The survey's questions as Open311 attributes.
+    pub attributes: Vec<crate::domain::Open311Attribute>,
 }
 
 impl Open311ServiceRow {
     fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
         let keywords: String = r.try_get("keywords")?;
+        let attributes: String = r.try_get("attributes")?;
         Ok(Open311ServiceRow {
             agency: r.try_get("agency")?,
             id: r.try_get("id")?,
@@ -602,6 +607,9 @@ impl Open311ServiceRow {
             complaint_category: r.try_get("complaint_category")?,
             complaint_service: r.try_get("complaint_service")?,
             create_time: r.try_get("create_time")?,
+            survey: r.try_get("survey")?,
+            attributes: serde_json::from_str(&attributes)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         })
     }
 
@@ -616,19 +624,20 @@ impl Open311ServiceRow {
             complaint_category: self.complaint_category.clone(),
             complaint_service: self.complaint_service.clone(),
             create_time: Some(times::timestamp(self.create_time)),
+            survey: self.survey.clone(),
         }
     }
 }
 
 const OPEN311_COLUMNS: &str = "agency, id, display_name, description, group_name, keywords, \
-    complaint_category, complaint_service, create_time";
+    complaint_category, complaint_service, create_time, survey, attributes";
 
 /// Inserts an Open311 service.
 pub async fn insert_open311_service(tx: &mut Tx, s: &Open311ServiceRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO hub_open311_services (agency, id, display_name, description, group_name, \
-         keywords, complaint_category, complaint_service, create_time) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         keywords, complaint_category, complaint_service, create_time, survey, attributes) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&s.agency)
     .bind(&s.id)
@@ -639,6 +648,8 @@ pub async fn insert_open311_service(tx: &mut Tx, s: &Open311ServiceRow) -> Resul
     .bind(&s.complaint_category)
     .bind(&s.complaint_service)
     .bind(s.create_time)
+    .bind(&s.survey)
+    .bind(serde_json::to_string(&s.attributes).unwrap_or_else(|_| "[]".into()))
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -695,4 +706,168 @@ pub async fn delete_open311_service(
         .execute(tx.conn())
         .await?;
     Ok(())
+}
+
+// ---- Open311 requests ----
+
+/// A request taken in through Open311: its complaint's id and what Open311
+/// shows of it beside the complaint's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Open311RequestRow {
+    /// Agency.
+    pub agency: String,
+    /// The complaint's id: the service_request_id.
+    pub id: String,
+    /// The service_code it was made to.
+    pub service_code: String,
+    /// The API key's id.
+    pub api_key: String,
+    /// Keyed hash under which a retry finds it; empty when the sender gave
+    /// no device_id or account_id.
+    pub retry_key: String,
+    /// Latitude as given, or empty.
+    pub latitude: String,
+    /// Longitude as given, or empty.
+    pub longitude: String,
+    /// address_string, or empty.
+    pub address_string: String,
+    /// address_id, or empty.
+    pub address_id: String,
+    /// When it was received, millis.
+    pub requested_time: i64,
+    /// The survey it answered (a response of it, with id `id`); empty for a
+    /// complaint.
+    pub survey: String,
+}
+
+impl Open311RequestRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Open311RequestRow {
+            agency: r.try_get("agency")?,
+            id: r.try_get("id")?,
+            service_code: r.try_get("service_code")?,
+            api_key: r.try_get("api_key")?,
+            retry_key: r.try_get("retry_key")?,
+            latitude: r.try_get("latitude")?,
+            longitude: r.try_get("longitude")?,
+            address_string: r.try_get("address_string")?,
+            address_id: r.try_get("address_id")?,
+            requested_time: r.try_get("requested_time")?,
+            survey: r.try_get("survey")?,
+        })
+    }
+}
+
+const REQUEST_COLUMNS: &str = "agency, id, service_code, api_key, retry_key, latitude, longitude, \
+    address_string, address_id, requested_time, survey";
+
+/// Records a request; a second record of the same complaint (a retry that
+/// raced the first) changes nothing.
+pub async fn insert_open311_request(tx: &mut Tx, r: &Open311RequestRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO hub_open311_requests (agency, id, service_code, api_key, retry_key, \
+         latitude, longitude, address_string, address_id, requested_time, survey) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (agency, id) DO NOTHING",
+    )
+    .bind(&r.agency)
+    .bind(&r.id)
+    .bind(&r.service_code)
+    .bind(&r.api_key)
+    .bind(&r.retry_key)
+    .bind(&r.latitude)
+    .bind(&r.longitude)
+    .bind(&r.address_string)
+    .bind(&r.address_id)
+    .bind(r.requested_time)
+    .bind(&r.survey)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// The newest request recorded under `retry_key` since `since`.
+pub async fn find_open311_retry(
+    tx: &mut Tx,
+    agency: &str,
+    retry_key: &str,
+    since: i64,
+) -> Result<Option<Open311RequestRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM hub_open311_requests \
+         WHERE agency = $1 AND retry_key = $2 AND requested_time >= $3 \
+         ORDER BY requested_time DESC LIMIT 1"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(retry_key)
+        .bind(since)
+        .fetch_optional(tx.conn())
+        .await?
+        .map(|r| Open311RequestRow::from_row(&r))
+        .transpose()
+}
+
+/// The requests of `agency` with these ids (those found).
+pub async fn open311_requests_by_id(
+    tx: &mut Tx,
+    agency: &str,
+    ids: &[String],
+) -> Result<Vec<Open311RequestRow>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM hub_open311_requests WHERE agency = $1 AND id IN ({}) \
+         ORDER BY requested_time DESC, id DESC",
+        marks.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
+    for id in ids {
+        query = query.bind(id);
+    }
+    query
+        .fetch_all(tx.conn())
+        .await?
+        .iter()
+        .map(Open311RequestRow::from_row)
+        .collect()
+}
+
+/// Requests of `agency` received in [`from`, `to`), of the given service
+/// codes (all when empty), newest first, `limit` from `offset`.
+pub async fn list_open311_requests(
+    tx: &mut Tx,
+    agency: &str,
+    codes: &[String],
+    (from, to): (i64, i64),
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<Open311RequestRow>, sqlx::Error> {
+    let marks: Vec<String> = (0..codes.len()).map(|i| format!("${}", i + 6)).collect();
+    let by_code = if codes.is_empty() {
+        String::new()
+    } else {
+        format!(" AND service_code IN ({})", marks.join(", "))
+    };
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM hub_open311_requests \
+         WHERE agency = $1 AND requested_time >= $2 AND requested_time < $3{by_code} \
+         ORDER BY requested_time DESC, id DESC LIMIT $4 OFFSET $5"
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agency)
+        .bind(from)
+        .bind(to)
+        .bind(limit)
+        .bind(offset);
+    for code in codes {
+        query = query.bind(code);
+    }
+    query
+        .fetch_all(tx.conn())
+        .await?
+        .iter()
+        .map(Open311RequestRow::from_row)
+        .collect()
 }

@@ -594,6 +594,30 @@ impl Harness {
         self.http("POST", path, Some(token), Some(body)).await
     }
 
+    /// A raw HTTP/1.1 POST of a form body: status, headers and body.
+    async fn http_form(&self, path: &str, form: &str) -> (u16, String, String) {
+        let mut stream = tokio::net::TcpStream::connect(self.http)
+            .await
+            .expect("connect");
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{form}",
+            form.len()
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read");
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (status, head.to_string(), body.to_string())
+    }
+
     async fn http(
         &self,
         method: &str,
@@ -1989,4 +2013,881 @@ async fn dashboard_port_answers_healthz_and_metrics() {
     );
     assert!(!body.contains("page-with-an-id-42"), "{body}");
     assert!(body.contains("process_resident_memory_bytes "), "{body}");
+}
+
+/// An API key of passports (its secret), issued by `admin`.
+async fn issue_key(
+    g: &mut GatewayServiceClient<Channel>,
+    admin: &str,
+    id: &str,
+    rate: i32,
+) -> String {
+    g.create_api_key(req(
+        pb::CreateApiKeyRequest {
+            parent: "agencies/passports".into(),
+            api_key: Some(pb::ApiKey {
+                display_name: format!("System {id}"),
+                requests_per_minute: rate,
+                ..Default::default()
+            }),
+            api_key_id: id.into(),
+            request_id: format!("k-{id}"),
+        },
+        admin,
+    ))
+    .await
+    .expect("key")
+    .into_inner()
+    .key
+}
+
+/// Percent-encodes a form value.
+fn enc(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The fields of an Open311 error list, by description prefix.
+fn open311_errors(body: &str) -> Vec<(u64, String)> {
+    let list: serde_json::Value = serde_json::from_str(body).expect("json error list");
+    list.as_array()
+        .expect("an array")
+        .iter()
+        .map(|e| {
+            (
+                e["code"].as_u64().expect("code"),
+                e["description"].as_str().expect("description").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn open311_requests_become_complaints_over_raw_http() {
+    let h = Harness::start().await;
+    let mut g = h.gateway().await;
+    for agency in ["passports", "tax"] {
+        create_agency(&h, agency, pb::BenchmarkConsent::Named, &h.hub())
+            .await
+            .expect("agency");
+    }
+    let admin = h.token("passports", ADMIN);
+    g.create_open311_service(req(
+        pb::CreateOpen311ServiceRequest {
+            parent: "agencies/passports".into(),
+            open311_service: Some(pb::Open311Service {
+                display_name: "Passport delays".into(),
+                complaint_category: "delay".into(),
+                complaint_service: "passport renewal".into(),
+                ..Default::default()
+            }),
+            open311_service_id: "delay".into(),
+            request_id: "s1".into(),
+        },
+        &admin,
+    ))
+    .await
+    .expect("service");
+    let secret = issue_key(&mut g, &admin, "web-forms", 1000).await;
+    let officer = h.token("passports", OFFICER);
+    let count = || async {
+        h.complaints_client()
+            .await
+            .list_complaints(req(
+                cpb::ListComplaintsRequest {
+                    parent: "agencies/passports".into(),
+                    page_size: 1000,
+                    ..Default::default()
+                },
+                &officer,
+            ))
+            .await
+            .expect("list")
+            .into_inner()
+            .complaints
+    };
+    let hh = &h;
+    let post = |format: &str, form: String| {
+        let path = format!("/open311/v2/requests.{format}");
+        async move { hh.http_form(&path, &form).await }
+    };
+    let base = |extra: &str| {
+        format!(
+            "api_key={}&jurisdiction_id=passports&service_code=delay&lat=-35.28&long=149.13{extra}",
+            enc(&secret)
+        )
+    };
+
+    // No key, an unknown key: 403 in the spec's form, nothing written.
+    let (status, _, body) = post("json", "service_code=delay&lat=1&long=2".into()).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(open311_errors(&body)[0].0, 403);
+    let (status, _, body) = post(
+        "xml",
+        "api_key=ts311_nope&service_code=delay&lat=1&long=2".into(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(body.contains("<errors><error><code>403</code>"), "{body}");
+    assert!(count().await.is_empty());
+
+    // A request with a person's details: a complaint of the service's
+    // category, its contact details sealed in the complaints service.
+    let (status, _, body) = post(
+        "json",
+        base(&format!(
+            "&first_name=Ann&last_name=Lee&email={}&phone={}&description={}&address_string={}",
+            enc("ann@example.org"),
+            enc("+61 2 6000 0000"),
+            enc("Still waiting after 9 weeks"),
+            enc("1 Civic Square"),
+        )),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let id = answer[0]["service_request_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert!(
+        answer[0].get("token").is_none(),
+        "an id or a token, never both"
+    );
+    let made = count().await;
+    assert_eq!(made.len(), 1);
+    let complaint = &made[0];
+    assert_eq!(
+        complaint.name,
+        format!("agencies/passports/complaints/{id}")
+    );
+    assert_eq!(complaint.category, "delay");
+    assert_eq!(complaint.service, "passport renewal");
+    assert!(
+        complaint
+            .description
+            .starts_with("Still waiting after 9 weeks")
+    );
+    assert!(complaint.description.contains("address: 1 Civic Square"));
+    match complaint.complainant.as_ref().and_then(|c| c.who.as_ref()) {
+        Some(cpb::complainant::Who::Contact(c)) => {
+            assert_eq!(
+                (c.display_name.as_str(), c.email.as_str(), c.phone.as_str()),
+                ("Ann Lee", "ann@example.org", "+61 2 6000 0000")
+            );
+        }
+        other => panic!("contact details expected, got {other:?}"),
+    }
+    // Made by the key, acting as intake through the gateway.
+    let history = h
+        .complaints_client()
+        .await
+        .list_complaint_history(req(
+            cpb::ListComplaintHistoryRequest {
+                parent: complaint.name.clone(),
+            },
+            &officer,
+        ))
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(
+        history.entries[0].actor,
+        "agencies/passports/apiKeys/web-forms via gateway"
+    );
+
+    // Its public status: no name, email, phone or description.
+    let (status, body) = h
+        .http_get(
+            &format!("/open311/v2/requests/{id}.json?jurisdiction_id=passports"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for secret_text in ["Ann", "Lee", "example.org", "6000", "9 weeks"] {
+        assert!(!body.contains(secret_text), "{secret_text} leaked: {body}");
+    }
+    let one: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let r = &one[0];
+    assert_eq!(r["service_request_id"], id.as_str());
+    assert_eq!(r["status"], "open");
+    assert_eq!(r["status_notes"], "Received");
+    assert_eq!(r["service_code"], "delay");
+    assert_eq!(r["service_name"], "Passport delays");
+    assert_eq!(r["address"], "1 Civic Square");
+    assert_eq!(r["lat"], -35.28);
+    assert_eq!(r["long"], 149.13);
+    assert!(r.get("description").is_none());
+    for field in [
+        "requested_datetime",
+        "updated_datetime",
+        "expected_datetime",
+    ] {
+        let t = r[field].as_str().unwrap_or_else(|| panic!("{field}: {r}"));
+        assert!(
+            t.ends_with('Z') || t[t.len() - 6..].starts_with(['+', '-']),
+            "{field} carries a zone: {t}"
+        );
+        assert!(t.parse::<jiff::Timestamp>().is_ok(), "{field}: {t}");
+    }
+    let (status, body) = h
+        .http_get(
+            &format!("/open311/v2/requests/{id}.xml?jurisdiction_id=passports"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("<?xml version=\"1.0\" encoding=\"utf-8\"?>"));
+    assert!(body.contains(&format!(
+        "<service_requests><request><service_request_id>{id}</service_request_id><status>open</status>"
+    )));
+
+    // XML POST, and a retry with the same device and account within the
+    // window: the same id, no second complaint; another body is another.
+    let retry = base("&device_id=phone-1&account_id=acct-9&description=Queue+too+long");
+    let (status, _, first) = post("xml", retry.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let xml_id = first
+        .split("<service_request_id>")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .expect("id")
+        .to_string();
+    assert!(first.contains("<account_id>acct-9</account_id>"));
+    let (_, _, again) = post("xml", retry.clone()).await;
+    assert!(again.contains(&format!(
+        "<service_request_id>{xml_id}</service_request_id>"
+    )));
+    // The same fields in another order are the same request.
+    let reordered = format!(
+        "description=Queue+too+long&account_id=acct-9&device_id=phone-1&{}",
+        base("")
+    );
+    let (_, _, again) = post("xml", reordered).await;
+    assert!(again.contains(&format!(
+        "<service_request_id>{xml_id}</service_request_id>"
+    )));
+    assert_eq!(count().await.len(), 2);
+    let (_, _, other) = post(
+        "xml",
+        base("&device_id=phone-1&account_id=acct-9&description=Other"),
+    )
+    .await;
+    assert!(!other.contains(&xml_id));
+    // Without a device or account two identical posts are two requests.
+    let (_, _, a) = post("json", base("&description=Twice")).await;
+    let (_, _, b) = post("json", base("&description=Twice")).await;
+    assert_ne!(a, b);
+    assert_eq!(count().await.len(), 5);
+
+    // Each malformed field is a 400 naming it; nothing is written.
+    let cases = [
+        ("&email=not-an-email", "email"),
+        ("&phone=12", "phone"),
+        ("&first_name=A%00B", "first_name"),
+        ("&description=a%01b", "description"),
+        ("&media_url=javascript%3Aalert(1)", "media_url"),
+        ("&attribute[size]=1", "attribute[size]"),
+        ("&attribute[=1", "attribute["),
+        ("&email=a%40b.example&email=c%40d.example", "email"),
+    ];
+    for (extra, field) in cases {
+        let (status, _, body) = post("json", base(extra)).await;
+        assert_eq!(status, 400, "{extra}: {body}");
+        let errors = open311_errors(&body);
+        assert!(
+            errors
+                .iter()
+                .any(|(code, d)| *code == 400 && d.starts_with(&format!("{field}: "))),
+            "{extra}: {body}"
+        );
+    }
+    let long = "x".repeat(4001);
+    let (status, _, body) = post("json", base(&format!("&description={long}"))).await;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("description: at most 4000 characters"),
+        "{body}"
+    );
+    let exact = "x".repeat(4000);
+    let (status, _, _) = post(
+        "json",
+        base(&format!("&description={exact}&device_id=d-4000")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let no_place = format!("api_key={}&service_code=delay", enc(&secret));
+    let (status, _, body) = post("json", no_place).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("a location is required"), "{body}");
+    let (status, _, body) = post("json", base("&lat=").replace("lat=-35.28&", "")).await;
+    assert_eq!(status, 400, "{body}");
+    // Several at once, each its own error.
+    let (_, _, body) = post("json", base("&email=x&phone=y")).await;
+    assert_eq!(open311_errors(&body).len(), 2, "{body}");
+    // Bytes that are not UTF-8.
+    let (status, _, body) = post("json", base("&description=%FF%FE")).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("description: not valid UTF-8"), "{body}");
+    // An unknown service is 404; another agency's jurisdiction is 403.
+    let (status, _, body) = post(
+        "json",
+        base("").replace("service_code=delay", "service_code=nope"),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _, _) = post(
+        "json",
+        base("").replace("jurisdiction_id=passports", "jurisdiction_id=tax"),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        count().await.len(),
+        6,
+        "only the 4,000-character request was added"
+    );
+
+    // GET requests: filters, pages, and the id list overriding them.
+    let list = |query: String| async move {
+        let (status, body) = hh
+            .http_get(
+                &format!("/open311/v2/requests.json?jurisdiction_id=passports{query}"),
+                None,
+            )
+            .await;
+        let ids: Vec<String> = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r["service_request_id"].as_str().map(str::to_string))
+            .collect();
+        (status, ids, body)
+    };
+    let (status, all, _) = list(String::new()).await;
+    assert_eq!(status, 200);
+    assert_eq!(all.len(), 6);
+    assert!(all.contains(&id) && all.contains(&xml_id));
+    let (_, page1, _) = list("&page_size=2".into()).await;
+    let (_, page2, _) = list("&page_size=2&page=2".into()).await;
+    assert_eq!(page1, all[..2].to_vec());
+    assert_eq!(page2, all[2..4].to_vec());
+    let (_, some, _) = list(format!(
+        "&service_request_id={id},{xml_id},nothere&service_code=other"
+    ))
+    .await;
+    assert_eq!(some.len(), 2);
+    let (_, none, _) = list("&service_code=other".into()).await;
+    assert!(none.is_empty());
+    let (_, closed, _) = list("&status=closed".into()).await;
+    assert!(closed.is_empty());
+    // Withdrawn: closed, with its notes.
+    h.complaints_client()
+        .await
+        .withdraw_complaint(req(
+            cpb::WithdrawComplaintRequest {
+                name: complaint.name.clone(),
+                ..Default::default()
+            },
+            &officer,
+        ))
+        .await
+        .expect("withdraw");
+    let (_, closed, body) = list("&status=closed".into()).await;
+    assert_eq!(closed, vec![id.clone()], "{body}");
+    assert!(body.contains("\"status_notes\":\"Withdrawn\""), "{body}");
+    let (_, open, _) = list("&status=open&page_size=1&page=2".into()).await;
+    assert_eq!(open.len(), 1);
+    assert_ne!(open[0], id);
+    let (_, both, _) = list("&status=open,closed".into()).await;
+    assert_eq!(both.len(), 6);
+    let (_, past, _) =
+        list("&start_date=2020-01-01T00:00:00Z&end_date=2020-02-01T00:00:00Z".into()).await;
+    assert!(past.is_empty());
+    for (query, field) in [
+        ("&start_date=yesterday", "start_date"),
+        (
+            "&start_date=2026-01-01T00:00:00Z&end_date=2026-06-01T00:00:00Z",
+            "end_date",
+        ),
+        (
+            "&start_date=2026-02-01T00:00:00Z&end_date=2026-01-01T00:00:00Z",
+            "end_date",
+        ),
+        ("&status=pending", "status"),
+        ("&page_size=1001", "page_size"),
+        ("&page=0", "page"),
+        ("&service_request_id=Bad%20Id", "service_request_id"),
+    ] {
+        let (status, _, body) = list(query.into()).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.contains(&format!("\"{field}: ")), "{query}: {body}");
+    }
+    // Two agencies: a GET names its jurisdiction.
+    let (status, _) = h.http_get("/open311/v2/requests.json", None).await;
+    assert_eq!(status, 400);
+
+    // Unknown ids and tokens are 404; a token is the id it was answered as.
+    for path in [
+        "requests/nothere.json",
+        "requests/NOT%20AN%20ID.json",
+        "tokens/nothere.json",
+    ] {
+        let (status, body) = h
+            .http_get(
+                &format!("/open311/v2/{path}?jurisdiction_id=passports"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(open311_errors(&body)[0].0, 404);
+    }
+    let (status, body) = h
+        .http_get(
+            &format!("/open311/v2/tokens/{xml_id}.json?jurisdiction_id=passports"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let t: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(t[0]["service_request_id"], xml_id.as_str());
+    assert_eq!(t[0]["token"], xml_id.as_str());
+    // Another agency's request is not found in this one.
+    let (status, _) = h
+        .http_get(
+            &format!("/open311/v2/requests/{id}.json?jurisdiction_id=tax"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // A revoked key is refused and writes nothing.
+    g.revoke_api_key(req(
+        pb::RevokeApiKeyRequest {
+            name: "agencies/passports/apiKeys/web-forms".into(),
+            ..Default::default()
+        },
+        &admin,
+    ))
+    .await
+    .expect("revoke");
+    let (status, _, _) = post("json", base("&description=After+revocation")).await;
+    assert_eq!(status, 403);
+    assert_eq!(count().await.len(), 6);
+
+    // Past its rate a key is 429 in the spec's form, with when to retry.
+    let tight = issue_key(&mut g, &admin, "tight", 1).await;
+    let mut refused = 0;
+    for _ in 0..3 {
+        let (status, head, body) = post("json", format!("api_key={}", enc(&tight))).await;
+        if status == 429 {
+            refused += 1;
+            assert_eq!(open311_errors(&body)[0].0, 429);
+            assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+        } else {
+            assert_eq!(status, 400, "the one admitted request is checked: {body}");
+        }
+    }
+    assert!(refused >= 1);
+    assert_eq!(count().await.len(), 6);
+}
+
+#[tokio::test]
+async fn only_a_service_may_act_as_an_agencys_intake() {
+    let h = Harness::start().await;
+    let create = |token: &str, act_as: &str| {
+        let mut r = req(
+            cpb::CreateComplaintRequest {
+                parent: "agencies/passports".into(),
+                complaint: Some(complaint(cpb::complainant::Who::Anonymous(true))),
+                ..Default::default()
+            },
+            token,
+        );
+        r.metadata_mut()
+            .insert("touchstone-act-as", act_as.parse().expect("header"));
+        r
+    };
+    let mut c = h.complaints_client().await;
+    // An officer (or an agency admin) cannot become intake of any agency.
+    for roles in [OFFICER, ADMIN] {
+        let err = c
+            .create_complaint(create(
+                &h.token("passports", roles),
+                "intake agencies/passports k",
+            ))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert_eq!(reason(&err), "ACT_AS_DENIED");
+    }
+    // A service of one agency acts as that agency's intake only, and only
+    // as intake.
+    let service = h
+        .dev
+        .mint(&TokenRequest {
+            subject: "gateway".into(),
+            agency: None,
+            agencies: Some(vec!["passports".into()]),
+            roles: vec![Role::Service],
+            ttl: Duration::from_secs(600),
+            issuer: DevKey::ISSUER.into(),
+            audience: DevKey::AUDIENCE.into(),
+        })
+        .expect("mint");
+    let err = c
+        .create_complaint(create(&service, "officer agencies/passports k"))
+        .await
+        .expect_err("only intake");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let mut other = create(&service, "intake agencies/tax k");
+    other.get_mut().parent = "agencies/tax".into();
+    assert_eq!(
+        c.create_complaint(other)
+            .await
+            .expect_err("not its agency")
+            .code(),
+        Code::PermissionDenied
+    );
+    let made = c
+        .create_complaint(create(&service, "intake agencies/passports k"))
+        .await
+        .expect("intake of passports")
+        .into_inner();
+    // Intake may submit, never read: the same token cannot read it back.
+    let mut read = req(
+        cpb::GetComplaintRequest {
+            name: made.name.clone(),
+        },
+        &service,
+    );
+    read.metadata_mut().insert(
+        "touchstone-act-as",
+        "intake agencies/passports k".parse().expect("header"),
+    );
+    assert_eq!(
+        c.get_complaint(read)
+            .await
+            .expect_err("intake reads nothing")
+            .code(),
+        Code::PermissionDenied
+    );
+    // Its public status is readable by the service itself, without an audit
+    // of personal data; an officer's token of another agency is refused.
+    let statuses = c
+        .get_complaint_statuses(req(
+            cpb::GetComplaintStatusesRequest {
+                parent: "agencies/passports".into(),
+                names: vec![
+                    made.name.clone(),
+                    "agencies/passports/complaints/nothere".into(),
+                ],
+            },
+            &service,
+        ))
+        .await
+        .expect("statuses")
+        .into_inner()
+        .statuses;
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(statuses[0].name, made.name);
+    assert_eq!(statuses[0].status, cpb::Status::Received as i32);
+    assert!(statuses[0].response_due_time.is_some());
+    let err = c
+        .get_complaint_statuses(req(
+            cpb::GetComplaintStatusesRequest {
+                parent: "agencies/passports".into(),
+                names: vec![made.name.clone()],
+            },
+            &h.token("tax", OFFICER),
+        ))
+        .await
+        .expect_err("another agency");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = c
+        .get_complaint_statuses(req(
+            cpb::GetComplaintStatusesRequest {
+                parent: "agencies/passports".into(),
+                names: vec!["agencies/tax/complaints/x".into()],
+            },
+            &service,
+        ))
+        .await
+        .expect_err("names of another agency");
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn surveys_are_open311_services_whose_questions_are_attributes() {
+    use touchstone_api::feedback::v1 as fpb;
+    use touchstone_api::feedback::v1::feedback_service_client::FeedbackServiceClient;
+    let h = Harness::start().await;
+    let mut g = h.gateway().await;
+    create_agency(&h, "passports", pb::BenchmarkConsent::Named, &h.hub())
+        .await
+        .expect("agency");
+    let admin = h.token("passports", ADMIN);
+    let mut f = FeedbackServiceClient::new(Harness::channel(&h._feedback).await);
+    let question = |key: &str, kind: fpb::QuestionKind, required: bool| fpb::Question {
+        key: key.into(),
+        text: format!("Question {key}?"),
+        kind: kind as i32,
+        required,
+        ..Default::default()
+    };
+    let survey = f
+        .create_survey(req(
+            fpb::CreateSurveyRequest {
+                parent: "agencies/passports".into(),
+                survey: Some(fpb::Survey {
+                    title: "Counter visit".into(),
+                    touchpoint: Some(fpb::Touchpoint {
+                        service: "passport renewal".into(),
+                        unit: "north".into(),
+                        channel: Via::InPerson as i32,
+                        stage: "collection".into(),
+                    }),
+                    questions: vec![
+                        question("satisfied", fpb::QuestionKind::Satisfaction5, true),
+                        question("resolved", fpb::QuestionKind::YesNo, false),
+                        fpb::Question {
+                            choices: ["web", "counter"]
+                                .iter()
+                                .map(|k| fpb::Choice {
+                                    key: (*k).into(),
+                                    label: format!("By {k}"),
+                                })
+                                .collect(),
+                            ..question("how", fpb::QuestionKind::MultipleChoice, false)
+                        },
+                        question("comment", fpb::QuestionKind::FreeText, false),
+                    ],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .expect("survey")
+        .into_inner();
+    let map = |survey: &str, id: &str| {
+        req(
+            pb::CreateOpen311ServiceRequest {
+                parent: "agencies/passports".into(),
+                open311_service: Some(pb::Open311Service {
+                    display_name: "Tell us about your visit".into(),
+                    survey: survey.into(),
+                    ..Default::default()
+                }),
+                open311_service_id: id.into(),
+                request_id: format!("map-{id}"),
+            },
+            &admin,
+        )
+    };
+    // A draft takes no responses, so it is no service yet.
+    let err = g
+        .create_open311_service(map(&survey.name, "visit"))
+        .await
+        .expect_err("draft");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&err), "SURVEY_NOT_PUBLISHED");
+    for (bad, field) in [
+        (
+            "agencies/passports/surveys/nothere",
+            "open311_service.survey",
+        ),
+        ("agencies/tax/surveys/x", "open311_service.survey"),
+    ] {
+        let err = g
+            .create_open311_service(map(bad, "visit"))
+            .await
+            .expect_err("bad survey");
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        assert_eq!(violations(&err), [field], "{bad}");
+    }
+    let mut both = map(&survey.name, "both");
+    if let Some(s) = both.get_mut().open311_service.as_mut() {
+        s.complaint_category = "delay".into();
+    }
+    let err = g.create_open311_service(both).await.expect_err("both");
+    assert_eq!(violations(&err), ["open311_service.complaint_category"]);
+    f.publish_survey(req(
+        fpb::PublishSurveyRequest {
+            name: survey.name.clone(),
+            ..Default::default()
+        },
+        &admin,
+    ))
+    .await
+    .expect("publish");
+    let made = g
+        .create_open311_service(map(&survey.name, "visit"))
+        .await
+        .expect("mapped")
+        .into_inner();
+    assert_eq!(made.survey, survey.name);
+
+    // The catalogue: metadata true, the questions as attributes.
+    let (status, body) = h.http_get("/open311/v2/services.json", None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"metadata\":true"), "{body}");
+    let (status, body) = h.http_get("/open311/v2/services/visit.json", None).await;
+    assert_eq!(status, 200);
+    let d: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let attrs = d["attributes"].as_array().expect("attributes");
+    let shape: Vec<(String, String, bool, u64)> = attrs
+        .iter()
+        .map(|a| {
+            (
+                a["code"].as_str().unwrap_or_default().to_string(),
+                a["datatype"].as_str().unwrap_or_default().to_string(),
+                a["required"].as_bool().unwrap_or_default(),
+                a["order"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("satisfied".into(), "number".into(), true, 1),
+            ("resolved".into(), "singlevaluelist".into(), false, 2),
+            ("how".into(), "multivaluelist".into(), false, 3),
+            ("comment".into(), "text".into(), false, 4),
+        ]
+    );
+    assert_eq!(attrs[2]["values"][1]["key"], "counter");
+    assert_eq!(attrs[2]["values"][1]["name"], "By counter");
+    assert_eq!(attrs[0]["variable"], true);
+    let (_, body) = h.http_get("/open311/v2/services/visit.xml", None).await;
+    assert!(
+        body.contains("<attribute><variable>true</variable><code>satisfied</code><datatype>number</datatype><required>true</required>"),
+        "{body}"
+    );
+
+    // A POST: a survey response with the attributes as answers and the
+    // description as the comment; contact details are not passed on.
+    let secret = issue_key(&mut g, &admin, "kiosk", 60).await;
+    let base = format!(
+        "api_key={}&service_code=visit&address_id=north-counter",
+        enc(&secret)
+    );
+    let (status, _, body) = h
+        .http_form(
+            "/open311/v2/requests.json",
+            &format!(
+                "{base}&attribute[satisfied]=4&attribute[resolved]=yes&attribute[how][]=web\
+                 &attribute[how][]=counter&description=Quick+and+kind&email=a%40b.example"
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let id = answer[0]["service_request_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let responses = f
+        .list_responses(req(
+            fpb::ListResponsesRequest {
+                parent: survey.name.clone(),
+                ..Default::default()
+            },
+            &h.token("passports", OFFICER),
+        ))
+        .await
+        .expect("responses")
+        .into_inner()
+        .responses;
+    assert_eq!(responses.len(), 1);
+    let r = &responses[0];
+    assert_eq!(r.name, format!("{}/responses/{id}", survey.name));
+    let by_key = |k: &str| r.answers.iter().find(|a| a.question_key == k).cloned();
+    assert_eq!(by_key("satisfied").and_then(|a| a.score), Some(4));
+    assert_eq!(by_key("resolved").and_then(|a| a.yes), Some(true));
+    assert_eq!(
+        by_key("how").map(|a| a.choices),
+        Some(vec!["web".into(), "counter".into()])
+    );
+    assert_eq!(
+        by_key("comment").map(|a| a.text),
+        Some("Quick and kind".into())
+    );
+    assert!(r.client.is_empty());
+
+    // Public status: closed, received; no comment.
+    let (status, body) = h
+        .http_get(&format!("/open311/v2/requests/{id}.json"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(!body.contains("Quick and kind"), "{body}");
+    let one: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(one[0]["status"], "closed");
+    assert_eq!(one[0]["status_notes"], "Feedback received");
+    assert_eq!(one[0]["service_code"], "visit");
+    assert_eq!(one[0]["expected_datetime"], serde_json::Value::Null);
+    let (_, body) = h
+        .http_get("/open311/v2/requests.json?status=closed", None)
+        .await;
+    assert!(body.contains(&id), "{body}");
+
+    // Each bad answer is named; nothing is written.
+    for (extra, field) in [
+        ("&attribute[satisfied]=6", "attribute[satisfied]"),
+        ("&attribute[satisfied]=x", "attribute[satisfied]"),
+        (
+            "&attribute[satisfied][]=1&attribute[satisfied][]=2",
+            "attribute[satisfied]",
+        ),
+        (
+            "&attribute[satisfied]=3&attribute[resolved]=maybe",
+            "attribute[resolved]",
+        ),
+        (
+            "&attribute[satisfied]=3&attribute[how][]=fax",
+            "attribute[how]",
+        ),
+        (
+            "&attribute[satisfied]=3&attribute[colour]=red",
+            "attribute[colour]",
+        ),
+        ("", "attribute[satisfied]"),
+        (
+            "&attribute[satisfied]=3&attribute[comment]=Fine&description=Also",
+            "description",
+        ),
+    ] {
+        let (status, _, body) = h
+            .http_form("/open311/v2/requests.json", &format!("{base}{extra}"))
+            .await;
+        assert_eq!(status, 400, "{extra}: {body}");
+        let errors = open311_errors(&body);
+        assert!(
+            errors
+                .iter()
+                .any(|(_, d)| d.starts_with(&format!("{field}: "))),
+            "{extra}: {body}"
+        );
+    }
+    let count = f
+        .list_responses(req(
+            fpb::ListResponsesRequest {
+                parent: survey.name.clone(),
+                ..Default::default()
+            },
+            &h.token("passports", OFFICER),
+        ))
+        .await
+        .expect("responses")
+        .into_inner()
+        .responses
+        .len();
+    assert_eq!(count, 1);
 }

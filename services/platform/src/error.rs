@@ -57,6 +57,11 @@ impl Violations {
         }
     }
 
+    /// Whether a violation of `field` was recorded.
+    pub fn names(&self, field: &str) -> bool {
+        self.0.iter().any(|v| v.field == field)
+    }
+
     /// Whether nothing was recorded.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
