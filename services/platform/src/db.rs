@@ -492,8 +492,11 @@ impl Db {
     }
 
     /// Whether the database answers a trivial query within two seconds.
+    /// Sent with the simple protocol: outside a transaction, through a
+    /// transaction pooler, a prepared statement's parts may reach different
+    /// server connections (see [`Pooler`]).
     pub async fn ping(&self) -> bool {
-        let probe = sqlx::query("SELECT 1").execute(&self.inner.pool);
+        let probe = sqlx::raw_sql("SELECT 1").execute(&self.inner.pool);
         matches!(
             tokio::time::timeout(Duration::from_secs(2), probe).await,
             Ok(Ok(_))
@@ -1153,6 +1156,28 @@ mod tests {
             .expect_err("a write in a read-only transaction");
         assert!(is_storage_fault(&refused), "{refused}");
         let _ = tx.conn().execute(sqlx::raw_sql(writable)).await;
+    }
+
+    /// Health's questions hold up through a transaction pooler too (CI runs
+    /// this with the connection through PgBouncer): `ping` runs outside any
+    /// transaction, where a prepared statement's `Parse` and `Bind` may reach
+    /// different server connections, and the probe write in one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_probes_hold_through_a_pooler() {
+        let t = crate::testing::fresh(&[&PLATFORM_MIGRATIONS]).await;
+        let mut probes = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let db = t.db.clone();
+            probes.spawn(async move {
+                for i in 0..25 {
+                    assert!(db.ping().await, "ping {i}");
+                    assert!(db.writable().await, "writable {i}");
+                }
+            });
+        }
+        while let Some(done) = probes.join_next().await {
+            done.expect("probes");
+        }
     }
 
     #[test]
