@@ -181,6 +181,7 @@ def check_overlay(name, namespace, render):
     if cnpg:
         expected |= {("PodMonitor", m) for m in
                      ("touchstone", "touchstone-postgres", "touchstone-poolers")}
+        expected.add(("NetworkPolicy", "touchstone-metrics"))
     # `kubectl apply -l touchstone/phase=migrate` must select the Jobs and
     # all they need (ConfigMaps, ServiceAccounts), and nothing that would
     # start a rollout.
