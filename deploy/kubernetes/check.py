@@ -42,7 +42,14 @@ SERVICES = {
     ),
 }
 GATEWAY_HTTP_PORT = 8080
-OVERLAYS = {"dev": "touchstone-dev", "prod": "touchstone"}
+OVERLAYS = {"dev": "touchstone-dev", "prod": "touchstone", "prod-cloudnative-pg": "touchstone",
+            "prod-cloudnative-pg-keda": "touchstone"}
+# Overlays whose databases are CloudNativePG Clusters behind Poolers
+# (components/cloudnative-pg), with PodMonitors, and the kind that
+# autoscales each Deployment.
+CNPG_OVERLAYS = {"prod-cloudnative-pg": "HorizontalPodAutoscaler",
+                 "prod-cloudnative-pg-keda": "ScaledObject"}
+POSTGRES_CA = "/etc/touchstone/postgres-ca/ca.crt"
 
 problems = []
 
@@ -136,6 +143,8 @@ def env_of(container, configmaps):
 
 
 def check_overlay(name, namespace, render):
+    cnpg = name in CNPG_OVERLAYS
+    scaler = CNPG_OVERLAYS.get(name)
     out = subprocess.run(
         render + [str(KUBE / "overlays" / name)], capture_output=True, text=True
     )
@@ -166,6 +175,13 @@ def check_overlay(name, namespace, render):
                      "NetworkPolicy", "ConfigMap"):
             expected.add((kind, n))
         expected.add(("Job", f"{n}-migrate"))
+        expected.add(("Service", f"{n}-pods"))
+        if cnpg:
+            expected |= {("Cluster", f"{n}-db"), ("Pooler", f"{n}-pooler"), (scaler, n)}
+    if cnpg:
+        expected |= {("PodMonitor", m) for m in
+                     ("touchstone", "touchstone-postgres", "touchstone-poolers")}
+        expected.add(("NetworkPolicy", "touchstone-metrics"))
     # `kubectl apply -l touchstone/phase=migrate` must select the Jobs and
     # all they need (ConfigMaps, ServiceAccounts), and nothing that would
     # start a rollout.
@@ -220,7 +236,7 @@ def check_overlay(name, namespace, render):
         if ann.get("prometheus.io/port") != str(port):
             problem(f"{w}: prometheus.io/port is {ann.get('prometheus.io/port')}")
         for probe, service in (("startupProbe", None), ("readinessProbe", grpc_name),
-                               ("livenessProbe", None)):
+                               ("livenessProbe", "liveness")):
             g = c.get(probe, {}).get("grpc")
             if not g or g.get("port") != port or g.get("service") != service:
                 problem(f"{w}: {probe} is {c.get(probe)}")
@@ -253,8 +269,11 @@ def check_overlay(name, namespace, render):
             problem(f"{w}: serving pods must not hold the owner role's URL")
         refs = {e["valueFrom"]["secretKeyRef"]["name"]: e["valueFrom"]["secretKeyRef"]["key"]
                 for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
-        if set(refs) != {n}:
-            problem(f"{w}: reads Secrets {sorted(refs)}, expected {n}")
+        want_refs = {n, f"{n}-db-approle"} if cnpg else {n}
+        if set(refs) != want_refs:
+            problem(f"{w}: reads Secrets {sorted(refs)}, expected {sorted(want_refs)}")
+        if cnpg:
+            check_cnpg_service(where, svc, objects, dep, job, env, configmaps, scaler)
         vols = {v["name"]: v for v in pod.get("volumes", [])}
         mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
         if vols.get(mounts.get("/tmp"), {}).get("emptyDir") is None:
@@ -272,6 +291,8 @@ def check_overlay(name, namespace, render):
         elif token_file:
             problem(f"{w}: calls no one but has a service token")
         for s in set(refs) | {v["secret"]["secretName"] for v in vols.values() if "secret" in v}:
+            if cnpg and s.startswith(f"{n}-db-"):
+                continue
             if s not in secrets:
                 problem(f"{w}: Secret {s} is not in secret.example.yaml")
 
@@ -291,6 +312,14 @@ def check_overlay(name, namespace, render):
             problem(f"{jw}: its pods would join the Service")
         if not job["spec"]["template"]["spec"].get("securityContext", {}).get("runAsNonRoot"):
             problem(f"{jw}: hardening is incomplete")
+
+        pods = objects.get(("Service", f"{n}-pods"))
+        if pods:
+            spec = pods["spec"]
+            if (spec.get("clusterIP") != "None" or spec.get("selector") != labels
+                    or spec.get("publishNotReadyAddresses")
+                    or [p.get("port") for p in spec.get("ports", [])] != [port]):
+                problem(f"{where}: Service/{n}-pods is not a headless Service of the ready pods on {port}")
 
         svc_obj = objects.get(("Service", n))
         if svc_obj:
@@ -322,6 +351,83 @@ def check_overlay(name, namespace, render):
                         problem(f"{where}: NetworkPolicy/{n}: admits {f}")
             if admitted != callers[svc]:
                 problem(f"{where}: NetworkPolicy/{n}: admits {sorted(admitted)}, callers are {sorted(callers[svc])}")
+
+
+def check_cnpg_service(where, svc, objects, dep, job, env, configmaps, scaler):
+    """A service on CloudNativePG: its Cluster has replicas on separate nodes
+    and the app role; its Pooler pools transactions on the primary; the
+    serving pods reach it through the pooler with verify-full and the
+    transaction pooler setting; the migration Job reaches the primary
+    directly, as the owner, with verify-full."""
+    n = f"touchstone-{svc}"
+    up = svc.upper()
+    cluster = objects.get(("Cluster", f"{n}-db"), {}).get("spec", {})
+    cw = f"{where}: Cluster/{n}-db"
+    if cluster.get("instances", 0) < 2:
+        problem(f"{cw}: fewer than two instances")
+    if cluster.get("bootstrap", {}).get("initdb", {}).get("owner") != f"touchstone_{svc}_owner":
+        problem(f"{cw}: the database owner is not touchstone_{svc}_owner")
+    roles = {r["name"]: r for r in cluster.get("managed", {}).get("roles", [])}
+    app = roles.get(f"touchstone_{svc}_app", {})
+    if not app.get("login") or app.get("bypassrls") or app.get("superuser") \
+            or app.get("passwordSecret", {}).get("name") != f"{n}-db-approle":
+        problem(f"{cw}: no plain login role touchstone_{svc}_app with Secret {n}-db-approle")
+    if f"{n}-pooler" not in cluster.get("certificates", {}).get("serverAltDNSNames", []):
+        problem(f"{cw}: the server certificate does not name {n}-pooler (verify-full fails)")
+    pooler = objects.get(("Pooler", f"{n}-pooler"), {}).get("spec", {})
+    pw = f"{where}: Pooler/{n}-pooler"
+    if pooler.get("cluster", {}).get("name") != f"{n}-db" or pooler.get("type") != "rw":
+        problem(f"{pw}: not the read-write pooler of {n}-db")
+    if pooler.get("pgbouncer", {}).get("poolMode") != "transaction":
+        problem(f"{pw}: not in transaction mode")
+    scaling = objects.get((scaler, n), {}).get("spec", {})
+    if scaling.get("scaleTargetRef", {}).get("name") != n:
+        problem(f"{where}: {scaler}/{n} scales {scaling.get('scaleTargetRef')}")
+    if scaler == "ScaledObject":
+        queries = [t.get("metadata", {}).get("query", "") for t in scaling.get("triggers", [])]
+        if not any(f'service="{svc}"' in q for q in queries):
+            problem(f"{where}: ScaledObject/{n} has no request-rate trigger for {svc}")
+        if calls_feed(svc) and not any(f'consumer="{svc}"' in q for q in queries):
+            problem(f"{where}: ScaledObject/{n} has no feed-lag trigger for {svc}")
+
+    def mounted_ca(podspec, container):
+        vols = {v["name"]: v for v in podspec.get("volumes", [])}
+        mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+        vol = vols.get(mounts.get(POSTGRES_CA.rsplit("/", 1)[0]), {}).get("secret", {})
+        return vol.get("secretName") == f"{n}-db-ca"
+
+    app_url = (f"postgres://$(DB_APP_USER):$(DB_APP_PASSWORD)@{n}-pooler:5432/touchstone_{svc}"
+               f"?sslmode=verify-full&sslrootcert={POSTGRES_CA}")
+    for kind, obj, vars_ in (("Deployment", dep, env),
+                             ("Job", job, env_of(job["spec"]["template"]["spec"]["containers"][0],
+                                                 configmaps))):
+        podspec = obj["spec"]["template"]["spec"]
+        c = podspec["containers"][0]
+        w = f"{where}: {kind}/{obj['metadata']['name']}"
+        if vars_.get(f"TOUCHSTONE_{up}__DATABASE_URL") != app_url:
+            problem(f"{w}: TOUCHSTONE_{up}__DATABASE_URL is not {app_url}")
+        if vars_.get(f"TOUCHSTONE_{up}__DATABASE_POOLER") != "transaction":
+            problem(f"{w}: TOUCHSTONE_{up}__DATABASE_POOLER is not transaction")
+        names = [e["name"] for e in c.get("env", [])]
+        url_at = names.index(f"TOUCHSTONE_{up}__DATABASE_URL")
+        if not {"DB_APP_USER", "DB_APP_PASSWORD"} <= set(names[:url_at]):
+            problem(f"{w}: DB_APP_USER and DB_APP_PASSWORD must come before the URL naming them")
+        if not mounted_ca(podspec, c):
+            problem(f"{w}: {POSTGRES_CA} is not the Secret {n}-db-ca")
+    jc = job["spec"]["template"]["spec"]["containers"][0]
+    jenv = env_of(jc, configmaps)
+    if jenv.get(f"TOUCHSTONE_{up}__MIGRATION_URL") != \
+            f"$(DB_OWNER_URI)?sslmode=verify-full&sslrootcert={POSTGRES_CA}":
+        problem(f"{where}: Job/{n}-migrate: TOUCHSTONE_{up}__MIGRATION_URL is not the owner's, verify-full")
+    owner = jenv.get("DB_OWNER_URI") or {}
+    if owner.get("secretKeyRef", {}).get("name") != f"{n}-db-app":
+        problem(f"{where}: Job/{n}-migrate: DB_OWNER_URI is not from {n}-db-app")
+
+
+def calls_feed(svc):
+    """Whether the service applies another's change feed (its consumer name
+    is the service's own)."""
+    return svc in ("complaints", "feedback", "kpi")
 
 
 def main():

@@ -58,11 +58,17 @@ pub struct ServiceSettings {
     /// gRPC (and gRPC-Web, /metrics) address.
     pub listen: SocketAddr,
     /// `sqlite://path?mode=rwc` or `postgres://…`; empty means
-    /// `<data_dir>/<service>.db`.
+    /// `<data_dir>/<service>.db`. TLS to PostgreSQL is set in the URL:
+    /// `sslmode=verify-full&sslrootcert=/path/to/ca.crt`.
     pub database_url: Option<String>,
     /// URL of a role that owns the tables, used only to migrate
-    /// (PostgreSQL); empty means `database_url`.
+    /// (PostgreSQL); empty means `database_url`. Must reach PostgreSQL
+    /// directly, not through a transaction pooler.
     pub migration_url: Option<String>,
+    /// What `database_url` goes through: `none` (directly, or a pooler in
+    /// session mode) or `transaction` (a pooler in transaction mode, such
+    /// as CloudNativePG's `Pooler`; see [`crate::db::Pooler`]).
+    pub database_pooler: crate::db::Pooler,
     /// PostgreSQL role that the service connects as, granted table access
     /// after migrations.
     pub app_role: Option<String>,
@@ -80,6 +86,7 @@ impl ServiceSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             database_url: None,
             migration_url: None,
+            database_pooler: crate::db::Pooler::None,
             app_role: None,
             max_connections: 8,
             migrate_on_start: true,
@@ -101,6 +108,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "log_format",
     "log_level",
     "otlp_endpoint",
+    "otlp_ca_file",
     "master_key",
     "max_concurrent_per_connection",
     "max_concurrent_per_service",
@@ -156,8 +164,13 @@ pub struct Settings {
     /// Log filter, e.g. `info` or `touchstone_register=debug,info`; empty
     /// chooses (see [`Settings::log_output`]).
     pub log_level: String,
-    /// OTLP/gRPC endpoint for traces, e.g. `http://otel-collector:4317`.
+    /// OTLP/gRPC endpoint for traces, e.g. `http://otel-collector:4317`,
+    /// or `https://…` for TLS.
     pub otlp_endpoint: Option<String>,
+    /// PEM file of the CA that signed the collector's certificate, for an
+    /// `https://` `otlp_endpoint`; empty trusts the public web roots
+    /// (webpki-roots).
+    pub otlp_ca_file: Option<PathBuf>,
     /// Base64 of the 32-byte master key that wraps agency data keys.
     pub master_key: Option<String>,
     /// Requests in flight per connection before new ones are shed.
@@ -242,6 +255,7 @@ impl Default for Settings {
             log_format: LogFormat::Auto,
             log_level: String::new(),
             otlp_endpoint: None,
+            otlp_ca_file: None,
             master_key: None,
             max_concurrent_per_connection: 256,
             max_concurrent_per_service: 1024,
@@ -325,11 +339,35 @@ impl Settings {
             ("kpi", &self.kpi),
             ("gateway", &self.gateway),
         ] {
-            if let Some(url) = svc.database_url.as_deref().filter(|u| !u.is_empty()) {
-                check_db_url(url).map_err(|p| invalid(&format!("{name}.database_url"), p))?;
+            let database_url = svc.database_url.as_deref().filter(|u| !u.is_empty());
+            let migration_url = svc.migration_url.as_deref().filter(|u| !u.is_empty());
+            if let Some(url) = database_url {
+                check_db_url(url).map_err(|p| ConfigError::Invalid {
+                    setting: format!("{name}.database_url"),
+                    problem: p,
+                })?;
             }
-            if let Some(url) = svc.migration_url.as_deref().filter(|u| !u.is_empty()) {
-                check_db_url(url).map_err(|p| invalid(&format!("{name}.migration_url"), p))?;
+            if let Some(url) = migration_url {
+                check_db_url(url).map_err(|p| ConfigError::Invalid {
+                    setting: format!("{name}.migration_url"),
+                    problem: p,
+                })?;
+            }
+            if svc.database_pooler == crate::db::Pooler::Transaction {
+                let setting = format!("{name}.database_pooler");
+                if !database_url.is_some_and(is_postgres_url) {
+                    return Err(invalid(
+                        &setting,
+                        "is `transaction`, which needs a postgres:// database_url (the pooler's)",
+                    ));
+                }
+                if !migration_url.is_some_and(is_postgres_url) {
+                    return Err(invalid(
+                        &setting,
+                        "is `transaction`, which needs a postgres:// migration_url that reaches \
+                         PostgreSQL directly (migrations hold a session lock)",
+                    ));
+                }
             }
             if svc.max_connections == 0 {
                 return Err(invalid(
@@ -367,7 +405,8 @@ impl Settings {
         if self.auth.audience.is_empty() {
             return Err(invalid("auth.audience", "must not be empty"));
         }
-        if let Some(url) = self.otlp_endpoint.as_deref().filter(|u| !u.is_empty())
+        let otlp = self.otlp_endpoint.as_deref().filter(|u| !u.is_empty());
+        if let Some(url) = otlp
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return Err(invalid(
@@ -375,19 +414,105 @@ impl Settings {
                 "must be an http:// or https:// URL",
             ));
         }
+        if let Some(ca) = self
+            .otlp_ca_file
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            if !otlp.is_some_and(|u| u.starts_with("https://")) {
+                return Err(invalid(
+                    "otlp_ca_file",
+                    "is set, which needs an https:// otlp_endpoint",
+                ));
+            }
+            check_pem_file(ca).map_err(|p| ConfigError::Invalid {
+                setting: "otlp_ca_file".into(),
+                problem: p,
+            })?;
+        }
         Ok(())
     }
 }
 
-fn check_db_url(url: &str) -> Result<(), &'static str> {
-    if url.starts_with("sqlite:")
-        || url.starts_with("postgres://")
-        || url.starts_with("postgresql://")
-    {
-        Ok(())
-    } else {
-        Err("must start with sqlite: or postgres://")
+fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Checks a database URL, and for PostgreSQL its TLS parameters: `sslmode`
+/// one that sqlx knows, and `sslrootcert` (the CA file that `verify-ca` and
+/// `verify-full` check the server against) a readable PEM file.
+fn check_db_url(url: &str) -> Result<(), String> {
+    if url.starts_with("sqlite:") {
+        return Ok(());
     }
+    if !is_postgres_url(url) {
+        return Err("must start with sqlite: or postgres://".into());
+    }
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
+        match key {
+            "sslmode" | "ssl-mode" => {
+                const MODES: [&str; 6] = [
+                    "disable",
+                    "allow",
+                    "prefer",
+                    "require",
+                    "verify-ca",
+                    "verify-full",
+                ];
+                if !MODES.contains(&value.as_str()) {
+                    return Err(format!(
+                        "has sslmode={value}; expected one of {}",
+                        MODES.join(", ")
+                    ));
+                }
+            }
+            "sslrootcert" | "ssl-root-cert" | "ssl-ca" => {
+                check_pem_file(Path::new(&value)).map_err(|p| format!("has {key}: {p}"))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` is a readable file holding a PEM certificate.
+fn check_pem_file(path: &Path) -> Result<(), String> {
+    match std::fs::read_to_string(path) {
+        Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Ok(()),
+        Ok(_) => Err(format!(
+            "names {}, which holds no PEM certificate",
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "names {}, which cannot be read: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// Decodes `%XX` escapes of a URL's query value (`+` stays as it is, as
+/// sqlx reads it).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push(((hex(h).unwrap_or(0) << 4) | hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -471,6 +596,74 @@ mod tests {
         assert!(e.contains("log_format"), "{e}");
         let e = with_env(&[("REGISTER__MAX_CONNECTIONS", "lots")]).expect_err("bad number");
         assert!(e.contains("register.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn pooler_and_tls_settings_are_checked() {
+        let pg = "postgres://app@pooler:5432/register";
+        let direct = "postgres://owner@db:5432/register";
+        let e = with_env(&[("REGISTER__DATABASE_POOLER", "statement")]).expect_err("bad mode");
+        assert!(e.contains("register.database_pooler"), "{e}");
+        let e = with_env(&[("REGISTER__DATABASE_POOLER", "transaction")])
+            .expect_err("SQLite through a pooler");
+        assert!(e.contains("register.database_pooler"), "{e}");
+        let e = with_env(&[
+            ("COMPLAINTS__DATABASE_POOLER", "transaction"),
+            ("COMPLAINTS__DATABASE_URL", pg),
+        ])
+        .expect_err("no direct URL to migrate with");
+        assert!(
+            e.contains("complaints.database_pooler") && e.contains("migration_url"),
+            "{e}"
+        );
+        let s = with_env(&[
+            ("KPI__DATABASE_POOLER", "transaction"),
+            ("KPI__DATABASE_URL", pg),
+            ("KPI__MIGRATION_URL", direct),
+        ])
+        .expect("pooled");
+        assert_eq!(s.kpi.database_pooler, crate::db::Pooler::Transaction);
+
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let tls = format!("{direct}?sslmode=verify-full&sslrootcert={}", ca.display());
+        with_env(&[("REGISTER__DATABASE_URL", &tls)]).expect("verify-full with a CA file");
+        let e = with_env(&[(
+            "REGISTER__DATABASE_URL",
+            &format!("{direct}?sslmode=verify"),
+        )])
+        .expect_err("unknown sslmode");
+        assert!(
+            e.contains("register.database_url") && e.contains("verify-full"),
+            "{e}"
+        );
+        let missing = format!("{direct}?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt");
+        let e = with_env(&[("FEEDBACK__MIGRATION_URL", &missing)]).expect_err("missing CA");
+        assert!(
+            e.contains("feedback.migration_url") && e.contains("sslrootcert"),
+            "{e}"
+        );
+
+        let e = with_env(&[("OTLP_CA_FILE", &ca.display().to_string())])
+            .expect_err("a CA without an endpoint");
+        assert!(e.contains("otlp_ca_file"), "{e}");
+        with_env(&[
+            ("OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTLP_CA_FILE", &ca.display().to_string()),
+        ])
+        .expect("TLS to the collector");
+        let e = with_env(&[
+            ("OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTLP_CA_FILE", "/nonexistent/ca.pem"),
+        ])
+        .expect_err("missing CA file");
+        assert!(e.contains("otlp_ca_file"), "{e}");
+        assert_eq!(percent_decode("%2Fetc%2Fca.crt"), "/etc/ca.crt");
     }
 
     #[test]

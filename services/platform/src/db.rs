@@ -108,6 +108,17 @@ pub enum DbError {
     /// Could not connect or run a statement.
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
+    /// A pooler setting that needs PostgreSQL was given a SQLite URL.
+    #[error("a transaction pooler (database_pooler = \"transaction\") needs a postgres: URL")]
+    PoolerNeedsPostgres,
+    /// Migrating through a transaction pooler would leave the migration
+    /// lock (a session-level advisory lock) on a server connection that
+    /// other clients then use.
+    #[error(
+        "migrations need a direct connection to PostgreSQL (setting migration_url), \
+         not one through a transaction pooler"
+    )]
+    MigrateThroughPooler,
     /// Creating the directory of a SQLite file failed.
     #[error("cannot create the data directory: {0}")]
     Io(#[from] std::io::Error),
@@ -131,6 +142,7 @@ pub struct Db {
 pub(crate) struct Inner {
     pool: AnyPool,
     backend: Backend,
+    pooler: Pooler,
     writer: Option<Arc<Mutex<Writer>>>,
     events: watch::Sender<u64>,
     faults: Arc<Faults>,
@@ -238,14 +250,67 @@ pub fn sqlite_synchronous() -> Synchronous {
     }
 }
 
+/// What stands between a service and PostgreSQL (setting
+/// `<service>.database_pooler`, DESIGN §12).
+///
+/// Through a pooler in transaction mode (PgBouncer, CloudNativePG's
+/// `Pooler`), a client's successive transactions run on whichever server
+/// connection is free, so nothing may outlive a transaction on the server:
+/// tenant settings are already transaction-local (`set_config(…, true)`),
+/// and feeds are polled, not LISTENed for. What remains is sqlx's prepared
+/// statements: it names them (`sqlx_s_1`, `sqlx_s_2`, …, counted per client
+/// connection) and keeps them on the server for its statement cache; through
+/// the pooler another client then finds the name taken, or its own missing.
+/// sqlx 0.9 names them even with the cache off (capacity 0), and then never
+/// closes them. So in `Transaction` mode the cache is off and every
+/// transaction starts with `DEALLOCATE ALL` in the same round trip as
+/// `BEGIN`: the server connection the pooler lends holds only the
+/// statements of the transaction it serves, whose names cannot collide.
+/// Every statement with parameters runs inside a transaction (a `Tx`), where
+/// the pooler keeps the server connection from `Parse` to `Sync`. Migrations
+/// take a session-level advisory lock and need a direct connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooler {
+    /// A direct connection, or a pooler in session mode (the default):
+    /// prepared statements are cached per connection.
+    #[default]
+    None,
+    /// A pooler in transaction mode that does not track prepared
+    /// statements (PgBouncer before 1.21, or `max_prepared_statements = 0`).
+    Transaction,
+}
+
+/// `url` with `statement-cache-capacity=0`, in place of any capacity it
+/// sets (sqlx writes one into the URLs it builds).
+fn without_statement_cache(url: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut pairs: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.starts_with("statement-cache-capacity="))
+        .collect();
+    pairs.push("statement-cache-capacity=0");
+    format!("{base}?{}", pairs.join("&"))
+}
+
 /// A URL for a SQLite file, creating it if it is missing.
 pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}?mode=rwc", path.display())
 }
 
 impl Db {
-    /// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://…`).
+    /// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://…`),
+    /// directly.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbError> {
+        Db::connect_via(url, max_connections, Pooler::None).await
+    }
+
+    /// Connects to `url` through `pooler` (see [`Pooler`]).
+    pub async fn connect_via(
+        url: &str,
+        max_connections: u32,
+        pooler: Pooler,
+    ) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -254,6 +319,12 @@ impl Db {
         } else {
             return Err(DbError::BadUrl);
         };
+        let url = match (pooler, backend) {
+            (Pooler::None, _) => url.to_string(),
+            (Pooler::Transaction, Backend::Postgres) => without_statement_cache(url),
+            (Pooler::Transaction, Backend::Sqlite) => return Err(DbError::PoolerNeedsPostgres),
+        };
+        let url = url.as_str();
         let faults = Arc::new(Faults::new(
             sqlite_path(url).filter(|_| backend == Backend::Sqlite),
         ));
@@ -310,6 +381,7 @@ impl Db {
             inner: Arc::new(Inner {
                 pool,
                 backend,
+                pooler,
                 writer: (backend == Backend::Sqlite)
                     .then(|| Arc::new(Mutex::new(Writer::default()))),
                 events,
@@ -461,8 +533,11 @@ impl Db {
     }
 
     /// Whether the database answers a trivial query within two seconds.
+    /// Sent with the simple protocol: outside a transaction, through a
+    /// transaction pooler, a prepared statement's parts may reach different
+    /// server connections (see [`Pooler`]).
     pub async fn ping(&self) -> bool {
-        let probe = sqlx::query("SELECT 1").execute(&self.inner.pool);
+        let probe = sqlx::raw_sql("SELECT 1").execute(&self.inner.pool);
         matches!(
             tokio::time::timeout(Duration::from_secs(2), probe).await,
             Ok(Ok(_))
@@ -532,6 +607,9 @@ impl Db {
         sets: &[&MigrationSet],
         app_role: Option<&str>,
     ) -> Result<(), DbError> {
+        if self.inner.pooler == Pooler::Transaction {
+            return Err(DbError::MigrateThroughPooler);
+        }
         let mut conn = self.inner.pool.acquire().await?;
         if self.inner.backend == Backend::Postgres {
             // Replicas starting together must not migrate at the same time.
@@ -856,8 +934,14 @@ async fn discard(conn: PoolConnection<Any>) {
 impl Tx {
     async fn start(&mut self, scope: Scope<'_>) -> Result<(), sqlx::Error> {
         let backend = self.backend();
+        let begin = match self.db.inner.pooler {
+            Pooler::None => "BEGIN",
+            // See `Pooler`: this transaction's server connection keeps no
+            // statement another client prepared on it.
+            Pooler::Transaction => "BEGIN; DEALLOCATE ALL",
+        };
         let conn = self.conn();
-        conn.execute(sqlx::raw_sql("BEGIN")).await?;
+        conn.execute(sqlx::raw_sql(begin)).await?;
         if backend == Backend::Postgres {
             sqlx::query("SELECT set_config('touchstone.agency', $1, true)")
                 .bind(scope.setting())
@@ -1430,6 +1514,42 @@ mod tests {
             .expect_err("a write in a read-only transaction");
         assert!(is_storage_fault(&refused), "{refused}");
         let _ = tx.conn().execute(sqlx::raw_sql(writable)).await;
+    }
+
+    /// Health's questions hold up through a transaction pooler too (CI runs
+    /// this with the connection through PgBouncer): `ping` runs outside any
+    /// transaction, where a prepared statement's `Parse` and `Bind` may reach
+    /// different server connections, and the probe write in one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_probes_hold_through_a_pooler() {
+        let t = crate::testing::fresh(&[&PLATFORM_MIGRATIONS]).await;
+        let mut probes = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let db = t.db.clone();
+            probes.spawn(async move {
+                for i in 0..25 {
+                    assert!(db.ping().await, "ping {i}");
+                    assert!(db.writable().await, "writable {i}");
+                }
+            });
+        }
+        while let Some(done) = probes.join_next().await {
+            done.expect("probes");
+        }
+    }
+
+    #[test]
+    fn a_pooled_url_has_no_statement_cache() {
+        assert_eq!(
+            without_statement_cache("postgres://a@h/db"),
+            "postgres://a@h/db?statement-cache-capacity=0"
+        );
+        assert_eq!(
+            without_statement_cache(
+                "postgres://a@h/db?sslmode=verify-full&statement-cache-capacity=100"
+            ),
+            "postgres://a@h/db?sslmode=verify-full&statement-cache-capacity=0"
+        );
     }
 
     #[test]

@@ -2,15 +2,25 @@
 //! when `TOUCHSTONE_TEST_PG_URL` points at a PostgreSQL server, a new
 //! database and a new login role (no superuser, no BYPASSRLS) made for this
 //! test alone, migrated by the admin connection, with the service connected
-//! as the new role so that row-level security is really in force.
+//! as the new role so that row-level security is really in force. When
+//! `TOUCHSTONE_TEST_PG_POOLER_URL` also points at a transaction pooler in
+//! front of that server (PgBouncer in transaction mode, as .ci/run starts),
+//! the service's connection goes through it, as in production behind
+//! CloudNativePG's `Pooler`; the admin connection, which migrates, stays
+//! direct.
 
-use crate::db::{Db, MigrationSet};
+use crate::db::{Db, MigrationSet, Pooler};
 use sqlx::ConnectOptions;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 /// The environment variable CI sets to run store tests on PostgreSQL.
 pub const PG_URL_VAR: &str = "TOUCHSTONE_TEST_PG_URL";
+
+/// The environment variable CI sets to run the service's side of store
+/// tests through a transaction pooler in front of [`PG_URL_VAR`]'s server
+/// (its host, port and user are used; the database is the test's own).
+pub const PG_POOLER_URL_VAR: &str = "TOUCHSTONE_TEST_PG_POOLER_URL";
 
 /// A migrated, empty database for one test.
 #[derive(Debug)]
@@ -106,7 +116,15 @@ async fn fresh_postgres(url: &str, sets: &[&MigrationSet]) -> TestDb {
     server.close().await;
     let base = sqlx::postgres::PgConnectOptions::from_str(url).expect("a PostgreSQL URL");
     let admin_url = base.clone().database(&name).to_url_lossy().to_string();
-    let app_url = base
+    let (app_base, pooler) = match std::env::var(PG_POOLER_URL_VAR) {
+        Ok(pooled) if !pooled.is_empty() => (
+            sqlx::postgres::PgConnectOptions::from_str(&pooled)
+                .unwrap_or_else(|e| panic!("{PG_POOLER_URL_VAR} is not a PostgreSQL URL: {e}")),
+            Pooler::Transaction,
+        ),
+        _ => (base.clone(), Pooler::None),
+    };
+    let app_url = app_base
         .database(&name)
         .username(&name)
         .to_url_lossy()
@@ -116,7 +134,7 @@ async fn fresh_postgres(url: &str, sets: &[&MigrationSet]) -> TestDb {
         .migrate(sets, Some(&name))
         .await
         .expect("migrate PostgreSQL");
-    let db = Db::connect(&app_url, 4)
+    let db = Db::connect_via(&app_url, 4, pooler)
         .await
         .expect("connect as the app role");
     TestDb {

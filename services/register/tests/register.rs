@@ -824,9 +824,13 @@ async fn tenants_are_isolated_and_analysts_see_no_personal_data() {
         // The application role, without a tenant set, sees no rows at all;
         // with one set, it sees only that tenant's.
         let app = &h.store.db;
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM clients")
+        // Outside a transaction, and so possibly through a transaction
+        // pooler: only the simple protocol, no prepared statement
+        // (touchstone_platform::db::Pooler).
+        let n: i64 = sqlx::raw_sql("SELECT count(*) FROM clients")
             .fetch_one(app.pool())
             .await
+            .and_then(|row| sqlx::Row::try_get(&row, 0))
             .expect("count");
         assert_eq!(n, 0, "row-level security hides every row without a tenant");
         let mut tx = app
@@ -844,11 +848,12 @@ async fn tenants_are_isolated_and_analysts_see_no_personal_data() {
             .await
             .expect("count");
         assert_eq!(total, 2);
-        let owner: bool = sqlx::query_scalar(
+        let owner: bool = sqlx::raw_sql(
             "SELECT tableowner = current_user FROM pg_tables WHERE tablename = 'clients'",
         )
         .fetch_one(app.pool())
         .await
+        .and_then(|row| sqlx::Row::try_get(&row, 0))
         .expect("owner");
         assert!(!owner, "the service role owns no table");
     }

@@ -1,4 +1,5 @@
-//! gRPC health (`grpc.health.v1`) driven by the service's readiness probe.
+//! gRPC health (`grpc.health.v1`) driven by the service's readiness probe,
+//! plus a liveness name that does not depend on it.
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -10,6 +11,12 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::Readiness;
+
+/// The health name that answers SERVING for as long as the server answers at
+/// all, whatever the database does: Kubernetes' liveness probe asks it, so a
+/// database outage takes pods out of rotation (readiness, `""` and each
+/// service's name) without restarting them all (DESIGN §12).
+pub const LIVENESS: &str = "liveness";
 
 /// A probe that has not answered in this long counts as failed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,6 +40,10 @@ impl Health {
         );
         let health = Self { reporter, names };
         health.set(ServingStatus::NotServing).await;
+        health
+            .reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         health
     }
 
@@ -87,5 +98,6 @@ impl Health {
         for name in std::mem::take(&mut self.names) {
             self.reporter.clear_service_status(name).await;
         }
+        self.reporter.clear_service_status(LIVENESS).await;
     }
 }

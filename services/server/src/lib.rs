@@ -32,6 +32,7 @@ mod shed;
 pub mod shutdown;
 pub mod telemetry;
 
+pub use health::LIVENESS;
 pub use metrics::{register_collector, sample_gauge};
 pub use peer::{PeerChannel, traced};
 pub use serve::{Readiness, ServeError, ServeOptions, serve};

@@ -68,11 +68,21 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs logging, and trace export when `otlp_endpoint` is given.
+/// Where spans are exported: an OTLP/gRPC collector.
+#[derive(Debug, Clone, Copy)]
+pub struct Otlp<'a> {
+    /// `http://collector:4317`, or `https://…` for TLS.
+    pub endpoint: &'a str,
+    /// PEM of the CA that signed the collector's certificate, for an
+    /// `https://` endpoint; `None` trusts the public web roots.
+    pub ca_pem: Option<&'a [u8]>,
+}
+
+/// Installs logging, and trace export when `otlp` is given.
 ///
 /// Logs go to stdout as JSON lines (or human-readable text when `json` is false). The level
 /// comes from `RUST_LOG` when set, else from `log_filter`, else `info`. With an OTLP endpoint
-/// (e.g. `http://otel-collector:4317`), spans are batch-exported over OTLP/gRPC with
+/// (e.g. `http://otel-collector:4317`, or `https://` with TLS), spans are batch-exported over OTLP/gRPC with
 /// `service.name = service_name` and the W3C TraceContext propagator is installed globally;
 /// this must then run inside a Tokio runtime, which the exporter's client uses.
 ///
@@ -81,12 +91,12 @@ pub fn init(
     service_name: &str,
     json: bool,
     log_filter: &str,
-    otlp_endpoint: Option<&str>,
+    otlp: Option<Otlp<'_>>,
 ) -> Result<TelemetryGuard, TelemetryError> {
     if INITIALISED.swap(true, Ordering::SeqCst) {
         return Err(TelemetryError::AlreadyInitialised);
     }
-    let installed = install(service_name, json, log_filter, otlp_endpoint);
+    let installed = install(service_name, json, log_filter, otlp);
     if installed.is_err() {
         // A failed attempt changed nothing global, so a corrected retry is allowed.
         INITIALISED.store(false, Ordering::SeqCst);
@@ -98,12 +108,12 @@ fn install(
     service_name: &str,
     json: bool,
     log_filter: &str,
-    otlp_endpoint: Option<&str>,
+    otlp: Option<Otlp<'_>>,
 ) -> Result<TelemetryGuard, TelemetryError> {
     let filter = log_filter_from(std::env::var("RUST_LOG").ok(), log_filter)?;
 
-    let tracer_provider = otlp_endpoint
-        .map(|endpoint| tracer_provider(service_name, endpoint))
+    let tracer_provider = otlp
+        .map(|otlp| tracer_provider(service_name, otlp))
         .transpose()?;
     let otel_layer = tracer_provider.as_ref().map(|provider| {
         // The exporter's own transport emits spans and events; exporting those would feed
@@ -166,13 +176,21 @@ fn log_filter_from(
 
 fn tracer_provider(
     service_name: &str,
-    endpoint: &str,
+    otlp: Otlp<'_>,
 ) -> Result<SdkTracerProvider, TelemetryError> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    use opentelemetry_otlp::WithTonicConfig as _;
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
-        .with_endpoint(endpoint)
-        .build()
-        .map_err(TelemetryError::Exporter)?;
+        .with_endpoint(otlp.endpoint);
+    if otlp.endpoint.starts_with("https://") {
+        let tls = tonic::transport::ClientTlsConfig::new();
+        let tls = match otlp.ca_pem {
+            Some(pem) => tls.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            None => tls.with_webpki_roots(),
+        };
+        builder = builder.with_tls_config(tls);
+    }
+    let exporter = builder.build().map_err(TelemetryError::Exporter)?;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service_name.to_owned())
         .build();

@@ -314,6 +314,11 @@ async fn health_follows_readiness() {
         status_of(channel.clone(), "").await,
         ServingStatus::NotServing
     );
+    // Alive all the same: liveness does not follow the database.
+    assert_eq!(
+        status_of(channel.clone(), touchstone_server::LIVENESS).await,
+        ServingStatus::Serving
+    );
 
     server.set_ready(true);
     wait_for_status(&channel, "", ServingStatus::Serving).await;
@@ -322,6 +327,10 @@ async fn health_follows_readiness() {
     server.set_ready(false);
     wait_for_status(&channel, "", ServingStatus::NotServing).await;
     wait_for_status(&channel, TestService::NAME, ServingStatus::NotServing).await;
+    assert_eq!(
+        status_of(channel.clone(), touchstone_server::LIVENESS).await,
+        ServingStatus::Serving
+    );
 
     server.set_ready(true);
     wait_for_status(&channel, "", ServingStatus::Serving).await;
@@ -700,7 +709,10 @@ async fn trace_context_crosses_the_hop_and_telemetry_installs_once() {
         "touchstone-server-test",
         true,
         "info",
-        Some("http://127.0.0.1:1"),
+        Some(touchstone_server::telemetry::Otlp {
+            endpoint: "http://127.0.0.1:1",
+            ca_pem: None,
+        }),
     )
     .unwrap();
     let again = touchstone_server::telemetry::init("again", true, "info", None);

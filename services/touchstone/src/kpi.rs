@@ -10,7 +10,6 @@ use std::time::Instant;
 use touchstone_auth::{DevKey, ServiceToken};
 use touchstone_kpi::feeds::{self, ComplaintsFeed, FeedbackFeed};
 use touchstone_platform::config::Settings;
-use touchstone_platform::db::Db;
 
 /// KPI maintenance.
 #[derive(Debug, Subcommand)]
@@ -33,15 +32,15 @@ pub(crate) async fn run(cmd: KpiCommand, settings: &Settings) -> anyhow::Result<
         feedback,
     } = cmd;
     let svc = &settings.kpi;
-    let url = svc.database_url(&settings.data_dir, "kpi");
-    let db = Db::connect(&url, svc.max_connections)
-        .await
-        .context("connecting with setting kpi.database_url")?;
-    if svc.migrate_on_start {
-        db.migrate(&touchstone_kpi::migration_sets(), svc.app_role.as_deref())
-            .await
-            .context("migrating the kpi database")?;
-    }
+    // Migrated as `serve` would (through migration_url when one is set).
+    let db = crate::run::open_db(
+        settings,
+        svc,
+        "kpi",
+        &touchstone_kpi::migration_sets(),
+        svc.migrate_on_start,
+    )
+    .await?;
     let token = match &settings.service_token_file {
         Some(path) => ServiceToken::File(path.clone()),
         None => ServiceToken::Dev {

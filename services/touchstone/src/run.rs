@@ -70,13 +70,26 @@ fn init_telemetry(
         touchstone_complaints::metrics::encode,
     );
     let (json, level) = settings.log_output(std::io::stdout().is_terminal(), banner);
-    touchstone_server::telemetry::init(
-        name,
-        json,
-        &level,
-        settings.otlp_endpoint.as_deref().filter(|e| !e.is_empty()),
-    )
-    .context("starting telemetry")
+    let ca_pem = match settings
+        .otlp_ca_file
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading {} (setting otlp_ca_file)", path.display()))?,
+        ),
+        None => None,
+    };
+    let otlp = settings
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.is_empty())
+        .map(|endpoint| touchstone_server::telemetry::Otlp {
+            endpoint,
+            ca_pem: ca_pem.as_deref(),
+        });
+    touchstone_server::telemetry::init(name, json, &level, otlp).context("starting telemetry")
 }
 
 /// The master key from configuration, or (development only) one kept in
@@ -125,7 +138,7 @@ async fn verifier(settings: &Settings) -> anyhow::Result<Arc<Verifier>> {
     .context("loading token verification keys (setting auth.jwks_file or auth.jwks_url)")
 }
 
-async fn open_db(
+pub(crate) async fn open_db(
     settings: &Settings,
     svc: &ServiceSettings,
     name: &str,
@@ -144,7 +157,7 @@ async fn open_db(
             .with_context(|| format!("migrating the {name} database"))?;
         owner.close().await;
     }
-    let db = Db::connect(&url, svc.max_connections)
+    let db = Db::connect_via(&url, svc.max_connections, svc.database_pooler)
         .await
         .with_context(|| format!("connecting with setting {name}.database_url"))?;
     // The pool's and its feed consumers' name in the metrics.
