@@ -173,8 +173,8 @@ pub(super) async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result
         bar.set_message(format!("filing {COMPLAINTS} complaints and three standards"));
         seed(&complaints, &kpi_served, &auth).await?;
         println!(
-            "backends: complaints ({COMPLAINTS} open), feedback (empty), KPI (3 standards), each on its own SQLite file; {} calls per dashboard",
-            15
+            "backends: complaints ({COMPLAINTS} open), feedback (empty), KPI (3 standards), each on its own SQLite file; \
+             a dashboard is 5 backend calls (its 11 KPI figures in one BatchGetFigures); one after another, the same figures as 15 calls"
         );
 
         // Latency: one dashboard at a time.
