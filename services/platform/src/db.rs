@@ -492,7 +492,6 @@ impl Db {
             let mut tx = Tx::new(group.conn, self.clone(), true);
             tx.writer = Some(writer);
             tx.members = Some(group.members);
-            tx.joined = true;
             if let Err(e) = tx.conn().execute(sqlx::raw_sql("SAVEPOINT w")).await {
                 // The shared transaction's state is unknown: it is given up,
                 // and every member waiting for it told so.
@@ -512,7 +511,16 @@ impl Db {
         let mut tx = Tx::new(conn, self.clone(), true);
         tx.writer = Some(writer);
         tx.members = Some(Box::new(Members::new()));
-        if let Err(e) = tx.start(Scope::AllAgencies).await {
+        // IMMEDIATE: the group holds SQLite's write lock from the start, so a
+        // joiner's first write never meets a snapshot another process made
+        // stale. Its work, too, is in savepoint `w`, so that its commit checks
+        // (by releasing it) that SQLite has not rolled the transaction back by
+        // itself after an I/O error.
+        let begun = tx
+            .conn()
+            .execute(sqlx::raw_sql("BEGIN IMMEDIATE; SAVEPOINT w"))
+            .await;
+        if let Err(e) = begun {
             self.note_write(&Err(&e));
             return Err(e);
         }
@@ -777,11 +785,9 @@ pub struct Tx {
     conn: Option<PoolConnection<Any>>,
     /// SQLite's in-process writer lock, for write transactions.
     writer: Option<OwnedMutexGuard<Writer>>,
-    /// SQLite write transactions: the group this one belongs to.
+    /// SQLite write transactions: the group this one belongs to (its work
+    /// is in savepoint `w` of the group's transaction).
     members: Option<Box<Members>>,
-    /// Whether this writer joined a group other writers are in, its work in
-    /// savepoint `w` of their transaction.
-    joined: bool,
     db: Db,
     /// Opened with [`Db::write`].
     write: bool,
@@ -804,7 +810,6 @@ impl Tx {
             conn: Some(conn),
             writer: None,
             members: None,
-            joined: false,
             db,
             write,
             appended_events: false,
@@ -817,9 +822,8 @@ impl Tx {
             return;
         };
         let ending = Ending {
-            writer: self.writer.take(),
             members: self.members.take(),
-            joined: self.joined,
+            writer: self.writer.take(),
         };
         match tokio::runtime::Handle::try_current() {
             // The writer lock is released only once the rollback has run:
@@ -836,24 +840,21 @@ impl Tx {
 
 /// What a transaction ending uncommitted hands on besides its connection.
 struct Ending {
-    writer: Option<OwnedMutexGuard<Writer>>,
+    // Members first: dropped unsent, they are told before the lock goes.
     members: Option<Box<Members>>,
-    joined: bool,
+    writer: Option<OwnedMutexGuard<Writer>>,
 }
 
 /// Ends a transaction that was not committed: rolled back, its connection
 /// goes back to the pool; when the rollback fails, or `trusted` is false, the
-/// connection's state is unknown and it is closed instead. A writer that
-/// joined a group rolls back only its savepoint and leaves the group to its
-/// members; if that fails, the group is given up and its members told.
+/// connection's state is unknown and it is closed instead. A writer in a
+/// group others wait for rolls back only its savepoint and leaves the group
+/// to them; if that fails, the group is given up and its members told.
 async fn end_uncommitted(mut conn: PoolConnection<Any>, ending: Ending, trusted: bool) {
-    let Ending {
-        writer,
-        members,
-        joined,
-    } = ending;
+    let Ending { members, writer } = ending;
+    let shared = members.as_ref().is_some_and(|m| !m.waiting.is_empty());
     if trusted {
-        let rollback = if joined {
+        let rollback = if shared {
             "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w"
         } else {
             "ROLLBACK"
@@ -861,7 +862,7 @@ async fn end_uncommitted(mut conn: PoolConnection<Any>, ending: Ending, trusted:
         match conn.execute(sqlx::raw_sql(rollback)).await {
             Ok(_) => {
                 match (writer, members) {
-                    (Some(mut writer), Some(members)) if joined => {
+                    (Some(mut writer), Some(members)) if shared => {
                         writer.open = Some(Group { conn, members });
                     }
                     (writer, _) => {
@@ -1004,7 +1005,16 @@ impl Tx {
     /// statement fails rolls back only its savepoint.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         if self.members.is_some() {
-            return self.commit_in_group().await;
+            // In a task of its own, so that a caller that stops waiting
+            // (its deadline passed) cannot cut the release or the group's
+            // commit short and make the whole group roll back.
+            return tokio::spawn(self.commit_in_group())
+                .await
+                .unwrap_or_else(|e| {
+                    Err(sqlx::Error::Io(std::io::Error::other(format!(
+                        "the group commit task failed: {e}"
+                    ))))
+                });
         }
         let committed = self.conn().execute(sqlx::raw_sql("COMMIT")).await;
         if self.write {
@@ -1023,11 +1033,12 @@ impl Tx {
     }
 
     async fn commit_in_group(mut self) -> Result<(), sqlx::Error> {
-        if self.joined
-            && let Err(e) = self
-                .conn()
-                .execute(sqlx::raw_sql("RELEASE SAVEPOINT w"))
-                .await
+        // Fails if SQLite rolled the transaction back by itself: then the
+        // group is given up (see `end`), and nobody is told it committed.
+        if let Err(e) = self
+            .conn()
+            .execute(sqlx::raw_sql("RELEASE SAVEPOINT w"))
+            .await
         {
             self.db.note_write(&Err(&e));
             self.end(false);
@@ -1049,9 +1060,9 @@ impl Tx {
         writer.open = Some(Group { conn, members });
         let lock = OwnedMutexGuard::mutex(&writer).clone();
         drop(writer);
-        // A task of its own, so that the group is committed even if this
-        // caller stops waiting.
-        let commit = tokio::spawn(async move {
+        // This runs in a task of its own (see `commit`), so the group is
+        // committed even if this member's caller stops waiting.
+        let commit = async move {
             let turn = tokio::select! {
                 biased;
                 outcome = &mut told => return group_outcome(outcome.ok()),
@@ -1073,12 +1084,8 @@ impl Tx {
                 }
                 Err(oneshot::error::TryRecvError::Closed) => group_outcome(None),
             }
-        });
-        commit.await.unwrap_or_else(|e| {
-            Err(sqlx::Error::Io(std::io::Error::other(format!(
-                "the group commit task failed: {e}"
-            ))))
-        })
+        };
+        commit.await
     }
 }
 
@@ -1409,6 +1416,54 @@ mod tests {
             .await
             .expect("read back");
         assert_eq!(ids, vec![0, 1, 2]);
+    }
+
+    /// A member whose caller stops waiting in the middle of its commit (its
+    /// deadline passed) does not make the group roll back: the others'
+    /// writes and its own are committed. (Its savepoint used to be released
+    /// in the caller's future; dropped there, the rollback that followed
+    /// found no savepoint and gave the whole group up.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_that_stops_waiting_does_not_undo_its_group() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = sqlite_url(&dir.path().join("cancelled.db"));
+        let db = Db::connect(&url, 4).await.expect("open");
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            .execute(db.pool())
+            .await
+            .expect("create");
+        let stats = &db.inner.stats;
+        let mut first = db.write(Scope::AllAgencies).await.expect("begin");
+        sqlx::query("INSERT INTO t (id) VALUES (0)")
+            .execute(first.conn())
+            .await
+            .expect("insert 0");
+        let impatient = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut tx = db.write(Scope::AllAgencies).await.expect("begin");
+                sqlx::query("INSERT INTO t (id) VALUES (1)")
+                    .execute(tx.conn())
+                    .await
+                    .expect("insert 1");
+                let mut commit = Box::pin(tx.commit());
+                let _ = futures_poll_once(commit.as_mut()).await;
+                drop(commit);
+            })
+        };
+        while stats.writers_queued.load(Ordering::Relaxed) < 1 {
+            tokio::task::yield_now().await;
+        }
+        let first = tokio::spawn(first.commit());
+        impatient.await.expect("the impatient writer");
+        first
+            .await
+            .expect("the first writer")
+            .expect("the first write commits although a member gave up waiting");
+        while count(&db).await.expect("count") < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(count(&db).await.expect("count"), 2);
     }
 
     /// Many writers at once, round after round: every one is answered and

@@ -54,8 +54,12 @@ impl<S> Shed<S> {
                 .0
                 .headers
         };
+        // A few permits more than the HTTP/2 streams the connection offers
+        // (`limit`): a client may open its next stream as soon as it sees the
+        // last one end, a moment before the finished call's permit returns.
+        let slack = (limit / 8).clamp(4, 64);
         Self {
-            permits: Arc::new(Semaphore::new(limit)),
+            permits: Arc::new(Semaphore::new(limit + slack)),
             server,
             limit,
             refusals: Arc::new([
