@@ -342,10 +342,15 @@ struct Stack {
 
 impl Stack {
     fn for_connection(&self) -> Connection {
-        let admitted = Shed::new(
-            Deadline::new(self.routes.clone(), self.domain.clone()),
-            self.limit,
-            (self.server.clone(), self.total),
+        // The deadline outside the admission: time spent waiting for the
+        // server's budget counts against the call's deadline.
+        let admitted = Deadline::new(
+            Shed::new(
+                self.routes.clone(),
+                self.limit,
+                (self.server.clone(), self.total),
+                self.domain.clone(),
+            ),
             self.domain.clone(),
         );
         Connection {
@@ -360,7 +365,7 @@ impl Stack {
 #[derive(Clone, Debug)]
 struct Connection {
     observer: Arc<Observer>,
-    grpc: GrpcWebService<Observe<Shed<Deadline<Routes>>>>,
+    grpc: GrpcWebService<Observe<Deadline<Shed<Routes>>>>,
 }
 
 impl<B> tower::Service<Request<B>> for Connection

@@ -633,6 +633,35 @@ async fn a_call_past_its_deadline_gets_deadline_exceeded() {
     );
 }
 
+/// A call waiting for the server's budget is still bound by its deadline: it gets
+/// DEADLINE_EXCEEDED when that passes, not a late RESOURCE_EXHAUSTED or a late answer.
+#[tokio::test]
+async fn waiting_for_admission_counts_against_the_deadline() {
+    let mut server = TestServer::start(true, |opts| opts.max_concurrent_total = 1).await;
+    let channel = server.channel().await;
+    let held = tokio::spawn(work(channel, true, false));
+    server.wait_until_held().await;
+
+    // Raw gRPC-Web (tonic's client would enforce the timeout itself); `hold: false`.
+    let frame = [0u8, 0, 0, 0, 2, 0x08, 0x00];
+    let mut request = format!(
+        "POST {WORK_PATH} HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/grpc-web+proto\r\ngrpc-timeout: 50m\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        frame.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&frame);
+    let response = raw_http1(server.addr, &request).await.to_ascii_lowercase();
+    assert!(
+        response.contains("grpc-status: 4") || response.contains("grpc-status:4"),
+        "{response}"
+    );
+
+    server.release_held();
+    within(held).await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn shutdown_goes_not_serving_then_lets_in_flight_calls_finish() {
     let mut server = TestServer::start(true, |opts| {
