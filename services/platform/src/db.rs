@@ -1370,12 +1370,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn queued_sqlite_writers_commit_as_one_group() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let url = sqlite_url(&dir.path().join("group.db"));
-        let db = Db::connect(&url, 4).await.expect("open");
-        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-            .execute(db.pool())
-            .await
-            .expect("create");
+        let (db, url) = table_t(&dir, "group", 4).await;
         let stats = &db.inner.stats;
         let commits_before = stats.group_commits.load(Ordering::Relaxed);
 
@@ -1426,12 +1421,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_member_that_stops_waiting_does_not_undo_its_group() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let url = sqlite_url(&dir.path().join("cancelled.db"));
-        let db = Db::connect(&url, 4).await.expect("open");
-        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-            .execute(db.pool())
-            .await
-            .expect("create");
+        let (db, _) = table_t(&dir, "cancelled", 4).await;
         let stats = &db.inner.stats;
         let mut first = db.write(Scope::AllAgencies).await.expect("begin");
         sqlx::query("INSERT INTO t (id) VALUES (0)")
@@ -1472,12 +1462,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_concurrent_sqlite_writers_are_all_answered() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let url = sqlite_url(&dir.path().join("many.db"));
-        let db = Db::connect(&url, 4).await.expect("open");
-        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-            .execute(db.pool())
-            .await
-            .expect("create");
+        let (db, _) = table_t(&dir, "many", 4).await;
         let mut writers = tokio::task::JoinSet::new();
         for w in 0..64 {
             let db = db.clone();
@@ -1501,12 +1486,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_commits_when_its_writers_stop_waiting() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let url = sqlite_url(&dir.path().join("abandoned.db"));
-        let db = Db::connect(&url, 2).await.expect("open");
-        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-            .execute(db.pool())
-            .await
-            .expect("create");
+        let (db, _) = table_t(&dir, "abandoned", 2).await;
         let mut tx = db.write(Scope::AllAgencies).await.expect("begin");
         sqlx::query("INSERT INTO t (id) VALUES (7)")
             .execute(tx.conn())
@@ -1525,6 +1505,17 @@ mod tests {
         }
         insert(db.clone(), 8).await.expect("a later write");
         assert_eq!(count(&db).await.expect("count"), 2);
+    }
+
+    /// A SQLite database in `dir` with a table `t (id)`, and its URL.
+    async fn table_t(dir: &tempfile::TempDir, name: &str, pool: u32) -> (Db, String) {
+        let url = sqlite_url(&dir.path().join(format!("{name}.db")));
+        let db = Db::connect(&url, pool).await.expect("open");
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            .execute(db.pool())
+            .await
+            .expect("create");
+        (db, url)
     }
 
     /// Polls a future once.

@@ -202,21 +202,9 @@ pub async fn list(
     after_sequence: i64,
     limit: i64,
 ) -> Result<Vec<Event>, sqlx::Error> {
-    let mut tx = db.read(feed.scope()).await?;
-    let agency = match feed {
-        FeedScope::Agency(a) => Some(a.as_str()),
-        FeedScope::All => None,
-    };
-    let rows = match tx.backend() {
-        Backend::Sqlite => list_sqlite(&mut tx, agency, after_sequence, limit).await?,
-        Backend::Postgres => {
-            list_postgres(&mut tx, agency, after_sequence, limit)
-                .await?
-                .0
-        }
-    };
-    tx.commit().await?;
-    Ok(rows.into_iter().map(event_of).collect())
+    Ok(read_page(db, feed, after_sequence, limit, false)
+        .await?
+        .events)
 }
 
 /// [`list`], and how many readable events follow the page: counted only
@@ -228,32 +216,38 @@ pub async fn list_page(
     after_sequence: i64,
     limit: i64,
 ) -> Result<EventPage, sqlx::Error> {
+    read_page(db, feed, after_sequence, limit, true).await
+}
+
+/// One page, and what follows it if `count_rest` (else `remaining` is 0).
+async fn read_page(
+    db: &Db,
+    feed: &FeedScope,
+    after_sequence: i64,
+    limit: i64,
+    count_rest: bool,
+) -> Result<EventPage, sqlx::Error> {
     let mut tx = db.read(feed.scope()).await?;
     let agency = match feed {
         FeedScope::Agency(a) => Some(a.as_str()),
         FeedScope::All => None,
     };
-    let (rows, remaining) = match tx.backend() {
-        Backend::Sqlite => {
-            let rows = list_sqlite(&mut tx, agency, after_sequence, limit).await?;
-            let remaining = match rows.last() {
-                Some(last) if rows.len() as i64 >= limit => {
-                    remaining_sqlite(&mut tx, agency, last.0).await?
-                }
-                _ => 0,
-            };
-            (rows, remaining)
-        }
+    let (rows, horizon) = match tx.backend() {
+        Backend::Sqlite => (
+            list_sqlite(&mut tx, agency, after_sequence, limit).await?,
+            None,
+        ),
         Backend::Postgres => {
             let (rows, horizon) = list_postgres(&mut tx, agency, after_sequence, limit).await?;
-            let remaining = match rows.last() {
-                Some(last) if rows.len() as i64 >= limit => {
-                    remaining_postgres(&mut tx, agency, last.0, horizon).await?
-                }
-                _ => 0,
-            };
-            (rows, remaining)
+            (rows, Some(horizon))
         }
+    };
+    let remaining = match rows.last() {
+        Some(last) if count_rest && rows.len() as i64 >= limit => match horizon {
+            None => remaining_sqlite(&mut tx, agency, last.0).await?,
+            Some(horizon) => remaining_postgres(&mut tx, agency, last.0, horizon).await?,
+        },
+        _ => 0,
     };
     tx.commit().await?;
     Ok(EventPage {
