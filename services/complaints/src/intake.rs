@@ -7,7 +7,6 @@
 use crate::error::Error;
 use crate::store::{self, Needs};
 use std::time::Duration;
-use tonic::transport::Channel;
 use touchstone_api::common::v1::Event;
 use touchstone_api::complaints::v1 as pb;
 use touchstone_api::register::v1 as reg;
@@ -32,7 +31,7 @@ pub const REGISTER_FEED: &str = "register";
 /// The register, called with this service's own token.
 #[derive(Debug, Clone)]
 pub struct RegisterClient {
-    channel: Channel,
+    channel: touchstone_server::peer::Balanced,
     token: ServiceToken,
 }
 
@@ -51,7 +50,7 @@ pub enum Checked {
 
 impl RegisterClient {
     /// The register at `channel`, called with `token`.
-    pub fn new(channel: Channel, token: ServiceToken) -> Self {
+    pub fn new(channel: touchstone_server::peer::Balanced, token: ServiceToken) -> Self {
         Self { channel, token }
     }
 

@@ -53,16 +53,19 @@ pub fn migration_sets() -> [&'static MigrationSet; 2] {
 #[derive(Debug, Clone)]
 pub struct Peers {
     /// The client register.
-    pub register: tonic::transport::Channel,
+    pub register: touchstone_server::peer::Balanced,
     /// This service's own token.
     pub token: ServiceToken,
 }
 
 impl Peers {
     /// Channels to the peers at these URLs, connected lazily.
-    pub fn connect(register: &str, token: ServiceToken) -> Result<Peers, tonic::transport::Error> {
+    pub fn connect(
+        register: &str,
+        token: ServiceToken,
+    ) -> Result<Peers, touchstone_server::peer::InvalidPeer> {
         Ok(Peers {
-            register: tonic::transport::Endpoint::from_shared(register.to_string())?.connect_lazy(),
+            register: touchstone_server::peer::Balanced::connect(register, Default::default())?,
             token,
         })
     }

@@ -7,7 +7,6 @@
 use crate::error::Error;
 use crate::store;
 use std::time::Duration;
-use tonic::transport::Channel;
 use touchstone_api::common::v1::Event;
 use touchstone_api::register::v1 as reg;
 use touchstone_api::register::v1::register_service_client::RegisterServiceClient;
@@ -44,7 +43,7 @@ pub struct Register {
 
 impl Register {
     /// The register behind `channel`, called with `token`.
-    pub fn new(channel: Channel, token: ServiceToken) -> Self {
+    pub fn new(channel: touchstone_server::peer::Balanced, token: ServiceToken) -> Self {
         Self {
             client: RegisterServiceClient::new(touchstone_server::traced(channel)),
             token,

@@ -77,6 +77,7 @@ struct Harness {
     feedback: Server,
     register: Server,
     register_channel: Channel,
+    register_addr: std::net::SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -121,7 +122,7 @@ impl Harness {
         let store = testing::fresh(&touchstone_feedback::migration_sets()).await;
         let service_token = ServiceToken::Fixed(mint_service(&dev));
         let peers = touchstone_feedback::Peers {
-            register: register_channel.clone(),
+            register: peer(register.addr),
             token: service_token,
         };
         let (routes, tasks) = touchstone_feedback::start(
@@ -143,6 +144,7 @@ impl Harness {
             store,
             _register_store: register_store,
             feedback,
+            register_addr: register.addr,
             register,
             register_channel,
             tasks,
@@ -179,7 +181,7 @@ impl Harness {
     /// applying it at the same time; whichever moves the cursor first wins.
     async fn consume_register_feed(&self) {
         let source = peers::Register::new(
-            self.register_channel.clone(),
+            peer(self.register_addr),
             ServiceToken::Fixed(self.service_token()),
         );
         for _ in 0..50 {
@@ -212,6 +214,12 @@ fn mint_service(dev: &DevKey) -> String {
         audience: DevKey::AUDIENCE.into(),
     })
     .expect("mint")
+}
+
+/// The register as the feedback service reaches it.
+fn peer(addr: std::net::SocketAddr) -> touchstone_server::peer::Balanced {
+    touchstone_server::peer::Balanced::connect(&format!("http://{addr}"), Default::default())
+        .expect("peer")
 }
 
 async fn connect(addr: std::net::SocketAddr) -> Channel {

@@ -9,13 +9,13 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use touchstone_api::complaints::v1::complaints_service_client::ComplaintsServiceClient;
 use touchstone_api::feedback::v1::feedback_service_client::FeedbackServiceClient;
 use touchstone_api::kpi::v1::kpi_service_client::KpiServiceClient;
 use touchstone_api::register::v1::register_service_client::RegisterServiceClient;
 use touchstone_auth::{ACT_AS_HEADER, Role, ServiceToken, act_as_value};
+use touchstone_server::peer::Balanced;
 use touchstone_server::{PeerChannel, traced};
 
 /// The budget of a call whose caller set no deadline.
@@ -29,13 +29,13 @@ const MARGIN: (Duration, Duration) = (Duration::from_millis(20), Duration::from_
 #[derive(Debug, Clone)]
 pub struct Backends {
     /// The client register.
-    pub register: Channel,
+    pub register: Balanced,
     /// Complaints.
-    pub complaints: Channel,
+    pub complaints: Balanced,
     /// Feedback.
-    pub feedback: Channel,
+    pub feedback: Balanced,
     /// KPIs.
-    pub kpi: Channel,
+    pub kpi: Balanced,
     /// The gateway's own token, for the one call it makes on its own
     /// behalf: the cross-agency read behind a benchmark, whose answer it
     /// passes on only under disclosure control.

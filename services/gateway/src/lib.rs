@@ -108,17 +108,15 @@ impl Peers {
         kpi: &str,
         token: ServiceToken,
         min_count: u64,
-    ) -> Result<Peers, tonic::transport::Error> {
-        // One HTTP/2 connection per backend carries every dashboard's calls;
-        // past this many at once they wait their turn here rather than be
-        // shed by the backend's per-connection limit.
-        let lazy = |url: &str| {
-            tonic::transport::Endpoint::from_shared(url.to_string()).map(|e| {
-                e.connect_timeout(std::time::Duration::from_secs(2))
-                    .concurrency_limit(MAX_CALLS_PER_BACKEND)
-                    .connect_lazy()
-            })
+    ) -> Result<Peers, touchstone_server::peer::InvalidPeer> {
+        // One HTTP/2 connection per backend replica carries every dashboard's
+        // calls; past this many at once they wait their turn here rather than
+        // be shed by the backend's per-connection limit.
+        let options = touchstone_server::peer::PeerOptions {
+            concurrency_limit: Some(MAX_CALLS_PER_BACKEND),
+            ..Default::default()
         };
+        let lazy = |url: &str| touchstone_server::peer::Balanced::connect(url, options);
         Ok(Peers {
             backends: backends::Backends {
                 register: lazy(register)?,

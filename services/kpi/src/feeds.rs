@@ -9,7 +9,6 @@ use crate::domain::{self, Cell, measure};
 use crate::store::{self, ComplaintCohort, VolumeRecord};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Channel;
 use touchstone_api::common::v1::Event;
 use touchstone_api::complaints::v1 as cpb;
 use touchstone_api::complaints::v1::complaints_service_client::ComplaintsServiceClient;
@@ -43,7 +42,7 @@ fn request<T>(token: &ServiceToken, message: T) -> Result<tonic::Request<T>, ton
 #[derive(Debug, Clone)]
 pub struct ComplaintsFeed {
     /// The complaints service.
-    pub channel: Channel,
+    pub channel: touchstone_server::peer::Balanced,
     /// This service's token.
     pub token: ServiceToken,
 }
@@ -72,7 +71,7 @@ impl FeedSource for ComplaintsFeed {
 #[derive(Debug, Clone)]
 pub struct FeedbackFeed {
     /// The feedback service.
-    pub channel: Channel,
+    pub channel: touchstone_server::peer::Balanced,
     /// This service's token.
     pub token: ServiceToken,
 }

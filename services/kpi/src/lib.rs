@@ -84,9 +84,9 @@ pub fn migration_sets() -> [&'static MigrationSet; 2] {
 #[derive(Debug, Clone)]
 pub struct Peers {
     /// The complaints service (its change feed).
-    pub complaints: tonic::transport::Channel,
+    pub complaints: touchstone_server::peer::Balanced,
     /// The feedback service (its change feed).
-    pub feedback: tonic::transport::Channel,
+    pub feedback: touchstone_server::peer::Balanced,
     /// This service's own token.
     pub token: ServiceToken,
 }
@@ -97,11 +97,11 @@ impl Peers {
         complaints: &str,
         feedback: &str,
         token: ServiceToken,
-    ) -> Result<Peers, tonic::transport::Error> {
+    ) -> Result<Peers, touchstone_server::peer::InvalidPeer> {
+        use touchstone_server::peer::Balanced;
         Ok(Peers {
-            complaints: tonic::transport::Endpoint::from_shared(complaints.to_string())?
-                .connect_lazy(),
-            feedback: tonic::transport::Endpoint::from_shared(feedback.to_string())?.connect_lazy(),
+            complaints: Balanced::connect(complaints, Default::default())?,
+            feedback: Balanced::connect(feedback, Default::default())?,
             token,
         })
     }

@@ -129,7 +129,9 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Peers {
-    /// The client register, e.g. `http://touchstone-register:50051`.
+    /// The client register, e.g. `http://touchstone-register:50051`. Any peer
+    /// may name several replicas, separated by commas, and a DNS name stands
+    /// for every address it resolves to (a headless Service: one per pod).
     pub register: String,
     /// The complaints service.
     pub complaints: String,
@@ -383,8 +385,16 @@ impl Settings {
             ("peers.kpi", &self.peers.kpi),
             ("peers.gateway", &self.peers.gateway),
         ] {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(invalid(name, "must be an http:// or https:// URL"));
+            // One URL, or several replicas' separated by commas (each
+            // checked in full when the channel is made).
+            if !url.split(',').all(|u| {
+                let u = u.trim();
+                u.starts_with("http://") || u.starts_with("https://")
+            }) {
+                return Err(invalid(
+                    name,
+                    "must be an http:// or https:// URL, or several separated by commas",
+                ));
             }
         }
         if self.hub.min_count == 0 {

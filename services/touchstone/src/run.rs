@@ -260,7 +260,8 @@ impl ServiceName {
                 let peers = touchstone_complaints::Peers::connect(
                     &env.peers.register,
                     env.service_token.clone(),
-                )?;
+                )
+                .context("setting peers.register")?;
                 touchstone_complaints::start(
                     db.clone(),
                     env.master.clone(),
@@ -272,7 +273,8 @@ impl ServiceName {
                 let peers = touchstone_feedback::Peers::connect(
                     &env.peers.register,
                     env.service_token.clone(),
-                )?;
+                )
+                .context("setting peers.register")?;
                 touchstone_feedback::start(
                     db.clone(),
                     env.master.clone(),
@@ -285,7 +287,8 @@ impl ServiceName {
                     &env.peers.complaints,
                     &env.peers.feedback,
                     env.service_token.clone(),
-                )?;
+                )
+                .context("settings peers.complaints, peers.feedback")?;
                 touchstone_kpi::start(
                     db.clone(),
                     env.master.clone(),
@@ -302,7 +305,8 @@ impl ServiceName {
                     &env.peers.kpi,
                     env.service_token.clone(),
                     env.hub.min_count,
-                )?;
+                )
+                .context("settings peers.*")?;
                 let http = if env.hub.dashboard {
                     let addr = env.hub.http_listen;
                     let listener = std::net::TcpListener::bind(addr).with_context(|| {

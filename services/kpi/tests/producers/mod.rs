@@ -346,11 +346,11 @@ async fn figures_from_the_real_producers_over_grpc() {
     // The kpi service reads both feeds over gRPC with its own token.
     let kpi_token = service_token("kpi");
     let c_feed = ComplaintsFeed {
-        channel: channel(complaints_addr).await,
+        channel: peer(complaints_addr),
         token: kpi_token.clone(),
     };
     let f_feed = FeedbackFeed {
-        channel: channel(feedback_addr).await,
+        channel: peer(feedback_addr),
         token: kpi_token,
     };
     let applied = feeds::catch_up_complaints(&kpi_db.db, &c_feed)
@@ -465,4 +465,10 @@ async fn figures_from_the_real_producers_over_grpc() {
     for t in tasks {
         t.abort();
     }
+}
+
+/// A service as the KPI service reaches it.
+fn peer(addr: std::net::SocketAddr) -> touchstone_server::peer::Balanced {
+    touchstone_server::peer::Balanced::connect(&format!("http://{addr}"), Default::default())
+        .expect("peer")
 }
