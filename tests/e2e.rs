@@ -12,6 +12,8 @@ mod wire;
 mod crash;
 // OTLP traces of calls across services, received by a collector in the test.
 mod trace;
+// Two `serve` replicas of every service on PostgreSQL, one of two killed.
+mod replicas;
 
 use std::collections::BTreeSet;
 use std::path::Path;

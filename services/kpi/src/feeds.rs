@@ -96,9 +96,15 @@ impl FeedSource for FeedbackFeed {
     }
 }
 
-/// A feed as the consumer should see it: only events after the cursor, in
-/// strictly increasing sequence. A producer that sends an event again (a
-/// retried page, a replayed sequence) cannot make it count twice.
+/// A feed as the consumer should see it: no event twice in one page, and not
+/// the event the cursor names. A producer that sends an event again within a
+/// page (a retried read, a replayed row) cannot make it count twice.
+///
+/// The feed's order is the producer's commit order, which on PostgreSQL is
+/// not the order of sequences (an event's sequence is taken at insert, its
+/// place in the feed at commit): an event may follow one with a higher
+/// sequence, and must be applied all the same. The position is opaque
+/// (DESIGN §6); only the cursor's compare-and-set orders pages.
 /// `S` is any pointer to a source (`Box`, `Arc`, `&dyn FeedSource`).
 #[derive(Debug, Clone)]
 pub struct Deduped<S>(pub S);
@@ -110,15 +116,10 @@ where
 {
     fn list(&self, after: i64, limit: i32) -> BoxFuture<'_, Result<EventPage, tonic::Status>> {
         Box::pin(async move {
-            let mut last = after;
             let mut page = self.0.list(after, limit).await?;
-            page.events.retain(|e| {
-                let fresh = e.sequence > last;
-                if fresh {
-                    last = e.sequence;
-                }
-                fresh
-            });
+            let mut seen = std::collections::HashSet::with_capacity(page.events.len() + 1);
+            seen.insert(after);
+            page.events.retain(|e| seen.insert(e.sequence));
             Ok(page)
         })
     }
@@ -574,4 +575,55 @@ pub async fn catch_up_complaints(db: &Db, source: &dyn FeedSource) -> Result<u64
 /// Applies the feedback feed until it has nothing more.
 pub async fn catch_up_feedback(db: &Db, source: &dyn FeedSource) -> Result<u64, ConsumeError> {
     consumer::catch_up(db, FEEDBACK_FEED, &Deduped(source), &FeedbackHandler).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Answers one fixed page, whatever is asked.
+    struct Page(Vec<i64>);
+
+    impl FeedSource for Page {
+        fn list(
+            &self,
+            _after: i64,
+            _limit: i32,
+        ) -> BoxFuture<'_, Result<EventPage, tonic::Status>> {
+            let events = self
+                .0
+                .iter()
+                .map(|&sequence| Event {
+                    sequence,
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>();
+            Box::pin(async move { Ok(EventPage::from(events)) })
+        }
+    }
+
+    async fn kept(page: &[i64], after: i64) -> Vec<i64> {
+        let source = Page(page.to_vec());
+        let feed = Deduped(&source as &dyn FeedSource);
+        let got = feed.list(after, 100).await.unwrap();
+        got.events.iter().map(|e| e.sequence).collect()
+    }
+
+    /// On PostgreSQL the feed is in commit order, so a lower sequence can
+    /// follow a higher one (written first, committed later). Such an event
+    /// was dropped as a "replay" here, and the KPI undercounted every
+    /// complaint taken while another was being written.
+    #[tokio::test]
+    async fn an_event_after_a_higher_sequence_is_kept() {
+        assert_eq!(
+            kept(&[8, 7, 9, 12, 10, 11], 6).await,
+            vec![8, 7, 9, 12, 10, 11]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_event_twice_in_a_page_or_the_cursors_own_is_dropped() {
+        assert_eq!(kept(&[6, 8, 7, 8, 9, 7], 6).await, vec![8, 7, 9]);
+    }
 }

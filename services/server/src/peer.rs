@@ -85,7 +85,11 @@ pub fn parse_peer(spec: &str) -> Result<Vec<Uri>, InvalidPeer> {
             .map_err(|_| InvalidPeer(format!("{part:?} is not a URL")))?;
         match uri.scheme_str() {
             Some("http" | "https") => {}
-            _ => return Err(InvalidPeer(format!("{part:?} must be an http:// or https:// URL"))),
+            _ => {
+                return Err(InvalidPeer(format!(
+                    "{part:?} must be an http:// or https:// URL"
+                )));
+            }
         }
         if uri.host().is_none_or(str::is_empty) {
             return Err(InvalidPeer(format!("{part:?} has no host")));
@@ -165,7 +169,10 @@ impl Member {
                         }
                     }
                 };
-                let up = matches!(tokio::time::timeout(PROBE_TIMEOUT, connect).await, Ok(Ok(_)));
+                let up = matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, connect).await,
+                    Ok(Ok(_))
+                );
                 let Some(member) = weak.upgrade() else { return };
                 if up {
                     member.state.store(UP, Ordering::Relaxed);
@@ -420,10 +427,19 @@ mod tests {
     fn peer_settings_are_lists_of_urls() {
         assert_eq!(parse_peer("http://a:1").unwrap().len(), 1);
         assert_eq!(
-            parse_peer("http://a:1, http://10.0.0.2:2,https://b").unwrap().len(),
+            parse_peer("http://a:1, http://10.0.0.2:2,https://b")
+                .unwrap()
+                .len(),
             3
         );
-        for bad in ["", "http://a:1,", "a:1", "ftp://a", "http://a:1,,http://b:2", "http:///x"] {
+        for bad in [
+            "",
+            "http://a:1,",
+            "a:1",
+            "ftp://a",
+            "http://a:1,,http://b:2",
+            "http:///x",
+        ] {
             assert!(parse_peer(bad).is_err(), "{bad:?} was accepted");
         }
     }
@@ -469,7 +485,11 @@ mod tests {
         }
         // Both replicas answered.
         let members = channel.set.members.read().unwrap().clone();
-        assert!(members.iter().all(|m| m.state.load(Ordering::Relaxed) == UP));
+        assert!(
+            members
+                .iter()
+                .all(|m| m.state.load(Ordering::Relaxed) == UP)
+        );
 
         // Replica a goes away: at most one call per in-flight connection fails, then
         // every call goes to b.
@@ -482,7 +502,10 @@ mod tests {
                 failed += 1;
             }
         }
-        assert!(failed <= 1, "{failed} calls failed after the replica stopped");
+        assert!(
+            failed <= 1,
+            "{failed} calls failed after the replica stopped"
+        );
 
         // A server on a's port again: the probe takes it back.
         let listener = loop {
@@ -500,7 +523,10 @@ mod tests {
         let back = async {
             loop {
                 let members = channel.set.members.read().unwrap().clone();
-                if members.iter().all(|m| m.state.load(Ordering::Relaxed) == UP) {
+                if members
+                    .iter()
+                    .all(|m| m.state.load(Ordering::Relaxed) == UP)
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
