@@ -203,7 +203,8 @@ def check_overlay(name, namespace, render):
     )
     for svc, port in ((s, v[0]) for s, v in SERVICES.items()):
         peer = common.get(f"TOUCHSTONE_PEERS__{svc.upper()}")
-        if svc != "gateway" and peer != f"http://touchstone-{svc}:{port}":
+        # The headless Service: one address per ready pod, balanced per call.
+        if svc != "gateway" and peer != f"http://touchstone-{svc}-pods:{port}":
             problem(f"{where}: TOUCHSTONE_PEERS__{svc.upper()} is {peer!r}")
 
     callers = {svc: set() for svc in SERVICES}

@@ -606,6 +606,13 @@ mod tests {
         assert!(e.contains("log_format"), "{e}");
         let e = with_env(&[("REGISTER__MAX_CONNECTIONS", "lots")]).expect_err("bad number");
         assert!(e.contains("register.max_connections"), "{e}");
+        let e = with_env(&[("PEERS__KPI", "http://a:1,ftp://b:2")]).expect_err("bad peer");
+        assert!(e.contains("peers.kpi"), "{e}");
+        let e = with_env(&[("PEERS__KPI", "http://a:1,")]).expect_err("empty peer");
+        assert!(e.contains("peers.kpi"), "{e}");
+        let ok = with_env(&[("PEERS__KPI", "http://10.0.0.5:1, http://kpi-pods:50054")])
+            .expect("replicas listed");
+        assert_eq!(ok.peers.kpi, "http://10.0.0.5:1, http://kpi-pods:50054");
     }
 
     #[test]

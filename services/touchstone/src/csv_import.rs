@@ -200,7 +200,9 @@ pub(crate) fn authorized<T>(message: T, bearer: &MetadataValue<Ascii>) -> tonic:
 }
 
 /// A channel to a service, connected now so a wrong address fails at once.
+/// Of a peer setting that lists several replicas, the first.
 pub(crate) async fn connect(addr: &str, what: &str) -> anyhow::Result<tonic::transport::Channel> {
+    let addr = addr.split(',').next().unwrap_or(addr).trim();
     tonic::transport::Channel::from_shared(addr.to_string())
         .context("--addr is not a URL")?
         .connect_timeout(Duration::from_secs(5))
