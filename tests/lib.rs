@@ -364,6 +364,8 @@ pub struct Up {
     pub port: u16,
     /// The other services' ports, by setting name.
     pub ports: Vec<(&'static str, u16)>,
+    /// The gateway's web dashboard and JSON API (plain HTTP).
+    pub http: u16,
 }
 
 impl Up {
@@ -404,14 +406,13 @@ impl Up {
                 );
             }
             // The gateway's web dashboard, likewise.
-            cmd.env(
-                "TOUCHSTONE_HUB__HTTP_LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            );
+            let http = free_port();
+            cmd.env("TOUCHSTONE_HUB__HTTP_LISTEN", format!("127.0.0.1:{http}"));
             let mut up = Up {
                 proc: Proc::spawn(cmd),
                 port,
                 ports,
+                http,
             };
             match up.wait_serving().await {
                 Ok(()) => return up,
@@ -531,11 +532,32 @@ impl Up {
 /// `GET <path>` over plain HTTP/1.1 on 127.0.0.1:`port`: the status line and
 /// the (de-chunked) body.
 pub async fn http_get(port: u16, path: &str) -> (String, String) {
+    http_request(port, "GET", path, &[], "").await
+}
+
+/// `method path` over plain HTTP/1.1 on 127.0.0.1:`port` with extra
+/// `headers` and `body` (sent with its length): the status line and the
+/// (de-chunked) body.
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (String, String) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connecting for HTTP");
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
     stream
         .write_all(request.as_bytes())
         .await

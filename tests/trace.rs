@@ -3,10 +3,12 @@
 //! one trace of server spans with the RPC attributes, linked parent to child,
 //! and that no span carries the personal data sent.
 //!
-//! No single call goes gateway → complaints → register: the gateway never
-//! creates complaints, and complaints calls the register only while taking a
-//! complaint in (to check the complainant's client reference). So the test
-//! follows the two real multi-service calls that cover those hops:
+//! It follows three real multi-service calls:
+//! - gateway → complaints → register: an officer records a complaint at the
+//!   dashboard's desk (`POST /api/complaints`, plain HTTP) naming a register
+//!   client; the gateway calls `CreateComplaint`, and complaints calls the
+//!   register's `GetClient` to check the client. Sent with a caller's
+//!   `traceparent`: one trace from the gateway's HTTP server span down;
 //! - `ExportClientData` on the gateway, which calls the register
 //!   (`ExportClient`), complaints (`ListComplaints`) and feedback; sent with
 //!   a caller's `traceparent`, so it also shows that the caller's trace is
@@ -53,6 +55,9 @@ const FEEDBACK: &str = "touchstone.feedback.v1.FeedbackService";
 /// The caller's trace and span for the gateway call (W3C's example ids).
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
+/// The trace and span of the caller of the desk's intake.
+const DESK_TRACE: &str = "7a3e0c1d2b4f45a6978d1e2f3a4b5c6d";
+const DESK_SPAN: &str = "1122334455667788";
 
 /// A span as received, with the `service.name` of the resource it came in.
 #[derive(Debug, Clone)]
@@ -167,6 +172,22 @@ fn server_span<'a>(spans: &'a [Received], service: &str, method: &str) -> Option
             && attr(&r.span, "rpc.service").as_deref() == Some(service)
             && attr(&r.span, "rpc.method").as_deref() == Some(method)
     })
+}
+
+/// The gateway's HTTP server span for `method route`, if it came.
+fn http_span<'a>(spans: &'a [Received], method: &str, route: &str) -> Option<&'a Received> {
+    spans.iter().find(|r| {
+        r.span.kind == SpanKind::Server as i32
+            && attr(&r.span, "http.request.method").as_deref() == Some(method)
+            && attr(&r.span, "http.route").as_deref() == Some(route)
+    })
+}
+
+fn bytes_of(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
 }
 
 /// One trace's spans, by span id.
@@ -387,6 +408,36 @@ async fn one_call_across_services_is_one_trace_without_personal_data() {
         assert!(export.unreachable.is_empty(), "{export:?}");
         assert_eq!(export.complaints.len(), 1, "{export:?}");
 
+        // gateway → complaints → register: the desk's intake names the client.
+        let bearer = format!("Bearer {token}");
+        let traceparent = format!("00-{DESK_TRACE}-{DESK_SPAN}-01");
+        let body = serde_json::json!({
+            "request_id": "trace-desk-complaint",
+            "client": client.name,
+            "channel": "phone",
+            "category": "delay",
+            "description": narrative,
+        })
+        .to_string();
+        let (status, answer) = touchstone_e2e::http_request(
+            up.http,
+            "POST",
+            "/api/complaints",
+            &[
+                ("Authorization", bearer.as_str()),
+                ("Content-Type", "application/json"),
+                ("traceparent", traceparent.as_str()),
+            ],
+            &body,
+        )
+        .await;
+        assert!(status.contains(" 200 "), "{status}: {answer}");
+        let recorded: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+        assert_eq!(
+            recorded["complaint"]["client_check"], "VERIFIED",
+            "the desk's complaint was not checked with the register: {answer}"
+        );
+
         // Wait for both traces to arrive whole.
         let caller_trace: Vec<u8> = (0..CALLER_TRACE.len())
             .step_by(2)
@@ -404,13 +455,20 @@ async fn one_call_across_services_is_one_trace_without_personal_data() {
             (FEEDBACK, "ListFollowUps"),
         ];
         let intake_hops = [(COMPLAINTS, "CreateComplaint"), (REGISTER, "GetClient")];
+        let (desk_trace_id, desk_span_id) = (bytes_of(DESK_TRACE), bytes_of(DESK_SPAN));
         let deadline = Instant::now() + SPAN_DEADLINE;
-        let (spans, export_trace, intake_trace) = loop {
+        let (spans, export_trace, intake_trace, desk_trace) = loop {
             let spans = collector.spans();
             let export_trace = trace_of(&spans, &caller_trace);
-            let intake_trace = server_span(&spans, COMPLAINTS, "CreateComplaint")
+            let outside_desk: Vec<Received> = spans
+                .iter()
+                .filter(|r| r.span.trace_id != desk_trace_id)
+                .cloned()
+                .collect();
+            let intake_trace = server_span(&outside_desk, COMPLAINTS, "CreateComplaint")
                 .map(|r| trace_of(&spans, &r.span.trace_id))
                 .unwrap_or_default();
+            let desk_trace = trace_of(&spans, &desk_trace_id);
             let whole =
                 |trace: &BTreeMap<Vec<u8>, Received>, hops: &[(&str, &str)], root: &[u8]| {
                     let list: Vec<Received> = trace.values().cloned().collect();
@@ -418,10 +476,16 @@ async fn one_call_across_services_is_one_trace_without_personal_data() {
                         .all(|(service, method)| server_span(&list, service, method).is_some())
                         && complete(trace, root)
                 };
+            let desk_whole = {
+                let list: Vec<Received> = desk_trace.values().cloned().collect();
+                http_span(&list, "POST", "/api/complaints").is_some()
+                    && whole(&desk_trace, &intake_hops, &desk_span_id)
+            };
             if whole(&export_trace, &export_hops, &caller_span)
                 && whole(&intake_trace, &intake_hops, &[])
+                && desk_whole
             {
-                break (spans, export_trace, intake_trace);
+                break (spans, export_trace, intake_trace, desk_trace);
             }
             assert!(
                 Instant::now() < deadline,
@@ -483,6 +547,41 @@ async fn one_call_across_services_is_one_trace_without_personal_data() {
             Some(&intake.span.span_id),
             "the register's GetClient is not below complaints' CreateComplaint\n{}",
             dump(&intake_list)
+        );
+
+        // The desk's intake: the caller's trace, rooted in the gateway's HTTP
+        // server span; complaints' CreateComplaint below it, the register's
+        // GetClient below that.
+        let desk_list: Vec<Received> = desk_trace.values().cloned().collect();
+        let http = http_span(&desk_list, "POST", "/api/complaints").expect("waited for");
+        assert_eq!(
+            http.span.parent_span_id,
+            desk_span_id,
+            "the gateway continues the desk caller's trace\n{}",
+            dump(&desk_list)
+        );
+        assert_eq!(http.span.name, "POST /api/complaints", "{:?}", http.span);
+        assert_eq!(
+            attr(&http.span, "http.response.status_code").as_deref(),
+            Some("200"),
+            "{:?}",
+            http.span
+        );
+        let create_hop =
+            server_span(&desk_list, COMPLAINTS, "CreateComplaint").expect("waited for");
+        assert_server_span(create_hop, COMPLAINTS, "CreateComplaint");
+        assert_eq!(
+            ancestry(&desk_trace, &create_hop.span.span_id).last(),
+            Some(&http.span.span_id),
+            "complaints' CreateComplaint is not below the gateway's HTTP span\n{}",
+            dump(&desk_list)
+        );
+        let check_hop = server_span(&desk_list, REGISTER, "GetClient").expect("waited for");
+        assert_server_span(check_hop, REGISTER, "GetClient");
+        assert!(
+            ancestry(&desk_trace, &check_hop.span.span_id).contains(&create_hop.span.span_id),
+            "the register's GetClient is not below complaints' CreateComplaint\n{}",
+            dump(&desk_list)
         );
 
         // The two calls are two traces, and the first call (straight to the

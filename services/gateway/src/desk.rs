@@ -38,7 +38,10 @@ pub fn router(gateway: Arc<Gateway>, verifier: Arc<Verifier>) -> Router {
     };
     Router::new()
         .route("/api/trend", get(trend))
-        .route("/api/complaints", get(list_complaints))
+        .route(
+            "/api/complaints",
+            get(list_complaints).post(record_complaint),
+        )
         .route("/api/complaints/{id}", get(get_complaint))
         .route("/api/complaints/{id}/{action}", post(act_on_complaint))
         .route("/api/follow-ups", get(list_follow_ups))
@@ -339,6 +342,7 @@ fn complaint_json(c: &cpb::Complaint) -> Json {
     json!({
         "name": c.name,
         "complainant": complainant,
+        "client_check": web::ename(cpb::ClientCheck::try_from(c.client_check).map(|e| e.as_str_name()), "CLIENT_CHECK_"),
         "channel": web::ename(touchstone_api::common::v1::Channel::try_from(c.channel).map(|e| e.as_str_name()), "CHANNEL_"),
         "receive_time": web::time_json(c.receive_time.as_ref()),
         "unit": c.unit,
@@ -440,6 +444,87 @@ struct ActionBody {
     officer: String,
     channel: String,
     direction: String,
+}
+
+/// A complaint an officer takes down (by phone, at a counter): the
+/// complainant is a register client (`client`: its id or resource name) or
+/// no one (`anonymous`); the rest as `CreateComplaint` takes it. The
+/// complaints service checks the client with the register, in this call's
+/// trace.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RecordBody {
+    request_id: String,
+    client: String,
+    anonymous: bool,
+    channel: String,
+    category: String,
+    service: String,
+    unit: String,
+    description: String,
+    remedy_sought: String,
+}
+
+async fn record_complaint(
+    State(desk): State<Desk>,
+    headers: HeaderMap,
+    body: Option<axum::Json<RecordBody>>,
+) -> Response {
+    let (_, ctx, agency) = match enter(&desk, &headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let Some(axum::Json(b)) = body else {
+        return error_response(&invalid(
+            "body",
+            "a JSON object with the complaint's fields",
+        ));
+    };
+    let r = record(&desk, &ctx, &agency, b).await;
+    reply(r, |c| json!({"complaint": complaint_json(c)}))
+}
+
+async fn record(
+    desk: &Desk,
+    ctx: &CallContext,
+    agency: &str,
+    b: RecordBody,
+) -> Result<cpb::Complaint, tonic::Status> {
+    let who = match (b.client.is_empty(), b.anonymous) {
+        (false, false) => {
+            let prefix = format!("agencies/{agency}/clients/");
+            let id = b.client.strip_prefix(&prefix).unwrap_or(&b.client);
+            check_id("client", id)?;
+            cpb::complainant::Who::Client(format!("{prefix}{id}"))
+        }
+        (true, true) => cpb::complainant::Who::Anonymous(true),
+        _ => {
+            return Err(invalid(
+                "client",
+                "name the register client, or set anonymous (not both)",
+            ));
+        }
+    };
+    let channel = enum_by_name("channel", "CHANNEL_", &b.channel, |s| {
+        touchstone_api::common::v1::Channel::from_str_name(s).map(|e| e as i32)
+    })?;
+    let req = cpb::CreateComplaintRequest {
+        parent: format!("agencies/{agency}"),
+        complaint: Some(cpb::Complaint {
+            complainant: Some(cpb::Complainant { who: Some(who) }),
+            channel,
+            category: b.category,
+            service: b.service,
+            unit: b.unit,
+            description: b.description,
+            remedy_sought: b.remedy_sought,
+            ..Default::default()
+        }),
+        request_id: b.request_id,
+        ..Default::default()
+    };
+    let mut client = desk.gateway.backends().complaints();
+    ctx.run(client.create_complaint(ctx.request(req))).await
 }
 
 async fn act_on_complaint(

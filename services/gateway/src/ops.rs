@@ -19,6 +19,7 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
 use std::time::Instant;
 use touchstone_platform::db::Db;
+use tracing::Instrument as _;
 
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -76,7 +77,18 @@ pub(crate) async fn measure(State(ops): State<Ops>, request: Request, next: Next
         .get::<MatchedPath>()
         .map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
     let started = Instant::now();
-    let response = next.run(request).await;
+    // Scrapes and probes are not traced: they would bury the requests people make.
+    let span = if matches!(route.as_str(), "/metrics" | "/healthz") {
+        tracing::Span::none()
+    } else {
+        touchstone_server::telemetry::http_server_span(method, &route, request.headers())
+    };
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
     ops.duration
         .get_or_create(&HttpLabels {
             http_request_method: method,

@@ -1963,6 +1963,62 @@ async fn the_complaint_desk_acts_through_the_complaints_api() {
         .await;
     assert_eq!(status, 400, "{body}");
 
+    // An officer records a complaint taken by phone; a retry with the same
+    // request id is the same complaint. Bad input names the field.
+    let record = serde_json::json!({"request_id": "7d3c0d1e-2b4f-4c86-9d41-5d0f6c1d2e05",
+        "anonymous": true, "channel": "phone", "category": "delay",
+        "description": "Waited at the counter for two hours"});
+    let (status, body) = h
+        .http_post("/api/complaints", &officer, record.clone())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let first = json(&body)["complaint"]["name"].clone();
+    assert!(
+        first
+            .as_str()
+            .is_some_and(|n| n.starts_with("agencies/a/complaints/")),
+        "{body}"
+    );
+    assert_eq!(json(&body)["complaint"]["complainant"]["anonymous"], true);
+    let (status, again) = h.http_post("/api/complaints", &officer, record).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(json(&again)["complaint"]["name"], first);
+    for (bad, field) in [
+        (
+            serde_json::json!({"request_id": "r1", "anonymous": true, "client": "c1",
+            "channel": "phone", "category": "x", "description": "y"}),
+            "client",
+        ),
+        (
+            serde_json::json!({"request_id": "r2", "channel": "phone", "category": "x",
+            "description": "y"}),
+            "client",
+        ),
+        (
+            serde_json::json!({"request_id": "r3", "client": "../x", "channel": "phone",
+            "category": "x", "description": "y"}),
+            "client",
+        ),
+        (
+            serde_json::json!({"request_id": "r4", "anonymous": true, "channel": "pigeon",
+            "category": "x", "description": "y"}),
+            "channel",
+        ),
+    ] {
+        let (status, body) = h.http_post("/api/complaints", &officer, bad).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains(field), "{field}: {body}");
+    }
+    let (status, body) = h
+        .http_post(
+            "/api/complaints",
+            &analyst,
+            serde_json::json!({"request_id": "r5", "anonymous": true, "channel": "phone",
+                "category": "x", "description": "y"}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+
     // Follow-ups list through the feedback API (none yet).
     let (status, body) = h.http_get("/api/follow-ups", Some(&officer)).await;
     assert_eq!(status, 200, "{body}");

@@ -220,6 +220,25 @@ pub(crate) fn inject_trace_headers(headers: &mut http::HeaderMap) {
     });
 }
 
+/// The server span of one plain HTTP request (the gateway's dashboard, its JSON API and
+/// Open311), named `METHOD route` after OpenTelemetry's HTTP conventions, in the trace the
+/// caller's `traceparent` names (else a new one). Its `http.response.status_code` is recorded
+/// by the caller once the response is known. Calls made inside it to other services carry it
+/// on, as the gRPC server span does. No path parameters, query or body: no personal data.
+pub fn http_server_span(method: &str, route: &str, headers: &http::HeaderMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let _ = span.set_parent(extract_trace_context(headers));
+    span
+}
+
 /// The trace context a caller sent in `headers`; empty when there is none or tracing is off.
 pub(crate) fn extract_trace_context(headers: &http::HeaderMap) -> opentelemetry::Context {
     opentelemetry::global::get_text_map_propagator(|propagator| {
