@@ -16,6 +16,7 @@ mod feedback;
 mod gateway;
 mod kpi;
 mod load;
+mod scale;
 mod target;
 
 use anyhow::{Context, bail};
@@ -89,6 +90,13 @@ pub(crate) struct BenchArgs {
     /// Survey responses applied and queried in `--scenario kpi`.
     #[arg(long, default_value_t = 1_000_000)]
     kpi_events: u64,
+    /// Agencies of the hub in `--scenario scale`.
+    #[arg(long, default_value_t = 200)]
+    agencies: usize,
+    /// Complaints stored at each measurement of `--scenario scale`, smallest
+    /// first (e.g. 1000000,5000000).
+    #[arg(long, value_delimiter = ',', default_value = "1000000,5000000")]
+    sizes: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -120,6 +128,10 @@ enum ScenarioArg {
     /// with RESOURCE_EXHAUSTED, and its admitted calls' p99 is compared with
     /// echo's at the same load; the process's peak memory is reported.
     Overload,
+    /// PostgreSQL only: a hub of --agencies agencies at each of --sizes
+    /// stored complaints: intake req/s, the overdue list's p50/p99 across
+    /// agencies, database and WAL bytes per complaint, and how they grow.
+    Scale,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,6 +313,7 @@ pub(crate) async fn run(mut args: BenchArgs, settings: &Settings) -> anyhow::Res
             return complaints::run(&args, pg_url.as_deref(), settings).await;
         }
         ScenarioArg::Kpi => return kpi::run(&args, pg_url.as_deref(), settings).await,
+        ScenarioArg::Scale => return scale::run(&args, pg_url.as_deref(), settings).await,
         ScenarioArg::Gateway => return gateway::run(&args, settings).await,
         ScenarioArg::Overload => vec![Scenario::Echo, Scenario::GetClient],
     };

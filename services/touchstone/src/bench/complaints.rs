@@ -73,6 +73,16 @@ const HAND_SQL: &str = "SELECT agency, id, client_id, client_check, anonymous, c
 
 const DESCRIPTION: &str = "The passport renewal took eleven weeks and nobody answered the phone.";
 
+/// The complaints service's tables and the raw baseline's.
+pub(super) fn schema() -> Schema {
+    Schema {
+        sets: touchstone_complaints::migration_sets().to_vec(),
+        raw_sqlite: RAW_SQLITE,
+        raw_postgres: RAW_POSTGRES,
+        raw_table: "bench_raw_complaints",
+    }
+}
+
 pub(super) async fn run(
     args: &BenchArgs,
     pg_url: Option<&str>,
@@ -102,12 +112,7 @@ pub(super) async fn run(
     let auth = token(&dev, &[Role::Officer])?;
     let bar = spinner();
     bar.set_message("creating a fresh database");
-    let schema = Schema {
-        sets: touchstone_complaints::migration_sets().to_vec(),
-        raw_sqlite: RAW_SQLITE,
-        raw_postgres: RAW_POSTGRES,
-        raw_table: "bench_raw_complaints",
-    };
+    let schema = schema();
     let fresh = match (args.backend, pg_url) {
         (BackendArg::Postgres, Some(url)) => {
             target::fresh_postgres_with(url, pool, &schema).await?
@@ -176,7 +181,8 @@ pub(super) async fn run(
         let n = args.complaints;
         bar.set_message(format!("storing {n} complaints for the overdue list"));
         let started = Instant::now();
-        let overdue = bulk_load(&fresh.db, master, n).await?;
+        let keys = Keyring::new(master, fresh.db.clone());
+        let overdue = bulk_load(&fresh.db, &keys, AGENCY, n).await?;
         // Statistics for the planners, as a running system has them
         // (autovacuum on PostgreSQL; the overdue list does not depend on
         // them on SQLite, where only the due-time index serves it).
@@ -212,9 +218,18 @@ pub(super) async fn run(
 }
 
 fn token(dev: &DevKey, roles: &[Role]) -> anyhow::Result<MetadataValue<Ascii>> {
+    token_for(dev, AGENCY, roles)
+}
+
+/// A bearer token of `agency` with `roles`, from the run's signing key.
+pub(super) fn token_for(
+    dev: &DevKey,
+    agency: &str,
+    roles: &[Role],
+) -> anyhow::Result<MetadataValue<Ascii>> {
     let t = dev.mint(&TokenRequest {
         subject: "bench".into(),
-        agency: Some(AGENCY.into()),
+        agency: Some(agency.into()),
         agencies: None,
         roles: roles.to_vec(),
         ttl: Duration::from_secs(3600),
@@ -253,7 +268,7 @@ fn print_rates(results: &[Measured]) {
     }
 }
 
-fn anonymous() -> pb::Complaint {
+pub(super) fn anonymous() -> pb::Complaint {
     pb::Complaint {
         complainant: Some(pb::Complainant {
             who: Some(pb::complainant::Who::Anonymous(true)),
@@ -337,13 +352,17 @@ impl Op for RawOp {
 /// rows arrived), one in twenty open and overdue, the rest resolved long
 /// ago; each with its own sealed personal document. Returns how many are
 /// overdue.
-async fn bulk_load(db: &Db, master: MasterKey, n: u64) -> anyhow::Result<u64> {
+/// `keys` must be the service's own keyring (over this database with its
+/// master key), so the service reads back the key stored here.
+pub(super) async fn bulk_load(
+    db: &Db,
+    keys: &Keyring,
+    agency: &str,
+    n: u64,
+) -> anyhow::Result<u64> {
     const BATCH: u64 = 500;
-    // The service's own keyring is over this database with this master key,
-    // so it reads back the key stored here.
-    let keys = Keyring::new(master, db.clone());
-    let mut tx = db.write(Scope::Agency(AGENCY)).await?;
-    let key = keys.data_key(&mut tx, AGENCY).await?;
+    let mut tx = db.write(Scope::Agency(agency)).await?;
+    let key = keys.data_key(&mut tx, agency).await?;
     tx.commit().await?;
     let year_ms: i64 = 365 * 86_400_000;
     let now = touchstone_platform::times::now_millis();
@@ -389,11 +408,11 @@ async fn bulk_load(db: &Db, master: MasterKey, n: u64) -> anyhow::Result<u64> {
                 "remedy_sought": "", "resolution_summary": ""
             });
             let sealed = key.seal(
-                format!("complaints/{AGENCY}/{id}/personal").as_bytes(),
+                format!("complaints/{agency}/{id}/personal").as_bytes(),
                 personal.to_string().as_bytes(),
             );
             q = q
-                .bind(AGENCY)
+                .bind(agency)
                 .bind(id)
                 .bind(true)
                 .bind(state.status.proto() as i64)
@@ -406,7 +425,7 @@ async fn bulk_load(db: &Db, master: MasterKey, n: u64) -> anyhow::Result<u64> {
                 .bind(false)
                 .bind(receive);
         }
-        let mut tx = db.write(Scope::Agency(AGENCY)).await?;
+        let mut tx = db.write(Scope::Agency(agency)).await?;
         q.execute(tx.conn()).await?;
         tx.commit().await?;
         i += rows;

@@ -1,0 +1,319 @@
+//! `touchstone bench --scenario scale --backend postgres`: the complaints
+//! service of a hub of `--agencies` agencies on one fresh PostgreSQL
+//! database, measured at each of `--sizes` stored complaints (default 1M,
+//! then 5M), so that how each figure grows with the data is read off one
+//! run:
+//!
+//! - intake: `CreateComplaint` req/s (anonymous, a fresh `request_id` each,
+//!   spread over the agencies) at `--connections` × `--in-flight`;
+//! - the overdue list: `ListComplaints(filter "overdue = true", order_by
+//!   "due_time")`, one page of 50, called one after another, each call for
+//!   the next agency in turn: p50 and p99;
+//! - what one complaint taken through the API costs PostgreSQL: database
+//!   bytes and WAL bytes per complaint over the intake window (the inputs of
+//!   the sizing model in docs/operations.md).
+//!
+//! The stored complaints are written straight into the table (one in twenty
+//! open and overdue, each with its own sealed document; see
+//! `complaints::bulk_load`): the list reads them as it reads any.
+
+use super::complaints::{anonymous, bulk_load, schema, token_for};
+use super::load::{self, Measured, Op, Window};
+use super::target::{self, Served};
+use super::{BackendArg, BenchArgs, connect, spinner, with_auth};
+use anyhow::{Context, bail};
+use std::time::Instant;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+use touchstone_api::complaints::v1 as pb;
+use touchstone_api::complaints::v1::complaints_service_client::ComplaintsServiceClient;
+use touchstone_auth::{DevKey, Role, ServiceToken};
+use touchstone_crypto::MasterKey;
+use touchstone_platform::config::Settings;
+use touchstone_platform::keyring::Keyring;
+
+/// One size's figures.
+struct Row {
+    stored: u64,
+    load_secs: f64,
+    intake: Measured,
+    overdue: Measured,
+    db_bytes_per_complaint: f64,
+    wal_bytes_per_complaint: f64,
+}
+
+pub(super) async fn run(
+    args: &BenchArgs,
+    pg_url: Option<&str>,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let (BackendArg::Postgres, Some(url)) = (args.backend, pg_url) else {
+        bail!("--scenario scale runs on PostgreSQL: add --backend postgres and --pg-url");
+    };
+    let mut sizes = args.sizes.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    if sizes.is_empty() || args.agencies == 0 {
+        bail!("--sizes and --agencies must name at least one size and one agency");
+    }
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!("touchstone bench --scenario scale ({build} build)");
+    println!("command:  {}", super::command_line());
+    let pool = args
+        .pool
+        .unwrap_or(settings.complaints.max_connections)
+        .max(1);
+    let window = Window {
+        warmup: args.warmup,
+        duration: args.duration,
+    };
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let dev = DevKey::load_or_create(dir.path()).context("creating a signing key")?;
+    let agencies: Vec<String> = (0..args.agencies).map(|i| format!("hub-{i:04}")).collect();
+    let tokens = agencies
+        .iter()
+        .map(|a| token_for(&dev, a, &[Role::Officer]))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let bar = spinner();
+    bar.set_message("creating a fresh database");
+    let fresh = target::fresh_postgres_with(url, pool, &schema()).await?;
+    let admin = fresh
+        .admin()
+        .context("a PostgreSQL run has an owner connection")?
+        .clone();
+    println!(
+        "database: {}; pool of {pool}; {} agencies",
+        fresh.description,
+        agencies.len()
+    );
+    let master = MasterKey::generate();
+    let peers = touchstone_complaints::Peers::connect("http://127.0.0.1:9", ServiceToken::None)?;
+    let (routes, tasks) = touchstone_complaints::start(
+        fresh.db.clone(),
+        master.clone(),
+        target::verifier(&dev)?,
+        peers,
+    );
+    for t in tasks {
+        t.abort();
+    }
+    let served = Served::start(
+        "complaints",
+        touchstone_complaints::SERVICE_NAME,
+        routes,
+        fresh.db.clone(),
+        settings.max_concurrent_per_connection,
+    )
+    .await?;
+    let keys = Keyring::new(master, fresh.db.clone());
+    let outcome = async {
+        let channels = connect(served.addr, args.connections).await?;
+        let mut stored = 0u64;
+        let mut rows = Vec::new();
+        for &size in &sizes {
+            let started = Instant::now();
+            let add = size.saturating_sub(stored);
+            let per = add / agencies.len() as u64;
+            let extra = add % agencies.len() as u64;
+            for (i, agency) in agencies.iter().enumerate() {
+                let n = per + u64::from((i as u64) < extra);
+                bar.set_message(format!(
+                    "storing complaints: {} of {size}",
+                    stored + per * i as u64
+                ));
+                if n > 0 {
+                    bulk_load(&fresh.db, &keys, agency, n).await?;
+                }
+            }
+            stored = stored.max(size);
+            sqlx::query("ANALYZE")
+                .execute(admin.pool())
+                .await
+                .context("ANALYZE")?;
+            let load_secs = started.elapsed().as_secs_f64();
+
+            let (db_before, wal_before) = sizes_now(&admin).await?;
+            let workers = args.connections * args.in_flight;
+            let ops: Vec<_> = (0..workers)
+                .map(|w| IntakeOp {
+                    client: ComplaintsServiceClient::new(channels[w % channels.len()].clone()),
+                    agencies: agencies.clone(),
+                    tokens: tokens.clone(),
+                    next: w,
+                    step: workers,
+                })
+                .collect();
+            bar.set_message(format!("intake at {stored} complaints"));
+            let intake = load::run("CreateComplaint", ops, window, &bar).await;
+            let (db_after, wal_after) = sizes_now(&admin).await?;
+            let created: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM complaints WHERE create_time > 0")
+                    .fetch_one(admin.pool())
+                    .await?;
+            let taken = (created as u64).saturating_sub(stored).max(1) as f64;
+            stored = created as u64;
+
+            bar.set_message(format!("overdue lists at {stored} complaints"));
+            let overdue = load::run(
+                "overdue list",
+                vec![OverdueOp {
+                    client: ComplaintsServiceClient::new(channels[0].clone()),
+                    agencies: agencies.clone(),
+                    tokens: tokens.clone(),
+                    next: 0,
+                }],
+                window,
+                &bar,
+            )
+            .await;
+            rows.push(Row {
+                stored,
+                load_secs,
+                intake,
+                overdue,
+                db_bytes_per_complaint: (db_after - db_before).max(0) as f64 / taken,
+                wal_bytes_per_complaint: (wal_after - wal_before).max(0) as f64 / taken,
+            });
+        }
+        bar.finish_and_clear();
+        print_rows(&rows, agencies.len());
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    served.stop().await;
+    fresh.cleanup().await;
+    outcome
+}
+
+/// The database's size and the WAL position, in bytes.
+async fn sizes_now(admin: &touchstone_platform::db::Db) -> anyhow::Result<(i64, i64)> {
+    let (db, wal): (i64, i64) = sqlx::query_as(
+        "SELECT pg_database_size(current_database()), \
+         pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::BIGINT",
+    )
+    .fetch_one(admin.pool())
+    .await
+    .context("reading the database size and WAL position")?;
+    Ok((db, wal))
+}
+
+fn print_rows(rows: &[Row], agencies: usize) {
+    println!();
+    println!(
+        "{:>10} {:>9} {:>12} {:>10} {:>12} {:>12} {:>10} {:>10}",
+        "stored",
+        "load s",
+        "intake/s",
+        "intake p99",
+        "overdue p50",
+        "overdue p99",
+        "DB B/cmp",
+        "WAL B/cmp"
+    );
+    for r in rows {
+        println!(
+            "{:>10} {:>9.0} {:>12.0} {:>8.1}ms {:>10.2}ms {:>10.2}ms {:>10.0} {:>10.0}",
+            r.stored,
+            r.load_secs,
+            r.intake.per_second,
+            r.intake.p99_ms,
+            r.overdue.p50_ms,
+            r.overdue.p99_ms,
+            r.db_bytes_per_complaint,
+            r.wal_bytes_per_complaint
+        );
+        for (k, v) in r.intake.error_kinds.iter().chain(&r.overdue.error_kinds) {
+            println!("  error {k} x{v}");
+        }
+    }
+    if let (Some(first), Some(last)) = (rows.first(), rows.last())
+        && rows.len() > 1
+    {
+        let ratio = |a: f64, b: f64| a / b.max(1e-9);
+        println!(
+            "growth from {} to {} complaints ({agencies} agencies), last / first:",
+            first.stored, last.stored
+        );
+        println!(
+            "  intake req/s       {:.2}",
+            ratio(last.intake.per_second, first.intake.per_second)
+        );
+        println!(
+            "  overdue list p50   {:.2}",
+            ratio(last.overdue.p50_ms, first.overdue.p50_ms)
+        );
+        println!(
+            "  overdue list p99   {:.2}",
+            ratio(last.overdue.p99_ms, first.overdue.p99_ms)
+        );
+    }
+}
+
+/// One `CreateComplaint` for the next agency of this worker's share.
+struct IntakeOp {
+    client: ComplaintsServiceClient<Channel>,
+    agencies: Vec<String>,
+    tokens: Vec<MetadataValue<Ascii>>,
+    next: usize,
+    step: usize,
+}
+
+impl Op for IntakeOp {
+    async fn call(&mut self) -> Result<(), String> {
+        let i = self.next % self.agencies.len();
+        self.next = self.next.wrapping_add(self.step.max(1));
+        let request = with_auth(
+            pb::CreateComplaintRequest {
+                parent: format!("agencies/{}", self.agencies[i]),
+                complaint: Some(anonymous()),
+                complaint_id: String::new(),
+                request_id: uuid::Uuid::new_v4().to_string(),
+            },
+            &self.tokens[i],
+        );
+        self.client
+            .create_complaint(request)
+            .await
+            .map(drop)
+            .map_err(|s| format!("{:?}", s.code()))
+    }
+}
+
+/// One page of the next agency's overdue list.
+struct OverdueOp {
+    client: ComplaintsServiceClient<Channel>,
+    agencies: Vec<String>,
+    tokens: Vec<MetadataValue<Ascii>>,
+    next: usize,
+}
+
+impl Op for OverdueOp {
+    async fn call(&mut self) -> Result<(), String> {
+        let i = self.next % self.agencies.len();
+        self.next = self.next.wrapping_add(1);
+        let request = with_auth(
+            pb::ListComplaintsRequest {
+                parent: format!("agencies/{}", self.agencies[i]),
+                filter: "overdue = true".into(),
+                order_by: "due_time".into(),
+                page_size: 50,
+                ..Default::default()
+            },
+            &self.tokens[i],
+        );
+        let page = self
+            .client
+            .list_complaints(request)
+            .await
+            .map_err(|s| format!("{:?}", s.code()))?
+            .into_inner();
+        if page.complaints.is_empty() {
+            return Err("empty overdue list".into());
+        }
+        Ok(())
+    }
+}
