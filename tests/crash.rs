@@ -124,32 +124,14 @@ impl PgDatabase {
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
-        let url = self.server_url.clone();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime, which cannot be blocked on.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(admin) = Db::connect(&url, 1).await else {
-                    return;
-                };
-                for stmt in [
-                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                    format!("DROP ROLE IF EXISTS {name}"),
-                ] {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(stmt))
-                        .execute(admin.pool())
-                        .await;
-                }
-                admin.close().await;
-            });
-        });
-        let _ = cleanup.join();
+        let name = &self.name;
+        touchstone_platform::testing::drop_on_server(
+            self.server_url.clone(),
+            vec![
+                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                format!("DROP ROLE IF EXISTS {name}"),
+            ],
+        );
     }
 }
 

@@ -110,31 +110,13 @@ impl Drop for Databases {
             eprintln!("kept databases {:?}", self.names);
             return;
         }
-        let url = self.server_url.clone();
-        let names: Vec<String> = self.names.iter().map(|(_, n)| n.clone()).collect();
-        // Drop runs inside the test's runtime, which cannot be blocked on.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(admin) = Db::connect(&url, 1).await else {
-                    return;
-                };
-                for name in names {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(admin.pool())
-                    .await;
-                }
-                admin.close().await;
-            });
-        });
-        let _ = cleanup.join();
+        touchstone_platform::testing::drop_on_server(
+            self.server_url.clone(),
+            self.names
+                .iter()
+                .map(|(_, n)| format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)"))
+                .collect(),
+        );
     }
 }
 
@@ -173,6 +155,17 @@ fn both(ports: &[(&str, [u16; 2])], svc: &str) -> String {
         .expect("a service's ports")
         .1;
     format!("http://127.0.0.1:{a},http://127.0.0.1:{b}")
+}
+
+/// The agency's dashboard for the current quarter.
+fn dashboard_request(user: &str) -> tonic::Request<gpb::GetDashboardRequest> {
+    with_token(
+        gpb::GetDashboardRequest {
+            agency: format!("agencies/{AGENCY}"),
+            period: String::new(),
+        },
+        user,
+    )
 }
 
 fn create_request(i: usize) -> cpb::CreateComplaintRequest {
@@ -398,13 +391,7 @@ async fn two_replicas_of_every_service_lose_one_of_complaints_and_kpi_and_nothin
                 while !stop.load(Ordering::Relaxed) {
                     let sent = Instant::now();
                     let answer = gateway
-                        .get_dashboard(with_token(
-                            gpb::GetDashboardRequest {
-                                agency: format!("agencies/{AGENCY}"),
-                                period: String::new(),
-                            },
-                            &user,
-                        ))
+                        .get_dashboard(dashboard_request(&user))
                         .await
                         .unwrap_or_else(|s| panic!("the gateway did not answer: {s:?}"))
                         .into_inner();
@@ -551,13 +538,7 @@ async fn two_replicas_of_every_service_lose_one_of_complaints_and_kpi_and_nothin
         // The dashboard's open complaints are the ones created.
         let mut gateway = gateway.clone();
         let dashboard = gateway
-            .get_dashboard(with_token(
-                gpb::GetDashboardRequest {
-                    agency: format!("agencies/{AGENCY}"),
-                    period: String::new(),
-                },
-                &user,
-            ))
+            .get_dashboard(dashboard_request(&user))
             .await
             .expect("GetDashboard")
             .into_inner();

@@ -45,32 +45,40 @@ impl Drop for TestDb {
         let (Some(url), Some(name)) = (self.server_url.take(), self.app_role.clone()) else {
             return;
         };
-        // Drop runs inside the test's runtime, which cannot be blocked on; a
-        // thread with its own small runtime does the work.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+        drop_on_server(
+            url,
+            vec![
+                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                format!("DROP ROLE IF EXISTS {name}"),
+            ],
+        );
+    }
+}
+
+/// Runs `statements` on the PostgreSQL server at `url`, best effort, from a
+/// `Drop` inside a test's runtime (which cannot be blocked on: a thread with
+/// its own small runtime does the work, and this waits for it).
+pub fn drop_on_server(url: String, statements: Vec<String>) {
+    let cleanup = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let Ok(server) = Db::connect(&url, 1).await else {
                 return;
             };
-            rt.block_on(async move {
-                let Ok(server) = Db::connect(&url, 1).await else {
-                    return;
-                };
-                for stmt in [
-                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                    format!("DROP ROLE IF EXISTS {name}"),
-                ] {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(stmt))
-                        .execute(server.pool())
-                        .await;
-                }
-                server.close().await;
-            });
+            for stmt in statements {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(stmt))
+                    .execute(server.pool())
+                    .await;
+            }
+            server.close().await;
         });
-        let _ = cleanup.join();
-    }
+    });
+    let _ = cleanup.join();
 }
 
 /// Creates a fresh database with `sets` migrated. Panics (the test fails

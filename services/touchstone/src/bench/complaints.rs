@@ -73,6 +73,34 @@ const HAND_SQL: &str = "SELECT agency, id, client_id, client_check, anonymous, c
 
 const DESCRIPTION: &str = "The passport renewal took eleven weeks and nobody answered the phone.";
 
+/// The complaints service on `fresh` with `master`, without its background
+/// tasks (no register to check with), accepting tokens of `dev`.
+pub(super) async fn serve(
+    fresh: &target::FreshDb,
+    master: &MasterKey,
+    dev: &DevKey,
+    settings: &Settings,
+) -> anyhow::Result<Served> {
+    let peers = touchstone_complaints::Peers::connect("http://127.0.0.1:9", ServiceToken::None)?;
+    let (routes, tasks) = touchstone_complaints::start(
+        fresh.db.clone(),
+        master.clone(),
+        target::verifier(dev)?,
+        peers,
+    );
+    for t in tasks {
+        t.abort();
+    }
+    Served::start(
+        "complaints",
+        touchstone_complaints::SERVICE_NAME,
+        routes,
+        fresh.db.clone(),
+        settings.max_concurrent_per_connection,
+    )
+    .await
+}
+
 /// The complaints service's tables and the raw baseline's.
 pub(super) fn schema() -> Schema {
     Schema {
@@ -130,24 +158,7 @@ pub(super) async fn run(
     );
     let echo = echo::start().await.context("starting the echo server")?;
     let master = MasterKey::generate();
-    let peers = touchstone_complaints::Peers::connect("http://127.0.0.1:9", ServiceToken::None)?;
-    let (routes, tasks) = touchstone_complaints::start(
-        fresh.db.clone(),
-        master.clone(),
-        target::verifier(&dev)?,
-        peers,
-    );
-    for t in tasks {
-        t.abort();
-    }
-    let served = Served::start(
-        "complaints",
-        touchstone_complaints::SERVICE_NAME,
-        routes,
-        fresh.db.clone(),
-        settings.max_concurrent_per_connection,
-    )
-    .await?;
+    let served = serve(&fresh, &master, &dev, settings).await?;
     let outcome = async {
         let mut results: Vec<Measured> = Vec::new();
         let channels = connect(echo.addr, args.connections).await?;

@@ -19,7 +19,7 @@
 
 use super::complaints::{anonymous, bulk_load, schema, token_for};
 use super::load::{self, Measured, Op, Window};
-use super::target::{self, Served};
+use super::target;
 use super::{BackendArg, BenchArgs, connect, spinner, with_auth};
 use anyhow::{Context, bail};
 use std::time::Instant;
@@ -27,7 +27,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use touchstone_api::complaints::v1 as pb;
 use touchstone_api::complaints::v1::complaints_service_client::ComplaintsServiceClient;
-use touchstone_auth::{DevKey, Role, ServiceToken};
+use touchstone_auth::{DevKey, Role};
 use touchstone_crypto::MasterKey;
 use touchstone_platform::config::Settings;
 use touchstone_platform::keyring::Keyring;
@@ -91,24 +91,7 @@ pub(super) async fn run(
         agencies.len()
     );
     let master = MasterKey::generate();
-    let peers = touchstone_complaints::Peers::connect("http://127.0.0.1:9", ServiceToken::None)?;
-    let (routes, tasks) = touchstone_complaints::start(
-        fresh.db.clone(),
-        master.clone(),
-        target::verifier(&dev)?,
-        peers,
-    );
-    for t in tasks {
-        t.abort();
-    }
-    let served = Served::start(
-        "complaints",
-        touchstone_complaints::SERVICE_NAME,
-        routes,
-        fresh.db.clone(),
-        settings.max_concurrent_per_connection,
-    )
-    .await?;
+    let served = super::complaints::serve(&fresh, &master, &dev, settings).await?;
     let keys = Keyring::new(master, fresh.db.clone());
     let outcome = async {
         let channels = connect(served.addr, args.connections).await?;
