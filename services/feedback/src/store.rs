@@ -330,7 +330,9 @@ fn response_aad(agency: &str, id: &str) -> Vec<u8> {
     format!("feedback/responses/{agency}/{id}").into_bytes()
 }
 
-fn characteristics_json(c: &Characteristics) -> String {
+/// The `characteristics` column: a client's characteristics as stored with a
+/// response (also written by bulk loaders).
+pub fn characteristics_json(c: &Characteristics) -> String {
     format!(
         "[{},{},{},{},{},{}]",
         c.age_band,

@@ -387,6 +387,55 @@ fn volume_deltas(v: &VolumeRecord, sign: i64) -> Result<Vec<(Cell, i64)>, Consum
     Ok(out)
 }
 
+/// What one survey response adds to the rollup: a cell per standard item
+/// scored (by score) and one `responses` cell, on the response's day, for
+/// its service, unit, channel and segment. The whole of what the feedback
+/// feed's `ResponseSubmitted` adds (also used to load rollups in bulk).
+pub fn response_deltas(
+    e: fpb::ResponseSubmitted,
+    deltas: &mut Vec<(Cell, i64)>,
+) -> Result<(), ConsumeError> {
+    let day = e
+        .day
+        .as_ref()
+        .and_then(domain::wire_date)
+        .map(domain::day_key)
+        .or_else(|| utc_day(e.submit_time.as_ref()))
+        .ok_or_else(|| malformed("response without a day"))?;
+    let touchpoint = e.touchpoint.unwrap_or_default();
+    let unit = if e.unit.is_empty() {
+        touchpoint.unit
+    } else {
+        e.unit
+    };
+    let channel = if e.channel == 0 {
+        touchpoint.channel
+    } else {
+        e.channel
+    };
+    let base = Cell {
+        measure: measure::RESPONSES.into(),
+        day,
+        service: touchpoint.service,
+        unit,
+        channel,
+        segment: domain::segment_key(e.segment.as_ref()),
+        value: 0,
+    };
+    for s in &e.scores {
+        if s.item > 0 {
+            let c = Cell {
+                measure: measure::item(s.item),
+                value: i64::from(s.score),
+                ..base.clone()
+            };
+            deltas.push((c, 1));
+        }
+    }
+    deltas.push((base, 1));
+    Ok(())
+}
+
 rollup_handler!(FeedbackHandler);
 
 impl Deltas for FeedbackHandler {
@@ -403,45 +452,7 @@ impl Deltas for FeedbackHandler {
             let agency = event.agency.as_str();
             match kind {
                 "ResponseSubmitted" => {
-                    let e: fpb::ResponseSubmitted = consumer::payload(event)?;
-                    let day = e
-                        .day
-                        .as_ref()
-                        .and_then(domain::wire_date)
-                        .map(domain::day_key)
-                        .or_else(|| utc_day(e.submit_time.as_ref()))
-                        .ok_or_else(|| malformed("response without a day"))?;
-                    let touchpoint = e.touchpoint.unwrap_or_default();
-                    let unit = if e.unit.is_empty() {
-                        touchpoint.unit
-                    } else {
-                        e.unit
-                    };
-                    let channel = if e.channel == 0 {
-                        touchpoint.channel
-                    } else {
-                        e.channel
-                    };
-                    let base = Cell {
-                        measure: measure::RESPONSES.into(),
-                        day,
-                        service: touchpoint.service,
-                        unit,
-                        channel,
-                        segment: domain::segment_key(e.segment.as_ref()),
-                        value: 0,
-                    };
-                    for s in &e.scores {
-                        if s.item > 0 {
-                            let c = Cell {
-                                measure: measure::item(s.item),
-                                value: i64::from(s.score),
-                                ..base.clone()
-                            };
-                            deltas.push((c, 1));
-                        }
-                    }
-                    deltas.push((base, 1));
+                    response_deltas(consumer::payload(event)?, deltas)?;
                 }
                 "VolumesRecorded" => {
                     let e: fpb::VolumesRecorded = consumer::payload(event)?;

@@ -12,20 +12,33 @@ type Result<T> = std::result::Result<T, sqlx::Error>;
 /// Rows per multi-row INSERT (PostgreSQL allows 65535 parameters).
 const ROWS_PER_INSERT: usize = 500;
 
-/// Adds `deltas` to the rollup of `agency`: to the fine cells, to the
-/// cells without segment and to the per-day totals, merged first so that a
-/// statement never touches a row twice.
-pub async fn apply(tx: &mut Tx, agency: &str, deltas: &[(Cell, i64)]) -> Result<()> {
+/// A unit-level row key: measure, day, service, unit, channel, value.
+pub type UnitKey<'a> = (&'a str, i64, &'a str, &'a str, i32, i64);
+
+/// What a run of deltas adds to each rollup table of one agency, merged so
+/// that no row appears twice and rows that net to zero are left out.
+#[derive(Debug, Default)]
+pub struct Merged<'a> {
+    /// `kpi_cells`: the fine cells.
+    pub cells: Vec<(&'a Cell, i64)>,
+    /// `kpi_unit_days`: the cells without segment.
+    pub unit_days: Vec<(UnitKey<'a>, i64)>,
+    /// `kpi_unit_months`: the same per month (`day` is yyyymm00).
+    pub unit_months: Vec<(UnitKey<'a>, i64)>,
+    /// `kpi_day_totals`: (measure, day, value).
+    pub day_totals: Vec<((&'a str, i64, i64), i64)>,
+}
+
+/// Merges `deltas` into the rows each rollup table gains (see [`apply`]).
+pub fn merge(deltas: &[(Cell, i64)]) -> Merged<'_> {
     let mut cells: BTreeMap<&Cell, i64> = BTreeMap::new();
     let mut totals: BTreeMap<(&str, i64, i64), i64> = BTreeMap::new();
+    let mut units: BTreeMap<UnitKey<'_>, i64> = BTreeMap::new();
     for (cell, count) in deltas {
         *cells.entry(cell).or_default() += count;
         *totals
             .entry((cell.measure.as_str(), cell.day, cell.value))
             .or_default() += count;
-    }
-    let mut units: BTreeMap<(&str, i64, &str, &str, i32, i64), i64> = BTreeMap::new();
-    for (cell, count) in deltas {
         *units
             .entry((
                 cell.measure.as_str(),
@@ -37,12 +50,31 @@ pub async fn apply(tx: &mut Tx, agency: &str, deltas: &[(Cell, i64)]) -> Result<
             ))
             .or_default() += count;
     }
-    cells.retain(|_, c| *c != 0);
-    totals.retain(|_, c| *c != 0);
-    units.retain(|_, c| *c != 0);
+    let mut months: BTreeMap<UnitKey<'_>, i64> = BTreeMap::new();
+    for (&(measure, day, service, unit, channel, value), count) in &units {
+        *months
+            .entry((measure, day / 100 * 100, service, unit, channel, value))
+            .or_default() += count;
+    }
+    fn kept<K>((_, c): &(K, i64)) -> bool {
+        *c != 0
+    }
+    Merged {
+        cells: cells.into_iter().filter(kept).collect(),
+        unit_days: units.into_iter().filter(kept).collect(),
+        unit_months: months.into_iter().filter(kept).collect(),
+        day_totals: totals.into_iter().filter(kept).collect(),
+    }
+}
+
+/// Adds `deltas` to the rollup of `agency`: to the fine cells, to the
+/// cells without segment (per day and per month) and to the per-day
+/// totals, merged first ([`merge`]) so that a statement never touches a
+/// row twice.
+pub async fn apply(tx: &mut Tx, agency: &str, deltas: &[(Cell, i64)]) -> Result<()> {
+    let merged = merge(deltas);
     let backend = tx.backend();
-    let cells: Vec<_> = cells.into_iter().collect();
-    for chunk in cells.chunks(ROWS_PER_INSERT) {
+    for chunk in merged.cells.chunks(ROWS_PER_INSERT) {
         let sql = format!(
             "INSERT INTO kpi_cells (agency, measure, day, service, unit, channel, segment, value, count) \
              VALUES {} ON CONFLICT (agency, measure, day, service, unit, channel, segment, value) \
@@ -64,15 +96,10 @@ pub async fn apply(tx: &mut Tx, agency: &str, deltas: &[(Cell, i64)]) -> Result<
         }
         q.execute(tx.conn()).await?;
     }
-    let mut months: BTreeMap<(&str, i64, &str, &str, i32, i64), i64> = BTreeMap::new();
-    for (&(measure, day, service, unit, channel, value), count) in &units {
-        *months
-            .entry((measure, day / 100 * 100, service, unit, channel, value))
-            .or_default() += count;
-    }
-    months.retain(|_, c| *c != 0);
-    for (table, rows) in [("kpi_unit_days", units), ("kpi_unit_months", months)] {
-        let rows: Vec<_> = rows.into_iter().collect();
+    for (table, rows) in [
+        ("kpi_unit_days", &merged.unit_days),
+        ("kpi_unit_months", &merged.unit_months),
+    ] {
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO {table} (agency, measure, day, service, unit, channel, value, count) \
@@ -95,8 +122,7 @@ pub async fn apply(tx: &mut Tx, agency: &str, deltas: &[(Cell, i64)]) -> Result<
             q.execute(tx.conn()).await?;
         }
     }
-    let totals: Vec<_> = totals.into_iter().collect();
-    for chunk in totals.chunks(ROWS_PER_INSERT) {
+    for chunk in merged.day_totals.chunks(ROWS_PER_INSERT) {
         let sql = format!(
             "INSERT INTO kpi_day_totals (agency, measure, day, value, count) VALUES {} \
              ON CONFLICT (agency, measure, day, value) \

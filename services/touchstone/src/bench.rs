@@ -14,6 +14,7 @@ mod complaints;
 mod echo;
 mod feedback;
 mod gateway;
+mod hub;
 mod kpi;
 mod load;
 mod scale;
@@ -97,6 +98,11 @@ pub(crate) struct BenchArgs {
     /// first (e.g. 1000000,5000000).
     #[arg(long, value_delimiter = ',', default_value = "1000000,5000000")]
     sizes: Vec<u64>,
+    /// Survey responses stored per complaint at each size of `--scenario
+    /// scale` (4: 20M responses beside 5M complaints); 0 leaves the survey
+    /// side (feedback, KPI, the gateway's dashboard) out.
+    #[arg(long, default_value_t = 4)]
+    responses_per_complaint: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -129,8 +135,10 @@ enum ScenarioArg {
     /// echo's at the same load; the process's peak memory is reported.
     Overload,
     /// PostgreSQL only: a hub of --agencies agencies at each of --sizes
-    /// stored complaints: intake req/s, the overdue list's p50/p99 across
-    /// agencies, database and WAL bytes per complaint, and how they grow.
+    /// stored complaints (and --responses-per-complaint times as many survey
+    /// responses): intake req/s, the overdue list's p50/p99 across agencies,
+    /// database and WAL bytes per complaint, QueryIndicator (per agency and
+    /// across the hub) and GetDashboard p50/p99, and how they grow.
     Scale,
 }
 

@@ -67,7 +67,7 @@ const COLUMNS: &str = "agency, id, client_id, client_check, anonymous, channel, 
 
 /// The hand-written query the `overdue` list is compared with: the same
 /// page, the same columns.
-const HAND_SQL: &str = "SELECT agency, id, client_id, client_check, anonymous, channel, service, \
+pub(super) const HAND_SQL: &str = "SELECT agency, id, client_id, client_check, anonymous, channel, service, \
     accessibility, state, personal, redacted, revision, create_time, update_time, due_time \
     FROM complaints WHERE agency = $1 AND overdue_from <= $2 ORDER BY due_time, id LIMIT 51";
 

@@ -13,11 +13,20 @@
 //!   bytes and WAL bytes per complaint over the intake window (the inputs of
 //!   the sizing model in docs/operations.md).
 //!
+//! - why the overdue list grows: `EXPLAIN (ANALYZE, BUFFERS)` of the list's
+//!   query for twenty agencies (shared-buffer pages hit and read per call,
+//!   execution time), beside the table's size and `shared_buffers`;
+//! - with `--responses-per-complaint` above 0, the survey side of the hub
+//!   at that many responses per complaint (see `hub`): `QueryIndicator`,
+//!   `QueryIndicatorAcrossAgencies` and `GetDashboard`, and the feedback
+//!   and KPI databases' sizes.
+//!
 //! The stored complaints are written straight into the table (one in twenty
 //! open and overdue, each with its own sealed document; see
 //! `complaints::bulk_load`): the list reads them as it reads any.
 
-use super::complaints::{anonymous, bulk_load, schema, token_for};
+use super::complaints::{HAND_SQL, anonymous, bulk_load, schema, token_for};
+use super::hub::{Figures, Hub};
 use super::load::{self, Measured, Op, Window};
 use super::target;
 use super::{BackendArg, BenchArgs, connect, spinner, with_auth};
@@ -40,6 +49,20 @@ struct Row {
     overdue: Measured,
     db_bytes_per_complaint: f64,
     wal_bytes_per_complaint: f64,
+    explained: Explained,
+    survey: Option<Figures>,
+}
+
+/// `EXPLAIN (ANALYZE, BUFFERS)` of the overdue list's query, averaged over
+/// agencies, with what it reads from.
+#[derive(Default)]
+struct Explained {
+    calls: usize,
+    hit: f64,
+    read: f64,
+    exec_ms: f64,
+    table_bytes: i64,
+    shared_buffers: String,
 }
 
 pub(super) async fn run(
@@ -93,7 +116,12 @@ pub(super) async fn run(
     let master = MasterKey::generate();
     let served = super::complaints::serve(&fresh, &master, &dev, settings).await?;
     let keys = Keyring::new(master, fresh.db.clone());
+    let mut hub = None;
     let outcome = async {
+        if args.responses_per_complaint > 0 {
+            bar.set_message("starting feedback, KPI and the gateway; a survey per agency");
+            hub = Some(Hub::start(url, pool, settings, &dev, served.addr, &agencies).await?);
+        }
         let channels = connect(served.addr, args.connections).await?;
         let mut stored = 0u64;
         let mut rows = Vec::new();
@@ -153,6 +181,18 @@ pub(super) async fn run(
                 &bar,
             )
             .await;
+            let explained = explain_overdue(&admin, &agencies).await?;
+            let survey = match hub.as_mut() {
+                Some(h) => Some(
+                    h.measure(
+                        size.saturating_mul(args.responses_per_complaint),
+                        window,
+                        &bar,
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
             rows.push(Row {
                 stored,
                 load_secs,
@@ -160,6 +200,8 @@ pub(super) async fn run(
                 overdue,
                 db_bytes_per_complaint: (db_after - db_before).max(0) as f64 / taken,
                 wal_bytes_per_complaint: (wal_after - wal_before).max(0) as f64 / taken,
+                explained,
+                survey,
             });
         }
         bar.finish_and_clear();
@@ -167,9 +209,49 @@ pub(super) async fn run(
         Ok::<_, anyhow::Error>(())
     }
     .await;
+    if let Some(h) = hub {
+        h.stop().await;
+    }
     served.stop().await;
     fresh.cleanup().await;
     outcome
+}
+
+/// `EXPLAIN (ANALYZE, BUFFERS)` of the overdue list's query for twenty
+/// agencies spread over the hub (as the owner, which row-level security
+/// does not filter; the query names the agency as the service's does).
+async fn explain_overdue(
+    admin: &touchstone_platform::db::Db,
+    agencies: &[String],
+) -> anyhow::Result<Explained> {
+    let mut out = Explained::default();
+    let step = (agencies.len() / 20).max(1);
+    for agency in agencies.iter().step_by(step).take(20) {
+        let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (ANALYZE, BUFFERS) {HAND_SQL}"
+        )))
+        .bind(agency)
+        .bind(touchstone_platform::times::now_millis())
+        .fetch_all(admin.pool())
+        .await
+        .context("EXPLAIN of the overdue list")?;
+        let (hit, read, exec) = explained(&lines);
+        out.hit += hit;
+        out.read += read;
+        out.exec_ms += exec;
+        out.calls += 1;
+    }
+    let n = out.calls.max(1) as f64;
+    out.hit /= n;
+    out.read /= n;
+    out.exec_ms /= n;
+    (out.table_bytes, out.shared_buffers) = sqlx::query_as(
+        "SELECT pg_total_relation_size('complaints'), current_setting('shared_buffers')",
+    )
+    .fetch_one(admin.pool())
+    .await
+    .context("reading the table's size")?;
+    Ok(out)
 }
 
 /// The database's size and the WAL position, in bytes.
@@ -182,6 +264,28 @@ async fn sizes_now(admin: &touchstone_platform::db::Db) -> anyhow::Result<(i64, 
     .await
     .context("reading the database size and WAL position")?;
     Ok((db, wal))
+}
+
+/// From the text of `EXPLAIN (ANALYZE, BUFFERS)`: the top node's shared
+/// pages hit and read (its first `Buffers:` line, which includes its
+/// children's) and the execution time in ms.
+fn explained(lines: &[String]) -> (f64, f64, f64) {
+    let field = |line: &str, key: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let buffers = lines
+        .iter()
+        .find(|l| l.trim_start().starts_with("Buffers: shared"))
+        .map_or((0.0, 0.0), |l| (field(l, "hit="), field(l, "read=")));
+    let exec = lines
+        .iter()
+        .find_map(|l| l.trim_start().strip_prefix("Execution Time: "))
+        .and_then(|v| v.trim_end_matches(" ms").parse().ok())
+        .unwrap_or(0.0);
+    (buffers.0, buffers.1, exec)
 }
 
 fn print_rows(rows: &[Row], agencies: usize) {
@@ -212,6 +316,40 @@ fn print_rows(rows: &[Row], agencies: usize) {
         for (k, v) in r.intake.error_kinds.iter().chain(&r.overdue.error_kinds) {
             println!("  error {k} x{v}");
         }
+        let e = &r.explained;
+        println!(
+            "  overdue list's query, EXPLAIN (ANALYZE, BUFFERS) over {} agencies: {:.1} pages hit, \
+             {:.1} read into shared buffers per call, {:.2} ms executing; complaints and its \
+             indexes {:.2} GB, shared_buffers {}",
+            e.calls,
+            e.hit,
+            e.read,
+            e.exec_ms,
+            e.table_bytes as f64 / 1e9,
+            e.shared_buffers
+        );
+        if let Some(f) = &r.survey {
+            println!(
+                "  survey side at {} responses (stored and rollups rebuilt in {:.0} s; {} rollup \
+                 cells; feedback DB {:.2} GB, KPI DB {:.2} GB; {} agencies' figures equal to a \
+                 count of the raw responses):",
+                f.responses,
+                f.load_secs,
+                f.rollup_cells,
+                f.feedback_bytes as f64 / 1e9,
+                f.kpi_bytes as f64 / 1e9,
+                f.checked
+            );
+            for m in [&f.query, &f.across, &f.dashboard] {
+                println!(
+                    "    {:<30} p50 {:>8.2} ms   p99 {:>8.2} ms   ({} calls)",
+                    m.scenario, m.p50_ms, m.p99_ms, m.ok
+                );
+                for (k, v) in &m.error_kinds {
+                    println!("      error {k} x{v}");
+                }
+            }
+        }
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last())
         && rows.len() > 1
@@ -233,6 +371,21 @@ fn print_rows(rows: &[Row], agencies: usize) {
             "  overdue list p99   {:.2}",
             ratio(last.overdue.p99_ms, first.overdue.p99_ms)
         );
+        if let (Some(a), Some(b)) = (&first.survey, &last.survey) {
+            println!("  from {} to {} responses:", a.responses, b.responses);
+            for (x, y) in [
+                (&a.query, &b.query),
+                (&a.across, &b.across),
+                (&a.dashboard, &b.dashboard),
+            ] {
+                println!(
+                    "  {:<30} p50 {:.2}   p99 {:.2}",
+                    x.scenario,
+                    ratio(y.p50_ms, x.p50_ms),
+                    ratio(y.p99_ms, x.p99_ms)
+                );
+            }
+        }
     }
 }
 

@@ -27,6 +27,8 @@ struct PgScratch {
     server_url: String,
     name: String,
     admin: Db,
+    /// The owner's URL, for a connection of its own (e.g. for COPY).
+    admin_url: String,
 }
 
 /// The scratch table of the raw-insert baseline: the same columns, SQL types,
@@ -158,6 +160,7 @@ pub(super) async fn fresh_postgres_with(
         admin: Db::connect(&admin_url, 1)
             .await
             .context("connecting to the benchmark database")?,
+        admin_url: admin_url.clone(),
     };
     let prepared = async {
         scratch
@@ -233,6 +236,18 @@ impl FreshDb {
     /// The owner's connection on PostgreSQL (for ANALYZE), None on SQLite.
     pub(super) fn admin(&self) -> Option<&Db> {
         self.postgres.as_ref().map(|p| &p.admin)
+    }
+
+    /// A new connection as the owner on PostgreSQL (for COPY, which the
+    /// pool's driver-independent connections cannot do).
+    pub(super) async fn owner_connection(&self) -> anyhow::Result<sqlx::PgConnection> {
+        let pg = self
+            .postgres
+            .as_ref()
+            .context("an owner connection needs PostgreSQL")?;
+        <sqlx::PgConnection as sqlx::Connection>::connect(&pg.admin_url)
+            .await
+            .context("connecting as the owner")
     }
 
     pub(super) fn backend(&self) -> Backend {
