@@ -25,16 +25,30 @@ pub const SERVICE_NAME: &str = "touchstone.feedback.v1.FeedbackService";
 /// The service's tables, per backend.
 pub static MIGRATIONS: MigrationSet = MigrationSet {
     component: "feedback",
-    sqlite: &[Migration {
-        version: 1,
-        name: "feedback",
-        sql: include_str!("../migrations/sqlite/0001_feedback.sql"),
-    }],
-    postgres: &[Migration {
-        version: 1,
-        name: "feedback",
-        sql: include_str!("../migrations/postgres/0001_feedback.sql"),
-    }],
+    sqlite: &[
+        Migration {
+            version: 1,
+            name: "feedback",
+            sql: include_str!("../migrations/sqlite/0001_feedback.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "responses_by_submit_time",
+            sql: include_str!("../migrations/sqlite/0002_responses_by_submit_time.sql"),
+        },
+    ],
+    postgres: &[
+        Migration {
+            version: 1,
+            name: "feedback",
+            sql: include_str!("../migrations/postgres/0001_feedback.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "responses_by_submit_time",
+            sql: include_str!("../migrations/postgres/0002_responses_by_submit_time.sql"),
+        },
+    ],
 };
 
 /// The service's sealed columns besides the platform's, for the start-up

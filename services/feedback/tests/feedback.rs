@@ -2359,3 +2359,90 @@ async fn a11_files_match_the_hand_made_files() {
     assert_eq!(violations(&err), vec!["quarter".to_string()]);
     h.stop().await;
 }
+
+/// A list across surveys, filtered to a period and ordered by submit time
+/// (what the dashboard's topics read), pages through exactly the period's
+/// responses of every survey, latest first; a list of one survey keeps to it.
+#[tokio::test]
+async fn lists_across_surveys_follow_submit_time() {
+    let h = Harness::start().await;
+    let mut c = h.client().await;
+    let admin = h.token("dia", ADMIN);
+    let intake = h.token("dia", INTAKE);
+    let officer = h.token("dia", OFFICER);
+    let first = create_published(&mut c, &admin, "dia", every_kind()).await;
+    let second = create_published(&mut c, &admin, "dia", every_kind()).await;
+    // Day d of a past month, alternately in each survey, submitted out of order.
+    let day = 86_400i64;
+    let base = 1_700_000_000i64;
+    let mut expected = Vec::new();
+    for d in [7i64, 2, 9, 4, 1, 8, 3, 6, 5, 0, 11, 10] {
+        let survey = if d % 2 == 0 { &first } else { &second };
+        let made = submit(
+            &mut c,
+            &intake,
+            &survey.name,
+            pb::Response {
+                answers: vec![score("agree", 4)],
+                submit_time: Some(prost_types::Timestamp {
+                    seconds: base + d * day,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("submit");
+        if (2..10).contains(&d) {
+            expected.push((d, made.name.clone()));
+        }
+    }
+    expected.sort_by(|a, b| b.0.cmp(&a.0));
+    let expected: Vec<String> = expected.into_iter().map(|(_, n)| n).collect();
+    let stamp = |s: i64| {
+        time::OffsetDateTime::from_unix_timestamp(s)
+            .expect("time")
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("format")
+    };
+    let filter = format!(
+        "submit_time >= \"{}\" AND submit_time < \"{}\"",
+        stamp(base + 2 * day),
+        stamp(base + 10 * day)
+    );
+    let list = |parent: &str, token: String| pb::ListResponsesRequest {
+        parent: parent.into(),
+        page_size: 3,
+        page_token: token,
+        filter: filter.clone(),
+        order_by: "submit_time desc".into(),
+    };
+    let mut names = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .list_responses(req(list("agencies/dia/surveys/-", token), &officer))
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(page.responses.len() <= 3);
+        names.extend(page.responses.into_iter().map(|r| r.name));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(names, expected);
+    let one = c
+        .list_responses(req(list(&first.name, String::new()), &officer))
+        .await
+        .expect("one survey")
+        .into_inner();
+    assert!(!one.responses.is_empty());
+    assert!(
+        one.responses
+            .iter()
+            .all(|r| r.name.starts_with(&format!("{}/", first.name)))
+    );
+    h.stop().await;
+}

@@ -1672,7 +1672,9 @@ impl Gateway {
                 page_size: 1000,
                 page_token: token,
                 filter: filter.clone(),
-                order_by: String::new(),
+                // The period's latest first, read through the responses'
+                // index by submit time (not a sort of the agency's all).
+                order_by: "submit_time desc".into(),
             };
             let page = ctx.run(client.list_responses(ctx.request(req))).await?;
             responses.extend(page.responses);
