@@ -1100,7 +1100,10 @@ impl FeedbackService for Feedback {
             };
             let query = ListQuery::plan(&store::RESPONSE_SCHEMA, &req.parent, &params, 3)
                 .map_err(list_error)?;
-            let personal = caller.acts_as_any(Action::SeePersonal.roles(), agency);
+            let view = pb::ResponseView::try_from(req.view)
+                .map_err(|_| Error::invalid("view", "an unknown view"))?;
+            let personal = view != pb::ResponseView::Basic
+                && caller.acts_as_any(Action::SeePersonal.roles(), agency);
             let mut tx = self.db.read(Scope::Agency(agency)).await?;
             let key = self.keys.data_key(&mut tx, agency).await?;
             let survey_id = (survey != "-").then_some(survey);

@@ -1191,6 +1191,49 @@ async fn comments_are_masked_for_analysis_and_sealed_at_rest() {
     assert_eq!(analyst.responses[0].answers[1].text, "");
     assert_eq!(analyst.responses[0].answers[1].masked_text, masked);
 
+    // An officer's list in the basic view holds no comment as written and
+    // writes no audit record; the full view (the default) holds it, and
+    // each response so read is audited.
+    let owner = h.store.admin.as_ref().unwrap_or(&h.store.db).clone();
+    let audited = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM audit_records WHERE action = 'ListResponses'",
+        )
+        .fetch_one(owner.pool())
+        .await
+        .expect("audit count")
+    };
+    let list = |view: pb::ResponseView| {
+        req(
+            pb::ListResponsesRequest {
+                parent: survey.name.clone(),
+                view: view as i32,
+                ..Default::default()
+            },
+            &h.token("dia", OFFICER),
+        )
+    };
+    let before = audited().await;
+    let basic = c
+        .list_responses(list(pb::ResponseView::Basic))
+        .await
+        .expect("basic")
+        .into_inner();
+    assert_eq!(basic.responses[0].answers[1].text, "");
+    assert_eq!(basic.responses[0].answers[1].masked_text, masked);
+    assert_eq!(audited().await, before);
+    let full = c
+        .list_responses(list(pb::ResponseView::Unspecified))
+        .await
+        .expect("full")
+        .into_inner();
+    assert_eq!(full.responses[0].answers[1].text, comment);
+    assert_eq!(audited().await, before + 1);
+    let mut bad = list(pb::ResponseView::Basic);
+    bad.get_mut().view = 7;
+    let err = c.list_responses(bad).await.expect_err("unknown view");
+    assert_eq!(violations(&err), vec!["view".to_string()]);
+
     // At rest: nothing of the original in clear text anywhere in the row.
     let rows: Vec<(String, Option<Vec<u8>>)> =
         sqlx::query_as("SELECT answers, originals FROM responses")
@@ -2416,6 +2459,7 @@ async fn lists_across_surveys_follow_submit_time() {
         page_token: token,
         filter: filter.clone(),
         order_by: "submit_time desc".into(),
+        view: pb::ResponseView::Full as i32,
     };
     let mut names = Vec::new();
     let mut token = String::new();

@@ -2947,3 +2947,113 @@ async fn surveys_are_open311_services_whose_questions_are_attributes() {
         .len();
     assert_eq!(count, 1);
 }
+
+/// The dashboard's topics count the period's comments (not those of another
+/// period) and read them in the basic view: a dashboard writes no audit
+/// record in the feedback service, where the same list in the full view
+/// writes one per response.
+#[tokio::test]
+async fn dashboard_topics_read_no_personal_data() {
+    use touchstone_api::feedback::v1 as fpb;
+    use touchstone_api::feedback::v1::feedback_service_client::FeedbackServiceClient;
+    let h = Harness::start().await;
+    let admin = h.token("passports", ADMIN);
+    let mut f = FeedbackServiceClient::new(Harness::channel(&h._feedback).await);
+    let survey = f
+        .create_survey(req(
+            fpb::CreateSurveyRequest {
+                parent: "agencies/passports".into(),
+                survey: Some(fpb::Survey {
+                    title: "Counter visit".into(),
+                    questions: vec![fpb::Question {
+                        key: "comment".into(),
+                        text: "Anything else?".into(),
+                        kind: fpb::QuestionKind::FreeText as i32,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .expect("survey")
+        .into_inner();
+    f.publish_survey(req(
+        fpb::PublishSurveyRequest {
+            name: survey.name.clone(),
+            ..Default::default()
+        },
+        &admin,
+    ))
+    .await
+    .expect("publish");
+    // Two comments about waiting in the dashboard's quarter (2026-Q3), one
+    // about the website before it.
+    let intake = h.token("passports", &[Role::Intake]);
+    for (text, seconds) in [
+        ("I waited weeks in the queue", 1_786_000_000),
+        ("The wait was long", 1_786_100_000),
+        ("The website login failed", 1_770_000_000),
+    ] {
+        f.submit_response(req(
+            fpb::SubmitResponseRequest {
+                parent: survey.name.clone(),
+                response: Some(fpb::Response {
+                    answers: vec![fpb::Answer {
+                        question_key: "comment".into(),
+                        text: text.into(),
+                        ..Default::default()
+                    }],
+                    submit_time: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &intake,
+        ))
+        .await
+        .expect("submit");
+    }
+    let feedback_db = &h._dbs[2];
+    let owner = feedback_db
+        .admin
+        .as_ref()
+        .unwrap_or(&feedback_db.db)
+        .clone();
+    let audited = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_records")
+            .fetch_one(owner.pool())
+            .await
+            .expect("audit count")
+    };
+    let before = audited().await;
+    let d = dashboard(
+        &h,
+        "passports",
+        &h.token_as("manager-1", Some("passports"), MANAGER),
+        None,
+    )
+    .await
+    .expect("dashboard");
+    assert_eq!(d.period, "2026-Q3");
+    let topics: Vec<(String, i64)> = d
+        .topics
+        .iter()
+        .map(|t| (t.topic.clone(), t.responses))
+        .collect();
+    assert_eq!(topics, [("waiting_time".to_string(), 2)], "{topics:?}");
+    assert_eq!(audited().await, before, "the dashboard read personal data");
+    // The same list in the full view is an audited read of each response.
+    f.list_responses(req(
+        fpb::ListResponsesRequest {
+            parent: "agencies/passports/surveys/-".into(),
+            ..Default::default()
+        },
+        &h.token("passports", OFFICER),
+    ))
+    .await
+    .expect("full list");
+    assert_eq!(audited().await, before + 3);
+}

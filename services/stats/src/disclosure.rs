@@ -922,10 +922,16 @@ mod tests {
             line(0, &(0..periods).map(period).collect::<Vec<_>>()),
         ];
         for g in 0..groups {
-            lines.push(line(group(g), &(0..periods).map(|t| inner(g, t)).collect::<Vec<_>>()));
+            lines.push(line(
+                group(g),
+                &(0..periods).map(|t| inner(g, t)).collect::<Vec<_>>(),
+            ));
         }
         for t in 0..periods {
-            lines.push(line(period(t), &(0..groups).map(|g| inner(g, t)).collect::<Vec<_>>()));
+            lines.push(line(
+                period(t),
+                &(0..groups).map(|g| inner(g, t)).collect::<Vec<_>>(),
+            ));
         }
         // Sometimes the totals were decided before (an extended table).
         let preset = match rng.below(3) {
