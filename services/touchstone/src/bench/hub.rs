@@ -120,10 +120,13 @@ pub(super) struct Hub {
     dashboard_tokens: Vec<MetadataValue<Ascii>>,
     /// Per agency: analyst.
     analyst_tokens: Vec<MetadataValue<Ascii>>,
+    /// Per agency: an intake system.
+    intake_tokens: Vec<MetadataValue<Ascii>>,
     /// A hub admin over every agency.
     hub_token: MetadataValue<Ascii>,
     kpi_channel: Channel,
     gateway_channel: Channel,
+    feedback_channel: Channel,
 }
 
 /// What one size step measured on the survey side.
@@ -133,6 +136,10 @@ pub(super) struct Figures {
     pub(super) rollup_cells: i64,
     pub(super) feedback_bytes: i64,
     pub(super) kpi_bytes: i64,
+    /// `SubmitResponse` through the API, and what one costs PostgreSQL.
+    pub(super) submit: Measured,
+    pub(super) db_bytes_per_response: f64,
+    pub(super) wal_bytes_per_response: f64,
     pub(super) query: Measured,
     pub(super) across: Measured,
     pub(super) dashboard: Measured,
@@ -212,9 +219,11 @@ impl Hub {
             stored: vec![0; agencies.len()],
             dashboard_tokens: Vec::new(),
             analyst_tokens: Vec::new(),
+            intake_tokens: Vec::new(),
             hub_token: token(dev, None, &[Role::HubAdmin])?,
             kpi_channel: Channel::from_static("http://127.0.0.1:9").connect_lazy(),
             gateway_channel: Channel::from_static("http://127.0.0.1:9").connect_lazy(),
+            feedback_channel: Channel::from_static("http://127.0.0.1:9").connect_lazy(),
         };
         if let Err(e) = hub.serve(settings, dev, complaints).await {
             hub.stop().await;
@@ -290,28 +299,40 @@ impl Hub {
         .await?;
         self.kpi_channel = Channel::from_shared(url(kpi.addr))?.connect().await?;
         self.gateway_channel = Channel::from_shared(url(gateway.addr))?.connect().await?;
-        let feedback_channel = Channel::from_shared(url(feedback.addr))?.connect().await?;
+        self.feedback_channel = Channel::from_shared(url(feedback.addr))?.connect().await?;
         self.servers = vec![feedback, kpi, gateway];
 
-        let mut client = FeedbackServiceClient::new(feedback_channel);
+        let mut client = FeedbackServiceClient::new(self.feedback_channel.clone());
         for agency in &self.agencies {
             let admin = token(dev, Some(agency), &[Role::AgencyAdmin])?;
-            let made = client
-                .create_template_surveys(with_auth(
-                    fpb::CreateTemplateSurveysRequest {
+            // One question, the A-11 satisfaction item: a short survey at a
+            // touchpoint, as the bulk responses answer it.
+            let survey = client
+                .create_survey(with_auth(
+                    fpb::CreateSurveyRequest {
                         parent: format!("agencies/{agency}"),
-                        templates: vec![fpb::SurveyTemplate::A11 as i32],
+                        survey: Some(fpb::Survey {
+                            title: "How did we do?".into(),
+                            touchpoint: Some(fpb::Touchpoint {
+                                service: "passports".into(),
+                                ..Default::default()
+                            }),
+                            questions: vec![fpb::Question {
+                                key: "satisfaction".into(),
+                                text: "I am satisfied with the service I received.".into(),
+                                kind: fpb::QuestionKind::Agreement5 as i32,
+                                required: true,
+                                standard_item: fpb::StandardItem::A11Satisfaction as i32,
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     },
                     &admin,
                 ))
                 .await?
                 .into_inner();
-            let survey = made
-                .surveys
-                .into_iter()
-                .next()
-                .context("the A-11 template")?;
             client
                 .publish_survey(with_auth(
                     fpb::PublishSurveyRequest {
@@ -339,6 +360,8 @@ impl Hub {
             )?);
             self.analyst_tokens
                 .push(token(dev, Some(agency), &[Role::Analyst])?);
+            self.intake_tokens
+                .push(token(dev, Some(agency), &[Role::Intake])?);
         }
         Ok(())
     }
@@ -350,6 +373,7 @@ impl Hub {
         &mut self,
         total: u64,
         window: Window,
+        workers: usize,
         bar: &indicatif::ProgressBar,
     ) -> anyhow::Result<Figures> {
         let started = std::time::Instant::now();
@@ -407,6 +431,27 @@ impl Hub {
         let feedback_bytes = size(fb.clone()).await?;
         let kpi_bytes = size(kp.clone()).await?;
 
+        bar.set_message(format!("SubmitResponse at {total} responses"));
+        let count = || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM responses")
+                .fetch_one(fb.pool())
+                .await
+        };
+        let responses_before = count().await?;
+        let (db_before, wal_before) = super::scale::sizes_now(&fb).await?;
+        let ops: Vec<_> = (0..workers.max(1))
+            .map(|w| SubmitOp {
+                client: FeedbackServiceClient::new(self.feedback_channel.clone()),
+                surveys: self.surveys.iter().map(|s| s.name.clone()).collect(),
+                tokens: self.intake_tokens.clone(),
+                next: w,
+                step: workers.max(1),
+            })
+            .collect();
+        let submit = load::run("SubmitResponse", ops, window, bar).await;
+        let (db_after, wal_after) = super::scale::sizes_now(&fb).await?;
+        let taken = (count().await? - responses_before).max(1) as f64;
+
         bar.set_message(format!("QueryIndicator at {total} responses"));
         let query = load::run(
             "QueryIndicator",
@@ -451,6 +496,9 @@ impl Hub {
             rollup_cells: cells,
             feedback_bytes,
             kpi_bytes,
+            submit,
+            db_bytes_per_response: (db_after - db_before).max(0) as f64 / taken,
+            wal_bytes_per_response: (wal_after - wal_before).max(0) as f64 / taken,
             query,
             across,
             dashboard,
@@ -733,6 +781,42 @@ fn copy_text(s: &str) -> std::borrow::Cow<'_, str> {
             .into()
     } else {
         s.into()
+    }
+}
+
+/// `SubmitResponse` to the next agency's survey: one satisfaction score,
+/// anonymous, a fresh request id.
+struct SubmitOp {
+    client: FeedbackServiceClient<Channel>,
+    surveys: Vec<String>,
+    tokens: Vec<MetadataValue<Ascii>>,
+    next: usize,
+    step: usize,
+}
+
+impl Op for SubmitOp {
+    async fn call(&mut self) -> Result<(), String> {
+        let i = self.next % self.surveys.len();
+        self.next = self.next.wrapping_add(self.step);
+        self.client
+            .submit_response(with_auth(
+                fpb::SubmitResponseRequest {
+                    parent: self.surveys[i].clone(),
+                    response: Some(fpb::Response {
+                        answers: vec![fpb::Answer {
+                            question_key: "satisfaction".into(),
+                            score: Some(1 + (self.next % 5) as i32),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                },
+                &self.tokens[i],
+            ))
+            .await
+            .map(drop)
+            .map_err(|s| format!("{:?}", s.code()))
     }
 }
 

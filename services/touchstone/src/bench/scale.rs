@@ -191,6 +191,7 @@ pub(super) async fn run(
                     h.measure(
                         size.saturating_mul(args.responses_per_complaint),
                         window,
+                        args.connections * args.in_flight,
                         &bar,
                     )
                     .await?,
@@ -259,7 +260,7 @@ async fn explain_overdue(
 }
 
 /// The database's size and the WAL position, in bytes.
-async fn sizes_now(admin: &touchstone_platform::db::Db) -> anyhow::Result<(i64, i64)> {
+pub(super) async fn sizes_now(admin: &touchstone_platform::db::Db) -> anyhow::Result<(i64, i64)> {
     let (db, wal): (i64, i64) = sqlx::query_as(
         "SELECT pg_database_size(current_database()), \
          pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::BIGINT",
@@ -343,6 +344,13 @@ fn print_rows(rows: &[Row], agencies: usize) {
                 f.feedback_bytes as f64 / 1e9,
                 f.kpi_bytes as f64 / 1e9,
                 f.checked
+            );
+            println!(
+                "    SubmitResponse {:>8.0} req/s (p99 {:.1} ms); {:.0} database and {:.0} WAL bytes per response taken",
+                f.submit.per_second,
+                f.submit.p99_ms,
+                f.db_bytes_per_response,
+                f.wal_bytes_per_response
             );
             for m in [&f.query, &f.across, &f.dashboard] {
                 println!(
