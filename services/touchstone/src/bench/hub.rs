@@ -82,7 +82,7 @@ fn synthetic(a: usize, k: u64) -> Synthetic {
         submit_ms: midnight + ((r >> 9) % 86_400_000) as i64,
         unit: UNITS[((r >> 20) % 4) as usize],
         channel: 1 + ((r >> 22) % 3) as i32,
-        segment: ((r >> 24) % 4 != 0).then(|| Characteristics {
+        segment: (!(r >> 24).is_multiple_of(4)).then(|| Characteristics {
             age_band: 1 + ((r >> 26) % 8) as i32,
             disability: 1 + ((r >> 29) % 2) as i32,
             ..Default::default()
