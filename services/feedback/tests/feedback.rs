@@ -2440,7 +2440,7 @@ async fn lists_across_surveys_follow_submit_time() {
             expected.push((d, made.name.clone()));
         }
     }
-    expected.sort_by(|a, b| b.0.cmp(&a.0));
+    expected.sort_by_key(|e| std::cmp::Reverse(e.0));
     let expected: Vec<String> = expected.into_iter().map(|(_, n)| n).collect();
     let stamp = |s: i64| {
         time::OffsetDateTime::from_unix_timestamp(s)
