@@ -10,7 +10,7 @@
 //!   the same run.
 
 use super::load::{self, Op, Window};
-use super::target::{self, Schema, Served};
+use super::target::{self, Served};
 use super::{BackendArg, BenchArgs, EchoOp, connect, echo, sample_client, spinner, status_label};
 use anyhow::{Context, bail};
 use std::time::{Duration, Instant};
@@ -34,15 +34,6 @@ const PERIOD: &str = "2026-Q3";
 /// Open complaints the dashboard counts.
 const COMPLAINTS: usize = 300;
 const ROLES: [Role; 3] = [Role::Officer, Role::SeniorOfficer, Role::AgencyAdmin];
-
-fn schema(sets: Vec<&'static touchstone_platform::db::MigrationSet>) -> Schema {
-    Schema {
-        sets,
-        raw_sqlite: "CREATE TABLE bench_unused (x BIGINT)",
-        raw_postgres: "CREATE TABLE bench_unused (x BIGINT)",
-        raw_table: "bench_unused",
-    }
-}
 
 pub(super) async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()> {
     if args.backend == BackendArg::Postgres {
@@ -90,12 +81,12 @@ pub(super) async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result
     ] {
         let sub = dir.path().join(name);
         std::fs::create_dir_all(&sub)?;
-        dbs.push(target::fresh_sqlite_with(&sub, pool, &schema(sets)).await?);
+        dbs.push(target::fresh_sqlite_with(&sub, pool, &target::service_schema(sets)).await?);
     }
     let verifier = target::verifier(&dev)?;
     let keys = MasterKey::generate;
     let limit = settings.max_concurrent_per_connection;
-    let nowhere = "http://127.0.0.1:9";
+    let nowhere = target::NOWHERE;
 
     let (routes, tasks) = touchstone_complaints::start(
         dbs[0].db.clone(),
@@ -112,37 +103,8 @@ pub(super) async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result
         limit,
     )
     .await?;
-    let (routes, tasks) = touchstone_feedback::start(
-        dbs[1].db.clone(),
-        keys(),
-        verifier.clone(),
-        touchstone_feedback::Peers::connect(nowhere, ServiceToken::None)?,
-    );
-    tasks.iter().for_each(|t| t.abort());
-    let feedback = Served::start(
-        "feedback",
-        touchstone_feedback::SERVICE_NAME,
-        routes,
-        dbs[1].db.clone(),
-        limit,
-    )
-    .await?;
-    let (routes, tasks) = touchstone_kpi::start(
-        dbs[2].db.clone(),
-        keys(),
-        verifier.clone(),
-        touchstone_kpi::Peers::connect(nowhere, nowhere, ServiceToken::None)?,
-        touchstone_stats::DEFAULT_K,
-    );
-    tasks.iter().for_each(|t| t.abort());
-    let kpi_served = Served::start(
-        "kpi",
-        touchstone_kpi::SERVICE_NAME,
-        routes,
-        dbs[2].db.clone(),
-        limit,
-    )
-    .await?;
+    let feedback = Served::feedback(dbs[1].db.clone(), verifier.clone(), limit).await?;
+    let kpi_served = Served::kpi(dbs[2].db.clone(), verifier.clone(), limit).await?;
     let url = |s: &Served| format!("http://{}", s.addr);
     let peers = touchstone_gateway::Peers::connect(
         nowhere,

@@ -21,8 +21,9 @@
 //! `--scenario kpi`. Before the reads are timed, each figure of a few
 //! agencies is checked against a count of the raw responses by plain SQL.
 
+use super::kpi::{mix, wire};
 use super::load::{self, Measured, Op, Window};
-use super::target::{self, FreshDb, Schema, Served};
+use super::target::{self, FreshDb, Served};
 use super::with_auth;
 use anyhow::{Context, ensure};
 use std::time::Duration;
@@ -60,13 +61,6 @@ struct Synthetic {
     score: i32,
 }
 
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 /// Response `k` of agency number `a`: a day of 2025 at random, its unit,
 /// channel, score, and three in four with the client's characteristics.
 fn synthetic(a: usize, k: u64) -> Synthetic {
@@ -91,13 +85,19 @@ fn synthetic(a: usize, k: u64) -> Synthetic {
     }
 }
 
-fn wire(d: time::Date) -> Date {
+/// The responses' year, as the timed reads ask for it.
+const YEAR: (Date, Date) = (
     Date {
-        year: d.year(),
-        month: i32::from(u8::from(d.month())),
-        day: i32::from(d.day()),
-    }
-}
+        year: 2025,
+        month: 1,
+        day: 1,
+    },
+    Date {
+        year: 2025,
+        month: 12,
+        day: 31,
+    },
+);
 
 /// One agency's survey.
 struct Survey {
@@ -169,15 +169,6 @@ fn token(
     )
 }
 
-fn schema(sets: Vec<&'static touchstone_platform::db::MigrationSet>) -> Schema {
-    Schema {
-        sets,
-        raw_sqlite: "CREATE TABLE bench_unused (x BIGINT);",
-        raw_postgres: "CREATE TABLE bench_unused (x BIGINT);",
-        raw_table: "bench_unused",
-    }
-}
-
 impl Hub {
     /// Fresh databases for feedback, KPI and the gateway on the server at
     /// `url`, the three services served (the gateway's complaints peer is
@@ -196,7 +187,7 @@ impl Hub {
             touchstone_kpi::migration_sets().to_vec(),
             touchstone_gateway::migration_sets().to_vec(),
         ] {
-            match target::fresh_postgres_with(url, pool, &schema(sets)).await {
+            match target::fresh_postgres_with(url, pool, &target::service_schema(sets)).await {
                 Ok(db) => dbs.push(db),
                 Err(e) => {
                     for db in dbs {
@@ -240,42 +231,12 @@ impl Hub {
     ) -> anyhow::Result<()> {
         let verifier = target::verifier(dev)?;
         let limit = settings.max_concurrent_per_connection;
-        let nowhere = "http://127.0.0.1:9";
-        let (routes, tasks) = touchstone_feedback::start(
-            self.feedback.db.clone(),
-            MasterKey::generate(),
-            verifier.clone(),
-            touchstone_feedback::Peers::connect(nowhere, ServiceToken::None)?,
-        );
-        tasks.iter().for_each(|t| t.abort());
-        let feedback = Served::start(
-            "feedback",
-            touchstone_feedback::SERVICE_NAME,
-            routes,
-            self.feedback.db.clone(),
-            limit,
-        )
-        .await?;
+        let feedback = Served::feedback(self.feedback.db.clone(), verifier.clone(), limit).await?;
         // The KPI's feed consumers are not run: its rollups are loaded here.
-        let (routes, tasks) = touchstone_kpi::start(
-            self.kpi.db.clone(),
-            MasterKey::generate(),
-            verifier.clone(),
-            touchstone_kpi::Peers::connect(nowhere, nowhere, ServiceToken::None)?,
-            touchstone_stats::DEFAULT_K,
-        );
-        tasks.iter().for_each(|t| t.abort());
-        let kpi = Served::start(
-            "kpi",
-            touchstone_kpi::SERVICE_NAME,
-            routes,
-            self.kpi.db.clone(),
-            limit,
-        )
-        .await?;
+        let kpi = Served::kpi(self.kpi.db.clone(), verifier.clone(), limit).await?;
         let url = |a: std::net::SocketAddr| format!("http://{a}");
         let peers = touchstone_gateway::Peers::connect(
-            nowhere,
+            target::NOWHERE,
             &url(complaints),
             &url(feedback.addr),
             &url(kpi.addr),
@@ -838,16 +799,8 @@ impl Op for QueryOp {
                 kpb::QueryIndicatorRequest {
                     agency: format!("agencies/{}", self.agencies[i]),
                     indicator: SATISFACTION.into(),
-                    start_date: Some(Date {
-                        year: 2025,
-                        month: 1,
-                        day: 1,
-                    }),
-                    end_date: Some(Date {
-                        year: 2025,
-                        month: 12,
-                        day: 31,
-                    }),
+                    start_date: Some(YEAR.0),
+                    end_date: Some(YEAR.1),
                     granularity: kpb::Granularity::Month as i32,
                     ..Default::default()
                 },
@@ -879,16 +832,8 @@ impl Op for AcrossOp {
                 kpb::QueryIndicatorAcrossAgenciesRequest {
                     agencies: self.agencies.clone(),
                     indicator: SATISFACTION.into(),
-                    start_date: Some(Date {
-                        year: 2025,
-                        month: 1,
-                        day: 1,
-                    }),
-                    end_date: Some(Date {
-                        year: 2025,
-                        month: 12,
-                        day: 31,
-                    }),
+                    start_date: Some(YEAR.0),
+                    end_date: Some(YEAR.1),
                     scope: None,
                 },
                 &self.token,

@@ -57,7 +57,9 @@ struct Synthetic {
     satisfaction: i32,
 }
 
-fn mix(mut x: u64) -> u64 {
+/// A 64-bit mix (splitmix64's finaliser): deterministic pseudo-random bits
+/// from a counter, for synthetic data.
+pub(super) fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -85,7 +87,8 @@ fn synthetic(i: u64, n: u64) -> Synthetic {
     }
 }
 
-fn wire(d: time::Date) -> Date {
+/// A date on the wire.
+pub(super) fn wire(d: time::Date) -> Date {
     Date {
         year: d.year(),
         month: i32::from(u8::from(d.month())),

@@ -277,7 +277,69 @@ pub(super) fn verifier(dev: &DevKey) -> anyhow::Result<Arc<Verifier>> {
     )?)
 }
 
+/// A schema of a service's own tables only (its scratch raw table unused).
+pub(super) fn service_schema(sets: Vec<&'static touchstone_platform::db::MigrationSet>) -> Schema {
+    Schema {
+        sets,
+        raw_sqlite: "CREATE TABLE bench_unused (x BIGINT);",
+        raw_postgres: "CREATE TABLE bench_unused (x BIGINT);",
+        raw_table: "bench_unused",
+    }
+}
+
+/// A peer address nothing listens on: for peers a benchmark never calls.
+pub(super) const NOWHERE: &str = "http://127.0.0.1:9";
+
 impl Served {
+    /// The feedback service on `db`, without its background tasks (no
+    /// register runs, so its erasure consumer has nothing to read).
+    pub(super) async fn feedback(
+        db: Db,
+        verifier: Arc<Verifier>,
+        max_concurrent_per_connection: usize,
+    ) -> anyhow::Result<Served> {
+        let (routes, tasks) = touchstone_feedback::start(
+            db.clone(),
+            MasterKey::generate(),
+            verifier,
+            touchstone_feedback::Peers::connect(NOWHERE, touchstone_auth::ServiceToken::None)?,
+        );
+        tasks.iter().for_each(|t| t.abort());
+        Served::start(
+            "feedback",
+            touchstone_feedback::SERVICE_NAME,
+            routes,
+            db,
+            max_concurrent_per_connection,
+        )
+        .await
+    }
+
+    /// The KPI service on `db`, without its feed consumers (its rollups are
+    /// loaded, or fed, by the benchmark).
+    pub(super) async fn kpi(
+        db: Db,
+        verifier: Arc<Verifier>,
+        max_concurrent_per_connection: usize,
+    ) -> anyhow::Result<Served> {
+        let (routes, tasks) = touchstone_kpi::start(
+            db.clone(),
+            MasterKey::generate(),
+            verifier,
+            touchstone_kpi::Peers::connect(NOWHERE, NOWHERE, touchstone_auth::ServiceToken::None)?,
+            touchstone_stats::DEFAULT_K,
+        );
+        tasks.iter().for_each(|t| t.abort());
+        Served::start(
+            "kpi",
+            touchstone_kpi::SERVICE_NAME,
+            routes,
+            db,
+            max_concurrent_per_connection,
+        )
+        .await
+    }
+
     /// The register on `db`.
     pub(super) async fn register(
         db: Db,
