@@ -698,14 +698,11 @@ pub async fn erase_client(
     })
 }
 
-/// An outbox event of a batch, kept both as the platform's pending event
-/// and as its parts, so that a batch can be appended in one statement.
+/// An outbox event of a batch: the resource it is about and its payload.
 #[derive(Debug, Clone)]
 pub struct BatchEvent {
     name: String,
     pending: outbox::Pending,
-    type_name: String,
-    payload: Vec<u8>,
 }
 
 impl BatchEvent {
@@ -714,38 +711,17 @@ impl BatchEvent {
         Self {
             name: name.to_string(),
             pending: outbox::Pending::new(payload),
-            type_name: M::full_name(),
-            payload: payload.encode_to_vec(),
         }
     }
 }
 
-/// Appends a batch's events, last in the transaction: the first through the
-/// platform's outbox, which takes the feed's ordering lock (held until
-/// commit, so sequences become visible in commit order) and wakes watchers
-/// on commit; the rest in as few statements as possible under that lock.
+/// Appends a batch's events, in as few statements as possible.
 pub async fn append_events(tx: &mut Tx, agency: &str, events: &[BatchEvent]) -> Result<(), Error> {
-    let Some((first, rest)) = events.split_first() else {
-        return Ok(());
-    };
-    outbox::append_pending(tx, agency, &first.name, &first.pending).await?;
-    let now = touchstone_platform::times::now_millis();
-    for chunk in rest.chunks(params_per_statement(tx) / 5) {
-        let sql = format!(
-            "INSERT INTO events (agency, type, name, occurred_time, payload) VALUES {}",
-            tx.backend().values_list(chunk.len(), 5)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for e in chunk {
-            q = q
-                .bind(agency)
-                .bind(e.type_name.clone())
-                .bind(e.name.clone())
-                .bind(now)
-                .bind(e.payload.clone());
-        }
-        q.execute(tx.conn()).await?;
-    }
+    let events: Vec<(&str, &outbox::Pending)> = events
+        .iter()
+        .map(|e| (e.name.as_str(), &e.pending))
+        .collect();
+    outbox::append_all(tx, agency, &events).await?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! what, when, agency, request id) in the same transaction as the access.
 
 use crate::db::{Db, Inner, Scope, Tx};
+use crate::statements::Statements;
 use std::sync::Weak;
 use tokio::sync::{mpsc, oneshot};
 use touchstone_list::{Field, FieldType, ListQuery, Schema};
@@ -169,24 +170,36 @@ pub async fn record_each<S: AsRef<str>>(
 /// parameters a row stays far below SQLite's and PostgreSQL's limits.
 async fn insert(tx: &mut Tx, rows: &[(Access<'_>, i64)]) -> Result<(), sqlx::Error> {
     for chunk in rows.chunks(500) {
-        let sql = format!(
-            "INSERT INTO audit_records (agency, id, actor, action, resource, request_id, time) \
-             VALUES {}",
-            tx.backend().values_list(chunk.len(), 7)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (access, time) in chunk {
-            q = q
-                .bind(access.agency)
-                .bind(crate::names::new_id())
-                .bind(access.actor)
-                .bind(access.action)
-                .bind(access.resource)
-                .bind(access.request_id)
-                .bind(*time);
-        }
-        q.execute(tx.conn()).await?;
+        let mut s = Statements::new(tx.backend());
+        push_insert(&mut s, chunk)?;
+        s.execute(tx).await?;
     }
+    Ok(())
+}
+
+/// Adds the statement that inserts `rows` (at most a few hundred) to `s`.
+pub(crate) fn push_insert(
+    s: &mut Statements,
+    rows: &[(Access<'_>, i64)],
+) -> Result<(), sqlx::Error> {
+    let mut values = Vec::with_capacity(rows.len());
+    for (access, time) in rows {
+        values.push(format!(
+            "({}, {}, {}, {}, {}, {}, {})",
+            s.value(access.agency)?,
+            s.value(crate::names::new_id())?,
+            s.value(access.actor)?,
+            s.value(access.action)?,
+            s.value(access.resource)?,
+            s.value(access.request_id)?,
+            s.value(*time)?
+        ));
+    }
+    s.push(format!(
+        "INSERT INTO audit_records (agency, id, actor, action, resource, request_id, time) \
+         VALUES {}",
+        values.join(", ")
+    ));
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use crate::error::FieldViolation;
 use crate::idempotency::{self, Claim};
 use crate::keyring::{KeyError, Keyring};
 use crate::outbox;
+use crate::statements::Statements;
 use std::sync::Arc;
 use touchstone_api::Named;
 use touchstone_auth::Caller;
@@ -143,8 +144,9 @@ impl Change<'_> {
         self.events.push((name.to_string(), event));
     }
 
-    /// Writes the audit record, the stored response and the queued events,
-    /// and commits.
+    /// Writes the audit record, the stored response and the queued events
+    /// (sent to the database as one request, see [`Statements`]), and
+    /// commits.
     pub async fn finish<R: prost::Message>(
         mut self,
         resource: &str,
@@ -157,19 +159,30 @@ impl Change<'_> {
             resource,
             request_id: self.request_id,
         };
-        audit::record(&mut self.tx, access).await?;
-        idempotency::complete(
-            &mut self.tx,
+        let mut s = Statements::new(self.tx.backend());
+        audit::push_insert(&mut s, &[(access, crate::times::now_millis())])?;
+        idempotency::push_complete(
+            &mut s,
             &self.key,
             self.agency,
             self.method,
             self.request_id,
             resource,
             &response,
-        )
-        .await?;
-        for (name, event) in &self.events {
-            outbox::append_pending(&mut self.tx, self.agency, name, event).await?;
+        )?;
+        let events: Vec<(&str, &outbox::Pending)> =
+            self.events.iter().map(|(n, e)| (n.as_str(), e)).collect();
+        let mut chunks = events.chunks(outbox::APPEND_ROWS);
+        if let Some(first) = chunks.next() {
+            outbox::push_append(&mut s, self.agency, first)?;
+        }
+        s.execute(&mut self.tx).await?;
+        // A change with more events than one statement holds appends the
+        // rest after (rare: most changes have one or two).
+        let rest: Vec<(&str, &outbox::Pending)> = chunks.flatten().copied().collect();
+        outbox::append_all(&mut self.tx, self.agency, &rest).await?;
+        if !events.is_empty() {
+            self.tx.mark_events_appended();
         }
         self.tx.commit().await?;
         Ok(response)

@@ -28,6 +28,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot, watch};
 
+/// A pooled PostgreSQL connection idle this long is pinged before it is
+/// handed out (see `Db::connect_via`).
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// The database product behind a `Db`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -96,6 +100,16 @@ impl Scope<'_> {
             Scope::AllAgencies => "*",
         }
     }
+}
+
+/// `value` quoted as an SQL string literal, when it is made only of ASCII
+/// letters, digits and `-`, `_`, `.`, `*` (so that no quoting rule of any
+/// server setting can change its meaning); None otherwise.
+fn plain_literal(value: &str) -> Option<String> {
+    let plain = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*'));
+    plain.then(|| format!("'{value}'"))
 }
 
 /// Errors opening or migrating a database. Messages name the setting or
@@ -334,6 +348,22 @@ impl Db {
         let mut options = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
+            // sqlx pings every connection it hands out, by default: on SQLite
+            // a hand-off to the connection's thread and back that tells
+            // nothing (the file is local), on PostgreSQL a round trip to the
+            // server per transaction. A connection is checked instead only
+            // when it has been idle long enough for the server or the network
+            // to have dropped it; one dropped sooner fails its first statement
+            // and is closed (the transaction's error path, see `end`).
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                Box::pin(async move {
+                    if backend == Backend::Postgres && meta.idle_for >= PING_AFTER_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_release(move |_conn, meta| {
                 let keep = on_release.keep(meta.age);
                 Box::pin(async move { Ok(keep) })
@@ -450,6 +480,24 @@ impl Db {
     /// waits its turn behind other writers of this process.
     pub async fn write(&self, scope: Scope<'_>) -> Result<Tx, sqlx::Error> {
         self.begin(scope, true).await
+    }
+
+    /// For a read made of **one statement**: on SQLite no transaction is
+    /// opened, since a statement alone reads one snapshot (and `BEGIN` and
+    /// `COMMIT` would be two more hand-offs to the connection's thread);
+    /// on PostgreSQL the same as [`Db::read`] (row-level security needs
+    /// the scope set in a transaction). A caller that runs more than one
+    /// statement on it must use [`Db::read`] instead: on SQLite each would
+    /// see its own snapshot. (Reads of rows written once and never changed,
+    /// such as a data key the keyring has not cached yet, may come first.)
+    pub async fn read_one(&self, scope: Scope<'_>) -> Result<Tx, sqlx::Error> {
+        if self.inner.backend == Backend::Sqlite {
+            let conn = self.inner.acquire().await?;
+            let mut tx = Tx::new(conn, self.clone(), false);
+            tx.autocommit = true;
+            return Ok(tx);
+        }
+        self.begin(scope, false).await
     }
 
     async fn begin(&self, scope: Scope<'_>, write: bool) -> Result<Tx, sqlx::Error> {
@@ -791,6 +839,8 @@ pub struct Tx {
     db: Db,
     /// Opened with [`Db::write`].
     write: bool,
+    /// Opened by [`Db::read_one`] on SQLite: no transaction to end.
+    autocommit: bool,
     appended_events: bool,
 }
 
@@ -812,6 +862,7 @@ impl Tx {
             members: None,
             db,
             write,
+            autocommit: false,
             appended_events: false,
         }
     }
@@ -821,6 +872,11 @@ impl Tx {
         let Some(conn) = self.conn.take() else {
             return;
         };
+        if self.autocommit {
+            // No transaction was opened: its statement ended with itself.
+            drop(conn);
+            return;
+        }
         let ending = Ending {
             members: self.members.take(),
             writer: self.writer.take(),
@@ -942,13 +998,24 @@ impl Tx {
             Pooler::Transaction => "BEGIN; DEALLOCATE ALL",
         };
         let conn = self.conn();
-        conn.execute(sqlx::raw_sql(begin)).await?;
         if backend == Backend::Postgres {
+            // The scope is set in the same round trip as `BEGIN` when it is
+            // a plain name (every agency id is); anything else is bound.
+            if let Some(literal) = plain_literal(scope.setting()) {
+                let sql =
+                    format!("{begin}; SELECT set_config('touchstone.agency', {literal}, true)");
+                conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)))
+                    .await?;
+                return Ok(());
+            }
+            conn.execute(sqlx::raw_sql(begin)).await?;
             sqlx::query("SELECT set_config('touchstone.agency', $1, true)")
                 .bind(scope.setting())
                 .execute(&mut *conn)
                 .await?;
+            return Ok(());
         }
+        conn.execute(sqlx::raw_sql(begin)).await?;
         Ok(())
     }
 
@@ -1015,6 +1082,10 @@ impl Tx {
                         "the group commit task failed: {e}"
                     ))))
                 });
+        }
+        if self.autocommit {
+            drop(self.conn.take());
+            return Ok(());
         }
         let committed = self.conn().execute(sqlx::raw_sql("COMMIT")).await;
         if self.write {

@@ -4,6 +4,7 @@
 //! response and changes nothing.
 
 use crate::db::Tx;
+use crate::statements::Statements;
 use prost::Message;
 use touchstone_crypto::DataKey;
 
@@ -100,6 +101,21 @@ pub async fn complete<R: Message>(
     resource: &str,
     response: &R,
 ) -> Result<(), sqlx::Error> {
+    let mut s = Statements::new(tx.backend());
+    push_complete(&mut s, key, agency, method, request_id, resource, response)?;
+    s.execute(tx).await
+}
+
+/// Adds [`complete`]'s statement to `s` (none without a request id).
+pub(crate) fn push_complete<R: Message>(
+    s: &mut Statements,
+    key: &DataKey,
+    agency: &str,
+    method: &str,
+    request_id: &str,
+    resource: &str,
+    response: &R,
+) -> Result<(), sqlx::Error> {
     if request_id.is_empty() {
         return Ok(());
     }
@@ -107,17 +123,16 @@ pub async fn complete<R: Message>(
         aad(agency, method, request_id).as_bytes(),
         &response.encode_to_vec(),
     );
-    sqlx::query(
-        "UPDATE idempotency SET response = $1, resource = $2 \
-         WHERE agency = $3 AND method = $4 AND request_id = $5",
-    )
-    .bind(sealed)
-    .bind(resource)
-    .bind(agency)
-    .bind(method)
-    .bind(request_id)
-    .execute(tx.conn())
-    .await?;
+    let sql = format!(
+        "UPDATE idempotency SET response = {}, resource = {} \
+         WHERE agency = {} AND method = {} AND request_id = {}",
+        s.value(sealed)?,
+        s.value(resource.to_string())?,
+        s.value(agency.to_string())?,
+        s.value(method.to_string())?,
+        s.value(request_id.to_string())?,
+    );
+    s.push(sql);
     Ok(())
 }
 

@@ -15,6 +15,7 @@ pub mod keyring;
 pub mod metrics;
 pub mod names;
 pub mod outbox;
+pub mod statements;
 pub mod testing;
 pub mod times;
 

@@ -13,6 +13,7 @@
 //! saw; the reader looks up that event's xid to resume after it.
 
 use crate::db::{Backend, Db, Scope, Tx};
+use crate::statements::Statements;
 use futures::Stream;
 
 use std::collections::VecDeque;
@@ -52,17 +53,54 @@ pub async fn append_pending(
     name: &str,
     event: &Pending,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO events (agency, type, name, occurred_time, payload) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(agency)
-    .bind(event.type_name.as_str())
-    .bind(name)
-    .bind(crate::times::now_millis())
-    .bind(event.payload.as_slice())
-    .execute(tx.conn())
-    .await?;
-    tx.mark_events_appended();
+    append_all(tx, agency, &[(name, event)]).await
+}
+
+/// Appends events encoded earlier, in order, in as few statements as the
+/// databases' parameter limits allow.
+pub async fn append_all(
+    tx: &mut Tx,
+    agency: &str,
+    events: &[(&str, &Pending)],
+) -> Result<(), sqlx::Error> {
+    for chunk in events.chunks(APPEND_ROWS) {
+        let mut s = Statements::new(tx.backend());
+        push_append(&mut s, agency, chunk)?;
+        s.execute(tx).await?;
+        tx.mark_events_appended();
+    }
+    Ok(())
+}
+
+/// Events in one `INSERT` (five parameters each).
+pub(crate) const APPEND_ROWS: usize = 500;
+
+/// Adds the statement appending `events` (at most [`APPEND_ROWS`]) to `s`;
+/// the caller marks its transaction as having appended events once `s` ran.
+pub(crate) fn push_append(
+    s: &mut Statements,
+    agency: &str,
+    events: &[(&str, &Pending)],
+) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let now = crate::times::now_millis();
+    let mut values = Vec::with_capacity(events.len());
+    for (name, event) in events {
+        values.push(format!(
+            "({}, {}, {}, {}, {})",
+            s.value(agency.to_string())?,
+            s.value(event.type_name.clone())?,
+            s.value(name.to_string())?,
+            s.value(now)?,
+            s.value(event.payload.clone())?,
+        ));
+    }
+    s.push(format!(
+        "INSERT INTO events (agency, type, name, occurred_time, payload) VALUES {}",
+        values.join(", ")
+    ));
     Ok(())
 }
 

@@ -383,10 +383,11 @@ impl RegisterService for Register {
                 ));
             };
             authorize(&caller, Action::Read.roles(), agency, Target::Named)?;
-            let mut tx = self.db.read(Scope::Agency(agency)).await?;
+            let mut tx = self.db.read_one(Scope::Agency(agency)).await?;
             let key = self.key(&mut tx, agency).await?;
-            let record = load_client(&mut tx, &key, agency, id).await?;
-            let history = history_of(&mut tx, agency, id).await?;
+            let (record, history) = store::get_client_with_history(&mut tx, &key, agency, id)
+                .await?
+                .ok_or(Error::NotFound("client"))?;
             tx.commit().await?;
             self.db
                 .audit_reads(

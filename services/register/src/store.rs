@@ -325,6 +325,55 @@ pub async fn get_client(
     select_client(tx, key, agency, id, "").await
 }
 
+/// A client and its consent history (oldest first), or None, read in one
+/// statement, so that a read made only of it needs no transaction (see
+/// `Db::read_one`).
+pub async fn get_client_with_history(
+    tx: &mut Tx,
+    key: &DataKey,
+    agency: &str,
+    id: &str,
+) -> Result<Option<(ClientRecord, Vec<ConsentChange>)>, Error> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let client: Vec<String> = CLIENT_COLUMNS
+            .split(',')
+            .map(|c| format!("c.{}", c.trim()))
+            .collect();
+        format!(
+            "SELECT {}, h.purpose AS h_purpose, h.granted AS h_granted, \
+             h.change_time AS h_change_time, h.actor AS h_actor, h.source AS h_source \
+             FROM clients c LEFT JOIN consent_changes h \
+             ON h.agency = c.agency AND h.client_id = c.id \
+             WHERE c.agency = $1 AND c.id = $2 ORDER BY h.change_time, h.id",
+            client.join(", ")
+        )
+    });
+    let rows = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(agency)
+        .bind(id)
+        .fetch_all(tx.conn())
+        .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let record = client_from_row(key, first)?;
+    let mut history = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // A client without history has one row, its history columns NULL.
+        let Some(purpose) = row.try_get::<Option<i64>, _>("h_purpose")? else {
+            continue;
+        };
+        history.push(ConsentChange {
+            purpose: purpose as i32,
+            granted: row_bool(row, "h_granted")?,
+            change_time: row.try_get("h_change_time")?,
+            actor: row.try_get("h_actor")?,
+            source: row.try_get("h_source")?,
+        });
+    }
+    Ok(Some((record, history)))
+}
+
 /// A client, or None, its row locked until commit on PostgreSQL (SQLite's
 /// single writer needs no lock).
 pub async fn get_client_for_update(

@@ -132,7 +132,9 @@ enum ScenarioArg {
     /// Echo, then GetClient, at 50 connections x 1,000 in flight (unless
     /// --connections or --in-flight say otherwise): GetClient may fail only
     /// with RESOURCE_EXHAUSTED, and its admitted calls' p99 is compared with
-    /// echo's at the same load; the process's peak memory is reported.
+    /// echo's at the same load; the process's peak memory is reported. Then
+    /// the same for GetDashboard, through the gateway in front of complaints,
+    /// feedback and KPI (on SQLite).
     Overload,
     /// PostgreSQL only: a hub of --agencies agencies at each of --sizes
     /// stored complaints (and --responses-per-complaint times as many survey
@@ -383,6 +385,10 @@ pub(crate) async fn run(mut args: BenchArgs, settings: &Settings) -> anyhow::Res
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
         println!("\nJSON written to {}", path.display());
+    }
+    if overload {
+        // The dashboard at the same load, on its own stack of services.
+        gateway::overload(&args, settings).await?;
     }
     Ok(())
 }

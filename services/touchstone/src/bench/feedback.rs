@@ -4,10 +4,16 @@
 //! - `SubmitResponse` (an A-11 response with a comment, anonymous) against
 //!   the bare tonic echo, with the same connections and requests in flight;
 //! - `ImportResponses` rows per second (one client stream of `--import-rows`
-//!   rows) against a raw batched insert of the same rows (multi-row INSERTs
-//!   of 200 rows per transaction, split into statements of at most as many
-//!   parameters as the service's own store binds) into a scratch table shaped
-//!   like `responses`, in the same database.
+//!   rows) against two raw batched inserts in the same database (multi-row
+//!   INSERTs of 200 responses per transaction, split into statements of at
+//!   most as many parameters as the service's own store binds), into scratch
+//!   tables shaped like the service's: (1) of everything an imported row
+//!   makes durable — its `responses` row, a `response_scores` row per scored
+//!   answer, its audit record and its outbox event (of the size the service's
+//!   events had) — against which the aim is judged, as a CreateClient is
+//!   judged against a raw insert of what it must make durable; and (2) of the
+//!   `responses` rows alone, the baseline of earlier runs, kept for
+//!   comparison.
 
 use super::load::{self, Measured, Op, Window};
 use super::{
@@ -32,8 +38,8 @@ use touchstone_platform::db::Db;
 const RAW_BATCH: usize = 200;
 /// Parameters per raw INSERT statement, as the service's store binds them
 /// (anonymous `?` on SQLite, see `Backend::values_list`).
-fn raw_params(db: &Db) -> usize {
-    match db.backend() {
+fn raw_params(backend: touchstone_platform::db::Backend) -> usize {
+    match backend {
         touchstone_platform::db::Backend::Sqlite => 10_000,
         touchstone_platform::db::Backend::Postgres => 30_000,
     }
@@ -50,7 +56,47 @@ CREATE TABLE bench_raw_responses (
     PRIMARY KEY (agency, id), UNIQUE (agency, survey_id, transaction_id),
     UNIQUE (agency, survey_id, import_key));
 CREATE INDEX bench_raw_responses_by_survey ON bench_raw_responses (agency, survey_id, create_time, id);
-CREATE INDEX bench_raw_responses_by_client ON bench_raw_responses (agency, client_id);";
+CREATE INDEX bench_raw_responses_by_client ON bench_raw_responses (agency, client_id);
+CREATE TABLE bench_raw_scores (
+    agency TEXT NOT NULL, response_id TEXT NOT NULL, survey_id TEXT NOT NULL,
+    item BIGINT NOT NULL, score BIGINT NOT NULL, submit_time BIGINT NOT NULL,
+    PRIMARY KEY (agency, response_id, item));
+CREATE INDEX bench_raw_scores_by_time ON bench_raw_scores (agency, submit_time);
+CREATE TABLE bench_raw_audit (
+    agency TEXT NOT NULL, id TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    resource TEXT NOT NULL, request_id TEXT NOT NULL, time BIGINT NOT NULL,
+    PRIMARY KEY (agency, id));
+CREATE INDEX bench_raw_audit_by_resource ON bench_raw_audit (agency, resource);
+CREATE TABLE bench_raw_events (
+    sequence SEQUENCE_TYPE, agency TEXT NOT NULL, type TEXT NOT NULL, name TEXT NOT NULL,
+    occurred_time BIGINT NOT NULL, payload BLOB_TYPE NOT NULL XID_COLUMN);
+CREATE INDEX bench_raw_events_by_agency ON bench_raw_events (agency, sequence);";
+
+/// The scratch tables for `backend`, with the types and (on PostgreSQL) the
+/// transaction-id column and indexes of the service's own tables.
+fn raw_tables(backend: touchstone_platform::db::Backend) -> String {
+    use touchstone_platform::db::Backend;
+    match backend {
+        Backend::Sqlite => RAW_TABLE
+            .replace("BLOB_TYPE", "BLOB")
+            .replace("SEQUENCE_TYPE", "INTEGER PRIMARY KEY AUTOINCREMENT")
+            .replace(" XID_COLUMN", ""),
+        Backend::Postgres => {
+            RAW_TABLE
+                .replace("BLOB_TYPE", "BYTEA")
+                .replace(
+                    "SEQUENCE_TYPE",
+                    "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+                )
+                .replace(
+                    " XID_COLUMN",
+                    ", xid BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint)",
+                )
+                + "\nCREATE INDEX bench_raw_events_by_xid ON bench_raw_events (xid, sequence);\n\
+                   CREATE INDEX bench_raw_events_by_agency_xid ON bench_raw_events (agency, xid, sequence);"
+        }
+    }
+}
 
 const A11_KEYS: [&str; 7] = [
     "satisfaction",
@@ -97,7 +143,7 @@ impl Fresh {
         let db = Db::connect(&touchstone_platform::db::sqlite_url(&path), pool).await?;
         db.migrate(&touchstone_feedback::migration_sets(), None)
             .await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(RAW_TABLE.replace("BLOB_TYPE", "BLOB")))
+        sqlx::raw_sql(sqlx::AssertSqlSafe(raw_tables(db.backend())))
             .execute(db.pool())
             .await?;
         Ok(Fresh {
@@ -136,8 +182,9 @@ impl Fresh {
             .migrate(&touchstone_feedback::migration_sets(), Some(&name))
             .await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "{}\nGRANT SELECT, INSERT ON bench_raw_responses TO {name};",
-            RAW_TABLE.replace("BLOB_TYPE", "BYTEA")
+            "{}\nGRANT SELECT, INSERT ON bench_raw_responses, bench_raw_scores, bench_raw_audit, \
+             bench_raw_events TO {name};",
+            raw_tables(touchstone_platform::db::Backend::Postgres)
         )))
         .execute(admin.pool())
         .await?;
@@ -269,8 +316,50 @@ impl Op for SubmitOp {
     }
 }
 
-/// The raw baseline: the same rows, batched, straight into the scratch table.
-async fn raw_insert(db: &Db, survey_id: &str, rows: u64) -> anyhow::Result<Duration> {
+/// What a raw baseline writes per response.
+#[derive(Debug, Clone, Copy)]
+enum Raw {
+    /// The `responses` row alone (the baseline of earlier runs).
+    ResponsesOnly,
+    /// Everything an imported row makes durable: the `responses` row, its
+    /// seven score rows, an audit record and an outbox event of
+    /// `event_bytes` bytes.
+    Durable { event_bytes: usize },
+}
+
+/// Inserts `rows` rows of `cols` columns into `table` in statements of at
+/// most `raw_params` parameters, `bind` binding row `i`'s values in order.
+async fn insert_rows<'q>(
+    tx: &mut touchstone_platform::db::Tx,
+    table: &str,
+    cols: usize,
+    rows: usize,
+    bind: impl Fn(
+        usize,
+        sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+) -> anyhow::Result<()> {
+    let per_statement = raw_params(tx.backend()) / cols;
+    let mut offset = 0;
+    while offset < rows {
+        let m = per_statement.min(rows - offset);
+        let sql = format!(
+            "INSERT INTO {table} VALUES {}",
+            tx.backend().values_list(m, cols)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for i in offset..offset + m {
+            q = bind(i, q);
+        }
+        q.execute(tx.conn()).await?;
+        offset += m;
+    }
+    Ok(())
+}
+
+/// The raw baseline: the same rows, batched, straight into the scratch
+/// tables, `what` says which.
+async fn raw_insert(db: &Db, survey_id: &str, rows: u64, what: Raw) -> anyhow::Result<Duration> {
     let blob: Vec<u8> = (0..COMMENT.len() + 60)
         .map(|i| (i * 131 % 251) as u8)
         .collect();
@@ -284,62 +373,121 @@ async fn raw_insert(db: &Db, survey_id: &str, rows: u64) -> anyhow::Result<Durat
         {"key": "employee_helpfulness", "item": 7, "score": 4},
         {"key": "comment", "masked": COMMENT, "sentiment": 0.1, "topics": ["staff_attitude", "waiting_time"]},
     ]))?;
+    let tag = match what {
+        Raw::ResponsesOnly => "raw",
+        Raw::Durable { .. } => "durable",
+    };
     let started = Instant::now();
     let mut done = 0u64;
-    let per_statement = raw_params(db) / 9;
     while done < rows {
         let n = RAW_BATCH.min((rows - done) as usize);
         let now = touchstone_platform::times::now_millis();
+        let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::now_v7().to_string()).collect();
         let mut tx = db
             .write(touchstone_platform::db::Scope::Agency(AGENCY))
             .await?;
-        let mut offset = 0;
-        while offset < n {
-            let m = per_statement.min(n - offset);
-            let backend = db.backend();
-            let values: Vec<String> = (0..m)
-                .map(|i| {
-                    let p = |k: usize| backend.param(i * 9 + k);
-                    format!(
-                        "({}, {}, {}, 2, 'north', {}, NULL, {}, NULL, FALSE, NULL, {}, {}, {}, TRUE, NULL, FALSE, {})",
-                        p(1),
-                        p(2),
-                        p(3),
-                        p(4),
-                        p(5),
-                        p(6),
-                        p(7),
-                        p(8),
-                        p(9)
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO bench_raw_responses (agency, id, survey_id, channel, unit, submit_time, \
-                 transaction_id, import_key, client_id, contact_agreed, characteristics, answers, \
-                 originals, sentiment, anonymous, follow_up_id, erased, create_time) VALUES {}",
-                values.join(", ")
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for i in 0..m {
-                q = q
-                    .bind(AGENCY)
-                    .bind(uuid::Uuid::now_v7().to_string())
+        insert_rows(
+            &mut tx,
+            "bench_raw_responses (agency, id, survey_id, channel, unit, submit_time, \
+             transaction_id, import_key, client_id, contact_agreed, characteristics, answers, \
+             originals, sentiment, anonymous, follow_up_id, erased, create_time)",
+            18,
+            n,
+            |i, q| {
+                q.bind(AGENCY)
+                    .bind(ids[i].clone())
                     .bind(survey_id)
+                    .bind(2i64)
+                    .bind("north")
                     .bind(now)
-                    .bind(format!("r:raw-{}", done + (offset + i) as u64))
+                    .bind(Option::<String>::None)
+                    .bind(format!("r:{tag}-{}", done + i as u64))
+                    .bind(Option::<String>::None)
+                    .bind(false)
+                    .bind(Option::<String>::None)
                     .bind(answers_json.clone())
                     .bind(blob.clone())
                     .bind(10i64)
-                    .bind(now);
-            }
-            q.execute(tx.conn()).await?;
-            offset += m;
+                    .bind(true)
+                    .bind(Option::<String>::None)
+                    .bind(false)
+                    .bind(now)
+            },
+        )
+        .await?;
+        if let Raw::Durable { event_bytes } = what {
+            let items = A11_KEYS.len();
+            insert_rows(
+                &mut tx,
+                "bench_raw_scores (agency, response_id, survey_id, item, score, submit_time)",
+                6,
+                n * items,
+                |i, q| {
+                    q.bind(AGENCY)
+                        .bind(ids[i / items].clone())
+                        .bind(survey_id)
+                        .bind((i % items + 1) as i64)
+                        .bind(4i64)
+                        .bind(now)
+                },
+            )
+            .await?;
+            insert_rows(
+                &mut tx,
+                "bench_raw_audit (agency, id, actor, action, resource, request_id, time)",
+                7,
+                n,
+                |i, q| {
+                    q.bind(AGENCY)
+                        .bind(uuid::Uuid::now_v7().to_string())
+                        .bind("bench-intake")
+                        .bind("ImportResponses")
+                        .bind(format!(
+                            "agencies/{AGENCY}/surveys/{survey_id}/responses/{}",
+                            ids[i]
+                        ))
+                        .bind("")
+                        .bind(now)
+                },
+            )
+            .await?;
+            let payload = vec![7u8; event_bytes];
+            insert_rows(
+                &mut tx,
+                "bench_raw_events (agency, type, name, occurred_time, payload)",
+                5,
+                n,
+                |i, q| {
+                    q.bind(AGENCY)
+                        .bind("touchstone.feedback.v1.ResponseSubmitted")
+                        .bind(format!(
+                            "agencies/{AGENCY}/surveys/{survey_id}/responses/{}",
+                            ids[i]
+                        ))
+                        .bind(now)
+                        .bind(payload.clone())
+                },
+            )
+            .await?;
         }
         tx.commit().await?;
         done += n as u64;
     }
     Ok(started.elapsed())
+}
+
+/// The mean size of the events the service wrote for its responses.
+async fn event_bytes(db: &Db) -> anyhow::Result<usize> {
+    let mut tx = db
+        .read(touchstone_platform::db::Scope::Agency(AGENCY))
+        .await?;
+    let mean: Option<f64> = sqlx::query_scalar(
+        "SELECT CAST(AVG(LENGTH(payload)) AS DOUBLE PRECISION) FROM events WHERE type LIKE '%ResponseSubmitted'",
+    )
+    .fetch_one(tx.conn())
+    .await?;
+    tx.commit().await?;
+    Ok(mean.unwrap_or(0.0).round() as usize)
 }
 
 /// Runs the feedback scenarios and prints (and optionally writes) the results.
@@ -454,8 +602,17 @@ pub(super) async fn run(
         }
         bar.set_message(format!("raw batched insert of {} rows", args.import_rows));
         let survey_id = survey.rsplit('/').next().unwrap_or_default().to_string();
-        let raw_time = raw_insert(&fresh.db, &survey_id, args.import_rows).await?;
-        Ok::<_, anyhow::Error>((results, import_time, raw_time))
+        let event_bytes = event_bytes(&fresh.db).await?;
+        let durable_time = raw_insert(
+            &fresh.db,
+            &survey_id,
+            args.import_rows,
+            Raw::Durable { event_bytes },
+        )
+        .await?;
+        let raw_time =
+            raw_insert(&fresh.db, &survey_id, args.import_rows, Raw::ResponsesOnly).await?;
+        Ok::<_, anyhow::Error>((results, import_time, durable_time, raw_time, event_bytes))
     }
     .await;
     bar.finish_and_clear();
@@ -464,7 +621,7 @@ pub(super) async fn run(
     echo.stop().await;
     let description = fresh.description.clone();
     fresh.cleanup().await;
-    let (results, import_time, raw_time) = outcome?;
+    let (results, import_time, durable_time, raw_time, event_bytes) = outcome?;
 
     let rate = |name: &str| {
         results
@@ -474,6 +631,7 @@ pub(super) async fn run(
     };
     let import_rate = args.import_rows as f64 / import_time.as_secs_f64();
     let raw_rate = args.import_rows as f64 / raw_time.as_secs_f64();
+    let durable_rate = args.import_rows as f64 / durable_time.as_secs_f64();
     println!(
         "touchstone bench --scenario feedback ({} build)",
         if cfg!(debug_assertions) {
@@ -507,7 +665,19 @@ pub(super) async fn run(
         import_time.as_secs_f64()
     );
     println!(
-        "raw batched insert{:>10.1} rows/s ({} rows, {} per transaction, {:.2}s)",
+        "raw batched insert{:>10.1} rows/s ({} rows, {} per transaction, {:.2}s): what an \
+         imported row makes durable (its response, {} score rows, an audit record, an event of \
+         {} bytes)",
+        durable_rate,
+        args.import_rows,
+        RAW_BATCH,
+        durable_time.as_secs_f64(),
+        A11_KEYS.len(),
+        event_bytes
+    );
+    println!(
+        "raw batched insert{:>10.1} rows/s ({} rows, {} per transaction, {:.2}s): the \
+         responses rows alone",
         raw_rate,
         args.import_rows,
         RAW_BATCH,
@@ -518,8 +688,14 @@ pub(super) async fn run(
         "  SubmitResponse / echo         {:.3}",
         rate("submit-response") / rate("echo").max(f64::MIN_POSITIVE)
     );
+    let verdict = |ratio: f64| if ratio >= 0.8 { "met" } else { "NOT met" };
     println!(
-        "  ImportResponses / raw insert  {:.3} (aim >= 0.5)",
+        "  ImportResponses / raw insert of what it makes durable  {:.3}  aim >= 0.80: {}",
+        import_rate / durable_rate,
+        verdict(import_rate / durable_rate)
+    );
+    println!(
+        "  ImportResponses / raw insert of the responses alone    {:.3}",
         import_rate / raw_rate
     );
     if let Some(path) = &args.json {
@@ -530,6 +706,9 @@ pub(super) async fn run(
             "import_rows": args.import_rows,
             "import_rows_per_second": import_rate,
             "raw_insert_rows_per_second": raw_rate,
+            "raw_durable_insert_rows_per_second": durable_rate,
+            "event_bytes": event_bytes,
+            "import_over_raw_durable": import_rate / durable_rate,
             "submit_over_echo": rate("submit-response") / rate("echo").max(f64::MIN_POSITIVE),
             "import_over_raw": import_rate / raw_rate,
         });
