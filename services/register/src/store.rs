@@ -12,6 +12,7 @@ use touchstone_list::{Field, FieldType, ListQuery, Schema};
 use touchstone_platform::CHANNELS;
 use touchstone_platform::db::{Backend, Tx};
 use touchstone_platform::keycheck::SealedColumn;
+use touchstone_platform::statements::Statements;
 use touchstone_platform::{list_bind, row_bool};
 
 const CLIENT_COLUMNS: &str = "agency, id, kind, preferred_channel, preferred_language, \
@@ -248,23 +249,40 @@ async fn insert_lookups(
     id: &str,
     fields: &ClientFields,
 ) -> Result<(), Error> {
+    let mut s = Statements::new(tx.backend());
+    push_lookups(&mut s, key, agency, id, fields)?;
+    s.execute(tx).await?;
+    Ok(())
+}
+
+/// Adds the statement inserting a client's lookup digests to `s` (none
+/// when the client has nothing to search by).
+fn push_lookups(
+    s: &mut Statements,
+    key: &DataKey,
+    agency: &str,
+    id: &str,
+    fields: &ClientFields,
+) -> Result<(), Error> {
     let keys = fields.search_keys();
     if keys.is_empty() {
         return Ok(());
     }
-    let rows: Vec<String> = (0..keys.len())
-        .map(|i| format!("($1, ${}, ${}, $2)", 3 + 2 * i, 4 + 2 * i))
-        .collect();
-    let sql = format!(
+    let mut rows = Vec::with_capacity(keys.len());
+    for (kind, value) in &keys {
+        rows.push(format!(
+            "({}, {}, {}, {})",
+            s.value(agency.to_string())?,
+            s.value(*kind)?,
+            s.value(key.blind_index(kind, value))?,
+            s.value(id.to_string())?
+        ));
+    }
+    s.push(format!(
         "INSERT INTO client_lookup (agency, kind, digest, client_id) VALUES {} \
          ON CONFLICT DO NOTHING",
         rows.join(", ")
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency).bind(id);
-    for (kind, value) in &keys {
-        q = q.bind(*kind).bind(key.blind_index(kind, value));
-    }
-    q.execute(tx.conn()).await?;
+    ));
     Ok(())
 }
 
@@ -280,29 +298,29 @@ pub async fn insert_client(
     let sealed = seal_json(key, &client_aad(agency, id), &fields.personal)?;
     let needs = serde_json::to_string(&fields.accessibility_needs)
         .map_err(|_| Error::Corrupt("accessibility needs"))?;
-    let inserted = sqlx::query(
+    // The client and its lookup digests in one request (see `Statements`).
+    let mut s = Statements::new(tx.backend());
+    let sql = format!(
         "INSERT INTO clients (agency, id, kind, preferred_channel, preferred_language, \
          interpreter_needed, accessibility_needs, personal, erased, erase_time, create_time, \
-         update_time, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, FALSE, NULL, $9, $9, 1)",
-    )
-    .bind(agency)
-    .bind(id)
-    .bind(i64::from(fields.kind))
-    .bind(i64::from(fields.preferred_channel))
-    .bind(fields.preferred_language.as_str())
-    .bind(fields.interpreter_needed)
-    .bind(needs)
-    .bind(sealed)
-    .bind(now)
-    .execute(tx.conn())
-    .await;
-    match inserted {
+         update_time, revision) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, FALSE, NULL, {}, {}, 1)",
+        s.value(agency.to_string())?,
+        s.value(id.to_string())?,
+        s.value(i64::from(fields.kind))?,
+        s.value(i64::from(fields.preferred_channel))?,
+        s.value(fields.preferred_language.clone())?,
+        s.value(fields.interpreter_needed)?,
+        s.value(needs)?,
+        s.value(sealed)?,
+        s.value(now)?,
+        s.value(now)?,
+    );
+    s.push(sql);
+    push_lookups(&mut s, key, agency, id, fields)?;
+    match s.execute(tx).await {
         Err(e) if Error::is_unique_violation(&e) => return Err(Error::AlreadyExists("client")),
-        other => {
-            other?;
-        }
+        other => other?,
     }
-    insert_lookups(tx, key, agency, id, fields).await?;
     Ok(ClientRecord {
         agency: agency.to_string(),
         id: id.to_string(),

@@ -1434,6 +1434,71 @@ async fn needs_consents_export_and_audit() {
         .into_inner();
     assert_eq!(withdrawn.consents.len(), 1);
     assert!(!withdrawn.consents[0].granted);
+    // GetClient reads the client and its consent history in one statement
+    // (a join, oldest change first): the latest change is the one shown.
+    let read = c
+        .get_client(req(
+            pb::GetClientRequest {
+                name: made.name.clone(),
+            },
+            &t,
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(read.consents, withdrawn.consents);
+    assert_eq!(read.email, "nia@example.org");
+    let other = create(&mut c, &t, "dia", person("Ari", "Moana", "ari@example.org"))
+        .await
+        .expect("create another");
+    let read = c
+        .get_client(req(
+            pb::GetClientRequest {
+                name: other.name.clone(),
+            },
+            &t,
+        ))
+        .await
+        .expect("get a client without consents")
+        .into_inner();
+    assert!(read.consents.is_empty());
+    assert_eq!(read.family_name, "Moana");
+    // A client id taken is ALREADY_EXISTS, and the failed create leaves no
+    // lookup digest behind (its insert and its digests are one request).
+    let taken = other
+        .name
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let e = c
+        .create_client(req(
+            pb::CreateClientRequest {
+                parent: "agencies/dia".into(),
+                client: Some(person("Tui", "Moana", "tui@example.org")),
+                client_id: taken,
+                ..Default::default()
+            },
+            &t,
+        ))
+        .await
+        .expect_err("the id is taken");
+    assert_eq!(e.code(), tonic::Code::AlreadyExists);
+    let found = c
+        .search_clients(req(
+            pb::SearchClientsRequest {
+                parent: "agencies/dia".into(),
+                query: Some(pb::search_clients_request::Query::Email(
+                    "tui@example.org".into(),
+                )),
+                ..Default::default()
+            },
+            &t,
+        ))
+        .await
+        .expect("search")
+        .into_inner();
+    assert!(found.clients.is_empty());
     let e = c
         .grant_consent(req(
             pb::GrantConsentRequest {
