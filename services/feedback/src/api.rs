@@ -1142,8 +1142,39 @@ impl FeedbackService for Feedback {
         let mut results: Vec<pb::RowResult> = Vec::new();
         let mut batch: Vec<Row> = Vec::new();
         let mut index: i64 = 0;
-        while let Some(message) = stream.next().await {
-            let row = message?;
+        // One batch is written while the next is read and checked: the
+        // write waits mostly on the database (SQLite's thread, or the
+        // server), the checks on this task's CPU. Batches are written in
+        // order, one at a time, so a later batch sees every earlier one.
+        let mut writing: Option<
+            Pin<Box<dyn Future<Output = Result<Vec<pb::RowResult>, Error>> + Send + '_>>,
+        > = None;
+        loop {
+            let message = match writing.as_mut() {
+                Some(write) => tokio::select! {
+                    biased;
+                    written = write => {
+                        writing = None;
+                        results.extend(written?);
+                        continue;
+                    }
+                    message = stream.next() => message,
+                },
+                None => stream.next().await,
+            };
+            let Some(message) = message else {
+                break;
+            };
+            let row = match message {
+                Ok(row) => row,
+                Err(e) => {
+                    // The batch being written is finished, not cut short.
+                    if let Some(write) = writing.take() {
+                        write.await?;
+                    }
+                    return Err(e);
+                }
+            };
             if index as usize >= domain::MAX_IMPORT_ROWS {
                 results.push(rejected(
                     index,
@@ -1161,20 +1192,32 @@ impl FeedbackService for Feedback {
             }
             match self
                 .import_row(&caller, &mut agency, &mut surveys, index, row)
-                .await?
+                .await
             {
-                Ok(row) => batch.push(row),
-                Err(result) => results.push(result),
+                Ok(Ok(row)) => batch.push(row),
+                Ok(Err(result)) => results.push(result),
+                Err(e) => {
+                    if let Some(write) = writing.take() {
+                        write.await?;
+                    }
+                    return Err(e.into());
+                }
             }
             index += 1;
             if batch.len() >= IMPORT_BATCH
                 && let Some(a) = &agency
             {
-                results.extend(
-                    self.write_batch(&caller, a, std::mem::take(&mut batch))
-                        .await?,
-                );
+                if let Some(previous) = writing.take() {
+                    results.extend(previous.await?);
+                }
+                let (a, rows, caller) = (a.clone(), std::mem::take(&mut batch), &caller);
+                writing = Some(Box::pin(
+                    async move { self.write_batch(caller, &a, rows).await },
+                ));
             }
+        }
+        if let Some(previous) = writing.take() {
+            results.extend(previous.await?);
         }
         if let Some(a) = &agency {
             results.extend(self.write_batch(&caller, a, batch).await?);

@@ -465,7 +465,7 @@ pub async fn insert_responses(
             "INSERT INTO responses (agency, id, survey_id, channel, unit, submit_time, \
              transaction_id, import_key, client_id, contact_agreed, characteristics, answers, \
              originals, sentiment, anonymous, follow_up_id, erased, create_time) VALUES {values} \
-             ON CONFLICT DO NOTHING RETURNING id"
+             ON CONFLICT DO NOTHING"
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (r, import_key) in chunk {
@@ -499,9 +499,27 @@ pub async fn insert_responses(
                 .bind(r.erased)
                 .bind(r.create_time);
         }
-        for row in q.fetch_all(tx.conn()).await? {
-            inserted.insert(row.try_get("id")?);
+        let stored = q.execute(tx.conn()).await?.rows_affected();
+        if stored == chunk.len() as u64 {
+            inserted.extend(chunk.iter().map(|(r, _)| r.id.clone()));
+            continue;
         }
+        // Some clashed (a retried row, a repeated transaction id): the rows
+        // now holding this chunk's new ids are the ones it stored (ids are
+        // fresh, so no other row has one). Rarely needed, so not returned
+        // by the insert itself, which would cost a row per response.
+        let backend = tx.backend();
+        let placeholders: Vec<String> = (0..chunk.len()).map(|i| backend.param(i + 2)).collect();
+        let sql = format!(
+            "SELECT id FROM responses WHERE agency = {} AND id IN ({})",
+            backend.param(1),
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).bind(agency);
+        for (r, _) in chunk {
+            q = q.bind(r.id.as_str());
+        }
+        inserted.extend(q.fetch_all(tx.conn()).await?);
     }
     // Rows not inserted clashed on their import key (already imported) or
     // on their transaction id.
