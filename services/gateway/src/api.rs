@@ -56,7 +56,18 @@ pub struct Gateway {
     backends: Backends,
     min_count: u64,
     limiter: Arc<domain::KeyLimiter>,
+    /// Fan-out reads (GetDashboard, GetBenchmark) running at once: each
+    /// makes several backend calls, so admitting as many as cheap calls
+    /// (the server's limit) would let them all miss their deadlines
+    /// together under overload instead of some finishing.
+    fan_outs: Arc<tokio::sync::Semaphore>,
 }
+
+/// Fan-out reads per CPU the gateway runs at once.
+const FAN_OUTS_PER_CPU: usize = 4;
+/// How long a fan-out read waits, in order, for its turn before it is
+/// refused with RESOURCE_EXHAUSTED.
+const FAN_OUT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a valid API key allows: the `intake` role of one agency.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,6 +281,18 @@ impl Gateway {
             backends,
             min_count: min_count.max(1),
             limiter: Arc::new(domain::KeyLimiter::default()),
+            fan_outs: Arc::new(tokio::sync::Semaphore::new(
+                FAN_OUTS_PER_CPU
+                    * std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            )),
+        }
+    }
+
+    /// A turn to run a fan-out read (see `fan_outs`).
+    async fn fan_out_turn(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        match tokio::time::timeout(FAN_OUT_WAIT, self.fan_outs.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Error::FanOutsExhausted),
         }
     }
 
@@ -2400,6 +2423,7 @@ impl GatewayService for Gateway {
         r: Request<pb::GetDashboardRequest>,
     ) -> Result<Response<pb::Dashboard>, Status> {
         let (caller, ctx, req) = caller_and(r)?;
+        let _turn = self.fan_out_turn().await?;
         Ok(Response::new(self.dashboard(&caller, &ctx, req).await?))
     }
 
@@ -2408,6 +2432,7 @@ impl GatewayService for Gateway {
         r: Request<pb::GetBenchmarkRequest>,
     ) -> Result<Response<pb::Benchmark>, Status> {
         let (caller, ctx, req) = caller_and(r)?;
+        let _turn = self.fan_out_turn().await?;
         Ok(Response::new(self.benchmark(&caller, &ctx, req).await?))
     }
 

@@ -40,6 +40,10 @@ pub enum Error {
     /// An API key made more requests this minute than its rate allows.
     #[error("the api_key's rate is spent for this minute")]
     RateLimited,
+    /// As many fan-out reads (dashboards, benchmarks) as the gateway runs
+    /// at once are running, and none ended within the wait.
+    #[error("the gateway is at its limit of fan-out reads")]
+    FanOutsExhausted,
     /// A service the call depends on answered with an error of its own,
     /// passed on as it is (its status is already safe to show).
     #[error("{0}")]
@@ -134,6 +138,13 @@ impl From<Error> for Status {
                 Code::ResourceExhausted,
                 "RATE_LIMITED",
                 "the api_key's requests per minute are spent; retry in the next minute".into(),
+            ),
+            Error::FanOutsExhausted => simple(
+                Code::ResourceExhausted,
+                "CONCURRENCY_LIMIT_EXCEEDED",
+                "the gateway is running as many dashboards and benchmarks as it can; retry with \
+                 backoff"
+                    .into(),
             ),
             Error::Backend(status) => status,
             Error::Database(e) => error::database(DOMAIN, &e),
