@@ -870,6 +870,46 @@ async fn a_slow_backend_does_not_hold_the_callers_deadline() {
     assert_eq!(d.complaints.expect("complaints").open, 1);
 }
 
+/// The gateway runs at most four fan-out reads per CPU at once; one more
+/// waits a second for a turn and is then refused with RESOURCE_EXHAUSTED
+/// (CONCURRENCY_LIMIT_EXCEEDED), while the admitted ones answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_past_the_fan_out_limit_are_refused_not_queued_forever() {
+    let h = Harness::start().await;
+    file_complaint(&h, "passports", cpb::complainant::Who::Anonymous(true)).await;
+    // Each admitted dashboard holds its turn until its caller's deadline.
+    h.kpi.lock().expect("lock").delay = Duration::from_secs(30);
+    let turns = 4 * std::thread::available_parallelism().map_or(2, |n| n.get());
+    let token = h.token("passports", MANAGER);
+    let h = Arc::new(h);
+    let calls: Vec<_> = (0..turns)
+        .map(|_| {
+            let (h, token) = (h.clone(), token.clone());
+            tokio::spawn(async move {
+                dashboard(&h, "passports", &token, Some(Duration::from_secs(4))).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = dashboard(&h, "passports", &token, Some(Duration::from_secs(10)))
+        .await
+        .expect_err("no turn left");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(reason(&refused), "CONCURRENCY_LIMIT_EXCEEDED");
+    for call in calls {
+        let d = call
+            .await
+            .expect("task")
+            .expect("an admitted dashboard answers");
+        assert_eq!(d.unreachable, ["kpi"]);
+    }
+    // With the turns back, the next dashboard is admitted.
+    h.kpi.lock().expect("lock").delay = Duration::ZERO;
+    dashboard(&h, "passports", &token, None)
+        .await
+        .expect("admitted again");
+}
+
 async fn create_agency(
     h: &Harness,
     id: &str,
