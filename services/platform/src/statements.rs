@@ -50,7 +50,7 @@ impl Statements {
     where
         T: Encode<'q, Any> + Type<Any> + 'q,
     {
-        self.args.add(value).map_err(|e| sqlx::Error::Encode(e))?;
+        self.args.add(value).map_err(sqlx::Error::Encode)?;
         self.bound += 1;
         Ok(self.backend.param(self.bound))
     }

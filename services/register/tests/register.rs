@@ -1491,7 +1491,6 @@ async fn needs_consents_export_and_audit() {
                 query: Some(pb::search_clients_request::Query::Email(
                     "tui@example.org".into(),
                 )),
-                ..Default::default()
             },
             &t,
         ))
