@@ -236,6 +236,23 @@ fn complaint_to_proto(
     }
 }
 
+/// A complaint in the basic view (AIP-157): its handling only, nothing
+/// about who complained or what they wrote (see `ComplaintView` in the
+/// proto), so that reading it is not a read of personal data.
+fn basic_view(c: pb::Complaint) -> pb::Complaint {
+    pb::Complaint {
+        complainant: None,
+        description: String::new(),
+        remedy_sought: String::new(),
+        accessibility: None,
+        resolution: None,
+        links: Vec::new(),
+        referral: None,
+        client_check: 0,
+        ..c
+    }
+}
+
 fn facts(r: &ComplaintRecord, cal: &Calendar, now: i64) -> pb::ComplaintFacts {
     let s = &r.state;
     pb::ComplaintFacts {
@@ -1443,21 +1460,33 @@ impl ComplaintsService for Complaints {
             let first = if officer.is_some() { 3 } else { 2 };
             let query = ListQuery::plan(&store::COMPLAINT_SCHEMA, &scope, &params, first)
                 .map_err(list_error)?;
+            let view = pb::ComplaintView::try_from(req.view)
+                .map_err(|_| Error::invalid("view", "an unknown view"))?;
+            let basic = view == pb::ComplaintView::Basic;
             let mut tx = self.db.read(Scope::Agency(agency)).await?;
-            let key = self.key(&mut tx, agency).await?;
+            let key = if basic {
+                None
+            } else {
+                Some(self.key(&mut tx, agency).await?)
+            };
             let (records, next_page_token) =
-                store::list_complaints(&mut tx, &key, agency, officer, &query).await?;
+                store::list_complaints(&mut tx, key.as_deref(), agency, officer, &query).await?;
             let (cal, standard) = rules(&mut tx, agency).await?;
-            let names: Vec<String> = records.iter().map(ComplaintRecord::name).collect();
             tx.commit().await?;
-            self.db
-                .audit_reads(access(&caller, agency, "ListComplaints", ""), &names)
-                .await?;
+            if !basic {
+                let names: Vec<String> = records.iter().map(ComplaintRecord::name).collect();
+                self.db
+                    .audit_reads(access(&caller, agency, "ListComplaints", ""), &names)
+                    .await?;
+            }
             let now = times::now_millis();
             Ok::<_, Error>(pb::ListComplaintsResponse {
                 complaints: records
                     .iter()
-                    .map(|r| complaint_to_proto(r, &cal, &standard, now))
+                    .map(|r| {
+                        let c = complaint_to_proto(r, &cal, &standard, now);
+                        if basic { basic_view(c) } else { c }
+                    })
                     .collect(),
                 next_page_token,
             })

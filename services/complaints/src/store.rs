@@ -240,14 +240,18 @@ fn open_text(key: &DataKey, aad: &str, sealed: Option<Vec<u8>>) -> Result<String
 const COMPLAINT_COLUMNS: &str = "agency, id, client_id, client_check, anonymous, channel, service, \
     accessibility, state, personal, redacted, revision, create_time, update_time";
 
-fn complaint_from_row(key: &DataKey, row: &AnyRow) -> Result<ComplaintRecord, Error> {
+/// A complaint from its row; its sealed personal document is opened only
+/// when `key` is given (a basic read leaves it shut, `personal` None).
+fn complaint_from_row(key: Option<&DataKey>, row: &AnyRow) -> Result<ComplaintRecord, Error> {
     let agency: String = row.try_get("agency")?;
     let id: String = row.try_get("id")?;
     let state: String = row.try_get("state")?;
     let needs: String = row.try_get("accessibility")?;
-    let sealed: Option<Vec<u8>> = row.try_get("personal")?;
-    let personal = match sealed {
-        Some(s) => Some(open_json(key, &aad(&agency, &id, "personal"), &s)?),
+    let personal = match key {
+        Some(key) => match row.try_get::<Option<Vec<u8>>, _>("personal")? {
+            Some(s) => Some(open_json(key, &aad(&agency, &id, "personal"), &s)?),
+            None => None,
+        },
         None => None,
     };
     Ok(ComplaintRecord {
@@ -412,7 +416,7 @@ async fn select_complaint(
         .bind(id)
         .fetch_optional(tx.conn())
         .await?;
-    row.map(|r| complaint_from_row(key, &r)).transpose()
+    row.map(|r| complaint_from_row(Some(key), &r)).transpose()
 }
 
 /// Whether a complaint exists (for links).
@@ -427,9 +431,11 @@ pub async fn complaint_exists(tx: &mut Tx, agency: &str, id: &str) -> Result<boo
 }
 
 /// One page of complaints. `officer`, when given, keeps the caller's queue.
+/// One page of complaints; `key` None reads them without opening their
+/// personal documents (the basic view).
 pub async fn list_complaints(
     tx: &mut Tx,
-    key: &DataKey,
+    key: Option<&DataKey>,
     agency: &str,
     officer: Option<&str>,
     query: &ListQuery,

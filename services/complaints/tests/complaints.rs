@@ -2420,3 +2420,84 @@ async fn a_pause_after_the_due_day_delays_overdue_in_get_and_list() {
     assert_eq!(list(&format!("due_time < \"{now}\"")).await, 1);
     h.stop().await;
 }
+
+/// The basic view of a list returns a complaint's handling and nothing about
+/// who complained or what they wrote, and is not an audited read; the full
+/// view (the default) is audited once per complaint; an unknown view is
+/// INVALID_ARGUMENT naming `view`.
+#[tokio::test]
+async fn the_basic_view_reads_no_personal_data_and_is_not_audited() {
+    let h = Harness::start().await;
+    let mut c = h.client().await;
+    let officer = h.token("dia", OFFICER);
+    let intake = h.token("dia", &[Role::Intake]);
+    let mut contact = anonymous("My passport took four months; call me on 0400 000 000.");
+    contact.complainant = Some(pb::Complainant {
+        who: Some(pb::complainant::Who::Contact(pb::ContactDetails {
+            display_name: "Mere Tane".into(),
+            email: "mere@example.org".into(),
+            phone: String::new(),
+        })),
+    });
+    contact.remedy_sought = "An apology".into();
+    create(&mut c, &intake, "dia", contact, "")
+        .await
+        .expect("create");
+    let audited = || async {
+        let mut tx = h
+            .store
+            .db
+            .read(touchstone_platform::db::Scope::Agency("dia"))
+            .await
+            .expect("tx");
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_records WHERE action = 'ListComplaints'",
+        )
+        .fetch_one(tx.conn())
+        .await
+        .expect("count");
+        tx.commit().await.expect("commit");
+        n
+    };
+    let list = |view: i32| {
+        req(
+            pb::ListComplaintsRequest {
+                parent: "agencies/dia".into(),
+                view,
+                ..Default::default()
+            },
+            &officer,
+        )
+    };
+    let before = audited().await;
+    let basic = c
+        .list_complaints(list(pb::ComplaintView::Basic as i32))
+        .await
+        .expect("basic")
+        .into_inner();
+    let b = &basic.complaints[0];
+    assert!(b.complainant.is_none());
+    assert!(b.description.is_empty() && b.remedy_sought.is_empty());
+    assert_eq!(
+        (b.unit.as_str(), b.category.as_str()),
+        ("passports-north", "delay")
+    );
+    assert!(b.response_clock.is_some() && b.due_time.is_some());
+    assert_eq!(audited().await, before, "a basic list was audited");
+    let full = c
+        .list_complaints(list(pb::ComplaintView::Unspecified as i32))
+        .await
+        .expect("full")
+        .into_inner();
+    let f = &full.complaints[0];
+    assert_eq!(f.remedy_sought, "An apology");
+    assert!(f.complainant.is_some());
+    assert_eq!(
+        (f.name.as_str(), f.stage, f.due_time),
+        (b.name.as_str(), b.stage, b.due_time)
+    );
+    assert_eq!(audited().await, before + 1);
+    let e = c.list_complaints(list(9)).await.expect_err("unknown view");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(violations(&e), vec!["view"]);
+}

@@ -296,6 +296,8 @@ async fn list_complaints(
         filter,
         order_by: "due_time".into(),
         assigned_to_me: false,
+        // Officers at the desk see the complaints as the API shows them.
+        view: cpb::ComplaintView::Full as i32,
     };
     let mut client = desk.gateway.backends().complaints();
     let r = ctx.run(client.list_complaints(ctx.request(req))).await;
