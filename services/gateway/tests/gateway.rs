@@ -871,7 +871,7 @@ async fn a_slow_backend_does_not_hold_the_callers_deadline() {
 }
 
 /// The gateway runs at most four fan-out reads per CPU at once; one more
-/// waits a second for a turn and is then refused with RESOURCE_EXHAUSTED
+/// waits a moment for a turn and is then refused with RESOURCE_EXHAUSTED
 /// (CONCURRENCY_LIMIT_EXCEEDED), while the admitted ones answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboards_past_the_fan_out_limit_are_refused_not_queued_forever() {
