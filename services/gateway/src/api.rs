@@ -1519,6 +1519,9 @@ impl Gateway {
         let tz = self.time_zone(&agency).await?;
         let today = domain::today_in(&tz);
         let period = Period::parse(&req.period, today).map_err(|e| Error::invalid("period", e))?;
+        // Checked and authorized first: a bad request is told so even
+        // while every turn is taken.
+        let _turn = self.fan_out_turn().await?;
         let (kpi, complaints, follow_ups, topics) = futures::join!(
             self.kpi_part(ctx, &agency, period),
             self.open_complaints(ctx, &agency),
@@ -1816,6 +1819,7 @@ impl Gateway {
                 "benchmarks are for analyst, agency_admin and hub_admin",
             ));
         }
+        let _turn = self.fan_out_turn().await?;
         let group = self.visible_peer_group(caller, &group_id).await?;
         // The hub's view (every member named as consent allows) only for a hub_admin of
         // every member; otherwise the view of the caller's own member agency.
@@ -2430,7 +2434,6 @@ impl GatewayService for Gateway {
         r: Request<pb::GetDashboardRequest>,
     ) -> Result<Response<pb::Dashboard>, Status> {
         let (caller, ctx, req) = caller_and(r)?;
-        let _turn = self.fan_out_turn().await?;
         Ok(Response::new(self.dashboard(&caller, &ctx, req).await?))
     }
 
@@ -2439,7 +2442,6 @@ impl GatewayService for Gateway {
         r: Request<pb::GetBenchmarkRequest>,
     ) -> Result<Response<pb::Benchmark>, Status> {
         let (caller, ctx, req) = caller_and(r)?;
-        let _turn = self.fan_out_turn().await?;
         Ok(Response::new(self.benchmark(&caller, &ctx, req).await?))
     }
 

@@ -896,6 +896,20 @@ async fn dashboards_past_the_fan_out_limit_are_refused_not_queued_forever() {
         .expect_err("no turn left");
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
     assert_eq!(reason(&refused), "CONCURRENCY_LIMIT_EXCEEDED");
+    // A bad request is told so, turns or not.
+    let bad = h
+        .gateway()
+        .await
+        .get_dashboard(req(
+            pb::GetDashboardRequest {
+                agency: "agencies/passports".into(),
+                period: "someday".into(),
+            },
+            &token,
+        ))
+        .await
+        .expect_err("a bad period");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     for call in calls {
         // Admitted, each answers by its deadline (on a busy machine other
         // backends may miss it too; the KPI service always does).
