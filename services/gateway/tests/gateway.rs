@@ -696,6 +696,16 @@ fn complaint(who: cpb::complainant::Who) -> cpb::Complaint {
     }
 }
 
+/// Audit records in a backend's database, counted as its owner (every
+/// agency's).
+async fn audit_rows(db: &TestDb) -> i64 {
+    let owner = db.admin.as_ref().unwrap_or(&db.db);
+    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_records")
+        .fetch_one(owner.pool())
+        .await
+        .expect("audit count")
+}
+
 async fn file_complaint(h: &Harness, agency: &str, who: cpb::complainant::Who) -> cpb::Complaint {
     h.complaints_client()
         .await
@@ -3076,18 +3086,7 @@ async fn dashboard_topics_read_no_personal_data() {
         .await
         .expect("submit");
     }
-    let feedback_db = &h._dbs[2];
-    let owner = feedback_db
-        .admin
-        .as_ref()
-        .unwrap_or(&feedback_db.db)
-        .clone();
-    let audited = || async {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_records")
-            .fetch_one(owner.pool())
-            .await
-            .expect("audit count")
-    };
+    let audited = || audit_rows(&h._dbs[2]);
     let before = audited().await;
     let d = dashboard(
         &h,
@@ -3124,18 +3123,7 @@ async fn dashboard_topics_read_no_personal_data() {
 async fn dashboard_queue_reads_no_personal_data() {
     let h = Harness::start().await;
     let filed = file_complaint(&h, "passports", cpb::complainant::Who::Anonymous(true)).await;
-    let complaints_db = &h._dbs[1];
-    let owner = complaints_db
-        .admin
-        .as_ref()
-        .unwrap_or(&complaints_db.db)
-        .clone();
-    let audited = || async {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_records")
-            .fetch_one(owner.pool())
-            .await
-            .expect("audit count")
-    };
+    let audited = || audit_rows(&h._dbs[1]);
     let before = audited().await;
     let d = dashboard(&h, "passports", &h.token("passports", MANAGER), None)
         .await

@@ -170,6 +170,24 @@ async fn create(
     .map(|r| r.into_inner())
 }
 
+/// SearchClients by email in `agency`.
+async fn search_email(
+    c: &mut RegisterServiceClient<Channel>,
+    token: &str,
+    agency: &str,
+    email: &str,
+) -> Result<pb::SearchClientsResponse, Status> {
+    c.search_clients(req(
+        pb::SearchClientsRequest {
+            parent: format!("agencies/{agency}"),
+            query: Some(pb::search_clients_request::Query::Email(email.into())),
+        },
+        token,
+    ))
+    .await
+    .map(|r| r.into_inner())
+}
+
 fn violations(s: &Status) -> Vec<String> {
     s.get_error_details()
         .bad_request()
@@ -740,32 +758,13 @@ async fn tenants_are_isolated_and_analysts_see_no_personal_data() {
         .await
         .expect_err("list");
     assert_eq!(e.code(), Code::PermissionDenied);
-    let e = c
-        .search_clients(req(
-            pb::SearchClientsRequest {
-                parent: "agencies/agency-a".into(),
-                query: Some(pb::search_clients_request::Query::Email(
-                    "ana@example.org".into(),
-                )),
-            },
-            &b,
-        ))
+    let e = search_email(&mut c, &b, "agency-a", "ana@example.org")
         .await
         .expect_err("search");
     assert_eq!(e.code(), Code::PermissionDenied);
-    let found = c
-        .search_clients(req(
-            pb::SearchClientsRequest {
-                parent: "agencies/agency-b".into(),
-                query: Some(pb::search_clients_request::Query::Email(
-                    "ANA@example.org".into(),
-                )),
-            },
-            &b,
-        ))
+    let found = search_email(&mut c, &b, "agency-b", "ANA@example.org")
         .await
-        .expect("search own")
-        .into_inner();
+        .expect("search own");
     assert!(
         found.clients.is_empty(),
         "b's search never finds a's client"
@@ -1098,19 +1097,9 @@ async fn erasure_removes_personal_data_and_feeds_resume_exactly() {
         again.erased && again.given_names.is_empty(),
         "pseudonymous id kept, data gone"
     );
-    let found = c
-        .search_clients(req(
-            pb::SearchClientsRequest {
-                parent: "agencies/dia".into(),
-                query: Some(pb::search_clients_request::Query::Email(
-                    "zebediah.quill@example.org".into(),
-                )),
-            },
-            &t,
-        ))
+    let found = search_email(&mut c, &t, "dia", "zebediah.quill@example.org")
         .await
-        .expect("search")
-        .into_inner();
+        .expect("search");
     assert!(found.clients.is_empty());
     let replay = c
         .create_client(req(original, &t))
@@ -1484,19 +1473,9 @@ async fn needs_consents_export_and_audit() {
         .await
         .expect_err("the id is taken");
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
-    let found = c
-        .search_clients(req(
-            pb::SearchClientsRequest {
-                parent: "agencies/dia".into(),
-                query: Some(pb::search_clients_request::Query::Email(
-                    "tui@example.org".into(),
-                )),
-            },
-            &t,
-        ))
+    let found = search_email(&mut c, &t, "dia", "tui@example.org")
         .await
-        .expect("search")
-        .into_inner();
+        .expect("search");
     assert!(found.clients.is_empty());
     let e = c
         .grant_consent(req(
