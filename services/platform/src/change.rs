@@ -49,6 +49,9 @@ pub struct Change<'a> {
     /// Outbox events, appended last, just before commit: on PostgreSQL the
     /// outbox's ordering lock is then held for as short a time as possible.
     events: Vec<(String, outbox::Pending)>,
+    /// Writes the change's answer needs nothing back from, sent with its
+    /// audit record (see [`Change::writes`]).
+    writes: Box<Statements>,
     caller: &'a Caller,
     agency: &'a str,
     method: &'static str,
@@ -89,12 +92,43 @@ pub async fn begin<'a, R: prost::Message + Default + Named>(
     fingerprint: String,
 ) -> Result<Begun<'a, R>, BeginError> {
     check_request_id(request_id).map_err(BeginError::BadRequestId)?;
-    let mut tx = db.write(Scope::Agency(agency)).await?;
-    // Fetched in the change's own transaction: a key created here commits
-    // with the first values it seals (DESIGN §5).
-    let key = keys.data_key(&mut tx, agency).await?;
-    let fingerprints = key.blind_indexes("request-fingerprint", &fingerprint);
-    match idempotency::claim::<R>(&mut tx, &key, agency, method, request_id, &fingerprints).await? {
+    let (mut tx, key, claim) = match keys.cached_key(agency) {
+        // The usual case: the agency's key is known (committed, so the same
+        // as the transaction would read), and the request id is claimed by
+        // the transaction's first statement, sent with its start.
+        Some(key) if !request_id.is_empty() => {
+            let fingerprints = key.blind_indexes("request-fingerprint", &fingerprint);
+            let Some(first) = fingerprints.first() else {
+                return Err(BeginError::RequestIdReused);
+            };
+            let opening =
+                idempotency::claim_opening(db.backend(), agency, method, request_id, first)?;
+            let (mut tx, inserted) = db.write_opening(Scope::Agency(agency), opening).await?;
+            let claim = idempotency::resolve::<R>(
+                &mut tx,
+                &key,
+                agency,
+                method,
+                request_id,
+                &fingerprints,
+                inserted,
+            )
+            .await?;
+            (tx, key, claim)
+        }
+        _ => {
+            let mut tx = db.write(Scope::Agency(agency)).await?;
+            // Fetched in the change's own transaction: a key created here
+            // commits with the first values it seals (DESIGN §5).
+            let key = keys.data_key(&mut tx, agency).await?;
+            let fingerprints = key.blind_indexes("request-fingerprint", &fingerprint);
+            let claim =
+                idempotency::claim::<R>(&mut tx, &key, agency, method, request_id, &fingerprints)
+                    .await?;
+            (tx, key, claim)
+        }
+    };
+    match claim {
         Claim::Replay(r) => {
             // A replay hands out the first response again: audit it like a read.
             let access = Access {
@@ -111,6 +145,7 @@ pub async fn begin<'a, R: prost::Message + Default + Named>(
         Claim::Mismatch => Err(BeginError::RequestIdReused),
         Claim::Forgotten => Err(BeginError::Forgotten),
         Claim::Fresh | Claim::None => Ok(Begun::Fresh(Change {
+            writes: Box::new(Statements::new(tx.backend())),
             tx,
             events: Vec::new(),
             key,
@@ -122,6 +157,120 @@ pub async fn begin<'a, R: prost::Message + Default + Named>(
     }
 }
 
+/// What a change made only of new rows writes besides its audit record and
+/// stored response (see [`write_new`]).
+#[derive(Debug)]
+pub struct Written<R> {
+    /// What the change is about (audited, and named in its stored response).
+    pub resource: String,
+    /// The answer.
+    pub response: R,
+    /// Outbox events: (name, payload).
+    pub events: Vec<(String, outbox::Pending)>,
+}
+
+/// A state-changing call whose work is only writes that need nothing back
+/// from the database (new rows: a unique violation is their only expected
+/// failure). `build` adds them to the statements it is given, with the
+/// agency's data key, and says what it wrote.
+///
+/// When the agency's key is cached, the whole change is one request: the
+/// request id is claimed by inserting its record complete with the
+/// response, beside the writes, the audit record and the events (on SQLite
+/// one hand-off to the connection's thread under the writer lock, on
+/// PostgreSQL one round trip after `BEGIN`). If anything in it is a unique
+/// violation (the request id or a chosen id was taken, or a concurrent
+/// retry took it first), nothing of it stays and the change is made again
+/// the usual way ([`begin`], then [`Change::finish`]), which tells a retry
+/// (the first response), a reused request id and a taken name apart;
+/// `build` is then called again. In that way, a unique violation of the
+/// writes themselves fails with `taken()`.
+#[allow(clippy::too_many_arguments)]
+pub async fn write_new<R, E>(
+    db: &Db,
+    keys: &Keyring,
+    caller: &Caller,
+    agency: &str,
+    method: &'static str,
+    request_id: &str,
+    fingerprint: String,
+    build: impl Fn(&DataKey, &mut Statements) -> Result<Written<R>, E>,
+    taken: impl Fn() -> E,
+) -> Result<R, E>
+where
+    R: prost::Message + Default + Named,
+    E: From<BeginError> + From<sqlx::Error>,
+{
+    check_request_id(request_id).map_err(BeginError::BadRequestId)?;
+    if let Some(key) = keys.cached_key(agency) {
+        let mut s = Statements::new(db.backend());
+        let written = build(&key, &mut s)?;
+        let fingerprints = key.blind_indexes("request-fingerprint", &fingerprint);
+        let one_statement = written.events.len() <= outbox::APPEND_ROWS;
+        if let (Some(first), true) = (fingerprints.first(), one_statement) {
+            let now = crate::times::now_millis();
+            if !request_id.is_empty() {
+                idempotency::push_record(
+                    &mut s,
+                    &key,
+                    agency,
+                    method,
+                    request_id,
+                    first,
+                    &written.resource,
+                    &written.response,
+                )?;
+            }
+            let access = Access {
+                agency,
+                actor: &caller.subject,
+                action: method,
+                resource: &written.resource,
+                request_id,
+            };
+            audit::push_insert(&mut s, &[(access, now)])?;
+            if !written.events.is_empty() {
+                let events: Vec<(&str, &outbox::Pending)> = written
+                    .events
+                    .iter()
+                    .map(|(n, e)| (n.as_str(), e))
+                    .collect();
+                outbox::push_append(&mut s, agency, &events)?;
+            }
+            match db.write_all(Scope::Agency(agency), s).await {
+                Ok(mut tx) => {
+                    if !written.events.is_empty() {
+                        tx.mark_events_appended();
+                    }
+                    tx.commit().await?;
+                    return Ok(written.response);
+                }
+                Err(e) if is_unique_violation(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let mut change =
+        match begin::<R>(db, keys, caller, agency, method, request_id, fingerprint).await? {
+            Begun::Replay(r) => return Ok(r),
+            Begun::Fresh(c) => c,
+        };
+    let key = change.key.clone();
+    let written = build(&key, change.writes())?;
+    for (name, event) in written.events {
+        change.event_pending(&name, event);
+    }
+    match change.finish(&written.resource, written.response).await {
+        Err(e) if is_unique_violation(&e) => Err(taken()),
+        finished => Ok(finished?),
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
+
 impl Change<'_> {
     /// The agency the change is in.
     pub fn agency(&self) -> &str {
@@ -131,6 +280,15 @@ impl Change<'_> {
     /// The caller making the change.
     pub fn caller(&self) -> &Caller {
         self.caller
+    }
+
+    /// Writes to send with the change's audit record, stored response and
+    /// events, as one request (see [`Statements`]): ones whose outcome the
+    /// change needs before it answers only as success or failure (an
+    /// insert of a new row, say). A failing one fails [`Change::finish`]
+    /// with its error.
+    pub fn writes(&mut self) -> &mut Statements {
+        &mut self.writes
     }
 
     /// Queues an outbox event about `name`, written with the change.
@@ -159,7 +317,7 @@ impl Change<'_> {
             resource,
             request_id: self.request_id,
         };
-        let mut s = Statements::new(self.tx.backend());
+        let mut s = std::mem::replace(&mut *self.writes, Statements::new(self.tx.backend()));
         audit::push_insert(&mut s, &[(access, crate::times::now_millis())])?;
         idempotency::push_complete(
             &mut s,
@@ -176,15 +334,175 @@ impl Change<'_> {
         if let Some(first) = chunks.next() {
             outbox::push_append(&mut s, self.agency, first)?;
         }
-        s.execute(&mut self.tx).await?;
         // A change with more events than one statement holds appends the
         // rest after (rare: most changes have one or two).
         let rest: Vec<(&str, &outbox::Pending)> = chunks.flatten().copied().collect();
-        outbox::append_all(&mut self.tx, self.agency, &rest).await?;
+        if rest.is_empty() {
+            self.tx.execute_last(s).await?;
+        } else {
+            s.execute(&mut self.tx).await?;
+            outbox::append_all(&mut self.tx, self.agency, &rest).await?;
+        }
         if !events.is_empty() {
             self.tx.mark_events_appended();
         }
         self.tx.commit().await?;
         Ok(response)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::db::PLATFORM_MIGRATIONS;
+    use touchstone_api::register::v1::Client;
+    use touchstone_crypto::MasterKey;
+
+    fn caller() -> Caller {
+        Caller {
+            subject: "tester".into(),
+            agency: Some("a".into()),
+            agencies: touchstone_auth::AgencyScope::Own,
+            roles: Default::default(),
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Failed {
+        Taken,
+        Begin(String),
+        Db(String),
+    }
+    impl From<BeginError> for Failed {
+        fn from(e: BeginError) -> Self {
+            Failed::Begin(e.to_string())
+        }
+    }
+    impl From<sqlx::Error> for Failed {
+        fn from(e: sqlx::Error) -> Self {
+            Failed::Db(e.to_string())
+        }
+    }
+
+    /// A "new thing" with a chosen id: an audit record whose id is taken
+    /// when used twice (its primary key), so a write can collide.
+    async fn create(
+        db: &Db,
+        keys: &Keyring,
+        thing: &str,
+        request_id: &str,
+        body: &str,
+    ) -> Result<Client, Failed> {
+        let name = format!("agencies/a/things/{thing}");
+        write_new(
+            db,
+            keys,
+            &caller(),
+            "a",
+            "CreateThing",
+            request_id,
+            format!("{thing}/{body}"),
+            |_key, s| {
+                let sql = format!(
+                    "INSERT INTO audit_records (agency, id, actor, action, resource, request_id, time) \
+                     VALUES ({}, {}, 'x', 'Thing', {}, '', 0)",
+                    s.value("a".to_string())?,
+                    s.value(format!("thing-{thing}"))?,
+                    s.value(name.clone())?,
+                );
+                s.push(sql);
+                Ok::<_, Failed>(Written {
+                    resource: name.clone(),
+                    response: Client {
+                        name: name.clone(),
+                        given_names: body.to_string(),
+                        ..Default::default()
+                    },
+                    events: vec![(
+                        name.clone(),
+                        outbox::Pending::new(&prost_types::Timestamp::default()),
+                    )],
+                })
+            },
+            || Failed::Taken,
+        )
+        .await
+    }
+
+    async fn count(db: &Db, sql: &'static str) -> i64 {
+        let mut tx = db.read(Scope::Agency("a")).await.unwrap();
+        let n = sqlx::query_scalar(sql).fetch_one(tx.conn()).await.unwrap();
+        tx.commit().await.unwrap();
+        n
+    }
+
+    /// Both ways of `write_new` (the key not yet cached: claim first; then
+    /// cached: one request) keep AIP-155: a retry gets the first response
+    /// and writes nothing, a reused id with another body is refused, a taken
+    /// name is `taken`, and a failure leaves nothing behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_of_new_rows_are_exactly_once_both_ways() {
+        let t = crate::testing::fresh(&[&PLATFORM_MIGRATIONS]).await;
+        let keys = Keyring::new(MasterKey::generate(), t.db.clone());
+        // Not cached yet: the usual way.
+        let first = create(&t.db, &keys, "1", "r1", "one").await.unwrap();
+        assert_eq!(first.given_names, "one");
+        // Cached from here on (a read caches a committed key).
+        let mut tx = t.db.read(Scope::Agency("a")).await.unwrap();
+        keys.data_key(&mut tx, "a").await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(keys.cached_key("a").is_some());
+        for _ in 0..2 {
+            let second = create(&t.db, &keys, "2", "r2", "two").await.unwrap();
+            assert_eq!(second.given_names, "two");
+            // A retry of either gets its first response.
+            let again = create(&t.db, &keys, "1", "r1", "one").await.unwrap();
+            assert_eq!(again, first);
+        }
+        assert_eq!(
+            create(&t.db, &keys, "3", "r2", "other").await,
+            Err(Failed::Begin(BeginError::RequestIdReused.to_string())),
+            "a request id reused for another request"
+        );
+        assert_eq!(
+            create(&t.db, &keys, "2", "r4", "two again").await,
+            Err(Failed::Taken),
+            "a name taken"
+        );
+        assert_eq!(
+            create(&t.db, &keys, "2", "", "no request id").await,
+            Err(Failed::Taken)
+        );
+        let things = count(
+            &t.db,
+            "SELECT COUNT(*) FROM audit_records WHERE action = 'Thing'",
+        )
+        .await;
+        assert_eq!(things, 2, "each thing written once");
+        let audited = count(
+            &t.db,
+            "SELECT COUNT(*) FROM audit_records WHERE action = 'CreateThing'",
+        )
+        .await;
+        assert_eq!(audited, 2 + 3, "two creations and three replays audited");
+        let events = count(
+            &t.db,
+            "SELECT COUNT(*) FROM events WHERE name LIKE 'agencies/a/things/%'",
+        )
+        .await;
+        assert_eq!(events, 2, "one event per thing");
+        let ids = count(
+            &t.db,
+            "SELECT COUNT(*) FROM idempotency WHERE method = 'CreateThing'",
+        )
+        .await;
+        assert_eq!(ids, 2, "r1 and r2; nothing of the refused calls");
+        let r4 = count(
+            &t.db,
+            "SELECT COUNT(*) FROM idempotency WHERE request_id = 'r4'",
+        )
+        .await;
+        assert_eq!(r4, 0, "a failed change leaves no claim");
     }
 }

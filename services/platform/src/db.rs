@@ -19,6 +19,7 @@
 //! ended, was told OK at its `RELEASE`, and its write was never committed.
 //! [`Db::writable`] tells health whether writes can succeed.
 
+use crate::statements::Statements;
 use sqlx::any::AnyPoolOptions;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Executor};
@@ -105,11 +106,21 @@ impl Scope<'_> {
 /// `value` quoted as an SQL string literal, when it is made only of ASCII
 /// letters, digits and `-`, `_`, `.`, `*` (so that no quoting rule of any
 /// server setting can change its meaning); None otherwise.
-fn plain_literal(value: &str) -> Option<String> {
+pub(crate) fn plain_literal(value: &str) -> Option<String> {
     let plain = value
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*'));
     plain.then(|| format!("'{value}'"))
+}
+
+/// The first statement of a write transaction (see [`Db::write_opening`]):
+/// with its values bound, and, when every value is a plain name or a
+/// number, with them as literals (sent on PostgreSQL in `BEGIN`'s round
+/// trip; a statement with parameters cannot be).
+#[derive(Debug)]
+pub(crate) struct Opening {
+    pub(crate) bound: Statements,
+    pub(crate) literal: Option<String>,
 }
 
 /// Errors opening or migrating a database. Messages name the setting or
@@ -500,12 +511,74 @@ impl Db {
         self.begin(scope, false).await
     }
 
+    /// Starts a write transaction (as [`Db::write`]) whose first statement
+    /// is `first`, sent in the same hand-off to SQLite's thread as the
+    /// transaction's start, or on PostgreSQL in the same round trip as
+    /// `BEGIN` when `first` has a literal form; returns the rows `first`
+    /// changed. A change claims its request id so (see `change::begin`).
+    pub(crate) async fn write_opening(
+        &self,
+        scope: Scope<'_>,
+        first: Opening,
+    ) -> Result<(Tx, u64), sqlx::Error> {
+        if let Some(lock) = &self.inner.writer {
+            let queued = self.inner.stats.queued_writer();
+            let writer = lock.clone().lock_owned().await;
+            drop(queued);
+            return self.begin_sqlite_write(writer, Some(first.bound)).await;
+        }
+        let conn = self.acquire_for_write().await?;
+        let mut tx = Tx::new(conn, self.clone(), true);
+        let begun = match first.literal {
+            Some(literal) => tx.start_then(scope, Some(&literal)).await,
+            None => match tx.start(scope).await {
+                Ok(()) => first.bound.execute(&mut tx).await,
+                Err(e) => Err(e),
+            },
+        };
+        match begun {
+            Ok(changed) => Ok((tx, changed)),
+            Err(e) => {
+                self.note_write(&Err(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// A write transaction that has run `s` (statements that need nothing
+    /// back, see [`Statements`]) as all its work, ready for
+    /// [`Tx::commit`]: on SQLite its start, `s` and its savepoint's release
+    /// are one call on the connection's thread (one hand-off while the
+    /// writer lock is held); on PostgreSQL `s` is one round trip after
+    /// `BEGIN`'s. When `s` fails, nothing of it stays.
+    pub(crate) async fn write_all(
+        &self,
+        scope: Scope<'_>,
+        mut s: Statements,
+    ) -> Result<Tx, sqlx::Error> {
+        if let Some(lock) = &self.inner.writer {
+            let queued = self.inner.stats.queued_writer();
+            let writer = lock.clone().lock_owned().await;
+            drop(queued);
+            s.push("RELEASE SAVEPOINT w".to_string());
+            let (mut tx, _) = self.begin_sqlite_write(writer, Some(s)).await?;
+            tx.released = true;
+            return Ok(tx);
+        }
+        let mut tx = self.begin(scope, true).await?;
+        if let Err(e) = s.execute(&mut tx).await {
+            self.note_write(&Err(&e));
+            return Err(e);
+        }
+        Ok(tx)
+    }
+
     async fn begin(&self, scope: Scope<'_>, write: bool) -> Result<Tx, sqlx::Error> {
         if write && let Some(lock) = &self.inner.writer {
             let queued = self.inner.stats.queued_writer();
             let writer = lock.clone().lock_owned().await;
             drop(queued);
-            return self.begin_sqlite_write(writer).await;
+            return Ok(self.begin_sqlite_write(writer, None).await?.0);
         }
         let conn = match self.inner.acquire().await {
             Ok(conn) => conn,
@@ -531,48 +604,62 @@ impl Db {
 
     /// A SQLite write transaction for the holder of the writer lock: it
     /// joins the group transaction other writers left open for their commit
-    /// (in a savepoint of its own), or begins one.
+    /// (in a savepoint of its own), or begins one; `first`, if any, runs in
+    /// the same call (its changed rows are returned).
     async fn begin_sqlite_write(
         &self,
         mut writer: OwnedMutexGuard<Writer>,
-    ) -> Result<Tx, sqlx::Error> {
-        if let Some(group) = writer.open.take() {
-            let mut tx = Tx::new(group.conn, self.clone(), true);
-            tx.writer = Some(writer);
-            tx.members = Some(group.members);
-            if let Err(e) = tx.conn().execute(sqlx::raw_sql("SAVEPOINT w")).await {
-                // The shared transaction's state is unknown: it is given up,
-                // and every member waiting for it told so.
-                self.note_write(&Err(&e));
-                tx.end(false);
-                return Err(e);
+        first: Option<Statements>,
+    ) -> Result<(Tx, u64), sqlx::Error> {
+        let (mut tx, opening) = match writer.open.take() {
+            Some(group) => {
+                let mut tx = Tx::new(group.conn, self.clone(), true);
+                tx.members = Some(group.members);
+                (tx, "SAVEPOINT w")
             }
-            return Ok(tx);
-        }
-        let conn = match self.inner.acquire().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                self.note_write(&Err(&e));
-                return Err(e);
+            None => {
+                let conn = self.acquire_for_write().await?;
+                let mut tx = Tx::new(conn, self.clone(), true);
+                tx.members = Some(Box::new(Members::new()));
+                // IMMEDIATE: the group holds SQLite's write lock from the
+                // start, so a joiner's first write never meets a snapshot
+                // another process made stale. Its work, too, is in
+                // savepoint `w`, so that its commit checks (by releasing it)
+                // that SQLite has not rolled the transaction back by itself
+                // after an I/O error.
+                (tx, "BEGIN IMMEDIATE; SAVEPOINT w")
             }
         };
-        let mut tx = Tx::new(conn, self.clone(), true);
         tx.writer = Some(writer);
-        tx.members = Some(Box::new(Members::new()));
-        // IMMEDIATE: the group holds SQLite's write lock from the start, so a
-        // joiner's first write never meets a snapshot another process made
-        // stale. Its work, too, is in savepoint `w`, so that its commit checks
-        // (by releasing it) that SQLite has not rolled the transaction back by
-        // itself after an I/O error.
-        let begun = tx
-            .conn()
-            .execute(sqlx::raw_sql("BEGIN IMMEDIATE; SAVEPOINT w"))
-            .await;
-        if let Err(e) = begun {
-            self.note_write(&Err(&e));
-            return Err(e);
+        let begun = match first {
+            Some(first) => first.execute_sqlite_after(opening, tx.conn()).await,
+            None => tx
+                .conn()
+                .execute(sqlx::raw_sql(opening))
+                .await
+                .map(|r| r.rows_affected()),
+        };
+        match begun {
+            Ok(changed) => Ok((tx, changed)),
+            Err(e) => {
+                // Dropping `tx` rolls back to the savepoint if it was made
+                // (a joiner's group goes on), and otherwise finds the
+                // transaction's state unknown: a new group's connection is
+                // closed, a joined group given up and its members told.
+                self.note_write(&Err(&e));
+                Err(e)
+            }
         }
-        Ok(tx)
+    }
+
+    /// A pooled connection for a write; failing to get one is noted as a
+    /// failed write (see [`Db::writable`]).
+    async fn acquire_for_write(&self) -> Result<PoolConnection<Any>, sqlx::Error> {
+        let acquired = self.inner.acquire().await;
+        if let Err(e) = &acquired {
+            self.note_write(&Err(e));
+        }
+        acquired
     }
 
     /// Records how a write ended, for [`Db::writable`].
@@ -615,7 +702,10 @@ impl Db {
         let tx = match &self.inner.writer {
             Some(lock) => {
                 match tokio::time::timeout(PROBE_LOCK_WAIT, lock.clone().lock_owned()).await {
-                    Ok(writer) => self.begin_sqlite_write(writer).await,
+                    Ok(writer) => self
+                        .begin_sqlite_write(writer, None)
+                        .await
+                        .map(|(tx, _)| tx),
                     Err(_) => return !self.writes_failing(),
                 }
             }
@@ -841,6 +931,9 @@ pub struct Tx {
     write: bool,
     /// Opened by [`Db::read_one`] on SQLite: no transaction to end.
     autocommit: bool,
+    /// A SQLite group member whose savepoint was released with its last
+    /// statements (see [`Tx::execute_last`]).
+    released: bool,
     appended_events: bool,
 }
 
@@ -863,6 +956,7 @@ impl Tx {
             db,
             write,
             autocommit: false,
+            released: false,
             appended_events: false,
         }
     }
@@ -990,6 +1084,17 @@ async fn discard(conn: PoolConnection<Any>) {
 
 impl Tx {
     async fn start(&mut self, scope: Scope<'_>) -> Result<(), sqlx::Error> {
+        self.start_then(scope, None).await.map(drop)
+    }
+
+    /// Begins, and on PostgreSQL sends `then` (an SQL statement with its
+    /// values as literals) in the same round trip as `BEGIN` when the
+    /// scope is a plain name; returns the rows `then` changed.
+    async fn start_then(
+        &mut self,
+        scope: Scope<'_>,
+        then: Option<&str>,
+    ) -> Result<u64, sqlx::Error> {
         let backend = self.backend();
         let begin = match self.db.inner.pooler {
             Pooler::None => "BEGIN",
@@ -1002,21 +1107,36 @@ impl Tx {
             // The scope is set in the same round trip as `BEGIN` when it is
             // a plain name (every agency id is); anything else is bound.
             if let Some(literal) = plain_literal(scope.setting()) {
-                let sql =
+                let mut sql =
                     format!("{begin}; SELECT set_config('touchstone.agency', {literal}, true)");
-                conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)))
-                    .await?;
-                return Ok(());
+                if let Some(then) = then {
+                    sql.push_str("; ");
+                    sql.push_str(then);
+                }
+                // The rows changed by the last statement alone.
+                let mut results = conn.execute_many(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)));
+                let mut last = 0;
+                while let Some(result) = futures::StreamExt::next(&mut results).await {
+                    last = result?.rows_affected();
+                }
+                return Ok(if then.is_some() { last } else { 0 });
             }
             conn.execute(sqlx::raw_sql(begin)).await?;
             sqlx::query("SELECT set_config('touchstone.agency', $1, true)")
                 .bind(scope.setting())
                 .execute(&mut *conn)
                 .await?;
-            return Ok(());
+        } else {
+            conn.execute(sqlx::raw_sql(begin)).await?;
         }
-        conn.execute(sqlx::raw_sql(begin)).await?;
-        Ok(())
+        match then {
+            Some(then) => Ok(self
+                .conn()
+                .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(then.to_string())))
+                .await?
+                .rows_affected()),
+            None => Ok(0),
+        }
     }
 
     /// Changes which agency's rows the rest of this transaction sees (on
@@ -1052,6 +1172,27 @@ impl Tx {
     /// Whether it was opened with [`Db::write`].
     pub fn is_write(&self) -> bool {
         self.write
+    }
+
+    /// Sends `s`, the last statements before [`Tx::commit`], as one request
+    /// (see [`Statements`]); a SQLite write in a group releases its
+    /// savepoint in the same call, saving the commit a hand-off to SQLite's
+    /// thread while the writer lock is held.
+    pub(crate) async fn execute_last(&mut self, mut s: Statements) -> Result<u64, sqlx::Error> {
+        if self.members.is_none() {
+            return s.execute(self).await;
+        }
+        s.push("RELEASE SAVEPOINT w".to_string());
+        match s.execute(self).await {
+            Ok(changed) => {
+                self.released = true;
+                Ok(changed)
+            }
+            Err(e) => {
+                self.db.note_write(&Err(&e));
+                Err(e)
+            }
+        }
     }
 
     pub(crate) fn mark_events_appended(&mut self) {
@@ -1106,10 +1247,12 @@ impl Tx {
     async fn commit_in_group(mut self) -> Result<(), sqlx::Error> {
         // Fails if SQLite rolled the transaction back by itself: then the
         // group is given up (see `end`), and nobody is told it committed.
-        if let Err(e) = self
-            .conn()
-            .execute(sqlx::raw_sql("RELEASE SAVEPOINT w"))
-            .await
+        // (Released already if its last statements did so.)
+        if !self.released
+            && let Err(e) = self
+                .conn()
+                .execute(sqlx::raw_sql("RELEASE SAVEPOINT w"))
+                .await
         {
             self.db.note_write(&Err(&e));
             self.end(false);

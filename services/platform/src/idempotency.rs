@@ -3,7 +3,7 @@
 //! committing, so a retry, even one racing the first call, gets the first
 //! response and changes nothing.
 
-use crate::db::Tx;
+use crate::db::{Backend, Opening, Tx, plain_literal};
 use crate::statements::Statements;
 use prost::Message;
 use touchstone_crypto::DataKey;
@@ -46,20 +46,62 @@ pub async fn claim<R: Message + Default>(
     let Some(fingerprint) = fingerprints.first() else {
         return Ok(Claim::Mismatch);
     };
-    // On PostgreSQL a concurrent duplicate blocks here on the primary key
-    // until the first transaction ends, then sees its row.
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency (agency, method, request_id, fingerprint, resource, response, create_time) \
-         VALUES ($1, $2, $3, $4, '', NULL, $5) ON CONFLICT DO NOTHING",
-    )
-    .bind(agency)
-    .bind(method)
-    .bind(request_id)
-    .bind(fingerprint)
-    .bind(crate::times::now_millis())
-    .execute(tx.conn())
-    .await?
-    .rows_affected();
+    let inserted = claim_opening(tx.backend(), agency, method, request_id, fingerprint)?
+        .bound
+        .execute(tx)
+        .await?;
+    resolve(tx, key, agency, method, request_id, fingerprints, inserted).await
+}
+
+/// The statement that claims `request_id` (see [`claim`]), to open a write
+/// transaction with (see `Db::write_opening`). On PostgreSQL a concurrent
+/// duplicate blocks on it, on the primary key, until the first transaction
+/// ends, then sees its row.
+pub(crate) fn claim_opening(
+    backend: Backend,
+    agency: &str,
+    method: &str,
+    request_id: &str,
+    fingerprint: &str,
+) -> Result<Opening, sqlx::Error> {
+    const INSERT: &str = "INSERT INTO idempotency \
+         (agency, method, request_id, fingerprint, resource, response, create_time) VALUES";
+    let now = crate::times::now_millis();
+    let mut bound = Statements::new(backend);
+    let sql = format!(
+        "{INSERT} ({}, {}, {}, {}, '', NULL, {}) ON CONFLICT DO NOTHING",
+        bound.value(agency.to_string())?,
+        bound.value(method.to_string())?,
+        bound.value(request_id.to_string())?,
+        bound.value(fingerprint.to_string())?,
+        bound.value(now)?,
+    );
+    bound.push(sql);
+    let literal = match (
+        plain_literal(agency),
+        plain_literal(method),
+        plain_literal(request_id),
+        plain_literal(fingerprint),
+    ) {
+        (Some(a), Some(m), Some(r), Some(f)) => Some(format!(
+            "{INSERT} ({a}, {m}, {r}, {f}, '', NULL, {now}) ON CONFLICT DO NOTHING"
+        )),
+        _ => None,
+    };
+    Ok(Opening { bound, literal })
+}
+
+/// What a claim found, given the rows its insert changed (1: the request id
+/// was free, and is now this request's).
+pub(crate) async fn resolve<R: Message + Default>(
+    tx: &mut Tx,
+    key: &DataKey,
+    agency: &str,
+    method: &str,
+    request_id: &str,
+    fingerprints: &[String],
+    inserted: u64,
+) -> Result<Claim<R>, sqlx::Error> {
     if inserted == 1 {
         return Ok(Claim::Fresh);
     }
@@ -103,7 +145,7 @@ pub async fn complete<R: Message>(
 ) -> Result<(), sqlx::Error> {
     let mut s = Statements::new(tx.backend());
     push_complete(&mut s, key, agency, method, request_id, resource, response)?;
-    s.execute(tx).await
+    s.execute(tx).await.map(drop)
 }
 
 /// Adds [`complete`]'s statement to `s` (none without a request id).
@@ -131,6 +173,41 @@ pub(crate) fn push_complete<R: Message>(
         s.value(agency.to_string())?,
         s.value(method.to_string())?,
         s.value(request_id.to_string())?,
+    );
+    s.push(sql);
+    Ok(())
+}
+
+/// Adds to `s` the insert of a request id's record complete with its
+/// response, for a change that claims it by this insert alone (see
+/// `change::write_new`): it fails with a unique violation when the id was
+/// claimed before.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn push_record<R: Message>(
+    s: &mut Statements,
+    key: &DataKey,
+    agency: &str,
+    method: &str,
+    request_id: &str,
+    fingerprint: &str,
+    resource: &str,
+    response: &R,
+) -> Result<(), sqlx::Error> {
+    let sealed = key.seal(
+        aad(agency, method, request_id).as_bytes(),
+        &response.encode_to_vec(),
+    );
+    let sql = format!(
+        "INSERT INTO idempotency \
+         (agency, method, request_id, fingerprint, resource, response, create_time) \
+         VALUES ({}, {}, {}, {}, {}, {}, {})",
+        s.value(agency.to_string())?,
+        s.value(method.to_string())?,
+        s.value(request_id.to_string())?,
+        s.value(fingerprint.to_string())?,
+        s.value(resource.to_string())?,
+        s.value(sealed)?,
+        s.value(crate::times::now_millis())?,
     );
     s.push(sql);
     Ok(())

@@ -85,6 +85,12 @@ impl Keyring {
         self.remember(agency, &wrapped, &[])
     }
 
+    /// The data key of `agency` if it is cached: committed, and so the same
+    /// as any transaction would read.
+    pub fn cached_key(&self, agency: &str) -> Option<Arc<DataKey>> {
+        self.cached(agency)
+    }
+
     fn cached(&self, agency: &str) -> Option<Arc<DataKey>> {
         self.cache.read().ok().and_then(|c| c.get(agency).cloned())
     }

@@ -88,16 +88,42 @@ impl Statements {
         }
     }
 
-    /// Sends the statements in `tx`, as one request.
-    pub async fn execute(self, tx: &mut Tx) -> Result<(), sqlx::Error> {
+    /// Sends the statements in `tx`, as one request; returns the rows they
+    /// changed, together.
+    pub async fn execute(self, tx: &mut Tx) -> Result<u64, sqlx::Error> {
         if self.parts.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let sql = self.sql();
-        tx.conn()
+        Ok(tx
+            .conn()
             .execute(sqlx::query_with(sqlx::AssertSqlSafe(sql), self.args))
-            .await?;
-        Ok(())
+            .await?
+            .rows_affected())
+    }
+
+    /// On SQLite: `opening` (statements without parameters, such as
+    /// `SAVEPOINT`), then these statements, in one call on `conn`'s
+    /// thread; returns the rows the last statement changed. (Not summed
+    /// over all: SQLite reports for `BEGIN IMMEDIATE` the rows of the
+    /// connection's previous change.)
+    pub(crate) async fn execute_sqlite_after(
+        self,
+        opening: &str,
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<u64, sqlx::Error> {
+        debug_assert_eq!(self.backend, Backend::Sqlite);
+        let sql = if self.parts.is_empty() {
+            opening.to_string()
+        } else {
+            format!("{opening};\n{}", self.sql())
+        };
+        let mut results = conn.execute_many(sqlx::query_with(sqlx::AssertSqlSafe(sql), self.args));
+        let mut last = 0;
+        while let Some(result) = futures::StreamExt::next(&mut results).await {
+            last = result?.rows_affected();
+        }
+        Ok(last)
     }
 }
 

@@ -336,37 +336,32 @@ impl RegisterService for Register {
             };
             let fields = ClientFields::parse(client, "client")?;
             let id = chosen_id("client_id", &req.client_id)?;
-            let mut change = match self
-                .begin(
-                    &caller,
-                    agency,
-                    "CreateClient",
-                    &req.request_id,
-                    idempotency::fingerprint(&req),
-                )
-                .await?
-            {
-                Begun::Replay(r) => return Ok(r),
-                Begun::Fresh(c) => c,
-            };
-            let record = store::insert_client(
-                &mut change.tx,
-                &change.key,
+            let now = times::now_millis();
+            // Only new rows: the whole change is one request (see
+            // `change::write_new`).
+            change::write_new(
+                &self.db,
+                &self.keys,
+                &caller,
                 agency,
-                &id,
-                &fields,
-                times::now_millis(),
-            )
-            .await?;
-            let name = record.name();
-            change.event(
-                &name,
-                &pb::ClientCreated {
-                    client: name.clone(),
+                "CreateClient",
+                &req.request_id,
+                idempotency::fingerprint(&req),
+                |key, s| {
+                    let record = store::push_insert_client(s, key, agency, &id, &fields, now)?;
+                    let name = record.name();
+                    let event = outbox::Pending::new(&pb::ClientCreated {
+                        client: name.clone(),
+                    });
+                    Ok::<_, Error>(change::Written {
+                        response: client_to_proto(&record, &[]),
+                        events: vec![(name.clone(), event)],
+                        resource: name,
+                    })
                 },
-            );
-            let response = client_to_proto(&record, &[]);
-            Ok(change.finish(&name, response).await?)
+                || Error::AlreadyExists("client"),
+            )
+            .await
         };
         Ok(Response::new(run.await?))
     }

@@ -286,9 +286,11 @@ fn push_lookups(
     Ok(())
 }
 
-/// Inserts a new client; ALREADY_EXISTS when the id is taken.
-pub async fn insert_client(
-    tx: &mut Tx,
+/// Adds the insert of a new client and its lookup digests to `s` (a
+/// change's writes, see `Change::writes`); when the id is taken, `s` fails
+/// with a unique violation (see [`Error::is_unique_violation`]).
+pub fn push_insert_client(
+    s: &mut Statements,
     key: &DataKey,
     agency: &str,
     id: &str,
@@ -298,8 +300,6 @@ pub async fn insert_client(
     let sealed = seal_json(key, &client_aad(agency, id), &fields.personal)?;
     let needs = serde_json::to_string(&fields.accessibility_needs)
         .map_err(|_| Error::Corrupt("accessibility needs"))?;
-    // The client and its lookup digests in one request (see `Statements`).
-    let mut s = Statements::new(tx.backend());
     let sql = format!(
         "INSERT INTO clients (agency, id, kind, preferred_channel, preferred_language, \
          interpreter_needed, accessibility_needs, personal, erased, erase_time, create_time, \
@@ -316,11 +316,7 @@ pub async fn insert_client(
         s.value(now)?,
     );
     s.push(sql);
-    push_lookups(&mut s, key, agency, id, fields)?;
-    match s.execute(tx).await {
-        Err(e) if Error::is_unique_violation(&e) => return Err(Error::AlreadyExists("client")),
-        other => other?,
-    }
+    push_lookups(s, key, agency, id, fields)?;
     Ok(ClientRecord {
         agency: agency.to_string(),
         id: id.to_string(),
