@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::peers::{Linkage, Register};
 use crate::store::{self, FollowUpRecord, Inserted, ResponseRecord, SurveyRecord};
 use futures::{Stream, StreamExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Status, Streaming};
@@ -21,17 +21,20 @@ use touchstone_api::feedback::v1::feedback_service_server::FeedbackService;
 use touchstone_auth::{Caller, Target, authorize};
 use touchstone_crypto::MasterKey;
 use touchstone_list::{ListError, ListParams, ListQuery};
-use touchstone_platform::audit::{self, Access};
+use touchstone_platform::audit::Access;
 use touchstone_platform::change::{self, Begun};
 use touchstone_platform::db::{Db, Scope};
 use touchstone_platform::error::{FieldViolation, Violations};
 use touchstone_platform::idempotency;
 use touchstone_platform::keyring::Keyring;
 use touchstone_platform::outbox;
+use touchstone_platform::statements::Statements;
 use touchstone_platform::{names, times};
 
 /// Rows of an import written per transaction.
 const IMPORT_BATCH: usize = 200;
+/// Checked batches of an import that may wait while one is written.
+const IMPORT_READ_AHEAD: usize = 3;
 
 /// The feedback service.
 #[derive(Debug, Clone)]
@@ -579,7 +582,8 @@ impl Feedback {
             .iter()
             .map(|r| (&r.prepared.record, Some(r.import_key.as_str())))
             .collect();
-        let outcomes = store::insert_responses(&mut tx, &key, &keyed).await?;
+        let mut last = Statements::new(tx.backend());
+        let outcomes = store::insert_responses(&mut tx, &key, &keyed, &mut last).await?;
         let mut results = Vec::with_capacity(rows.len());
         let mut events = Vec::new();
         let mut created = Vec::new();
@@ -623,14 +627,15 @@ impl Feedback {
                 )),
             }
         }
-        audit::record_each(
-            &mut tx,
+        // The scores, audit records and events as one request.
+        change::commit_with(
+            tx,
+            last,
             access(caller, agency, "ImportResponses", ""),
             &created,
+            &store::event_refs(&events),
         )
         .await?;
-        store::append_events(&mut tx, agency, &events).await?;
-        tx.commit().await?;
         Ok(results)
     }
 }
@@ -1018,7 +1023,8 @@ impl FeedbackService for Feedback {
             };
             let prepared = prepare(&survey, input, link, now);
             let key = change.key.clone();
-            match store::insert_response(&mut change.tx, &key, &prepared.record, None).await? {
+            let (tx, writes) = change.tx_and_writes();
+            match store::insert_response(tx, &key, &prepared.record, None, writes).await? {
                 Inserted::Created => {}
                 _ => return Err(Error::AlreadyExists("a response for this transaction")),
             }
@@ -1142,15 +1148,34 @@ impl FeedbackService for Feedback {
         let mut results: Vec<pb::RowResult> = Vec::new();
         let mut batch: Vec<Row> = Vec::new();
         let mut index: i64 = 0;
-        // One batch is written while the next is read and checked: the
-        // write waits mostly on the database (SQLite's thread, or the
-        // server), the checks on this task's CPU. Batches are written in
-        // order, one at a time, so a later batch sees every earlier one.
+        // One batch is written while the next ones are read and checked:
+        // the write waits mostly on the database (SQLite's thread, or the
+        // server), the checks on this task's CPU. Up to `IMPORT_READ_AHEAD`
+        // checked batches wait their turn, so the stream is read on (and
+        // its sender not held up by HTTP/2 flow control) while a batch is
+        // written. Batches are written in order, one at a time, so a later
+        // batch sees every earlier one.
         let mut writing: Option<
             Pin<Box<dyn Future<Output = Result<Vec<pb::RowResult>, Error>> + Send + '_>>,
         > = None;
+        let mut checked: VecDeque<Vec<Row>> = VecDeque::new();
+        let caller = &caller;
         loop {
+            if writing.is_none()
+                && let (Some(rows), Some(a)) = (checked.pop_front(), &agency)
+            {
+                let a = a.clone();
+                writing = Some(Box::pin(
+                    async move { self.write_batch(caller, &a, rows).await },
+                ));
+            }
             let message = match writing.as_mut() {
+                Some(write) if checked.len() >= IMPORT_READ_AHEAD => {
+                    let written = write.await;
+                    writing = None;
+                    results.extend(written?);
+                    continue;
+                }
                 Some(write) => tokio::select! {
                     biased;
                     written = write => {
@@ -1191,7 +1216,7 @@ impl FeedbackService for Feedback {
                 continue;
             }
             match self
-                .import_row(&caller, &mut agency, &mut surveys, index, row)
+                .import_row(caller, &mut agency, &mut surveys, index, row)
                 .await
             {
                 Ok(Ok(row)) => batch.push(row),
@@ -1204,23 +1229,18 @@ impl FeedbackService for Feedback {
                 }
             }
             index += 1;
-            if batch.len() >= IMPORT_BATCH
-                && let Some(a) = &agency
-            {
-                if let Some(previous) = writing.take() {
-                    results.extend(previous.await?);
-                }
-                let (a, rows, caller) = (a.clone(), std::mem::take(&mut batch), &caller);
-                writing = Some(Box::pin(
-                    async move { self.write_batch(caller, &a, rows).await },
-                ));
+            if batch.len() >= IMPORT_BATCH {
+                checked.push_back(std::mem::take(&mut batch));
             }
         }
-        if let Some(previous) = writing.take() {
-            results.extend(previous.await?);
+        checked.push_back(batch);
+        if let Some(write) = writing.take() {
+            results.extend(write.await?);
         }
         if let Some(a) = &agency {
-            results.extend(self.write_batch(&caller, a, batch).await?);
+            for rows in checked {
+                results.extend(self.write_batch(caller, a, rows).await?);
+            }
         }
         results.sort_by_key(|r| r.row);
         let count =

@@ -13,6 +13,7 @@ use touchstone_list::{Field, FieldType, ListQuery, Schema};
 use touchstone_platform::db::{Backend, Tx};
 use touchstone_platform::keycheck::SealedColumn;
 use touchstone_platform::outbox;
+use touchstone_platform::statements::Statements;
 use touchstone_platform::{CHANNELS, list_field as field};
 use touchstone_platform::{list_bind, row_bool};
 
@@ -419,15 +420,17 @@ pub enum Inserted {
     DuplicateTransaction,
 }
 
-/// Inserts a response and its standard-item scores. Never fails on a
-/// duplicate (which would abort a PostgreSQL transaction): reports it.
+/// Inserts a response, and adds the insert of its standard-item scores to
+/// `scores` (see [`insert_responses`]). Never fails on a duplicate (which
+/// would abort a PostgreSQL transaction): reports it.
 pub async fn insert_response(
     tx: &mut Tx,
     key: &DataKey,
     r: &ResponseRecord,
     import_key: Option<&str>,
+    scores: &mut Statements,
 ) -> Result<Inserted, Error> {
-    let mut out = insert_responses(tx, key, &[(r, import_key)]).await?;
+    let mut out = insert_responses(tx, key, &[(r, import_key)], scores).await?;
     out.pop().ok_or(Error::Corrupt("no insert result"))
 }
 
@@ -443,14 +446,17 @@ fn params_per_statement(tx: &Tx) -> usize {
     }
 }
 
-/// Inserts responses of one agency (with their import keys) and their
-/// standard-item scores in as few statements as the parameter limits allow;
-/// reports each row's outcome in order. Duplicates are reported, never
-/// raised (a raised one would abort a PostgreSQL transaction).
+/// Inserts responses of one agency (with their import keys) in as few
+/// statements as the parameter limits allow, and adds the inserts of the
+/// stored ones' standard-item scores to `scores` (sent with the rest of the
+/// change's last writes, see `Statements`); reports each row's outcome in
+/// order. Duplicates are reported, never raised (a raised one would abort a
+/// PostgreSQL transaction).
 pub async fn insert_responses(
     tx: &mut Tx,
     key: &DataKey,
     rows: &[(&ResponseRecord, Option<&str>)],
+    scores: &mut Statements,
 ) -> Result<Vec<Inserted>, Error> {
     const COLUMNS: usize = 18;
     let Some((first, _)) = rows.first() else {
@@ -546,7 +552,7 @@ pub async fn insert_responses(
             existing.insert((survey, import_key), id);
         }
     }
-    let scores: Vec<(&ResponseRecord, i32, i32)> = rows
+    let stored: Vec<(&ResponseRecord, i32, i32)> = rows
         .iter()
         .filter(|(r, _)| inserted.contains(&r.id))
         .flat_map(|(r, _)| {
@@ -556,23 +562,25 @@ pub async fn insert_responses(
                 .filter_map(move |a| a.score.map(|s| (*r, a.item, s)))
         })
         .collect();
-    for chunk in scores.chunks(limit / 6) {
-        let sql = format!(
+    // Chunks of at most 3,000 parameters (see `change::commit_with`).
+    for chunk in stored.chunks(500) {
+        let mut values = Vec::with_capacity(chunk.len());
+        for (r, item, score) in chunk {
+            values.push(format!(
+                "({}, {}, {}, {}, {}, {})",
+                scores.value(r.agency.clone())?,
+                scores.value(r.id.clone())?,
+                scores.value(r.survey_id.clone())?,
+                scores.value(i64::from(*item))?,
+                scores.value(i64::from(*score))?,
+                scores.value(r.submit_time)?,
+            ));
+        }
+        scores.push(format!(
             "INSERT INTO response_scores (agency, response_id, survey_id, item, score, submit_time) \
              VALUES {}",
-            tx.backend().values_list(chunk.len(), 6)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (r, item, score) in chunk {
-            q = q
-                .bind(r.agency.clone())
-                .bind(r.id.clone())
-                .bind(r.survey_id.clone())
-                .bind(i64::from(*item))
-                .bind(i64::from(*score))
-                .bind(r.submit_time);
-        }
-        q.execute(tx.conn()).await?;
+            values.join(", ")
+        ));
     }
     Ok(rows
         .iter()
@@ -731,6 +739,14 @@ impl BatchEvent {
             pending: outbox::Pending::new(payload),
         }
     }
+}
+
+/// A batch's events as (name, payload) pairs.
+pub fn event_refs(events: &[BatchEvent]) -> Vec<(&str, &outbox::Pending)> {
+    events
+        .iter()
+        .map(|e| (e.name.as_str(), &e.pending))
+        .collect()
 }
 
 /// Appends a batch's events, in as few statements as possible.

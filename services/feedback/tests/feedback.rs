@@ -1737,12 +1737,15 @@ async fn import_reports_bad_rows_and_a_retried_stream_adds_nothing() {
         .into_inner();
     assert_eq!((twice.created, twice.already_imported), (1, 1));
     assert_eq!(twice.results[1].response, twice.results[0].response);
-    let many: Vec<pb::ImportResponsesRequest> = (0..450)
+    // More batches than are written and checked ahead at once (one written,
+    // three waiting), so the stream is also read while every turn is taken.
+    const BULK: i64 = 1_250;
+    let many: Vec<pb::ImportResponsesRequest> = (0..BULK)
         .map(|i| {
             row(
                 &format!("bulk-{i}"),
                 &survey.name,
-                vec![score("agree", i % 5 + 1)],
+                vec![score("agree", (i % 5 + 1) as i32)],
                 "",
             )
         })
@@ -1752,15 +1755,15 @@ async fn import_reports_bad_rows_and_a_retried_stream_adds_nothing() {
         .await
         .expect("bulk")
         .into_inner();
-    assert_eq!((bulk.created, bulk.rejected), (450, 0));
+    assert_eq!((bulk.created, bulk.rejected), (BULK, 0));
     let rows: Vec<i64> = bulk.results.iter().map(|r| r.row).collect();
-    assert_eq!(rows, (0..450).collect::<Vec<i64>>());
+    assert_eq!(rows, (0..BULK).collect::<Vec<i64>>());
     let again = c
         .import_responses(req(tokio_stream::iter(many), &intake))
         .await
         .expect("bulk again")
         .into_inner();
-    assert_eq!((again.created, again.already_imported), (0, 450));
+    assert_eq!((again.created, again.already_imported), (0, BULK));
     let mut tx = h
         .store
         .db
@@ -1771,13 +1774,29 @@ async fn import_reports_bad_rows_and_a_retried_stream_adds_nothing() {
         .fetch_one(tx.conn())
         .await
         .expect("count");
-    assert_eq!(stored, 3 + 1 + 450);
+    assert_eq!(stored, 3 + 1 + BULK);
     let scores: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM response_scores WHERE agency = 'dia'")
             .fetch_one(tx.conn())
             .await
             .expect("count");
-    assert_eq!(scores, 3 + 1 + 450);
+    assert_eq!(scores, 3 + 1 + BULK);
+    // Each stored row (all were imported) has its event and its audit
+    // record, written with it.
+    let events: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM events WHERE agency = 'dia' AND type LIKE '%ResponseSubmitted'",
+    )
+    .fetch_one(tx.conn())
+    .await
+    .expect("count");
+    assert_eq!(events, 3 + 1 + BULK);
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_records WHERE agency = 'dia' AND action = 'ImportResponses'",
+    )
+    .fetch_one(tx.conn())
+    .await
+    .expect("count");
+    assert_eq!(audited, 3 + 1 + BULK, "every imported row");
     drop(tx);
 
     // Analysts may not import; rows for another agency are refused.

@@ -166,10 +166,14 @@ pub async fn record_each<S: AsRef<str>>(
     insert(tx, &rows).await
 }
 
-/// Inserts audit records (each with its time), 500 to a statement: seven
-/// parameters a row stays far below SQLite's and PostgreSQL's limits.
+/// Audit records in one `INSERT`: seven parameters a row stays far below
+/// SQLite's and PostgreSQL's limits.
+pub(crate) const INSERT_ROWS: usize = 500;
+
+/// Inserts audit records (each with its time), [`INSERT_ROWS`] to a
+/// statement.
 async fn insert(tx: &mut Tx, rows: &[(Access<'_>, i64)]) -> Result<(), sqlx::Error> {
-    for chunk in rows.chunks(500) {
+    for chunk in rows.chunks(INSERT_ROWS) {
         let mut s = Statements::new(tx.backend());
         push_insert(&mut s, chunk)?;
         s.execute(tx).await?;

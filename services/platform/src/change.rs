@@ -271,7 +271,64 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
         .is_some_and(|d| d.is_unique_violation())
 }
 
+/// Most values bound in one request of [`commit_with`] before the next part
+/// goes in a request of its own (PostgreSQL allows 65,535 to a statement,
+/// and a part binds at most 3,500).
+const MOST_BOUND: usize = 30_000;
+
+/// Ends a write transaction of a batch (an import): sends `s`, the audit
+/// records of `resources` and `events` as one request where the databases'
+/// limits allow (on SQLite with the savepoint's release, see
+/// [`Tx::execute_last`]), then commits.
+pub async fn commit_with<S: AsRef<str>>(
+    mut tx: Tx,
+    mut s: Statements,
+    template: Access<'_>,
+    resources: &[S],
+    events: &[(&str, &outbox::Pending)],
+) -> Result<(), sqlx::Error> {
+    let time = crate::times::now_millis();
+    let backend = tx.backend();
+    let room = async |s: &mut Statements, tx: &mut Tx| {
+        if s.bound() > MOST_BOUND {
+            std::mem::replace(s, Statements::new(backend))
+                .execute(tx)
+                .await?;
+        }
+        Ok::<_, sqlx::Error>(())
+    };
+    for chunk in resources.chunks(audit::INSERT_ROWS) {
+        room(&mut s, &mut tx).await?;
+        let rows: Vec<(Access<'_>, i64)> = chunk
+            .iter()
+            .map(|r| {
+                let access = Access {
+                    resource: r.as_ref(),
+                    ..template
+                };
+                (access, time)
+            })
+            .collect();
+        audit::push_insert(&mut s, &rows)?;
+    }
+    for chunk in events.chunks(outbox::APPEND_ROWS) {
+        room(&mut s, &mut tx).await?;
+        outbox::push_append(&mut s, template.agency, chunk)?;
+    }
+    tx.execute_last(s).await?;
+    if !events.is_empty() {
+        tx.mark_events_appended();
+    }
+    tx.commit().await
+}
+
 impl Change<'_> {
+    /// The change's transaction and its writes (see [`Change::writes`]),
+    /// for a store function that runs statements and adds writes.
+    pub fn tx_and_writes(&mut self) -> (&mut Tx, &mut Statements) {
+        (&mut self.tx, &mut self.writes)
+    }
+
     /// The agency the change is in.
     pub fn agency(&self) -> &str {
         self.agency

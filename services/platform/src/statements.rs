@@ -61,6 +61,11 @@ impl Statements {
         self.parts.push(sql);
     }
 
+    /// How many values are bound so far.
+    pub fn bound(&self) -> usize {
+        self.bound
+    }
+
     /// Whether no statement was pushed.
     pub fn is_empty(&self) -> bool {
         self.parts.is_empty()

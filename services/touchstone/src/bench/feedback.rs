@@ -57,6 +57,7 @@ CREATE TABLE bench_raw_responses (
     UNIQUE (agency, survey_id, import_key));
 CREATE INDEX bench_raw_responses_by_survey ON bench_raw_responses (agency, survey_id, create_time, id);
 CREATE INDEX bench_raw_responses_by_client ON bench_raw_responses (agency, client_id);
+CREATE INDEX bench_raw_responses_by_submit_time ON bench_raw_responses (agency, submit_time, id);
 CREATE TABLE bench_raw_scores (
     agency TEXT NOT NULL, response_id TEXT NOT NULL, survey_id TEXT NOT NULL,
     item BIGINT NOT NULL, score BIGINT NOT NULL, submit_time BIGINT NOT NULL,
