@@ -1162,7 +1162,8 @@ impl FeedbackService for Feedback {
         let caller = &caller;
         loop {
             if writing.is_none()
-                && let (Some(rows), Some(a)) = (checked.pop_front(), &agency)
+                && let Some(a) = &agency
+                && let Some(rows) = checked.pop_front()
             {
                 let a = a.clone();
                 writing = Some(Box::pin(

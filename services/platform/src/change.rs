@@ -92,7 +92,7 @@ pub async fn begin<'a, R: prost::Message + Default + Named>(
     fingerprint: String,
 ) -> Result<Begun<'a, R>, BeginError> {
     check_request_id(request_id).map_err(BeginError::BadRequestId)?;
-    let (mut tx, key, claim) = match keys.cached_key(agency) {
+    let (mut tx, key, claim) = match keys.cached_key_on(db, agency) {
         // The usual case: the agency's key is known (committed, so the same
         // as the transaction would read), and the request id is claimed by
         // the transaction's first statement, sent with its start.
@@ -202,7 +202,7 @@ where
     E: From<BeginError> + From<sqlx::Error>,
 {
     check_request_id(request_id).map_err(BeginError::BadRequestId)?;
-    if let Some(key) = keys.cached_key(agency) {
+    if let Some(key) = keys.cached_key_on(db, agency) {
         let mut s = Statements::new(db.backend());
         let written = build(&key, &mut s)?;
         let fingerprints = key.blind_indexes("request-fingerprint", &fingerprint);
@@ -237,14 +237,9 @@ where
                     .collect();
                 outbox::push_append(&mut s, agency, &events)?;
             }
-            match db.write_all(Scope::Agency(agency), s).await {
-                Ok(mut tx) => {
-                    if !written.events.is_empty() {
-                        tx.mark_events_appended();
-                    }
-                    tx.commit().await?;
-                    return Ok(written.response);
-                }
+            let appended = !written.events.is_empty();
+            match db.commit_all(Scope::Agency(agency), s, appended).await {
+                Ok(()) => return Ok(written.response),
                 Err(e) if is_unique_violation(&e) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -279,7 +274,7 @@ const MOST_BOUND: usize = 30_000;
 /// Ends a write transaction of a batch (an import): sends `s`, the audit
 /// records of `resources` and `events` as one request where the databases'
 /// limits allow (on SQLite with the savepoint's release, see
-/// [`Tx::execute_last`]), then commits.
+/// [`Tx::commit_after`]), then commits.
 pub async fn commit_with<S: AsRef<str>>(
     mut tx: Tx,
     mut s: Statements,
@@ -315,11 +310,10 @@ pub async fn commit_with<S: AsRef<str>>(
         room(&mut s, &mut tx).await?;
         outbox::push_append(&mut s, template.agency, chunk)?;
     }
-    tx.execute_last(s).await?;
     if !events.is_empty() {
         tx.mark_events_appended();
     }
-    tx.commit().await
+    tx.commit_after(s).await
 }
 
 impl Change<'_> {
@@ -394,16 +388,16 @@ impl Change<'_> {
         // A change with more events than one statement holds appends the
         // rest after (rare: most changes have one or two).
         let rest: Vec<(&str, &outbox::Pending)> = chunks.flatten().copied().collect();
-        if rest.is_empty() {
-            self.tx.execute_last(s).await?;
-        } else {
-            s.execute(&mut self.tx).await?;
-            outbox::append_all(&mut self.tx, self.agency, &rest).await?;
-        }
         if !events.is_empty() {
             self.tx.mark_events_appended();
         }
-        self.tx.commit().await?;
+        if rest.is_empty() {
+            self.tx.commit_after(s).await?;
+        } else {
+            s.execute(&mut self.tx).await?;
+            outbox::append_all(&mut self.tx, self.agency, &rest).await?;
+            self.tx.commit().await?;
+        }
         Ok(response)
     }
 }
@@ -509,7 +503,7 @@ mod tests {
         let mut tx = t.db.read(Scope::Agency("a")).await.unwrap();
         keys.data_key(&mut tx, "a").await.unwrap();
         tx.commit().await.unwrap();
-        assert!(keys.cached_key("a").is_some());
+        assert!(keys.cached_key_on(&t.db, "a").is_some());
         for _ in 0..2 {
             let second = create(&t.db, &keys, "2", "r2", "two").await.unwrap();
             assert_eq!(second.given_names, "two");

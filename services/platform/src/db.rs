@@ -452,6 +452,12 @@ impl Db {
         batch.record(template, resources).await
     }
 
+    /// Whether `other` is this database (the same pool, not merely the same
+    /// URL).
+    pub fn is_same(&self, other: &Db) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Names this database (the service that owns it, e.g. `register`):
     /// its pool appears in the process's metrics under that name
     /// (`db_client_connection_pool_name`), and its change-feed consumers
@@ -545,32 +551,45 @@ impl Db {
         }
     }
 
-    /// A write transaction that has run `s` (statements that need nothing
-    /// back, see [`Statements`]) as all its work, ready for
-    /// [`Tx::commit`]: on SQLite its start, `s` and its savepoint's release
-    /// are one call on the connection's thread (one hand-off while the
-    /// writer lock is held); on PostgreSQL `s` is one round trip after
-    /// `BEGIN`'s. When `s` fails, nothing of it stays.
-    pub(crate) async fn write_all(
+    /// A write transaction whose whole work is `s` (statements that need
+    /// nothing back, see [`Statements`]), committed: on SQLite its start,
+    /// `s` and its savepoint's release are one call on the connection's
+    /// thread (one hand-off while the writer lock is held); on PostgreSQL
+    /// `s` is one round trip after `BEGIN`'s. `appended_events` says whether
+    /// `s` appends outbox events (watchers are woken after the commit). When
+    /// `s` fails, nothing of it stays. On SQLite it runs in a task of its
+    /// own, like a group's commit (see [`Tx::commit`]): a caller that stops
+    /// waiting cannot cut it short between the release and the commit,
+    /// which would undo the whole group.
+    pub(crate) async fn commit_all(
         &self,
         scope: Scope<'_>,
         mut s: Statements,
-    ) -> Result<Tx, sqlx::Error> {
-        if let Some(lock) = &self.inner.writer {
-            let queued = self.inner.stats.queued_writer();
-            let writer = lock.clone().lock_owned().await;
-            drop(queued);
-            s.push("RELEASE SAVEPOINT w".to_string());
-            let (mut tx, _) = self.begin_sqlite_write(writer, Some(s)).await?;
-            tx.released = true;
-            return Ok(tx);
+        appended_events: bool,
+    ) -> Result<(), sqlx::Error> {
+        if let Some(lock) = self.inner.writer.clone() {
+            let db = self.clone();
+            let task = async move {
+                let queued = db.inner.stats.queued_writer();
+                let writer = lock.lock_owned().await;
+                drop(queued);
+                s.push("RELEASE SAVEPOINT w".to_string());
+                let (mut tx, _) = db.begin_sqlite_write(writer, Some(s)).await?;
+                tx.released = true;
+                tx.appended_events = appended_events;
+                tx.commit_in_group().await
+            };
+            return tokio::spawn(task)
+                .await
+                .unwrap_or_else(|e| Err(task_failed(e)));
         }
         let mut tx = self.begin(scope, true).await?;
         if let Err(e) = s.execute(&mut tx).await {
             self.note_write(&Err(&e));
             return Err(e);
         }
-        Ok(tx)
+        tx.appended_events = appended_events;
+        tx.commit().await
     }
 
     async fn begin(&self, scope: Scope<'_>, write: bool) -> Result<Tx, sqlx::Error> {
@@ -1074,6 +1093,13 @@ fn group_outcome(told: Option<Result<(), String>>) -> Result<(), sqlx::Error> {
     }
 }
 
+/// A commit task that panicked or was cancelled (the runtime shutting down).
+fn task_failed(e: tokio::task::JoinError) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::other(format!(
+        "the group commit task failed: {e}"
+    )))
+}
+
 /// Closes a connection whose state is unknown instead of returning it to the
 /// pool, which opens a fresh one when it next needs one.
 async fn discard(conn: PoolConnection<Any>) {
@@ -1174,25 +1200,30 @@ impl Tx {
         self.write
     }
 
-    /// Sends `s`, the last statements before [`Tx::commit`], as one request
-    /// (see [`Statements`]); a SQLite write in a group releases its
-    /// savepoint in the same call, saving the commit a hand-off to SQLite's
-    /// thread while the writer lock is held.
-    pub(crate) async fn execute_last(&mut self, mut s: Statements) -> Result<u64, sqlx::Error> {
+    /// Sends `s` (the last statements, see [`Statements`]) as one request,
+    /// then commits ([`Tx::commit`]). A SQLite write in a group releases its
+    /// savepoint in the same call, saving a hand-off to SQLite's thread
+    /// while the writer lock is held; both run in a task of their own, as
+    /// the group's commit does: a caller that stopped waiting after the
+    /// release but before the commit would otherwise roll back to a
+    /// savepoint already released, and so give up the whole group.
+    pub(crate) async fn commit_after(mut self, mut s: Statements) -> Result<(), sqlx::Error> {
         if self.members.is_none() {
-            return s.execute(self).await;
+            s.execute(&mut self).await?;
+            return self.commit().await;
         }
-        s.push("RELEASE SAVEPOINT w".to_string());
-        match s.execute(self).await {
-            Ok(changed) => {
-                self.released = true;
-                Ok(changed)
-            }
-            Err(e) => {
+        let task = async move {
+            s.push("RELEASE SAVEPOINT w".to_string());
+            if let Err(e) = s.execute(&mut self).await {
                 self.db.note_write(&Err(&e));
-                Err(e)
+                return Err(e);
             }
-        }
+            self.released = true;
+            self.commit_in_group().await
+        };
+        tokio::spawn(task)
+            .await
+            .unwrap_or_else(|e| Err(task_failed(e)))
     }
 
     pub(crate) fn mark_events_appended(&mut self) {
@@ -1218,11 +1249,7 @@ impl Tx {
             // commit short and make the whole group roll back.
             return tokio::spawn(self.commit_in_group())
                 .await
-                .unwrap_or_else(|e| {
-                    Err(sqlx::Error::Io(std::io::Error::other(format!(
-                        "the group commit task failed: {e}"
-                    ))))
-                });
+                .unwrap_or_else(|e| Err(task_failed(e)));
         }
         if self.autocommit {
             drop(self.conn.take());
@@ -1466,6 +1493,7 @@ fn quote_ident(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::future::BoxFuture;
 
     #[test]
     fn sqlite_paths() {
@@ -1633,41 +1661,19 @@ mod tests {
     /// in the caller's future; dropped there, the rollback that followed
     /// found no savepoint and gave the whole group up.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::async_yields_async)] // the commit future is polled by hand
     async fn a_member_that_stops_waiting_does_not_undo_its_group() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let (db, _) = table_t(&dir, "cancelled", 4).await;
-        let stats = &db.inner.stats;
-        let mut first = db.write(Scope::AllAgencies).await.expect("begin");
-        sqlx::query("INSERT INTO t (id) VALUES (0)")
-            .execute(first.conn())
-            .await
-            .expect("insert 0");
-        let impatient = {
-            let db = db.clone();
-            tokio::spawn(async move {
-                let mut tx = db.write(Scope::AllAgencies).await.expect("begin");
+        group_with_an_impatient_member("cancelled", |mut tx| {
+            Box::pin(async move {
                 sqlx::query("INSERT INTO t (id) VALUES (1)")
                     .execute(tx.conn())
                     .await
                     .expect("insert 1");
-                let mut commit = Box::pin(tx.commit());
-                let _ = futures_poll_once(commit.as_mut()).await;
-                drop(commit);
+                let commit: BoxFuture<'static, _> = Box::pin(tx.commit());
+                commit
             })
-        };
-        while stats.writers_queued.load(Ordering::Relaxed) < 1 {
-            tokio::task::yield_now().await;
-        }
-        let first = tokio::spawn(first.commit());
-        impatient.await.expect("the impatient writer");
-        first
-            .await
-            .expect("the first writer")
-            .expect("the first write commits although a member gave up waiting");
-        while count(&db).await.expect("count") < 2 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(count(&db).await.expect("count"), 2);
+        })
+        .await;
     }
 
     /// Many writers at once, round after round: every one is answered and
@@ -1722,6 +1728,66 @@ mod tests {
     }
 
     /// A SQLite database in `dir` with a table `t (id)`, and its URL.
+    /// A member whose caller stops waiting while its last statements (and
+    /// its savepoint's release, sent with them) run must not undo its
+    /// group: rolled back to a savepoint already released, the group would
+    /// be given up and its other members told their writes failed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::async_yields_async)] // the commit future is polled by hand
+    async fn a_member_cancelled_with_its_last_statements_does_not_undo_its_group() {
+        group_with_an_impatient_member("cancelled_last", |tx| {
+            Box::pin(async move {
+                let mut s = Statements::new(Backend::Sqlite);
+                let v = s.value(1_i64).expect("bind");
+                s.push(format!("INSERT INTO t (id) VALUES ({v})"));
+                let commit: BoxFuture<'static, _> = Box::pin(tx.commit_after(s));
+                commit
+            })
+        })
+        .await;
+    }
+
+    /// Writer 0 leaves a group open for its commit; writer 1 joins it, and
+    /// `last` writes row 1 and gives the future that commits it, which is
+    /// polled once and dropped (its caller gave up). Both rows must commit.
+    async fn group_with_an_impatient_member(
+        name: &str,
+        last: impl FnOnce(Tx) -> BoxFuture<'static, BoxFuture<'static, Result<(), sqlx::Error>>>
+        + Send
+        + 'static,
+    ) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (db, _) = table_t(&dir, name, 4).await;
+        let stats = &db.inner.stats;
+        let mut first = db.write(Scope::AllAgencies).await.expect("begin");
+        sqlx::query("INSERT INTO t (id) VALUES (0)")
+            .execute(first.conn())
+            .await
+            .expect("insert 0");
+        let impatient = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let tx = db.write(Scope::AllAgencies).await.expect("begin");
+                let mut commit = last(tx).await;
+                let _ = futures_poll_once(commit.as_mut()).await;
+                drop(commit);
+            })
+        };
+        while stats.writers_queued.load(Ordering::Relaxed) < 1 {
+            tokio::task::yield_now().await;
+        }
+        let first = tokio::spawn(first.commit());
+        impatient.await.expect("the impatient writer");
+        first
+            .await
+            .expect("the first writer")
+            .expect("the first write commits although a member gave up waiting");
+        while count(&db).await.expect("count") < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(count(&db).await.expect("count"), 2);
+    }
+
     async fn table_t(dir: &tempfile::TempDir, name: &str, pool: u32) -> (Db, String) {
         let url = sqlite_url(&dir.path().join(format!("{name}.db")));
         let db = Db::connect(&url, pool).await.expect("open");

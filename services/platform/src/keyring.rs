@@ -11,7 +11,7 @@
 //! a shared cache once let one service seal with a key stored only in
 //! another's database.
 
-use crate::db::{Db, Scope, Tx};
+use crate::db::{Backend, Db, Scope, Tx};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use touchstone_crypto::{DataKey, MasterKey};
@@ -68,9 +68,21 @@ impl Keyring {
             return Ok(key);
         }
         if let Some(wrapped) = stored(tx, agency).await? {
-            // Visible to `tx` and not inserted by it (an insert below is
-            // never cached): committed, so safe to cache.
             let older = stored_older(tx, agency).await?;
+            // Visible to `tx` and not inserted by it (an insert below is
+            // never cached): committed, so safe to cache; except in a
+            // SQLite write, which may share its group's transaction with a
+            // writer that inserted the key and has not committed yet (and
+            // whose group may yet fail to): cached only once a read sees it.
+            if tx.is_write() && tx.backend() == Backend::Sqlite {
+                let key = Arc::new(self.unwrap_all(agency, &wrapped, &older)?);
+                if self.committed(agency, &wrapped).await
+                    && let Ok(mut cache) = self.cache.write()
+                {
+                    cache.insert(agency.to_string(), key.clone());
+                }
+                return Ok(key);
+            }
             return self.remember(agency, &wrapped, &older);
         }
         if tx.is_write() {
@@ -85,9 +97,12 @@ impl Keyring {
         self.remember(agency, &wrapped, &[])
     }
 
-    /// The data key of `agency` if it is cached: committed, and so the same
-    /// as any transaction would read.
-    pub fn cached_key(&self, agency: &str) -> Option<Arc<DataKey>> {
+    /// The data key of `agency` if it is cached (committed, and so the same
+    /// as any transaction would read) and `db` is this keyring's database.
+    pub fn cached_key_on(&self, db: &Db, agency: &str) -> Option<Arc<DataKey>> {
+        if !self.db.is_same(db) {
+            return None;
+        }
         self.cached(agency)
     }
 
@@ -99,17 +114,43 @@ impl Keyring {
         DataKey::unwrap(&self.master, agency, wrapped).map_err(|_| KeyError::Unwrap)
     }
 
+    /// Whether `wrapped` is the committed key of `agency`, as a read of its
+    /// own sees (at most a second's wait for a connection; no answer is
+    /// taken as no).
+    async fn committed(&self, agency: &str, wrapped: &[u8]) -> bool {
+        let read = async {
+            let mut tx = self.db.read(Scope::Agency(agency)).await?;
+            let seen = stored(&mut tx, agency).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(seen)
+        };
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(1), read).await,
+            Ok(Ok(Some(seen))) if seen == wrapped
+        )
+    }
+
+    /// The key and its older keys, unwrapped.
+    fn unwrap_all(
+        &self,
+        agency: &str,
+        wrapped: &[u8],
+        older: &[Vec<u8>],
+    ) -> Result<DataKey, KeyError> {
+        let older = older
+            .iter()
+            .map(|w| self.unwrap(agency, w))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.unwrap(agency, wrapped)?.with_older(older))
+    }
+
     fn remember(
         &self,
         agency: &str,
         wrapped: &[u8],
         older: &[Vec<u8>],
     ) -> Result<Arc<DataKey>, KeyError> {
-        let older = older
-            .iter()
-            .map(|w| self.unwrap(agency, w))
-            .collect::<Result<Vec<_>, _>>()?;
-        let key = Arc::new(self.unwrap(agency, wrapped)?.with_older(older));
+        let key = Arc::new(self.unwrap_all(agency, wrapped, older)?);
         if let Ok(mut cache) = self.cache.write() {
             cache.insert(agency.to_string(), key.clone());
         }
