@@ -160,7 +160,7 @@ pub enum DbError {
 /// A connection pool plus what the service needs around it.
 #[derive(Clone, Debug)]
 pub struct Db {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]

@@ -194,3 +194,56 @@ async fn create(tx: &mut Tx, master: &MasterKey, agency: &str) -> Result<Vec<u8>
         .fetch_one(tx.conn())
         .await
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::db::{PLATFORM_MIGRATIONS, sqlite_url};
+    use std::sync::atomic::Ordering;
+
+    /// On SQLite a write that joins a group shares its transaction with
+    /// earlier members: it can see a key a member created that is not
+    /// committed (and whose group may fail). Such a key is used but not
+    /// cached; once committed, a later transaction caches it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_seen_before_its_group_commits_is_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&sqlite_url(&dir.path().join("k.db")), 4)
+            .await
+            .unwrap();
+        db.migrate(&[&PLATFORM_MIGRATIONS], None).await.unwrap();
+        let keys = Arc::new(Keyring::new(MasterKey::generate(), db.clone()));
+        let mut creator = db.write(Scope::Agency("a")).await.unwrap();
+        let created = keys.data_key(&mut creator, "a").await.unwrap();
+        let joiner = {
+            let (db, keys) = (db.clone(), keys.clone());
+            tokio::spawn(async move {
+                // Queued behind the creator: joins its group once the
+                // creator has released its part, before the group commits.
+                let mut tx = db.write(Scope::Agency("a")).await.unwrap();
+                let seen = keys.data_key(&mut tx, "a").await.unwrap();
+                let cached = keys.cached_key_on(&db, "a").is_some();
+                tx.commit().await.unwrap();
+                (seen, cached)
+            })
+        };
+        while db.inner.stats.writers_queued.load(Ordering::Relaxed) < 1 {
+            tokio::task::yield_now().await;
+        }
+        let committed = tokio::spawn(creator.commit());
+        let (seen, cached) = joiner.await.unwrap();
+        committed.await.unwrap().unwrap();
+        let text = b"sealed by the creator";
+        let sealed = created.seal(b"aad", text);
+        assert_eq!(seen.open(b"aad", &sealed).unwrap(), text, "the same key");
+        assert!(!cached, "not cached while its group had not committed");
+        let mut tx = db.read(Scope::Agency("a")).await.unwrap();
+        keys.data_key(&mut tx, "a").await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(
+            keys.cached_key_on(&db, "a").is_some(),
+            "cached once committed"
+        );
+    }
+}
