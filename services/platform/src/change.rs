@@ -488,6 +488,35 @@ mod tests {
         n
     }
 
+    /// A request id that is not a plain name (quotes, semicolons, spaces)
+    /// is never written into SQL: on the way where the claim rides with
+    /// `BEGIN` it is bound instead, and it still replays exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_id_that_is_not_a_plain_name_is_bound() {
+        let t = crate::testing::fresh(&[&PLATFORM_MIGRATIONS]).await;
+        let keys = Keyring::new(MasterKey::generate(), t.db.clone());
+        let odd = "r'); DELETE FROM audit_records; --";
+        assert!(crate::db::plain_literal(odd).is_none());
+        create(&t.db, &keys, "0", "r0", "zero").await.unwrap();
+        let mut tx = t.db.read(Scope::Agency("a")).await.unwrap();
+        keys.data_key(&mut tx, "a").await.unwrap();
+        tx.commit().await.unwrap();
+        let first = create(&t.db, &keys, "1", odd, "one").await.unwrap();
+        let again = create(&t.db, &keys, "1", odd, "one").await.unwrap();
+        assert_eq!(again, first);
+        // A change that claims first (the thing is taken) with the same id.
+        assert_eq!(
+            create(&t.db, &keys, "0", odd, "other").await,
+            Err(Failed::Begin(BeginError::RequestIdReused.to_string()))
+        );
+        let things = count(
+            &t.db,
+            "SELECT COUNT(*) FROM audit_records WHERE action = 'Thing'",
+        )
+        .await;
+        assert_eq!(things, 2, "nothing deleted, each thing once");
+    }
+
     /// Both ways of `write_new` (the key not yet cached: claim first; then
     /// cached: one request) keep AIP-155: a retry gets the first response
     /// and writes nothing, a reused id with another body is refused, a taken

@@ -528,9 +528,7 @@ impl Db {
         first: Opening,
     ) -> Result<(Tx, u64), sqlx::Error> {
         if let Some(lock) = &self.inner.writer {
-            let queued = self.inner.stats.queued_writer();
-            let writer = lock.clone().lock_owned().await;
-            drop(queued);
+            let writer = self.take_writer(lock.clone()).await;
             return self.begin_sqlite_write(writer, Some(first.bound)).await;
         }
         let conn = self.acquire_for_write().await?;
@@ -570,9 +568,7 @@ impl Db {
         if let Some(lock) = self.inner.writer.clone() {
             let db = self.clone();
             let task = async move {
-                let queued = db.inner.stats.queued_writer();
-                let writer = lock.lock_owned().await;
-                drop(queued);
+                let writer = db.take_writer(lock).await;
                 s.push("RELEASE SAVEPOINT w".to_string());
                 let (mut tx, _) = db.begin_sqlite_write(writer, Some(s)).await?;
                 tx.released = true;
@@ -594,9 +590,7 @@ impl Db {
 
     async fn begin(&self, scope: Scope<'_>, write: bool) -> Result<Tx, sqlx::Error> {
         if write && let Some(lock) = &self.inner.writer {
-            let queued = self.inner.stats.queued_writer();
-            let writer = lock.clone().lock_owned().await;
-            drop(queued);
+            let writer = self.take_writer(lock.clone()).await;
             return Ok(self.begin_sqlite_write(writer, None).await?.0);
         }
         let conn = match self.inner.acquire().await {
@@ -669,6 +663,14 @@ impl Db {
                 Err(e)
             }
         }
+    }
+
+    /// SQLite's writer lock, counted as queued while it is waited for.
+    async fn take_writer(&self, lock: Arc<Mutex<Writer>>) -> OwnedMutexGuard<Writer> {
+        let queued = self.inner.stats.queued_writer();
+        let writer = lock.lock_owned().await;
+        drop(queued);
+        writer
     }
 
     /// A pooled connection for a write; failing to get one is noted as a
@@ -951,7 +953,7 @@ pub struct Tx {
     /// Opened by [`Db::read_one`] on SQLite: no transaction to end.
     autocommit: bool,
     /// A SQLite group member whose savepoint was released with its last
-    /// statements (see [`Tx::execute_last`]).
+    /// statements (see [`Tx::commit_after`]).
     released: bool,
     appended_events: bool,
 }
@@ -1192,7 +1194,7 @@ impl Tx {
     /// Whether this transaction runs on `db` (the same pool, not merely the
     /// same URL).
     pub fn is_on(&self, db: &Db) -> bool {
-        Arc::ptr_eq(&self.db.inner, &db.inner)
+        self.db.is_same(db)
     }
 
     /// Whether it was opened with [`Db::write`].
