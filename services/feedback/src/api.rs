@@ -453,6 +453,26 @@ struct Row {
     prepared: Prepared,
 }
 
+impl Row {
+    /// The row's result: `outcome`, naming `response`, without violations.
+    fn result(&self, outcome: pb::RowOutcome, response: String) -> pb::RowResult {
+        pb::RowResult {
+            row: self.index,
+            row_id: self.row_id.clone(),
+            outcome: outcome as i32,
+            response,
+            violations: Vec::new(),
+        }
+    }
+}
+
+/// Checked rows to write together, with their writes prepared when they
+/// can be all new ([`Feedback::batch`]).
+struct Batch {
+    rows: Vec<Row>,
+    all_new: Option<change::NewRows>,
+}
+
 fn rejected(index: i64, row_id: &str, violations: Vec<FieldViolation>) -> pb::RowResult {
     pb::RowResult {
         row: index,
@@ -567,14 +587,59 @@ impl Feedback {
     }
 
     /// Writes a batch of rows in one transaction; returns their results.
+    /// A batch of checked rows, with its writes prepared as rows all new
+    /// (see [`change::NewRows`]) when it can be: its agency's data key is
+    /// cached and no row opens a follow-up. Prepared while the batch before
+    /// it is written, so that the write holds the writer (or the server)
+    /// only for the database's own work.
+    fn batch(&self, caller: &Caller, agency: Option<&str>, rows: Vec<Row>) -> Batch {
+        let all_new = agency.and_then(|agency| {
+            if rows.is_empty() || rows.iter().any(|r| r.prepared.follow_up.is_some()) {
+                return None;
+            }
+            let key = self.keys.cached_key_on(&self.db, agency)?;
+            let keyed: Vec<(&ResponseRecord, Option<&str>)> = rows
+                .iter()
+                .map(|r| (&r.prepared.record, Some(r.import_key.as_str())))
+                .collect();
+            let mut s = Statements::new(self.db.backend());
+            // An encoding error here is met again, and answered, when the
+            // batch is written the usual way.
+            store::push_new_responses(&mut s, &key, &keyed).ok()?;
+            let names: Vec<String> = rows.iter().map(|r| r.prepared.record.name()).collect();
+            let events: Vec<store::BatchEvent> = rows
+                .iter()
+                .zip(&names)
+                .map(|(r, name)| store::BatchEvent::new(name, &r.prepared.submitted))
+                .collect();
+            change::NewRows::new(s)
+                .push_end(
+                    access(caller, agency, "ImportResponses", ""),
+                    &names,
+                    &store::event_refs(&events),
+                )
+                .ok()?
+        });
+        Batch { rows, all_new }
+    }
+
     async fn write_batch(
         &self,
         caller: &Caller,
         agency: &str,
-        rows: Vec<Row>,
+        batch: Batch,
     ) -> Result<Vec<pb::RowResult>, Error> {
+        let Batch { rows, all_new } = batch;
         if rows.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(new) = all_new
+            && new.commit(&self.db, agency).await?
+        {
+            return Ok(rows
+                .iter()
+                .map(|row| row.result(pb::RowOutcome::Created, row.prepared.record.name()))
+                .collect());
         }
         let mut tx = self.db.write(Scope::Agency(agency)).await?;
         let key = self.keys.data_key(&mut tx, agency).await?;
@@ -595,11 +660,8 @@ impl Feedback {
             } = &row.prepared;
             let name = record.name();
             let result = |outcome: pb::RowOutcome, response: String, violations| pb::RowResult {
-                row: row.index,
-                row_id: row.row_id.clone(),
-                outcome: outcome as i32,
-                response,
                 violations,
+                ..row.result(outcome, response)
             };
             match outcome {
                 Inserted::Created => {
@@ -1158,17 +1220,23 @@ impl FeedbackService for Feedback {
         let mut writing: Option<
             Pin<Box<dyn Future<Output = Result<Vec<pb::RowResult>, Error>> + Send + '_>>,
         > = None;
-        let mut checked: VecDeque<Vec<Row>> = VecDeque::new();
+        let mut checked: VecDeque<Batch> = VecDeque::new();
         let caller = &caller;
         loop {
             if writing.is_none()
                 && let Some(a) = &agency
-                && let Some(rows) = checked.pop_front()
+                && let Some(next) = checked.pop_front()
             {
+                // In a task of its own: the next rows are checked meanwhile
+                // on this one, on another thread if one is free.
                 let a = a.clone();
-                writing = Some(Box::pin(
-                    async move { self.write_batch(caller, &a, rows).await },
-                ));
+                let this = self.clone();
+                let who = caller.clone();
+                let task = tokio::spawn(async move { this.write_batch(&who, &a, next).await });
+                writing = Some(Box::pin(async move {
+                    task.await
+                        .unwrap_or_else(|_| Err(Error::Unavailable("import batch write failed")))
+                }));
             }
             let message = match writing.as_mut() {
                 Some(write) if checked.len() >= IMPORT_READ_AHEAD => {
@@ -1231,16 +1299,17 @@ impl FeedbackService for Feedback {
             }
             index += 1;
             if batch.len() >= IMPORT_BATCH {
-                checked.push_back(std::mem::take(&mut batch));
+                let rows = std::mem::take(&mut batch);
+                checked.push_back(self.batch(caller, agency.as_deref(), rows));
             }
         }
-        checked.push_back(batch);
+        checked.push_back(self.batch(caller, agency.as_deref(), batch));
         if let Some(write) = writing.take() {
             results.extend(write.await?);
         }
         if let Some(a) = &agency {
-            for rows in checked {
-                results.extend(self.write_batch(caller, a, rows).await?);
+            for next in checked {
+                results.extend(self.write_batch(caller, a, next).await?);
             }
         }
         results.sort_by_key(|r| r.row);

@@ -439,8 +439,8 @@ pub async fn insert_response(
 /// allows 32,766, but binding by position looks each parameter's name up in
 /// a list (sqlite3_bind_parameter_name), so the cost of a statement grows
 /// with the square of its parameters: small statements are cheaper there.
-fn params_per_statement(tx: &Tx) -> usize {
-    match tx.backend() {
+fn params_per_statement(backend: Backend) -> usize {
+    match backend {
         Backend::Sqlite => 10_000,
         Backend::Postgres => 30_000,
     }
@@ -458,54 +458,16 @@ pub async fn insert_responses(
     rows: &[(&ResponseRecord, Option<&str>)],
     scores: &mut Statements,
 ) -> Result<Vec<Inserted>, Error> {
-    const COLUMNS: usize = 18;
     let Some((first, _)) = rows.first() else {
         return Ok(Vec::new());
     };
     let agency = first.agency.as_str();
-    let limit = params_per_statement(tx);
+    let limit = params_per_statement(tx.backend());
     let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
-    for chunk in rows.chunks(limit / COLUMNS) {
-        let values = tx.backend().values_list(chunk.len(), COLUMNS);
-        let sql = format!(
-            "INSERT INTO responses (agency, id, survey_id, channel, unit, submit_time, \
-             transaction_id, import_key, client_id, contact_agreed, characteristics, answers, \
-             originals, sentiment, anonymous, follow_up_id, erased, create_time) VALUES {values} \
-             ON CONFLICT DO NOTHING"
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (r, import_key) in chunk {
-            let sealed = match &r.originals {
-                Some(o) if !o.is_empty() => {
-                    let json =
-                        serde_json::to_vec(o).map_err(|_| Error::Corrupt("encoding comments"))?;
-                    Some(key.seal(&response_aad(&r.agency, &r.id), &json))
-                }
-                _ => None,
-            };
-            let answers = serde_json::to_string(&r.answers)
-                .map_err(|_| Error::Corrupt("encoding answers"))?;
-            q = q
-                .bind(r.agency.clone())
-                .bind(r.id.clone())
-                .bind(r.survey_id.clone())
-                .bind(i64::from(r.channel))
-                .bind(r.unit.clone())
-                .bind(r.submit_time)
-                .bind(r.transaction_id.clone())
-                .bind(import_key.map(str::to_string))
-                .bind(r.client_id.clone())
-                .bind(r.contact_agreed)
-                .bind(r.characteristics.as_ref().map(characteristics_json))
-                .bind(answers)
-                .bind(sealed)
-                .bind(r.sentiment.map(|s| (s * 100.0).round() as i64))
-                .bind(r.anonymous)
-                .bind(r.follow_up_id.clone())
-                .bind(r.erased)
-                .bind(r.create_time);
-        }
-        let stored = q.execute(tx.conn()).await?.rows_affected();
+    for chunk in rows.chunks(limit / RESPONSE_INSERT_COLUMNS) {
+        let mut insert = Statements::new(tx.backend());
+        push_response_rows(&mut insert, key, chunk, " ON CONFLICT DO NOTHING")?;
+        let stored = insert.execute(tx).await?;
         if stored == chunk.len() as u64 {
             inserted.extend(chunk.iter().map(|(r, _)| r.id.clone()));
             continue;
@@ -552,36 +514,12 @@ pub async fn insert_responses(
             existing.insert((survey, import_key), id);
         }
     }
-    let stored: Vec<(&ResponseRecord, i32, i32)> = rows
-        .iter()
-        .filter(|(r, _)| inserted.contains(&r.id))
-        .flat_map(|(r, _)| {
-            r.answers
-                .iter()
-                .filter(|a| a.item != 0)
-                .filter_map(move |a| a.score.map(|s| (*r, a.item, s)))
-        })
-        .collect();
-    // Chunks of at most 3,000 parameters (see `change::commit_with`).
-    for chunk in stored.chunks(500) {
-        let mut values = Vec::with_capacity(chunk.len());
-        for (r, item, score) in chunk {
-            values.push(format!(
-                "({}, {}, {}, {}, {}, {})",
-                scores.value(r.agency.clone())?,
-                scores.value(r.id.clone())?,
-                scores.value(r.survey_id.clone())?,
-                scores.value(i64::from(*item))?,
-                scores.value(i64::from(*score))?,
-                scores.value(r.submit_time)?,
-            ));
-        }
-        scores.push(format!(
-            "INSERT INTO response_scores (agency, response_id, survey_id, item, score, submit_time) \
-             VALUES {}",
-            values.join(", ")
-        ));
-    }
+    push_scores(
+        scores,
+        rows.iter()
+            .map(|(r, _)| *r)
+            .filter(|r| inserted.contains(&r.id)),
+    )?;
     Ok(rows
         .iter()
         .map(|(r, k)| {
@@ -594,6 +532,114 @@ pub async fn insert_responses(
             }
         })
         .collect())
+}
+
+/// Columns of a response's row, as [`push_response_rows`] inserts it.
+const RESPONSE_INSERT_COLUMNS: usize = 18;
+
+/// Adds the insert of `rows` (at most one statement's parameters) to `s`,
+/// the originals sealed with `key`; `tail` ends the statement (e.g. an
+/// `ON CONFLICT` clause).
+fn push_response_rows(
+    s: &mut Statements,
+    key: &DataKey,
+    rows: &[(&ResponseRecord, Option<&str>)],
+    tail: &str,
+) -> Result<(), Error> {
+    let mut values = Vec::with_capacity(rows.len());
+    for (r, import_key) in rows {
+        let sealed = match &r.originals {
+            Some(o) if !o.is_empty() => {
+                let json =
+                    serde_json::to_vec(o).map_err(|_| Error::Corrupt("encoding comments"))?;
+                Some(key.seal(&response_aad(&r.agency, &r.id), &json))
+            }
+            _ => None,
+        };
+        let answers =
+            serde_json::to_string(&r.answers).map_err(|_| Error::Corrupt("encoding answers"))?;
+        let row = [
+            s.value(r.agency.clone())?,
+            s.value(r.id.clone())?,
+            s.value(r.survey_id.clone())?,
+            s.value(i64::from(r.channel))?,
+            s.value(r.unit.clone())?,
+            s.value(r.submit_time)?,
+            s.value(r.transaction_id.clone())?,
+            s.value(import_key.map(str::to_string))?,
+            s.value(r.client_id.clone())?,
+            s.value(r.contact_agreed)?,
+            s.value(r.characteristics.as_ref().map(characteristics_json))?,
+            s.value(answers)?,
+            s.value(sealed)?,
+            s.value(r.sentiment.map(|s| (s * 100.0).round() as i64))?,
+            s.value(r.anonymous)?,
+            s.value(r.follow_up_id.clone())?,
+            s.value(r.erased)?,
+            s.value(r.create_time)?,
+        ];
+        debug_assert_eq!(row.len(), RESPONSE_INSERT_COLUMNS);
+        values.push(format!("({})", row.join(", ")));
+    }
+    s.push(format!(
+        "INSERT INTO responses (agency, id, survey_id, channel, unit, submit_time, \
+         transaction_id, import_key, client_id, contact_agreed, characteristics, answers, \
+         originals, sentiment, anonymous, follow_up_id, erased, create_time) VALUES {}{tail}",
+        values.join(", ")
+    ));
+    Ok(())
+}
+
+/// Adds the inserts of `responses`' standard-item scores to `s`.
+fn push_scores<'r>(
+    s: &mut Statements,
+    responses: impl Iterator<Item = &'r ResponseRecord>,
+) -> Result<(), Error> {
+    let stored: Vec<(&ResponseRecord, i32, i32)> = responses
+        .flat_map(|r| {
+            r.answers
+                .iter()
+                .filter(|a| a.item != 0)
+                .filter_map(move |a| a.score.map(|s| (r, a.item, s)))
+        })
+        .collect();
+    // Chunks of at most 3,000 parameters (see `change::commit_with`).
+    for chunk in stored.chunks(500) {
+        let mut values = Vec::with_capacity(chunk.len());
+        for (r, item, score) in chunk {
+            values.push(format!(
+                "({}, {}, {}, {}, {}, {})",
+                s.value(r.agency.clone())?,
+                s.value(r.id.clone())?,
+                s.value(r.survey_id.clone())?,
+                s.value(i64::from(*item))?,
+                s.value(i64::from(*score))?,
+                s.value(r.submit_time)?,
+            ));
+        }
+        s.push(format!(
+            "INSERT INTO response_scores (agency, response_id, survey_id, item, score, submit_time) \
+             VALUES {}",
+            values.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// Adds to `s` the inserts of `rows`, every one new, and of their scores,
+/// **without** `ON CONFLICT`: a row that clashes with a stored one (one
+/// imported before, a repeated transaction id) fails the whole request with
+/// a unique violation (see `change::NewRows`), and the batch is then written
+/// by [`insert_responses`], which tells those rows apart.
+pub fn push_new_responses(
+    s: &mut Statements,
+    key: &DataKey,
+    rows: &[(&ResponseRecord, Option<&str>)],
+) -> Result<(), Error> {
+    for chunk in rows.chunks(params_per_statement(s.backend()) / RESPONSE_INSERT_COLUMNS) {
+        push_response_rows(s, key, chunk, "")?;
+    }
+    push_scores(s, rows.iter().map(|(r, _)| *r))
 }
 
 /// A response, or None.

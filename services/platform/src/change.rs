@@ -294,17 +294,7 @@ pub async fn commit_with<S: AsRef<str>>(
     };
     for chunk in resources.chunks(audit::INSERT_ROWS) {
         room(&mut s, &mut tx).await?;
-        let rows: Vec<(Access<'_>, i64)> = chunk
-            .iter()
-            .map(|r| {
-                let access = Access {
-                    resource: r.as_ref(),
-                    ..template
-                };
-                (access, time)
-            })
-            .collect();
-        audit::push_insert(&mut s, &rows)?;
+        push_audit(&mut s, template, time, chunk)?;
     }
     for chunk in events.chunks(outbox::APPEND_ROWS) {
         room(&mut s, &mut tx).await?;
@@ -314,6 +304,82 @@ pub async fn commit_with<S: AsRef<str>>(
         tx.mark_events_appended();
     }
     tx.commit_after(s).await
+}
+
+/// Adds the audit records of `resources` (at most [`audit::INSERT_ROWS`]),
+/// each as `template` at `time`.
+fn push_audit<S: AsRef<str>>(
+    s: &mut Statements,
+    template: Access<'_>,
+    time: i64,
+    resources: &[S],
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<(Access<'_>, i64)> = resources
+        .iter()
+        .map(|r| {
+            let access = Access {
+                resource: r.as_ref(),
+                ..template
+            };
+            (access, time)
+        })
+        .collect();
+    audit::push_insert(s, &rows)
+}
+
+/// A batch (an import) made only of new rows, prepared to be written as one
+/// request: see [`NewRows::push_end`] and [`NewRows::commit`].
+#[derive(Debug)]
+pub struct NewRows {
+    s: Statements,
+    events: bool,
+}
+
+impl NewRows {
+    /// Starts from `s`, the batch's inserts of new rows, written without
+    /// `ON CONFLICT`: a row that clashes with a stored one must fail the
+    /// whole request (a unique violation).
+    pub fn new(s: Statements) -> NewRows {
+        NewRows { s, events: false }
+    }
+
+    /// Adds what ends the batch: the audit records of `resources` (with
+    /// `template`, timed now) and `events`. None when the whole would bind
+    /// more values than one request takes ([`MOST_BOUND`]): the batch is
+    /// then written the usual way.
+    pub fn push_end<S: AsRef<str>>(
+        mut self,
+        template: Access<'_>,
+        resources: &[S],
+        events: &[(&str, &outbox::Pending)],
+    ) -> Result<Option<NewRows>, sqlx::Error> {
+        let time = crate::times::now_millis();
+        for chunk in resources.chunks(audit::INSERT_ROWS) {
+            push_audit(&mut self.s, template, time, chunk)?;
+        }
+        for chunk in events.chunks(outbox::APPEND_ROWS) {
+            outbox::push_append(&mut self.s, template.agency, chunk)?;
+        }
+        self.events |= !events.is_empty();
+        Ok((self.s.bound() <= MOST_BOUND).then_some(self))
+    }
+
+    /// Writes and commits the batch as one request (on SQLite one hand-off
+    /// to the connection's thread under the writer lock, on PostgreSQL one
+    /// round trip after `BEGIN`; see [`Db::commit_all`]). Ok(false) when
+    /// any of it was a unique violation (a row imported before, a repeated
+    /// key): then nothing of it stays, and the caller writes the batch the
+    /// usual way, which tells those rows apart.
+    pub async fn commit(self, db: &Db, agency: &str) -> Result<bool, sqlx::Error> {
+        match db
+            .commit_all(Scope::Agency(agency), self.s, self.events)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl Change<'_> {
@@ -486,6 +552,90 @@ mod tests {
         let n = sqlx::query_scalar(sql).fetch_one(tx.conn()).await.unwrap();
         tx.commit().await.unwrap();
         n
+    }
+
+    /// A batch of "things" (audit records with chosen ids, so they can
+    /// clash) prepared as new rows, with its end: an audit record and an
+    /// event per thing.
+    fn things(db: &Db, ids: &[String]) -> NewRows {
+        let mut s = Statements::new(db.backend());
+        let mut values = Vec::new();
+        for id in ids {
+            values.push(format!(
+                "({}, {}, 'x', 'Thing', {}, '', 0)",
+                s.value("a".to_string()).unwrap(),
+                s.value(format!("thing-{id}")).unwrap(),
+                s.value(format!("agencies/a/things/{id}")).unwrap(),
+            ));
+        }
+        s.push(format!(
+            "INSERT INTO audit_records (agency, id, actor, action, resource, request_id, time) \
+             VALUES {}",
+            values.join(", ")
+        ));
+        let names: Vec<String> = ids
+            .iter()
+            .map(|i| format!("agencies/a/things/{i}"))
+            .collect();
+        let event = outbox::Pending::new(&prost_types::Timestamp::default());
+        let events: Vec<(&str, &outbox::Pending)> =
+            names.iter().map(|n| (n.as_str(), &event)).collect();
+        let template = Access {
+            agency: "a",
+            actor: "tester",
+            action: "ImportThings",
+            resource: "",
+            request_id: "",
+        };
+        NewRows::new(s)
+            .push_end(template, &names, &events)
+            .unwrap()
+            .expect("fits one request")
+    }
+
+    /// A batch of new rows is one request that stays whole or not at all:
+    /// committed, every row with its audit record and event; a batch in
+    /// which one row clashes answers false and leaves nothing, while
+    /// batches committed beside it (on SQLite in the same group
+    /// transaction) keep theirs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_of_new_rows_is_written_whole_or_not_at_all() {
+        let t = crate::testing::fresh(&[&PLATFORM_MIGRATIONS]).await;
+        let ids =
+            |from: usize, to: usize| -> Vec<String> { (from..to).map(|i| i.to_string()).collect() };
+        assert!(things(&t.db, &ids(0, 3)).commit(&t.db, "a").await.unwrap());
+        // Sixteen batches at once: the odd ones repeat thing 1.
+        let mut batches = tokio::task::JoinSet::new();
+        for b in 0..16usize {
+            let db = t.db.clone();
+            let mut mine = ids(10 + 10 * b, 15 + 10 * b);
+            if b % 2 == 1 {
+                mine.push("1".to_string());
+            }
+            batches.spawn(async move { (b, things(&db, &mine).commit(&db, "a").await.unwrap()) });
+        }
+        while let Some(done) = batches.join_next().await {
+            let (b, committed) = done.unwrap();
+            assert_eq!(committed, b % 2 == 0, "batch {b}");
+        }
+        let things = count(
+            &t.db,
+            "SELECT COUNT(*) FROM audit_records WHERE action = 'Thing'",
+        )
+        .await;
+        assert_eq!(things, 3 + 8 * 5, "the first batch and the eight even ones");
+        let audited = count(
+            &t.db,
+            "SELECT COUNT(*) FROM audit_records WHERE action = 'ImportThings'",
+        )
+        .await;
+        assert_eq!(audited, 3 + 8 * 5, "an audit record per thing stored");
+        let events = count(
+            &t.db,
+            "SELECT COUNT(*) FROM events WHERE name LIKE 'agencies/a/things/%'",
+        )
+        .await;
+        assert_eq!(events, 3 + 8 * 5, "an event per thing stored");
     }
 
     /// A request id that is not a plain name (quotes, semicolons, spaces)

@@ -61,6 +61,11 @@ impl Statements {
         self.parts.push(sql);
     }
 
+    /// The database the statements are for.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     /// How many values are bound so far.
     pub fn bound(&self) -> usize {
         self.bound
