@@ -207,6 +207,10 @@ pub(crate) fn push_insert(
     Ok(())
 }
 
+/// Most values bound in a group commit sent as one request (PostgreSQL
+/// allows 65,535 to a statement).
+const ONE_REQUEST_BOUND: usize = 30_000;
+
 /// Most records written in one group commit.
 const BATCH_ROWS: usize = 5_000;
 /// Reads waiting for a group commit before callers wait to queue.
@@ -317,10 +321,83 @@ async fn write(db: &Db, jobs: &[Job]) -> Result<(), sqlx::Error> {
         }
     }
     let first = by_agency.keys().next().copied().unwrap_or_default();
+    // One request, and on SQLite one hand-off under the writer lock, when
+    // every record can go under one scope (on SQLite the scope is not
+    // needed; on PostgreSQL, one agency's) and within one request's limits.
+    if db.backend() == crate::db::Backend::Sqlite || by_agency.len() == 1 {
+        let mut s = Statements::new(db.backend());
+        for rows in by_agency.values() {
+            for chunk in rows.chunks(INSERT_ROWS) {
+                push_insert(&mut s, chunk)?;
+            }
+        }
+        if s.bound() <= ONE_REQUEST_BOUND {
+            return db.commit_all(Scope::Agency(first), s, false).await;
+        }
+    }
     let mut tx = db.write(Scope::Agency(first)).await?;
     for (agency, rows) in &by_agency {
         tx.set_scope(Scope::Agency(agency)).await?;
         insert(&mut tx, rows).await?;
     }
     tx.commit().await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::db::PLATFORM_MIGRATIONS;
+
+    /// Reads audited at once, in one agency and then across three: every
+    /// record is stored once, under its own agency (on PostgreSQL
+    /// row-level security refuses a record written under another agency's
+    /// scope), whichever way its group commit went (one request when one
+    /// scope serves, a statement run per agency otherwise).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_reads_are_each_recorded_once_under_their_agency() {
+        let t = crate::testing::fresh(&[&PLATFORM_MIGRATIONS]).await;
+        let agencies = ["a", "b", "c"];
+        for (round, spread) in [(0, 1), (1, agencies.len())] {
+            let mut reads = tokio::task::JoinSet::new();
+            for i in 0..120usize {
+                let db = t.db.clone();
+                let agency = agencies[i % spread];
+                reads.spawn(async move {
+                    let resource = format!("agencies/{agency}/things/{round}-{i}");
+                    let access = Access {
+                        agency,
+                        actor: "reader",
+                        action: "GetThing",
+                        resource: "",
+                        request_id: "",
+                    };
+                    db.audit_reads(access, &[resource.as_str(), "extra"]).await
+                });
+            }
+            while let Some(done) = reads.join_next().await {
+                done.unwrap().unwrap();
+            }
+        }
+        for agency in agencies {
+            let mut tx = t.db.read(Scope::Agency(agency)).await.unwrap();
+            let (all, own, distinct): (i64, i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*), \
+                 SUM(CASE WHEN resource LIKE 'agencies/' || $1 || '/%' THEN 1 ELSE 0 END), \
+                 COUNT(DISTINCT resource) FROM audit_records \
+                 WHERE agency = $1 AND action = 'GetThing' AND resource <> 'extra'",
+            )
+            .bind(agency)
+            .fetch_one(tx.conn())
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            let expected = if agency == "a" { 120 + 40 } else { 40 };
+            assert_eq!(
+                (all, own, distinct),
+                (expected, expected, expected),
+                "{agency}"
+            );
+        }
+    }
 }
