@@ -1880,6 +1880,25 @@ mod tests {
         );
     }
 
+    /// The embedded SQLite is the one `.cargo/config.toml` asks for:
+    /// without memory statistics, whose mutex every SQLite allocation in
+    /// the process would otherwise take.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_is_built_without_memory_statistics() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let db = Db::connect(&url, 1).await.unwrap();
+        let options: Vec<String> = sqlx::query_scalar("PRAGMA compile_options")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        db.close().await;
+    }
+
     #[test]
     fn values_lists() {
         assert_eq!(Backend::Sqlite.values_list(2, 3), "(?, ?, ?), (?, ?, ?)");
