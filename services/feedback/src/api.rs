@@ -589,12 +589,12 @@ impl Feedback {
     /// Writes a batch of rows in one transaction; returns their results.
     /// A batch of checked rows, with its writes prepared as rows all new
     /// (see [`change::NewRows`]) when it can be: its agency's data key is
-    /// cached and no row opens a follow-up. Prepared while the batch before
+    /// cached. Prepared while the batch before
     /// it is written, so that the write holds the writer (or the server)
     /// only for the database's own work.
     fn batch(&self, caller: &Caller, agency: Option<&str>, rows: Vec<Row>) -> Batch {
         let all_new = agency.and_then(|agency| {
-            if rows.is_empty() || rows.iter().any(|r| r.prepared.follow_up.is_some()) {
+            if rows.is_empty() {
                 return None;
             }
             let key = self.keys.cached_key_on(&self.db, agency)?;
@@ -607,11 +607,15 @@ impl Feedback {
             // batch is written the usual way.
             store::push_new_responses(&mut s, &key, &keyed).ok()?;
             let names: Vec<String> = rows.iter().map(|r| r.prepared.record.name()).collect();
-            let events: Vec<store::BatchEvent> = rows
-                .iter()
-                .zip(&names)
-                .map(|(r, name)| store::BatchEvent::new(name, &r.prepared.submitted))
-                .collect();
+            // Follow-ups and events in the order the usual way writes them.
+            let mut events: Vec<store::BatchEvent> = Vec::with_capacity(rows.len());
+            for (r, name) in rows.iter().zip(&names) {
+                if let Some(f) = &r.prepared.follow_up {
+                    store::push_follow_up(&mut s, f).ok()?;
+                    events.push(store::BatchEvent::new(&f.name(), &opened_event(f)));
+                }
+                events.push(store::BatchEvent::new(name, &r.prepared.submitted));
+            }
             change::NewRows::new(s)
                 .push_end(
                     access(caller, agency, "ImportResponses", ""),
@@ -1070,35 +1074,38 @@ impl FeedbackService for Feedback {
             let link = self
                 .link(agency, &input, "response.client", deadline)
                 .await?;
-            let mut change = match self
-                .begin(
-                    &caller,
-                    agency,
-                    "SubmitResponse",
-                    &req.request_id,
-                    idempotency::fingerprint(&req),
-                )
-                .await?
-            {
-                Begun::Replay(r) => return Ok(r),
-                Begun::Fresh(c) => c,
-            };
+            // Only new rows (the response, its scores, a follow-up): one
+            // request when the agency's key is cached (`change::write_new`).
+            // The only row that can clash is the response, on its survey's
+            // transaction id (ids are fresh).
             let prepared = prepare(&survey, input, link, now);
-            let key = change.key.clone();
-            let (tx, writes) = change.tx_and_writes();
-            match store::insert_response(tx, &key, &prepared.record, None, writes).await? {
-                Inserted::Created => {}
-                _ => return Err(Error::AlreadyExists("a response for this transaction")),
-            }
-            if let Some(f) = &prepared.follow_up {
-                store::insert_follow_up(&mut change.tx, f).await?;
-                change.event(&f.name(), &opened_event(f));
-            }
-            let name = prepared.record.name();
-            change.event(&name, &prepared.submitted);
             let personal = caller.acts_as_any(Action::SeePersonal.roles(), agency);
-            let reply = response_to_proto(&prepared.record, personal);
-            Ok(change.finish(&name, reply).await?)
+            change::write_new(
+                &self.db,
+                &self.keys,
+                &caller,
+                agency,
+                "SubmitResponse",
+                &req.request_id,
+                idempotency::fingerprint(&req),
+                |key, s| {
+                    store::push_new_responses(s, key, &[(&prepared.record, None)])?;
+                    let mut events = Vec::new();
+                    if let Some(f) = &prepared.follow_up {
+                        store::push_follow_up(s, f)?;
+                        events.push((f.name(), outbox::Pending::new(&opened_event(f))));
+                    }
+                    let name = prepared.record.name();
+                    events.push((name.clone(), outbox::Pending::new(&prepared.submitted)));
+                    Ok::<_, Error>(change::Written {
+                        resource: name,
+                        response: response_to_proto(&prepared.record, personal),
+                        events,
+                    })
+                },
+                || Error::AlreadyExists("a response for this transaction"),
+            )
+            .await
         };
         Ok(tonic::Response::new(run.await?))
     }

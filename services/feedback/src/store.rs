@@ -902,25 +902,33 @@ fn follow_up_from_row(row: &AnyRow) -> Result<FollowUpRecord, Error> {
 
 /// Inserts a follow-up.
 pub async fn insert_follow_up(tx: &mut Tx, f: &FollowUpRecord) -> Result<(), Error> {
-    sqlx::query(
+    let mut s = Statements::new(tx.backend());
+    push_follow_up(&mut s, f)?;
+    s.execute(tx).await?;
+    Ok(())
+}
+
+/// Adds the insert of a new follow-up to `s`.
+pub fn push_follow_up(s: &mut Statements, f: &FollowUpRecord) -> Result<(), Error> {
+    let sql = format!(
         "INSERT INTO follow_ups (agency, id, survey_id, response_id, client_id, reason, status, \
          assignee, due_date, unit, channel, create_time, update_time, close_time, revision) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, NULL, 1)",
-    )
-    .bind(f.agency.as_str())
-    .bind(f.id.as_str())
-    .bind(f.survey_id.as_str())
-    .bind(f.response_id.as_str())
-    .bind(f.client_id.as_str())
-    .bind(f.reason.as_str())
-    .bind(i64::from(f.status))
-    .bind(f.assignee.as_str())
-    .bind(f.due_date)
-    .bind(f.unit.as_str())
-    .bind(i64::from(f.channel))
-    .bind(f.create_time)
-    .execute(tx.conn())
-    .await?;
+         VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, NULL, 1)",
+        s.value(f.agency.clone())?,
+        s.value(f.id.clone())?,
+        s.value(f.survey_id.clone())?,
+        s.value(f.response_id.clone())?,
+        s.value(f.client_id.clone())?,
+        s.value(f.reason.clone())?,
+        s.value(i64::from(f.status))?,
+        s.value(f.assignee.clone())?,
+        s.value(f.due_date)?,
+        s.value(f.unit.clone())?,
+        s.value(i64::from(f.channel))?,
+        s.value(f.create_time)?,
+        s.value(f.create_time)?,
+    );
+    s.push(sql);
     Ok(())
 }
 

@@ -959,57 +959,74 @@ async fn one_response_per_transaction_and_request_ids_replay() {
     let h = Harness::start().await;
     let mut c = h.client().await;
     let survey = create_published(&mut c, &h.token("dia", ADMIN), "dia", every_kind()).await;
-    let intake = h.token("dia", INTAKE);
-    let response = pb::Response {
-        answers: vec![score("agree", 5)],
-        transaction_id: "TXN-42".into(),
-        ..Default::default()
-    };
-    let request = pb::SubmitResponseRequest {
-        parent: survey.name.clone(),
-        response: Some(response.clone()),
-        request_id: "r-1".into(),
-    };
-    let first = c
-        .submit_response(req(request.clone(), &intake))
-        .await
-        .expect("first")
-        .into_inner();
-    // The same request again is a replay, not a duplicate.
-    let replay = c
-        .submit_response(req(request, &intake))
-        .await
-        .expect("replay")
-        .into_inner();
-    assert_eq!(first, replay);
-    // Another submission for the same transaction is refused.
-    let err = submit(&mut c, &intake, &survey.name, response.clone())
-        .await
-        .expect_err("duplicate");
-    assert_eq!(err.code(), Code::AlreadyExists);
-    // ...but the same transaction id in another survey is fine.
     let other = create_published(&mut c, &h.token("dia", ADMIN), "dia", every_kind()).await;
-    submit(&mut c, &intake, &other.name, response)
-        .await
-        .expect("other survey");
-    let listed = c
-        .list_responses(req(
-            pb::ListResponsesRequest {
-                parent: "agencies/dia/surveys/-".into(),
-                ..Default::default()
-            },
-            &h.token("dia", OFFICER),
-        ))
-        .await
-        .expect("list")
-        .into_inner();
-    assert_eq!(listed.responses.len(), 2);
-    let submitted = events(&h, &mut c)
-        .await
-        .iter()
-        .filter(|e| e.r#type == "touchstone.feedback.v1.ResponseSubmitted")
-        .count();
-    assert_eq!(submitted, 2);
+    let intake = h.token("dia", INTAKE);
+    // A submission is one request (`change::write_new`: the agency's data
+    // key is cached by now); a replay, a reused request id and a repeated
+    // transaction each clash in it and are told apart the usual way. Twice,
+    // so that the second round meets the first's rows too.
+    for round in 0..2 {
+        let response = pb::Response {
+            answers: vec![score("agree", 5)],
+            transaction_id: format!("TXN-42-{round}"),
+            ..Default::default()
+        };
+        let request = pb::SubmitResponseRequest {
+            parent: survey.name.clone(),
+            response: Some(response.clone()),
+            request_id: format!("r-1-{round}"),
+        };
+        let first = c
+            .submit_response(req(request.clone(), &intake))
+            .await
+            .expect("first")
+            .into_inner();
+        // The same request again is a replay, not a duplicate.
+        let replay = c
+            .submit_response(req(request.clone(), &intake))
+            .await
+            .expect("replay")
+            .into_inner();
+        assert_eq!(first, replay, "round {round}");
+        // The same request id with another body is refused.
+        let mut reused = request.clone();
+        reused.response = Some(pb::Response {
+            answers: vec![score("agree", 1)],
+            ..response.clone()
+        });
+        let err = c
+            .submit_response(req(reused, &intake))
+            .await
+            .expect_err("reused request id");
+        assert_eq!(err.code(), Code::InvalidArgument, "round {round}");
+        // Another submission for the same transaction is refused...
+        let err = submit(&mut c, &intake, &survey.name, response.clone())
+            .await
+            .expect_err("duplicate");
+        assert_eq!(err.code(), Code::AlreadyExists, "round {round}");
+        // ...but the same transaction id in another survey is fine.
+        submit(&mut c, &intake, &other.name, response)
+            .await
+            .expect("other survey");
+        let listed = c
+            .list_responses(req(
+                pb::ListResponsesRequest {
+                    parent: "agencies/dia/surveys/-".into(),
+                    ..Default::default()
+                },
+                &h.token("dia", OFFICER),
+            ))
+            .await
+            .expect("list")
+            .into_inner();
+        assert_eq!(listed.responses.len(), 2 * (round + 1), "round {round}");
+        let submitted = events(&h, &mut c)
+            .await
+            .iter()
+            .filter(|e| e.r#type == "touchstone.feedback.v1.ResponseSubmitted")
+            .count();
+        assert_eq!(submitted, 2 * (round + 1), "round {round}");
+    }
     h.stop().await;
 }
 
@@ -1320,6 +1337,25 @@ fn sentiment_and_topics_on_the_labelled_set() {
     );
 }
 
+/// Agency `dia`'s open follow-ups, oldest first.
+async fn open_follow_ups(
+    c: &mut FeedbackServiceClient<Channel>,
+    officer: &str,
+) -> pb::ListFollowUpsResponse {
+    c.list_follow_ups(req(
+        pb::ListFollowUpsRequest {
+            parent: "agencies/dia".into(),
+            filter: "status = OPEN".into(),
+            order_by: "create_time".into(),
+            ..Default::default()
+        },
+        officer,
+    ))
+    .await
+    .expect("list")
+    .into_inner()
+}
+
 #[tokio::test]
 async fn rules_open_follow_ups_for_clients_who_agreed_to_contact() {
     let h = Harness::start().await;
@@ -1376,19 +1412,7 @@ async fn rules_open_follow_ups_for_clients_who_agreed_to_contact() {
         assert!(got.follow_up.is_empty());
     }
 
-    let listed = c
-        .list_follow_ups(req(
-            pb::ListFollowUpsRequest {
-                parent: "agencies/dia".into(),
-                filter: "status = OPEN".into(),
-                order_by: "create_time".into(),
-                ..Default::default()
-            },
-            &officer,
-        ))
-        .await
-        .expect("list")
-        .into_inner();
+    let listed = open_follow_ups(&mut c, &officer).await;
     assert_eq!(listed.follow_ups.len(), 2);
     let first = &listed.follow_ups[0];
     assert_eq!(first.name, low.follow_up);
@@ -1488,6 +1512,43 @@ async fn rules_open_follow_ups_for_clients_who_agreed_to_contact() {
     assert_eq!(opened, 2);
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].status, pb::FollowUpStatus::Resolved as i32);
+
+    // Imported rows open follow-ups by the same rules, in their batch's
+    // one request: each with its row's response and its event.
+    let rows: Vec<pb::ImportResponsesRequest> = (0..3)
+        .map(|i| pb::ImportResponsesRequest {
+            parent: survey.name.clone(),
+            row_id: format!("rule-{i}"),
+            // Rows 0 and 2 qualify; row 1 did not agree to contact.
+            response: Some(respond(1, None, &client, i != 1)),
+        })
+        .collect();
+    let imported = c
+        .import_responses(req(tokio_stream::iter(rows), &intake))
+        .await
+        .expect("import")
+        .into_inner();
+    assert_eq!(imported.created, 3);
+    let listed = open_follow_ups(&mut c, &officer).await;
+    let from_import: Vec<&str> = listed
+        .follow_ups
+        .iter()
+        .filter(|f| f.name != angry.follow_up)
+        .map(|f| f.response.as_str())
+        .collect();
+    assert_eq!(
+        from_import,
+        vec![
+            imported.results[0].response.as_str(),
+            imported.results[2].response.as_str()
+        ]
+    );
+    let opened = events(&h, &mut c)
+        .await
+        .iter()
+        .filter(|e| e.r#type == "touchstone.feedback.v1.FollowUpOpened")
+        .count();
+    assert_eq!(opened, 2 + 2);
     h.stop().await;
 }
 

@@ -1885,13 +1885,13 @@ mod tests {
     /// the process would otherwise take.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_is_built_without_memory_statistics() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("temporary directory");
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let db = Db::connect(&url, 1).await.unwrap();
+        let db = Db::connect(&url, 1).await.expect("connect");
         let options: Vec<String> = sqlx::query_scalar("PRAGMA compile_options")
             .fetch_all(db.pool())
             .await
-            .unwrap();
+            .expect("compile options");
         assert!(
             options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
             "{options:?}"
