@@ -13,6 +13,7 @@ use futures::{Stream, StreamExt};
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 use tonic::{Request, Status, Streaming};
 use touchstone_api::Named;
 use touchstone_api::common::v1::Event;
@@ -33,8 +34,10 @@ use touchstone_platform::{names, times};
 
 /// Rows of an import written per transaction.
 const IMPORT_BATCH: usize = 200;
-/// Checked batches of an import that may wait while one is written.
+/// Checked batches of an import that may wait while others are written.
 const IMPORT_READ_AHEAD: usize = 3;
+/// Batches of an import written at once.
+const IMPORT_WRITES: usize = 2;
 
 /// The feedback service.
 #[derive(Debug, Clone)]
@@ -473,6 +476,52 @@ struct Batch {
     all_new: Option<change::NewRows>,
 }
 
+/// A batch's place among an import's writes, which may run at once: it
+/// writes its rows only once the batch before it has written its own (or
+/// failed), and tells the next one when it has, so that a row repeating
+/// one of an earlier batch always meets it, and the first of the two is
+/// the one stored.
+struct Turn {
+    before: Option<oneshot::Receiver<()>>,
+    written: Written,
+}
+
+impl Turn {
+    /// The next batch's turn, after the one `last` waits for; `last` then
+    /// waits for this one.
+    fn after(last: &mut Option<oneshot::Receiver<()>>) -> Turn {
+        let (tell, told) = oneshot::channel();
+        Turn {
+            before: last.replace(told),
+            written: Written(Arc::new(std::sync::Mutex::new(Some(tell)))),
+        }
+    }
+
+    /// Waits for the batch before (written, failed or gone: either way it
+    /// holds no row this one could meet first), and returns what tells the
+    /// next batch that this one's rows are written. Dropped unfired, it
+    /// tells the same.
+    async fn wait(self) -> Written {
+        if let Some(before) = self.before {
+            let _ = before.await;
+        }
+        self.written
+    }
+}
+
+/// Tells the next batch of an import that this one's rows are written.
+#[derive(Clone)]
+struct Written(Arc<std::sync::Mutex<Option<oneshot::Sender<()>>>>);
+
+impl Written {
+    fn fire(&self) {
+        let tell = self.0.lock().ok().and_then(|mut t| t.take());
+        if let Some(tell) = tell {
+            let _ = tell.send(());
+        }
+    }
+}
+
 fn rejected(index: i64, row_id: &str, violations: Vec<FieldViolation>) -> pb::RowResult {
     pb::RowResult {
         row: index,
@@ -632,13 +681,16 @@ impl Feedback {
         caller: &Caller,
         agency: &str,
         batch: Batch,
+        turn: Turn,
     ) -> Result<Vec<pb::RowResult>, Error> {
         let Batch { rows, all_new } = batch;
+        let written = turn.wait().await;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        let signal = written.clone();
         if let Some(new) = all_new
-            && new.commit(&self.db, agency).await?
+            && new.commit(&self.db, agency, move || signal.fire()).await?
         {
             return Ok(rows
                 .iter()
@@ -653,6 +705,7 @@ impl Feedback {
             .collect();
         let mut last = Statements::new(tx.backend());
         let outcomes = store::insert_responses(&mut tx, &key, &keyed, &mut last).await?;
+        written.fire();
         let mut results = Vec::with_capacity(rows.len());
         let mut events = Vec::new();
         let mut created = Vec::new();
@@ -1217,46 +1270,51 @@ impl FeedbackService for Feedback {
         let mut results: Vec<pb::RowResult> = Vec::new();
         let mut batch: Vec<Row> = Vec::new();
         let mut index: i64 = 0;
-        // One batch is written while the next ones are read and checked:
-        // the write waits mostly on the database (SQLite's thread, or the
-        // server), the checks on this task's CPU. Up to `IMPORT_READ_AHEAD`
-        // checked batches wait their turn, so the stream is read on (and
-        // its sender not held up by HTTP/2 flow control) while a batch is
-        // written. Batches are written in order, one at a time, so a later
-        // batch sees every earlier one.
-        let mut writing: Option<
-            Pin<Box<dyn Future<Output = Result<Vec<pb::RowResult>, Error>> + Send + '_>>,
-        > = None;
+        // Batches are written while the next ones are read and checked: a
+        // write waits mostly on the database (SQLite's thread, or the
+        // server), the checks on this task's CPU. Up to `IMPORT_WRITES`
+        // batches are written at once, each in a task of its own, and up to
+        // `IMPORT_READ_AHEAD` checked batches wait their turn, so the stream
+        // is read on (and its sender not held up by HTTP/2 flow control)
+        // while batches are written. A batch writes its rows only once the
+        // batch before it has written its own ([`Turn`]), so a row that
+        // repeats one of an earlier batch meets it: on SQLite the earlier
+        // batch's writes come first under the writer lock; on PostgreSQL the
+        // later insert waits for the earlier transaction's unique key, then
+        // clashes with it once it commits.
+        let mut writing: VecDeque<tokio::task::JoinHandle<Result<Vec<pb::RowResult>, Error>>> =
+            VecDeque::new();
+        let joined = |w: Result<Result<Vec<pb::RowResult>, Error>, tokio::task::JoinError>| {
+            w.unwrap_or_else(|_| Err(Error::Unavailable("import batch write failed")))
+        };
         let mut checked: VecDeque<Batch> = VecDeque::new();
+        let mut last_written: Option<oneshot::Receiver<()>> = None;
         let caller = &caller;
         loop {
-            if writing.is_none()
+            while writing.len() < IMPORT_WRITES
                 && let Some(a) = &agency
                 && let Some(next) = checked.pop_front()
             {
-                // In a task of its own: the next rows are checked meanwhile
-                // on this one, on another thread if one is free.
                 let a = a.clone();
                 let this = self.clone();
                 let who = caller.clone();
-                let task = tokio::spawn(async move { this.write_batch(&who, &a, next).await });
-                writing = Some(Box::pin(async move {
-                    task.await
-                        .unwrap_or_else(|_| Err(Error::Unavailable("import batch write failed")))
+                let turn = Turn::after(&mut last_written);
+                writing.push_back(tokio::spawn(async move {
+                    this.write_batch(&who, &a, next, turn).await
                 }));
             }
-            let message = match writing.as_mut() {
+            let message = match writing.front_mut() {
                 Some(write) if checked.len() >= IMPORT_READ_AHEAD => {
-                    let written = write.await;
-                    writing = None;
+                    let written = joined(write.await);
+                    writing.pop_front();
                     results.extend(written?);
                     continue;
                 }
                 Some(write) => tokio::select! {
                     biased;
                     written = write => {
-                        writing = None;
-                        results.extend(written?);
+                        writing.pop_front();
+                        results.extend(joined(written)?);
                         continue;
                     }
                     message = stream.next() => message,
@@ -1269,9 +1327,9 @@ impl FeedbackService for Feedback {
             let row = match message {
                 Ok(row) => row,
                 Err(e) => {
-                    // The batch being written is finished, not cut short.
-                    if let Some(write) = writing.take() {
-                        write.await?;
+                    // The batches being written are finished, not cut short.
+                    for write in writing {
+                        joined(write.await)?;
                     }
                     return Err(e);
                 }
@@ -1298,8 +1356,8 @@ impl FeedbackService for Feedback {
                 Ok(Ok(row)) => batch.push(row),
                 Ok(Err(result)) => results.push(result),
                 Err(e) => {
-                    if let Some(write) = writing.take() {
-                        write.await?;
+                    for write in writing {
+                        joined(write.await)?;
                     }
                     return Err(e.into());
                 }
@@ -1311,12 +1369,13 @@ impl FeedbackService for Feedback {
             }
         }
         checked.push_back(self.batch(caller, agency.as_deref(), batch));
-        if let Some(write) = writing.take() {
-            results.extend(write.await?);
+        for write in writing {
+            results.extend(joined(write.await)?);
         }
         if let Some(a) = &agency {
             for next in checked {
-                results.extend(self.write_batch(caller, a, next).await?);
+                let turn = Turn::after(&mut last_written);
+                results.extend(self.write_batch(caller, a, next, turn).await?);
             }
         }
         results.sort_by_key(|r| r.row);

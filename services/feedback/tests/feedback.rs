@@ -1798,7 +1798,39 @@ async fn import_reports_bad_rows_and_a_retried_stream_adds_nothing() {
         .into_inner();
     assert_eq!((twice.created, twice.already_imported), (1, 1));
     assert_eq!(twice.results[1].response, twice.results[0].response);
-    // More batches than are written and checked ahead at once (one written,
+    // Rows that repeat a row of an earlier batch (written at the same time
+    // as it, or just after) meet it: a repeated row id is the same
+    // response, a repeated transaction id is refused.
+    let crossing: Vec<pb::ImportResponsesRequest> = (0..450usize)
+        .map(|i| {
+            let id = match i {
+                200 | 250 | 300 | 350 => format!("cross-{}", i - 200),
+                _ => format!("cross-{i}"),
+            };
+            let txn = if i == 20 || i == 420 { "cross-txn" } else { "" };
+            row(&id, &survey.name, vec![score("agree", 3)], txn)
+        })
+        .collect();
+    let crossed = c
+        .import_responses(req(tokio_stream::iter(crossing), &intake))
+        .await
+        .expect("crossing batches")
+        .into_inner();
+    assert_eq!(
+        (crossed.created, crossed.already_imported, crossed.rejected),
+        (445, 4, 1)
+    );
+    for i in [200usize, 250, 300, 350] {
+        let (again, first) = (&crossed.results[i], &crossed.results[i - 200]);
+        assert_eq!(again.outcome, O::AlreadyImported as i32, "row {i}");
+        assert_eq!(again.response, first.response, "row {i}");
+    }
+    assert_eq!(crossed.results[420].outcome, O::Rejected as i32);
+    assert_eq!(
+        crossed.results[420].violations[0].field,
+        "response.transaction_id"
+    );
+    // More batches than are written and checked ahead at once (two written,
     // three waiting), so the stream is also read while every turn is taken.
     const BULK: i64 = 1_250;
     let many: Vec<pb::ImportResponsesRequest> = (0..BULK)
@@ -1835,13 +1867,13 @@ async fn import_reports_bad_rows_and_a_retried_stream_adds_nothing() {
         .fetch_one(tx.conn())
         .await
         .expect("count");
-    assert_eq!(stored, 3 + 1 + BULK);
+    assert_eq!(stored, 3 + 1 + 445 + BULK);
     let scores: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM response_scores WHERE agency = 'dia'")
             .fetch_one(tx.conn())
             .await
             .expect("count");
-    assert_eq!(scores, 3 + 1 + BULK);
+    assert_eq!(scores, 3 + 1 + 445 + BULK);
     // Each stored row (all were imported) has its event and its audit
     // record, written with it.
     let events: i64 = sqlx::query_scalar(
@@ -1850,14 +1882,14 @@ async fn import_reports_bad_rows_and_a_retried_stream_adds_nothing() {
     .fetch_one(tx.conn())
     .await
     .expect("count");
-    assert_eq!(events, 3 + 1 + BULK);
+    assert_eq!(events, 3 + 1 + 445 + BULK);
     let audited: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM audit_records WHERE agency = 'dia' AND action = 'ImportResponses'",
     )
     .fetch_one(tx.conn())
     .await
     .expect("count");
-    assert_eq!(audited, 3 + 1 + BULK, "every imported row");
+    assert_eq!(audited, 3 + 1 + 445 + BULK, "every imported row");
     drop(tx);
 
     // Analysts may not import; rows for another agency are refused.

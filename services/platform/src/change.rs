@@ -366,13 +366,20 @@ impl NewRows {
 
     /// Writes and commits the batch as one request (on SQLite one hand-off
     /// to the connection's thread under the writer lock, on PostgreSQL one
-    /// round trip after `BEGIN`; see [`Db::commit_all`]). Ok(false) when
-    /// any of it was a unique violation (a row imported before, a repeated
-    /// key): then nothing of it stays, and the caller writes the batch the
-    /// usual way, which tells those rows apart.
-    pub async fn commit(self, db: &Db, agency: &str) -> Result<bool, sqlx::Error> {
+    /// round trip after `BEGIN`; see [`Db::commit_all`]), calling `written`
+    /// once its rows are written and before the commit (see
+    /// [`Db::commit_all_then`]). Ok(false) when any of it was a unique
+    /// violation (a row imported before, a repeated key): then nothing of
+    /// it stays, `written` was not called, and the caller writes the batch
+    /// the usual way, which tells those rows apart.
+    pub async fn commit(
+        self,
+        db: &Db,
+        agency: &str,
+        written: impl FnOnce() + Send + 'static,
+    ) -> Result<bool, sqlx::Error> {
         match db
-            .commit_all(Scope::Agency(agency), self.s, self.events)
+            .commit_all_then(Scope::Agency(agency), self.s, self.events, written)
             .await
         {
             Ok(()) => Ok(true),
@@ -603,7 +610,12 @@ mod tests {
         let t = crate::testing::fresh(&[&PLATFORM_MIGRATIONS]).await;
         let ids =
             |from: usize, to: usize| -> Vec<String> { (from..to).map(|i| i.to_string()).collect() };
-        assert!(things(&t.db, &ids(0, 3)).commit(&t.db, "a").await.unwrap());
+        assert!(
+            things(&t.db, &ids(0, 3))
+                .commit(&t.db, "a", || {})
+                .await
+                .unwrap()
+        );
         // Sixteen batches at once: the odd ones repeat thing 1.
         let mut batches = tokio::task::JoinSet::new();
         for b in 0..16usize {
@@ -612,7 +624,9 @@ mod tests {
             if b % 2 == 1 {
                 mine.push("1".to_string());
             }
-            batches.spawn(async move { (b, things(&db, &mine).commit(&db, "a").await.unwrap()) });
+            batches.spawn(
+                async move { (b, things(&db, &mine).commit(&db, "a", || {}).await.unwrap()) },
+            );
         }
         while let Some(done) = batches.join_next().await {
             let (b, committed) = done.unwrap();

@@ -562,8 +562,22 @@ impl Db {
     pub(crate) async fn commit_all(
         &self,
         scope: Scope<'_>,
+        s: Statements,
+        appended_events: bool,
+    ) -> Result<(), sqlx::Error> {
+        self.commit_all_then(scope, s, appended_events, || {}).await
+    }
+
+    /// [`Db::commit_all`], calling `written` once `s` has run without an
+    /// error, before the commit: from then on, a writer that meets the rows
+    /// `s` wrote waits for this transaction's end (PostgreSQL) or comes
+    /// after it under the writer lock (SQLite).
+    pub(crate) async fn commit_all_then(
+        &self,
+        scope: Scope<'_>,
         mut s: Statements,
         appended_events: bool,
+        written: impl FnOnce() + Send + 'static,
     ) -> Result<(), sqlx::Error> {
         if let Some(lock) = self.inner.writer.clone() {
             let db = self.clone();
@@ -573,6 +587,7 @@ impl Db {
                 let (mut tx, _) = db.begin_sqlite_write(writer, Some(s)).await?;
                 tx.released = true;
                 tx.appended_events = appended_events;
+                written();
                 tx.commit_in_group().await
             };
             return tokio::spawn(task)
@@ -584,6 +599,7 @@ impl Db {
             self.note_write(&Err(&e));
             return Err(e);
         }
+        written();
         tx.appended_events = appended_events;
         tx.commit().await
     }
