@@ -476,6 +476,32 @@ struct Batch {
     all_new: Option<change::NewRows>,
 }
 
+/// A batch's write, in a task of its own. Stopped if the import ends before
+/// it is awaited (the caller went away, or another batch failed and the
+/// error is answered): its transaction then rolls back instead of storing
+/// rows the caller is not told of. (A SQLite commit already begun runs on
+/// in a task of its own, see `Db::commit_all`: all or nothing either way.)
+struct WriteTask(tokio::task::JoinHandle<Result<Vec<pb::RowResult>, Error>>);
+
+impl Future for WriteTask {
+    type Output = Result<Vec<pb::RowResult>, Error>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|joined| joined.unwrap_or_else(|_| Err(Error::Unavailable("import batch write"))))
+    }
+}
+
+impl Drop for WriteTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A batch's place among an import's writes, which may run at once: it
 /// writes its rows only once the batch before it has written its own (or
 /// failed), and tells the next one when it has, so that a row repeating
@@ -1282,11 +1308,7 @@ impl FeedbackService for Feedback {
         // batch's writes come first under the writer lock; on PostgreSQL the
         // later insert waits for the earlier transaction's unique key, then
         // clashes with it once it commits.
-        let mut writing: VecDeque<tokio::task::JoinHandle<Result<Vec<pb::RowResult>, Error>>> =
-            VecDeque::new();
-        let joined = |w: Result<Result<Vec<pb::RowResult>, Error>, tokio::task::JoinError>| {
-            w.unwrap_or_else(|_| Err(Error::Unavailable("import batch write failed")))
-        };
+        let mut writing: VecDeque<WriteTask> = VecDeque::new();
         let mut checked: VecDeque<Batch> = VecDeque::new();
         let mut last_written: Option<oneshot::Receiver<()>> = None;
         let caller = &caller;
@@ -1299,13 +1321,13 @@ impl FeedbackService for Feedback {
                 let this = self.clone();
                 let who = caller.clone();
                 let turn = Turn::after(&mut last_written);
-                writing.push_back(tokio::spawn(async move {
+                writing.push_back(WriteTask(tokio::spawn(async move {
                     this.write_batch(&who, &a, next, turn).await
-                }));
+                })));
             }
             let message = match writing.front_mut() {
                 Some(write) if checked.len() >= IMPORT_READ_AHEAD => {
-                    let written = joined(write.await);
+                    let written = write.await;
                     writing.pop_front();
                     results.extend(written?);
                     continue;
@@ -1314,7 +1336,7 @@ impl FeedbackService for Feedback {
                     biased;
                     written = write => {
                         writing.pop_front();
-                        results.extend(joined(written)?);
+                        results.extend(written?);
                         continue;
                     }
                     message = stream.next() => message,
@@ -1329,7 +1351,7 @@ impl FeedbackService for Feedback {
                 Err(e) => {
                     // The batches being written are finished, not cut short.
                     for write in writing {
-                        joined(write.await)?;
+                        write.await?;
                     }
                     return Err(e);
                 }
@@ -1357,7 +1379,7 @@ impl FeedbackService for Feedback {
                 Ok(Err(result)) => results.push(result),
                 Err(e) => {
                     for write in writing {
-                        joined(write.await)?;
+                        write.await?;
                     }
                     return Err(e.into());
                 }
@@ -1370,7 +1392,7 @@ impl FeedbackService for Feedback {
         }
         checked.push_back(self.batch(caller, agency.as_deref(), batch));
         for write in writing {
-            results.extend(joined(write.await)?);
+            results.extend(write.await?);
         }
         if let Some(a) = &agency {
             for next in checked {

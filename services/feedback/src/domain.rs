@@ -499,9 +499,18 @@ fn parse_definition(s: &pb::Survey, prefix: &str, v: &mut Violations) -> Definit
         .map(|(i, q)| QuestionDef::parse(q, &format!("{prefix}.questions[{i}]"), v))
         .collect();
     let mut seen = HashSet::new();
-    for (i, q) in questions.iter().enumerate() {
+    let mut items = HashSet::new();
+    for (i, (q, def)) in questions.iter().zip(&s.questions).enumerate() {
         if !q.key.is_empty() && !seen.insert(q.key.as_str()) {
             v.add(format!("{prefix}.questions[{i}].key"), "used twice");
+        }
+        // A response scores each standard item once (its score row is
+        // keyed by the item).
+        if def.standard_item != 0 && !items.insert(def.standard_item) {
+            v.add(
+                format!("{prefix}.questions[{i}].standard_item"),
+                "asked by another question already",
+            );
         }
     }
     if s.follow_up_rules.len() > MAX_RULES {
@@ -1401,6 +1410,39 @@ mod tests {
         assert!(
             fields.contains(&"survey.questions[0].kind".to_string()),
             "{fields:?}"
+        );
+    }
+
+    /// Two questions may not score the same standard item: a response's
+    /// score rows are keyed by the item.
+    #[test]
+    fn a_standard_item_is_asked_once() {
+        let mut s = survey();
+        let mut again = s.questions[0].clone();
+        assert_ne!(
+            again.item, 0,
+            "the template's first question is a standard item"
+        );
+        again.key = "asked_again".into();
+        s.questions.push(again);
+        let last = s.questions.len() - 1;
+        let fields = SurveyFields {
+            title: "t".into(),
+            description: String::new(),
+            touchpoint: Touchpoint::default(),
+            definition: s,
+        };
+        let err = SurveyFields::parse(&fields.to_proto_fields(), "survey").expect_err("twice");
+        let fields: Vec<String> = err
+            .finish()
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| f.field)
+            .collect();
+        assert_eq!(
+            fields,
+            vec![format!("survey.questions[{last}].standard_item")]
         );
     }
 

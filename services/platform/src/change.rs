@@ -610,12 +610,29 @@ mod tests {
         let t = crate::testing::fresh(&[&PLATFORM_MIGRATIONS]).await;
         let ids =
             |from: usize, to: usize| -> Vec<String> { (from..to).map(|i| i.to_string()).collect() };
+        // `written` is called once when the rows are written, never when
+        // they clash.
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = || {
+            let calls = calls.clone();
+            move || {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        };
         assert!(
             things(&t.db, &ids(0, 3))
-                .commit(&t.db, "a", || {})
+                .commit(&t.db, "a", counted())
                 .await
                 .unwrap()
         );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(
+            !things(&t.db, &ids(2, 4))
+                .commit(&t.db, "a", counted())
+                .await
+                .unwrap()
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
         // Sixteen batches at once: the odd ones repeat thing 1.
         let mut batches = tokio::task::JoinSet::new();
         for b in 0..16usize {
