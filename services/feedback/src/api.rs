@@ -1541,6 +1541,35 @@ impl FeedbackService for Feedback {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn summarize_follow_ups(
+        &self,
+        request: Request<pb::SummarizeFollowUpsRequest>,
+    ) -> Reply<pb::SummarizeFollowUpsResponse> {
+        let caller = Caller::from_request(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            let agency = parse_agency("parent", &req.parent)?;
+            authorize(
+                &caller,
+                Action::FollowUps.roles(),
+                agency,
+                Target::Collection,
+            )?;
+            let as_of = match &req.as_of {
+                None => times::today_key(),
+                Some(d) => times::date_key(d)
+                    .ok_or_else(|| Error::invalid("as_of", "not a calendar date"))?,
+            };
+            // Counts only: nothing personal is read, so nothing is audited.
+            let mut tx = self.db.read_one(Scope::Agency(agency)).await?;
+            let (open, overdue) = store::count_open_follow_ups(&mut tx, agency, as_of).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(pb::SummarizeFollowUpsResponse { open, overdue })
+        };
+        Ok(tonic::Response::new(run.await?))
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn update_follow_up(
         &self,
         request: Request<pb::UpdateFollowUpRequest>,

@@ -932,6 +932,28 @@ pub fn push_follow_up(s: &mut Statements, f: &FollowUpRecord) -> Result<(), Erro
     Ok(())
 }
 
+/// An agency's follow-ups still to work (open or contacted), and those of
+/// them due before `as_of` (yyyymmdd): one statement over the index on
+/// (agency, status, due_date).
+pub async fn count_open_follow_ups(
+    tx: &mut Tx,
+    agency: &str,
+    as_of: i64,
+) -> Result<(i64, i64), Error> {
+    use crate::domain::FollowUpStatus as S;
+    let (open, overdue): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN due_date < $2 THEN 1 ELSE 0 END), 0) \
+         FROM follow_ups WHERE agency = $1 AND status IN ($3, $4)",
+    )
+    .bind(agency)
+    .bind(as_of)
+    .bind(i64::from(S::Open as i32))
+    .bind(i64::from(S::Contacted as i32))
+    .fetch_one(tx.conn())
+    .await?;
+    Ok((open, overdue))
+}
+
 /// A follow-up, or None; `lock` holds its row until commit (PostgreSQL).
 pub async fn get_follow_up(
     tx: &mut Tx,

@@ -1549,6 +1549,92 @@ async fn rules_open_follow_ups_for_clients_who_agreed_to_contact() {
         .filter(|e| e.r#type == "touchstone.feedback.v1.FollowUpOpened")
         .count();
     assert_eq!(opened, 2 + 2);
+
+    // SummarizeFollowUps counts what ListFollowUps lists as still to work,
+    // overdue against the day given, and reads (so audits) nothing.
+    let working = c
+        .list_follow_ups(req(
+            pb::ListFollowUpsRequest {
+                parent: "agencies/dia".into(),
+                filter: "status = OPEN OR status = CONTACTED".into(),
+                page_size: 1000,
+                ..Default::default()
+            },
+            &officer,
+        ))
+        .await
+        .expect("list")
+        .into_inner()
+        .follow_ups
+        .len() as i64;
+    assert!(working >= 3, "{working}");
+    let audit_records = async || {
+        let mut tx = h
+            .store
+            .db
+            .read(touchstone_platform::db::Scope::Agency("dia"))
+            .await
+            .expect("tx");
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_records WHERE agency = 'dia'")
+            .fetch_one(tx.conn())
+            .await
+            .expect("count");
+        n
+    };
+    let audited = audit_records().await;
+    let summary = |as_of: Option<Date>| {
+        req(
+            pb::SummarizeFollowUpsRequest {
+                parent: "agencies/dia".into(),
+                as_of,
+            },
+            &officer,
+        )
+    };
+    let day = |year| Date {
+        year,
+        month: 1,
+        day: 1,
+    };
+    let later = c
+        .summarize_follow_ups(summary(Some(day(2999))))
+        .await
+        .expect("summary")
+        .into_inner();
+    assert_eq!((later.open, later.overdue), (working, working));
+    let earlier = c
+        .summarize_follow_ups(summary(Some(day(2000))))
+        .await
+        .expect("summary")
+        .into_inner();
+    assert_eq!((earlier.open, earlier.overdue), (working, 0));
+    let today = c
+        .summarize_follow_ups(summary(None))
+        .await
+        .expect("summary")
+        .into_inner();
+    assert_eq!(today.open, working);
+    assert_eq!(audit_records().await, audited, "counting audits nothing");
+    let err = c
+        .summarize_follow_ups(summary(Some(Date {
+            year: 2026,
+            month: 2,
+            day: 30,
+        })))
+        .await
+        .expect_err("no such day");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = c
+        .summarize_follow_ups(req(
+            pb::SummarizeFollowUpsRequest {
+                parent: "agencies/dia".into(),
+                as_of: None,
+            },
+            &h.token("dia", ANALYST),
+        ))
+        .await
+        .expect_err("analyst");
+    assert_eq!(err.code(), Code::PermissionDenied);
     h.stop().await;
 }
 

@@ -1655,32 +1655,17 @@ impl Gateway {
         agency: &str,
         today: jiff::civil::Date,
     ) -> Result<(i64, i64), Status> {
+        // Counts from the feedback service: no follow-up (each names a
+        // client) leaves it, so none is read or audited to be counted.
         let mut client = self.backends.feedback();
-        let (mut open, mut overdue) = (0i64, 0i64);
-        let today = domain::wire_date(today);
-        let mut token = String::new();
-        loop {
-            let req = fpb::ListFollowUpsRequest {
-                parent: format!("agencies/{agency}"),
-                page_size: 1000,
-                page_token: token,
-                filter: "status = OPEN OR status = CONTACTED".into(),
-                order_by: String::new(),
-            };
-            let page = ctx.run(client.list_follow_ups(ctx.request(req))).await?;
-            for f in &page.follow_ups {
-                open += 1;
-                if f.due_date.is_some_and(|d| {
-                    (d.year, d.month, d.day) < (today.year, today.month, today.day)
-                }) {
-                    overdue += 1;
-                }
-            }
-            token = page.next_page_token;
-            if token.is_empty() {
-                return Ok((open, overdue));
-            }
-        }
+        let req = fpb::SummarizeFollowUpsRequest {
+            parent: format!("agencies/{agency}"),
+            as_of: Some(domain::wire_date(today)),
+        };
+        let counts = ctx
+            .run(client.summarize_follow_ups(ctx.request(req)))
+            .await?;
+        Ok((counts.open, counts.overdue))
     }
 
     async fn topics(

@@ -3018,31 +3018,20 @@ async fn surveys_are_open311_services_whose_questions_are_attributes() {
     assert_eq!(count, 1);
 }
 
-/// The dashboard's topics count the period's comments (not those of another
-/// period) and read them in the basic view: a dashboard writes no audit
-/// record in the feedback service, where the same list in the full view
-/// writes one per response.
-#[tokio::test]
-async fn dashboard_topics_read_no_personal_data() {
+/// `survey`, created and published in agency passports by its admin.
+async fn published_survey(
+    h: &Harness,
+    survey: touchstone_api::feedback::v1::Survey,
+) -> touchstone_api::feedback::v1::Survey {
     use touchstone_api::feedback::v1 as fpb;
     use touchstone_api::feedback::v1::feedback_service_client::FeedbackServiceClient;
-    let h = Harness::start().await;
     let admin = h.token("passports", ADMIN);
     let mut f = FeedbackServiceClient::new(Harness::channel(&h._feedback).await);
     let survey = f
         .create_survey(req(
             fpb::CreateSurveyRequest {
                 parent: "agencies/passports".into(),
-                survey: Some(fpb::Survey {
-                    title: "Counter visit".into(),
-                    questions: vec![fpb::Question {
-                        key: "comment".into(),
-                        text: "Anything else?".into(),
-                        kind: fpb::QuestionKind::FreeText as i32,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
+                survey: Some(survey),
                 ..Default::default()
             },
             &admin,
@@ -3058,7 +3047,34 @@ async fn dashboard_topics_read_no_personal_data() {
         &admin,
     ))
     .await
-    .expect("publish");
+    .expect("publish")
+    .into_inner()
+}
+
+/// The dashboard's topics count the period's comments (not those of another
+/// period) and read them in the basic view: a dashboard writes no audit
+/// record in the feedback service, where the same list in the full view
+/// writes one per response.
+#[tokio::test]
+async fn dashboard_topics_read_no_personal_data() {
+    use touchstone_api::feedback::v1 as fpb;
+    use touchstone_api::feedback::v1::feedback_service_client::FeedbackServiceClient;
+    let h = Harness::start().await;
+    let mut f = FeedbackServiceClient::new(Harness::channel(&h._feedback).await);
+    let survey = published_survey(
+        &h,
+        fpb::Survey {
+            title: "Counter visit".into(),
+            questions: vec![fpb::Question {
+                key: "comment".into(),
+                text: "Anything else?".into(),
+                kind: fpb::QuestionKind::FreeText as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
     // Two comments about waiting in the dashboard's quarter (2026-Q3), one
     // about the website before it.
     let intake = h.token("passports", &[Role::Intake]);
@@ -3132,5 +3148,98 @@ async fn dashboard_queue_reads_no_personal_data() {
     assert_eq!(queue.len(), 1);
     assert_eq!(queue[0].complaint, filed.name);
     assert!(queue[0].clock.is_some());
+    assert_eq!(audited().await, before, "the dashboard read personal data");
+}
+
+/// The dashboard's follow-up counts come from feedback's SummarizeFollowUps:
+/// a follow-up names a client, and counting them reads none, so a
+/// dashboard writes no audit record in the feedback service.
+#[tokio::test]
+async fn dashboard_follow_up_counts_read_no_personal_data() {
+    use touchstone_api::feedback::v1 as fpb;
+    use touchstone_api::feedback::v1::feedback_service_client::FeedbackServiceClient;
+    let h = Harness::start().await;
+    let officer = h.token("passports", OFFICER);
+    let mut r = h.register_client().await;
+    let client = r
+        .create_client(req(
+            reg::CreateClientRequest {
+                parent: "agencies/passports".into(),
+                client: Some(reg::Client {
+                    kind: reg::ClientKind::Person as i32,
+                    given_names: "Aroha".into(),
+                    family_name: "Ngata".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &officer,
+        ))
+        .await
+        .expect("client")
+        .into_inner();
+    r.grant_consent(req(
+        reg::GrantConsentRequest {
+            name: client.name.clone(),
+            purpose: reg::ConsentPurpose::FeedbackSurveys as i32,
+            source: "web form".into(),
+            ..Default::default()
+        },
+        &officer,
+    ))
+    .await
+    .expect("consent");
+    let mut f = FeedbackServiceClient::new(Harness::channel(&h._feedback).await);
+    let survey = published_survey(
+        &h,
+        fpb::Survey {
+            title: "Counter visit".into(),
+            questions: vec![fpb::Question {
+                key: "agree".into(),
+                text: "Staff were helpful".into(),
+                kind: fpb::QuestionKind::Agreement5 as i32,
+                ..Default::default()
+            }],
+            follow_up_rules: vec![fpb::FollowUpRule {
+                question_key: "agree".into(),
+                score_at_most: 2,
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    for agree in [1, 2, 5] {
+        f.submit_response(req(
+            fpb::SubmitResponseRequest {
+                parent: survey.name.clone(),
+                response: Some(fpb::Response {
+                    answers: vec![fpb::Answer {
+                        question_key: "agree".into(),
+                        score: Some(agree),
+                        ..Default::default()
+                    }],
+                    client: client.name.clone(),
+                    contact_agreed: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &h.token("passports", &[Role::Intake]),
+        ))
+        .await
+        .expect("submit");
+    }
+    let audited = || audit_rows(&h._dbs[2]);
+    let before = audited().await;
+    let d = dashboard(&h, "passports", &h.token("passports", MANAGER), None)
+        .await
+        .expect("dashboard");
+    let feedback = d.feedback.expect("feedback");
+    assert_eq!(
+        (feedback.follow_ups_open, feedback.follow_ups_overdue),
+        (2, 0)
+    );
+    assert!(d.unreachable.is_empty() && d.withheld.is_empty(), "{d:?}");
     assert_eq!(audited().await, before, "the dashboard read personal data");
 }
