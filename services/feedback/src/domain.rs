@@ -1389,6 +1389,18 @@ mod tests {
         assert_eq!(survey().items().len(), 9);
     }
 
+    /// The fields `fields` is refused for, as a survey.
+    fn violated(fields: &SurveyFields) -> Vec<String> {
+        SurveyFields::parse(&fields.to_proto_fields(), "survey")
+            .expect_err("refused")
+            .finish()
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| f.field)
+            .collect()
+    }
+
     #[test]
     fn item_fixes_kind() {
         let mut s = template(SurveyTemplate::Nps).expect("nps").1;
@@ -1399,14 +1411,7 @@ mod tests {
             touchpoint: Touchpoint::default(),
             definition: s,
         };
-        let err = SurveyFields::parse(&fields.to_proto_fields(), "survey").expect_err("bad kind");
-        let fields: Vec<String> = err
-            .finish()
-            .err()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|f| f.field)
-            .collect();
+        let fields = violated(&fields);
         assert!(
             fields.contains(&"survey.questions[0].kind".to_string()),
             "{fields:?}"
@@ -1432,14 +1437,7 @@ mod tests {
             touchpoint: Touchpoint::default(),
             definition: s,
         };
-        let err = SurveyFields::parse(&fields.to_proto_fields(), "survey").expect_err("twice");
-        let fields: Vec<String> = err
-            .finish()
-            .err()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|f| f.field)
-            .collect();
+        let fields = violated(&fields);
         assert_eq!(
             fields,
             vec![format!("survey.questions[{last}].standard_item")]

@@ -420,20 +420,6 @@ pub enum Inserted {
     DuplicateTransaction,
 }
 
-/// Inserts a response, and adds the insert of its standard-item scores to
-/// `scores` (see [`insert_responses`]). Never fails on a duplicate (which
-/// would abort a PostgreSQL transaction): reports it.
-pub async fn insert_response(
-    tx: &mut Tx,
-    key: &DataKey,
-    r: &ResponseRecord,
-    import_key: Option<&str>,
-    scores: &mut Statements,
-) -> Result<Inserted, Error> {
-    let mut out = insert_responses(tx, key, &[(r, import_key)], scores).await?;
-    out.pop().ok_or(Error::Corrupt("no insert result"))
-}
-
 /// Most parameters to bind to one multi-row statement. PostgreSQL allows
 /// 65,535 and each statement is a round trip, so large ones pay. SQLite
 /// allows 32,766, but binding by position looks each parameter's name up in
