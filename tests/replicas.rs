@@ -289,6 +289,9 @@ async fn two_replicas_of_every_service_lose_one_of_complaints_and_kpi_and_nothin
                         format!("127.0.0.1:{port}"),
                     )
                     .env("TOUCHSTONE_HUB__DASHBOARD", "false")
+                    // Every dashboard computed: the test is of the calls
+                    // behind it going round the replicas.
+                    .env("TOUCHSTONE_HUB__DASHBOARD_CACHE_MS", "0")
                     // Every figure published (no disclosure control): the
                     // count is compared with the complaints, not protected.
                     .env("TOUCHSTONE_HUB__MIN_COUNT", "1");

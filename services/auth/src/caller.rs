@@ -53,7 +53,7 @@ impl fmt::Display for Role {
 }
 
 /// Which agencies a caller may act in besides its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AgencyScope {
     /// Only the caller's own `agency`.
     Own,
@@ -63,8 +63,9 @@ pub enum AgencyScope {
     All,
 }
 
-/// The authenticated caller, built only from a verified token.
-#[derive(Debug, Clone)]
+/// The authenticated caller, built only from a verified token. Two callers
+/// are equal when every field is: then every service authorizes them alike.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Caller {
     pub subject: String,
     pub agency: Option<String>,

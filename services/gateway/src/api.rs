@@ -23,6 +23,7 @@ use touchstone_platform::names;
 use touchstone_platform::times;
 
 use crate::backends::{Backends, CallContext, Failure, classify};
+use crate::cache::{self, Dashboards};
 use crate::domain::{self, HUB, MemberFigure, Period};
 use crate::error::Error;
 use crate::open311_form::Submission;
@@ -61,6 +62,8 @@ pub struct Gateway {
     /// (the server's limit) would let them all miss their deadlines
     /// together under overload instead of some finishing.
     fan_outs: Arc<tokio::sync::Semaphore>,
+    /// Whole dashboards kept a moment for their caller (`cache`).
+    dashboards: Arc<Dashboards>,
 }
 
 /// Fan-out reads per CPU the gateway runs at once.
@@ -288,7 +291,21 @@ impl Gateway {
                 FAN_OUTS_PER_CPU
                     * std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             )),
+            dashboards: Arc::new(Dashboards::new(std::time::Duration::ZERO)),
         }
+    }
+
+    /// The same service keeping each whole dashboard for `ttl` for its
+    /// caller (see `cache`); zero, as `new` makes it, keeps none.
+    pub fn with_dashboard_cache(mut self, ttl: std::time::Duration) -> Gateway {
+        self.dashboards = Arc::new(Dashboards::new(ttl));
+        self
+    }
+
+    /// Something in `agency` was changed through the gateway: its kept
+    /// dashboards are forgotten.
+    pub(crate) fn agency_changed(&self, agency: &str) {
+        self.dashboards.forget(agency);
     }
 
     /// A turn to run a fan-out read (see `fan_outs`).
@@ -484,7 +501,10 @@ impl Gateway {
         store::update_agency(&mut change.tx, &row).await?;
         let out = row.to_proto();
         let name = out.name.clone();
-        Ok(change.finish(&name, out).await?)
+        let done = change.finish(&name, out).await;
+        // Its time zone sets the dashboards' current period.
+        self.agency_changed(&id);
+        Ok(done?)
     }
 
     // ---- units ----
@@ -1030,16 +1050,19 @@ impl Gateway {
         )
         .map_err(Error::Backend)?;
         let request_id = domain::open311_request_id(&retry_key, now);
-        let (id, requested_time) = match answers {
+        let made = match answers {
             Some(answers) => {
                 self.submit_response(&ctx, &service, answers, request_id)
-                    .await?
+                    .await
             }
             None => {
                 self.submit_complaint(&ctx, agency, &service, sub, request_id)
-                    .await?
+                    .await
             }
         };
+        // Made or not (a call that failed may still have been applied).
+        self.agency_changed(agency);
+        let (id, requested_time) = made?;
         let (latitude, longitude) = sub.location.lat_long.clone().unwrap_or_default();
         let row = store::Open311RequestRow {
             agency: agency.to_string(),
@@ -1507,7 +1530,8 @@ impl Gateway {
             .unwrap_or_else(|| "UTC".into()))
     }
 
-    /// An agency's dashboard: every backend at once, within the caller's time.
+    /// An agency's dashboard: every backend at once, within the caller's
+    /// time; or the same caller's same dashboard of a moment ago (`cache`).
     pub async fn dashboard(
         &self,
         caller: &Caller,
@@ -1516,9 +1540,27 @@ impl Gateway {
     ) -> Result<pb::Dashboard, Error> {
         let agency = agency_of("agency", &req.agency)?.to_string();
         authorize(caller, DASHBOARD_ROLES, &agency, Target::Collection)?;
+        let key = cache::Key {
+            caller: caller.clone(),
+            agency,
+            period: req.period,
+        };
+        let (agency, period) = (key.agency.clone(), key.period.clone());
+        self.dashboards
+            .get(key, || self.compute_dashboard(ctx, agency, period))
+            .await
+    }
+
+    /// An authorized caller's dashboard, computed.
+    async fn compute_dashboard(
+        &self,
+        ctx: &CallContext,
+        agency: String,
+        period: String,
+    ) -> Result<pb::Dashboard, Error> {
         let tz = self.time_zone(&agency).await?;
         let today = domain::today_in(&tz);
-        let period = Period::parse(&req.period, today).map_err(|e| Error::invalid("period", e))?;
+        let period = Period::parse(&period, today).map_err(|e| Error::invalid("period", e))?;
         // Checked and authorized first: a bad request is told so even
         // while every turn is taken.
         let _turn = self.fan_out_turn().await?;

@@ -483,6 +483,7 @@ async fn record_complaint(
         ));
     };
     let r = record(&desk, &ctx, &agency, b).await;
+    desk.gateway.agency_changed(&agency);
     reply(r, |c| json!({"complaint": complaint_json(c)}))
 }
 
@@ -547,6 +548,7 @@ async fn act_on_complaint(
     };
     let name = complaint_name(&agency, &id);
     let r = act(&desk, &ctx, name, &action, b).await;
+    desk.gateway.agency_changed(&agency);
     reply(r, |c| json!({"complaint": complaint_json(c)}))
 }
 
@@ -805,6 +807,7 @@ async fn update_follow_up(
     };
     let mut client = desk.gateway.backends().feedback();
     let r = ctx.run(client.update_follow_up(ctx.request(req))).await;
+    desk.gateway.agency_changed(&agency);
     reply(r, |f| json!({"follow_up": follow_up_json(f)}))
 }
 

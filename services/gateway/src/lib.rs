@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod backends;
+pub mod cache;
 pub mod desk;
 pub mod domain;
 pub mod error;
@@ -97,6 +98,9 @@ pub struct Peers {
     pub backends: backends::Backends,
     /// The suppression threshold for benchmarks (k).
     pub min_count: u64,
+    /// How long a whole dashboard is kept for its caller (`cache`); zero
+    /// keeps none. [`cache::DEFAULT_TTL`] from `connect`.
+    pub dashboard_cache: std::time::Duration,
 }
 
 impl Peers {
@@ -126,6 +130,7 @@ impl Peers {
                 service_token: token,
             },
             min_count,
+            dashboard_cache: cache::DEFAULT_TTL,
         })
     }
 }
@@ -139,7 +144,8 @@ pub fn start(
     peers: Peers,
     http: Option<tokio::net::TcpListener>,
 ) -> (tonic::service::Routes, Vec<JoinHandle<()>>) {
-    let gateway = api::Gateway::new(db, master, peers.backends, peers.min_count);
+    let gateway = api::Gateway::new(db, master, peers.backends, peers.min_count)
+        .with_dashboard_cache(peers.dashboard_cache);
     let mut tasks = Vec::new();
     if let Some(listener) = http {
         let app = web::router(Arc::new(gateway.clone()), verifier.clone());

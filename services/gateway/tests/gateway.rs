@@ -409,7 +409,14 @@ const ADMIN: &[Role] = &[Role::AgencyAdmin];
 const MANAGER: &[Role] = &[Role::Officer, Role::SeniorOfficer, Role::AgencyAdmin];
 
 impl Harness {
+    /// Every dashboard computed (no cache), as the tests of what a
+    /// dashboard shows need.
     async fn start() -> Harness {
+        Harness::start_with(Duration::ZERO).await
+    }
+
+    /// The gateway keeping dashboards for `dashboard_cache`.
+    async fn start_with(dashboard_cache: Duration) -> Harness {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter("warn")
@@ -499,6 +506,8 @@ impl Harness {
             10,
         )
         .expect("peers");
+        let mut peers = peers;
+        peers.dashboard_cache = dashboard_cache;
         let api = touchstone_gateway::api::Gateway::new(
             gateway_db.db.clone(),
             keys(),
@@ -746,6 +755,24 @@ async fn dashboard(
         .map(Response::into_inner)
 }
 
+/// A dashboard of a quarter that does not exist is refused, naming `period`.
+async fn bad_period_is_refused(h: &Harness, token: &str) {
+    let e = h
+        .gateway()
+        .await
+        .get_dashboard(req(
+            pb::GetDashboardRequest {
+                agency: "agencies/passports".into(),
+                period: "2026-Q9".into(),
+            },
+            token,
+        ))
+        .await
+        .expect_err("bad period");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(violations(&e), ["period"]);
+}
+
 #[tokio::test]
 async fn dashboard_joins_every_backend_with_the_callers_token() {
     let h = Harness::start().await;
@@ -814,20 +841,7 @@ async fn dashboard_joins_every_backend_with_the_callers_token() {
         .await
         .expect_err("tenancy");
     assert_eq!(e.code(), Code::PermissionDenied);
-    let e = h
-        .gateway()
-        .await
-        .get_dashboard(req(
-            pb::GetDashboardRequest {
-                agency: "agencies/passports".into(),
-                period: "2026-Q9".into(),
-            },
-            &h.token("passports", MANAGER),
-        ))
-        .await
-        .expect_err("bad period");
-    assert_eq!(e.code(), Code::InvalidArgument);
-    assert_eq!(violations(&e), ["period"]);
+    bad_period_is_refused(&h, &h.token("passports", MANAGER)).await;
     let e = dashboard(
         &h,
         "passports",
@@ -844,6 +858,92 @@ async fn dashboard_joins_every_backend_with_the_callers_token() {
         .await
         .expect_err("no token");
     assert_eq!(e.code(), Code::Unauthenticated);
+}
+
+/// Figures the KPI service was asked for so far.
+fn kpi_calls(h: &Harness) -> usize {
+    h.kpi.lock().expect("lock").subjects.len()
+}
+
+#[tokio::test]
+async fn kept_dashboards_are_the_callers_own_and_a_change_through_the_gateway_forgets_them() {
+    let h = Harness::start_with(Duration::from_secs(60)).await;
+    file_complaint(&h, "passports", cpb::complainant::Who::Anonymous(true)).await;
+    file_complaint(&h, "passports", cpb::complainant::Who::Anonymous(true)).await;
+    let open = |d: &pb::Dashboard| d.complaints.as_ref().map(|c| c.open);
+    // One subject, several role sets and scopes: each its own dashboard.
+    let manager = h.token("passports", MANAGER);
+    let analyst = h.token("passports", ANALYST);
+    let both = h.token("passports", &[Role::Analyst, Role::Officer]);
+    let d = dashboard(&h, "passports", &manager, None)
+        .await
+        .expect("manager");
+    assert_eq!(open(&d), Some(2));
+    // The KPI calls one dashboard makes (its figures are checked one by one).
+    let one = kpi_calls(&h);
+    assert!(one > 0);
+    let d = dashboard(&h, "passports", &manager, None)
+        .await
+        .expect("again");
+    assert_eq!(open(&d), Some(2));
+    assert_eq!(kpi_calls(&h), one, "kept: not computed again");
+    let d = dashboard(&h, "passports", &analyst, None)
+        .await
+        .expect("analyst");
+    assert_eq!(
+        d.complaints, None,
+        "the manager's queue is not the analyst's"
+    );
+    assert!(d.withheld.contains(&"complaints".to_string()), "{d:?}");
+    assert_eq!(kpi_calls(&h), 2 * one);
+    let d = dashboard(&h, "passports", &both, None).await.expect("both");
+    assert_eq!(open(&d), Some(2));
+    assert_eq!(kpi_calls(&h), 3 * one);
+    let d = dashboard(&h, "passports", &analyst, None)
+        .await
+        .expect("analyst again");
+    assert_eq!(d.complaints, None);
+    assert_eq!(kpi_calls(&h), 3 * one);
+    // Another agency's manager is refused before any kept answer is looked
+    // at.
+    let e = dashboard(&h, "passports", &h.token("customs", MANAGER), None)
+        .await
+        .expect_err("another agency's manager");
+    assert_eq!(
+        e.code(),
+        Code::PermissionDenied,
+        "authorized before the cache"
+    );
+    // A bad period is refused every time, never kept.
+    for _ in 0..2 {
+        bad_period_is_refused(&h, &manager).await;
+    }
+    let computed = kpi_calls(&h);
+
+    // A complaint made at the complaints service directly shows once the
+    // kept answer expires (here, not within the test's minute)...
+    file_complaint(&h, "passports", cpb::complainant::Who::Anonymous(true)).await;
+    let d = dashboard(&h, "passports", &manager, None)
+        .await
+        .expect("kept");
+    assert_eq!(open(&d), Some(2));
+    assert_eq!(kpi_calls(&h), computed);
+    // ...and one made through the gateway's desk forgets the agency's
+    // dashboards at once, every caller's.
+    let record = serde_json::json!({"request_id": "8d3c0d1e-2b4f-4c86-9d41-5d0f6c1d2e05",
+        "anonymous": true, "channel": "phone", "category": "delay",
+        "description": "Waited at the counter for two hours"});
+    let (status, body) = h.http_post("/api/complaints", &manager, record).await;
+    assert_eq!(status, 200, "{body}");
+    let d = dashboard(&h, "passports", &manager, None)
+        .await
+        .expect("fresh");
+    assert_eq!(open(&d), Some(4));
+    let d = dashboard(&h, "passports", &both, None)
+        .await
+        .expect("fresh");
+    assert_eq!(open(&d), Some(4));
+    assert_eq!(kpi_calls(&h), computed + 2 * one);
 }
 
 #[tokio::test]

@@ -217,7 +217,14 @@ pub struct HubSettings {
     pub dashboard: bool,
     /// Benchmark figures from fewer observations than this are suppressed.
     pub min_count: u64,
+    /// Milliseconds a whole dashboard is kept for the caller that asked for
+    /// it (0: none); at most [`MAX_DASHBOARD_CACHE_MS`].
+    pub dashboard_cache_ms: u64,
 }
+
+/// The longest a dashboard may be kept: a cached dashboard is a moment's
+/// shortcut, not a report.
+pub const MAX_DASHBOARD_CACHE_MS: u64 = 60_000;
 
 impl Default for HubSettings {
     fn default() -> Self {
@@ -225,6 +232,7 @@ impl Default for HubSettings {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             dashboard: true,
             min_count: 10,
+            dashboard_cache_ms: 1000,
         }
     }
 }
@@ -399,6 +407,12 @@ impl Settings {
         }
         if self.hub.min_count == 0 {
             return Err(invalid("hub.min_count", "must be at least 1"));
+        }
+        if self.hub.dashboard_cache_ms > MAX_DASHBOARD_CACHE_MS {
+            return Err(invalid(
+                "hub.dashboard_cache_ms",
+                "must be at most 60000 (a minute)",
+            ));
         }
         if self.max_concurrent_per_connection == 0 {
             return Err(invalid(
@@ -610,6 +624,18 @@ mod tests {
         assert!(e.contains("peers.kpi"), "{e}");
         let e = with_env(&[("PEERS__KPI", "http://a:1,")]).expect_err("empty peer");
         assert!(e.contains("peers.kpi"), "{e}");
+        let e = with_env(&[("HUB__DASHBOARD_CACHE_MS", "60001")]).expect_err("too long");
+        assert!(e.contains("hub.dashboard_cache_ms"), "{e}");
+        let e = with_env(&[("HUB__DASHBOARD_CACHE_MS", "-1")]).expect_err("negative");
+        assert!(e.contains("dashboard_cache_ms"), "{e}");
+        for (given, kept) in [("0", 0), ("60000", 60_000)] {
+            let s = with_env(&[("HUB__DASHBOARD_CACHE_MS", given)]).expect("in range");
+            assert_eq!(s.hub.dashboard_cache_ms, kept);
+        }
+        assert_eq!(
+            with_env(&[]).expect("defaults").hub.dashboard_cache_ms,
+            1000
+        );
         let ok = with_env(&[("PEERS__KPI", "http://10.0.0.5:1, http://kpi-pods:50054")])
             .expect("replicas listed");
         assert_eq!(ok.peers.kpi, "http://10.0.0.5:1, http://kpi-pods:50054");

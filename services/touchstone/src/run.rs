@@ -298,7 +298,7 @@ impl ServiceName {
                 )
             }
             ServiceName::Gateway => {
-                let peers = touchstone_gateway::Peers::connect(
+                let mut peers = touchstone_gateway::Peers::connect(
                     &env.peers.register,
                     &env.peers.complaints,
                     &env.peers.feedback,
@@ -307,6 +307,8 @@ impl ServiceName {
                     env.hub.min_count,
                 )
                 .context("settings peers.*")?;
+                peers.dashboard_cache =
+                    std::time::Duration::from_millis(env.hub.dashboard_cache_ms);
                 let http = if env.hub.dashboard {
                     let addr = env.hub.http_listen;
                     let listener = std::net::TcpListener::bind(addr).with_context(|| {

@@ -43,7 +43,12 @@ struct Stack {
     complaints: Served,
     feedback: Served,
     kpi_served: Served,
+    /// The gateway as configured (`hub.dashboard_cache_ms`: 1 s by default).
     gateway: Served,
+    /// The same gateway keeping no dashboard: each one computed.
+    uncached: Served,
+    /// How long `gateway` keeps a dashboard, in ms.
+    cache_ms: u64,
     echo: echo::EchoHandle,
     in_process: touchstone_gateway::api::Gateway,
     auth: MetadataValue<Ascii>,
@@ -102,7 +107,7 @@ impl Stack {
         let feedback = Served::feedback(dbs[1].db.clone(), verifier.clone(), limit).await?;
         let kpi_served = Served::kpi(dbs[2].db.clone(), verifier.clone(), limit).await?;
         let url = |s: &Served| format!("http://{}", s.addr);
-        let peers = touchstone_gateway::Peers::connect(
+        let mut peers = touchstone_gateway::Peers::connect(
             nowhere,
             &url(&complaints),
             &url(&feedback),
@@ -110,22 +115,32 @@ impl Stack {
             ServiceToken::None,
             10,
         )?;
+        peers.dashboard_cache = Duration::from_millis(settings.hub.dashboard_cache_ms);
         let in_process = touchstone_gateway::api::Gateway::new(
             dbs[3].db.clone(),
             keys(),
             peers.backends.clone(),
             10,
         );
-        let (routes, _) =
-            touchstone_gateway::start(dbs[3].db.clone(), keys(), verifier, peers, None);
-        let gateway = Served::start(
-            "gateway",
-            touchstone_gateway::SERVICE_NAME,
-            routes,
-            dbs[3].db.clone(),
-            limit,
-        )
-        .await?;
+        let mut each = peers.clone();
+        each.dashboard_cache = Duration::ZERO;
+        let mut gateways = Vec::new();
+        for (name, peers) in [("gateway", peers), ("gateway (no cache)", each)] {
+            let (routes, _) =
+                touchstone_gateway::start(dbs[3].db.clone(), keys(), verifier.clone(), peers, None);
+            gateways.push(
+                Served::start(
+                    name,
+                    touchstone_gateway::SERVICE_NAME,
+                    routes,
+                    dbs[3].db.clone(),
+                    limit,
+                )
+                .await?,
+            );
+        }
+        let uncached = gateways.pop().context("two gateways")?;
+        let gateway = gateways.pop().context("two gateways")?;
         let echo = echo::start().await.context("starting the echo server")?;
 
         let stack = Stack {
@@ -134,6 +149,8 @@ impl Stack {
             feedback,
             kpi_served,
             gateway,
+            uncached,
+            cache_ms: settings.hub.dashboard_cache_ms,
             echo,
             in_process,
             auth,
@@ -151,6 +168,7 @@ impl Stack {
 
     async fn stop(self) {
         self.gateway.stop().await;
+        self.uncached.stop().await;
         self.kpi_served.stop().await;
         self.feedback.stop().await;
         self.complaints.stop().await;
@@ -166,7 +184,7 @@ impl Stack {
         &self,
         args: &BenchArgs,
         bar: &indicatif::ProgressBar,
-    ) -> anyhow::Result<(load::Measured, load::Measured)> {
+    ) -> anyhow::Result<(load::Measured, load::Measured, load::Measured)> {
         let window = Window {
             warmup: args.warmup,
             duration: args.duration,
@@ -182,19 +200,27 @@ impl Stack {
             .collect();
         let echo_rate = load::run("echo", ops, window, bar).await;
         drop(channels);
-        let channels = connect(self.gateway.addr, args.connections).await?;
-        let ops: Vec<_> = (0..workers)
-            .map(|w| DashboardOp {
-                client: GatewayServiceClient::new(channels[w % channels.len()].clone()),
-                auth: self.auth.clone(),
-            })
-            .collect();
-        let dash_rate = load::run("GetDashboard", ops, window, bar).await;
-        Ok((echo_rate, dash_rate))
+        let mut rates = Vec::new();
+        for (name, served) in [
+            ("GetDashboard", &self.gateway),
+            ("GetDashboard (no cache)", &self.uncached),
+        ] {
+            let channels = connect(served.addr, args.connections).await?;
+            let ops: Vec<_> = (0..workers)
+                .map(|w| DashboardOp {
+                    client: GatewayServiceClient::new(channels[w % channels.len()].clone()),
+                    auth: self.auth.clone(),
+                })
+                .collect();
+            rates.push(load::run(name, ops, window, bar).await);
+        }
+        let uncached = rates.pop().context("two runs")?;
+        let cached = rates.pop().context("two runs")?;
+        Ok((echo_rate, cached, uncached))
     }
 }
 
-fn print_load(args: &BenchArgs, results: [&load::Measured; 2]) {
+fn print_load(args: &BenchArgs, results: [&load::Measured; 3]) {
     println!(
         "\nunder load ({} connections x {} in flight; warm-up {:.0}s, window {:.0}s):",
         args.connections,
@@ -204,7 +230,7 @@ fn print_load(args: &BenchArgs, results: [&load::Measured; 2]) {
     );
     for m in results {
         println!(
-            "  {:<14} {:>9.0} req/s  p50 {:>8.2} ms  p99 {:>8.2} ms  errors {}",
+            "  {:<24} {:>9.0} req/s  p50 {:>8.2} ms  p99 {:>8.2} ms  errors {}",
             m.scenario, m.per_second, m.p50_ms, m.p99_ms, m.errors
         );
         for (k, v) in &m.error_kinds {
@@ -225,26 +251,31 @@ pub(super) async fn overload(args: &BenchArgs, settings: &Settings) -> anyhow::R
     let measured = stack.under_load(args, &bar).await;
     bar.finish_and_clear();
     stack.stop().await;
-    let (echo_rate, dash_rate) = measured?;
+    let (echo_rate, cached, uncached) = measured?;
     println!(
-        "\nGetDashboard under overload (gateway, complaints, feedback and KPI in this process, SQLite):"
+        "\nGetDashboard under overload (gateway, complaints, feedback and KPI in this process, SQLite; \
+         dashboards kept {} ms, and by a second gateway keeping none):",
+        settings.hub.dashboard_cache_ms
     );
-    print_load(args, [&echo_rate, &dash_rate]);
-    let only_exhausted = dash_rate
-        .error_kinds
-        .keys()
-        .all(|k| k == "ResourceExhausted");
-    let ratio = (dash_rate.ok > 0).then(|| dash_rate.p99_ms / echo_rate.p99_ms.max(1e-9));
-    println!(
-        "  GetDashboard errors only RESOURCE_EXHAUSTED: {}",
-        if only_exhausted { "yes" } else { "NO" }
-    );
-    match ratio {
-        Some(r) => println!(
-            "  GetDashboard p99 / echo p99  {r:.2}  aim <= 1.50: {}",
-            if r <= 1.5 { "met" } else { "NOT met" }
-        ),
-        None => println!("  GetDashboard p99 / echo p99  not measurable: no dashboard answered"),
+    print_load(args, [&echo_rate, &cached, &uncached]);
+    for dash_rate in [&cached, &uncached] {
+        let name = &dash_rate.scenario;
+        let only_exhausted = dash_rate
+            .error_kinds
+            .keys()
+            .all(|k| k == "ResourceExhausted");
+        let ratio = (dash_rate.ok > 0).then(|| dash_rate.p99_ms / echo_rate.p99_ms.max(1e-9));
+        println!(
+            "  {name} errors only RESOURCE_EXHAUSTED: {}",
+            if only_exhausted { "yes" } else { "NO" }
+        );
+        match ratio {
+            Some(r) => println!(
+                "  {name} p99 / echo p99  {r:.2}  aim <= 1.50: {}",
+                if r <= 1.5 { "met" } else { "NOT met" }
+            ),
+            None => println!("  {name} p99 / echo p99  not measurable: no dashboard answered"),
+        }
     }
     if let Some(mib) = super::peak_rss_mib() {
         println!(
@@ -331,7 +362,9 @@ async fn measure(
     })
     .await?;
     bar.set_message("timing GetDashboard over gRPC");
-    let channel = connect(stack.gateway.addr, 1).await?.remove(0);
+    // The gateway keeping none: each dashboard computed, as the fan-out's
+    // aim is about computing one.
+    let channel = connect(stack.uncached.addr, 1).await?.remove(0);
     let over_grpc = time(args.duration, || {
         let mut client = GatewayServiceClient::new(channel.clone());
         let mut r = Request::new(request());
@@ -347,7 +380,7 @@ async fn measure(
     .await?;
 
     // Throughput under load, against the echo baseline.
-    let (echo_rate, dash_rate) = stack.under_load(args, bar).await?;
+    let (echo_rate, cached, uncached) = stack.under_load(args, bar).await?;
     bar.finish_and_clear();
 
     println!(
@@ -363,7 +396,7 @@ async fn measure(
         sequential.0, sequential.1
     );
     println!(
-        "  GetDashboard over gRPC               p50 {:>8.2} ms  ({} dashboards)",
+        "  GetDashboard over gRPC (no cache)    p50 {:>8.2} ms  ({} dashboards)",
         over_grpc.0, over_grpc.1
     );
     println!(
@@ -374,10 +407,15 @@ async fn measure(
         "  ratio GetDashboard / sequential      {:.2}",
         over_grpc.0 / sequential.0.max(1e-9)
     );
-    print_load(args, [&echo_rate, &dash_rate]);
+    print_load(args, [&echo_rate, &cached, &uncached]);
     println!(
-        "  ratio GetDashboard / echo req/s  {:.4}",
-        dash_rate.per_second / echo_rate.per_second.max(1e-9)
+        "  ratio GetDashboard / echo req/s  {:.4}  (dashboards kept {} ms for their caller)",
+        cached.per_second / echo_rate.per_second.max(1e-9),
+        stack.cache_ms
+    );
+    println!(
+        "  ratio GetDashboard (no cache) / echo req/s  {:.4}  (each dashboard computed)",
+        uncached.per_second / echo_rate.per_second.max(1e-9)
     );
     Ok(())
 }
