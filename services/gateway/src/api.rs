@@ -291,21 +291,22 @@ impl Gateway {
                 FAN_OUTS_PER_CPU
                     * std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             )),
-            dashboards: Arc::new(Dashboards::new(std::time::Duration::ZERO)),
+            dashboards: Dashboards::new(std::time::Duration::ZERO),
         }
     }
 
     /// The same service keeping each whole dashboard for `ttl` for its
     /// caller (see `cache`); zero, as `new` makes it, keeps none.
     pub fn with_dashboard_cache(mut self, ttl: std::time::Duration) -> Gateway {
-        self.dashboards = Arc::new(Dashboards::new(ttl));
+        self.dashboards = Dashboards::new(ttl);
         self
     }
 
-    /// Something in `agency` was changed through the gateway: its kept
-    /// dashboards are forgotten.
-    pub(crate) fn agency_changed(&self, agency: &str) {
-        self.dashboards.forget(agency);
+    /// Something in `agency` is being changed through the gateway: its
+    /// kept dashboards are forgotten when the returned guard is dropped
+    /// (the change done, failed or given up).
+    pub(crate) fn agency_changing(&self, agency: &str) -> cache::ForgetWhenDone {
+        self.dashboards.forget_when_done(agency)
     }
 
     /// A turn to run a fan-out read (see `fan_outs`).
@@ -399,6 +400,8 @@ impl Gateway {
             })?;
         let out = row.to_proto();
         let name = out.name.clone();
+        // A dashboard of it kept from before (in UTC) is not kept on.
+        let _forget = self.agency_changing(&req.agency_id);
         Ok(change.finish(&name, out).await?)
     }
 
@@ -501,10 +504,9 @@ impl Gateway {
         store::update_agency(&mut change.tx, &row).await?;
         let out = row.to_proto();
         let name = out.name.clone();
-        let done = change.finish(&name, out).await;
         // Its time zone sets the dashboards' current period.
-        self.agency_changed(&id);
-        Ok(done?)
+        let _forget = self.agency_changing(&id);
+        Ok(change.finish(&name, out).await?)
     }
 
     // ---- units ----
@@ -1050,19 +1052,17 @@ impl Gateway {
         )
         .map_err(Error::Backend)?;
         let request_id = domain::open311_request_id(&retry_key, now);
-        let made = match answers {
+        let _forget = self.agency_changing(agency);
+        let (id, requested_time) = match answers {
             Some(answers) => {
                 self.submit_response(&ctx, &service, answers, request_id)
-                    .await
+                    .await?
             }
             None => {
                 self.submit_complaint(&ctx, agency, &service, sub, request_id)
-                    .await
+                    .await?
             }
         };
-        // Made or not (a call that failed may still have been applied).
-        self.agency_changed(agency);
-        let (id, requested_time) = made?;
         let (latitude, longitude) = sub.location.lat_long.clone().unwrap_or_default();
         let row = store::Open311RequestRow {
             agency: agency.to_string(),
@@ -1540,15 +1540,31 @@ impl Gateway {
     ) -> Result<pb::Dashboard, Error> {
         let agency = agency_of("agency", &req.agency)?.to_string();
         authorize(caller, DASHBOARD_ROLES, &agency, Target::Collection)?;
+        // Checked, and in its one spelling, before anything is kept under it
+        // (empty: the current quarter in the agency's time zone).
+        let period = if req.period.trim().is_empty() {
+            String::new()
+        } else {
+            Period::parse(&req.period, domain::today_in("UTC"))
+                .map_err(|e| Error::invalid("period", e))?
+                .to_string()
+        };
         let key = cache::Key {
             caller: caller.clone(),
-            agency,
-            period: req.period,
+            agency: agency.clone(),
+            period: period.clone(),
         };
-        let (agency, period) = (key.agency.clone(), key.period.clone());
+        let (gateway, own) = (self.clone(), ctx.clone());
+        let compute = move || async move {
+            gateway
+                .compute_dashboard(&own, agency, period)
+                .await
+                .map_err(Status::from)
+        };
         self.dashboards
-            .get(key, || self.compute_dashboard(ctx, agency, period))
+            .get(key, ctx.deadline(), compute)
             .await
+            .map_err(Error::Backend)
     }
 
     /// An authorized caller's dashboard, computed.

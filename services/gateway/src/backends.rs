@@ -132,6 +132,11 @@ impl CallContext {
         })
     }
 
+    /// When the time is up.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Time left.
     pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())

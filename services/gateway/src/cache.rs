@@ -6,31 +6,40 @@
 //! wallboards and open browser tabs ask for the same one again and again. So
 //! a whole answer is kept for `ttl` (the setting `hub.dashboard_cache_ms`,
 //! 1,000 ms by default; 0 turns the cache off), and the calls that arrive
-//! while it is being computed wait for it instead of computing it again.
+//! while it is being computed share that computation's answer instead of
+//! computing it again.
 //!
 //! What it may show and to whom:
 //! - an entry is keyed by the **caller** (subject, agency, agency scope,
-//!   roles), the agency and the period as asked: an answer is only ever
-//!   given again to the same caller, so no figure or `withheld` part crosses
-//!   roles, agencies or people;
+//!   roles: everything a service authorizes on), the agency and the period:
+//!   an answer is only ever given again to the same caller, so no figure or
+//!   `withheld` part crosses roles, agencies or people;
 //! - only whole answers are kept: an answer with a part `unreachable`, and
-//!   every error, is given to its own call and forgotten;
+//!   an error, go to the calls that shared its computation and are then
+//!   forgotten;
+//! - a computation runs as a task of its own, within the deadline of the
+//!   call that started it: a call that gives up does not leave the others
+//!   waiting on a computation nobody drives. A call that shares a
+//!   computation waits no longer than its own deadline, then computes its
+//!   own answer with the time it has left (as the dashboard does when its
+//!   backends are slow: what did not answer is `unreachable`);
 //! - freshness: an answer is at most `ttl` old (counted from when its
-//!   computation started), and a change made through the gateway to an
-//!   agency (a complaint or response submitted, a complaint acted on, a
-//!   follow-up updated, the agency's settings) forgets every answer of that
-//!   agency at once. Changes made directly at a service show after `ttl` at
-//!   the latest. (The KPI figures in a dashboard already trail the feeds
-//!   they are computed from by the KPI service's consumer lag.)
+//!   computation started), and a change made through this gateway process to
+//!   an agency forgets every answer of that agency (see `Gateway::agency_changed`).
+//!   Changes made at a service directly, or through another gateway
+//!   replica, show when the kept answer expires;
 //! - memory is bounded: at most [`MAX_ENTRIES`] answers; past that, expired
 //!   ones are dropped, and if none is, the answer is computed and not kept.
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::OnceCell;
 use tokio::time::Instant;
+use tonic::Status;
 use touchstone_api::gateway::v1 as pb;
 use touchstone_auth::Caller;
 
@@ -47,14 +56,29 @@ pub struct Key {
     pub caller: Caller,
     /// The agency's id.
     pub agency: String,
-    /// The period as asked (empty for the current quarter).
+    /// The period in its canonical form, or empty for the current quarter.
     pub period: String,
 }
 
+/// A computation's answer, as every call sharing it gets it.
+type Outcome = Result<Arc<pb::Dashboard>, Status>;
+
 #[derive(Debug)]
 struct Slot {
+    /// Which slot this is (a later one may take its key).
+    id: u64,
     born: Instant,
-    answer: OnceCell<Arc<pb::Dashboard>>,
+    answer: Shared<BoxFuture<'static, Outcome>>,
+}
+
+/// What a call found for its key.
+enum Lookup<F> {
+    /// The cache is off or full: the call computes on its own.
+    Uncached(F),
+    /// This call started the computation.
+    Started(Arc<Slot>),
+    /// Another call's answer, kept or being computed; `F` if it comes late.
+    Shared(Arc<Slot>, F),
 }
 
 /// Dashboards kept for a moment; see the module's documentation.
@@ -62,15 +86,17 @@ struct Slot {
 pub struct Dashboards {
     ttl: Duration,
     slots: Mutex<HashMap<Key, Arc<Slot>>>,
+    next_id: AtomicU64,
 }
 
 impl Dashboards {
     /// A cache keeping answers for `ttl`; zero keeps none.
-    pub fn new(ttl: Duration) -> Dashboards {
-        Dashboards {
+    pub fn new(ttl: Duration) -> Arc<Dashboards> {
+        Arc::new(Dashboards {
             ttl,
             slots: Mutex::new(HashMap::new()),
-        }
+            next_id: AtomicU64::new(0),
+        })
     }
 
     /// How long answers are kept.
@@ -79,65 +105,107 @@ impl Dashboards {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Slot>>> {
-        // A panic while the map was held leaves it whole (no code under the
-        // lock can leave it half changed), so a poisoned lock is used as is.
+        // No code under the lock can leave the map half changed, so a
+        // poisoned lock is used as it is.
         self.slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The slot an answer for `key` is kept in: the live one, or a new one.
-    /// `None` when the cache is off or full of live answers.
-    fn slot(&self, key: Key) -> Option<Arc<Slot>> {
+    /// The dashboard for `key`: kept, being computed by another call (then
+    /// shared, waiting until `deadline` at most), or computed by `compute`
+    /// (in a task of its own) and kept if whole.
+    pub async fn get<F, Fut>(
+        self: &Arc<Self>,
+        key: Key,
+        deadline: Instant,
+        compute: F,
+    ) -> Result<pb::Dashboard, Status>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<pb::Dashboard, Status>> + Send + 'static,
+    {
+        let answer = match self.look_up(key, compute) {
+            Lookup::Uncached(compute) => return compute().await,
+            // This call's own deadline bounds the computation it started.
+            Lookup::Started(slot) => slot.answer.clone().await,
+            Lookup::Shared(slot, compute) => {
+                match tokio::time::timeout_at(deadline, slot.answer.clone()).await {
+                    Ok(answer) => answer,
+                    // The computation this call shares outlasts this call's
+                    // time: it answers on its own instead, with the time it
+                    // has left (not kept), as it would have without the
+                    // cache.
+                    Err(_) => return compute().await,
+                }
+            }
+        };
+        answer.map(|d| pb::Dashboard::clone(&d))
+    }
+
+    /// The live slot of `key`, or a new one computing with `compute`.
+    fn look_up<F, Fut>(self: &Arc<Self>, key: Key, compute: F) -> Lookup<F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<pb::Dashboard, Status>> + Send + 'static,
+    {
         if self.ttl.is_zero() {
-            return None;
+            return Lookup::Uncached(compute);
         }
         let now = Instant::now();
         let mut slots = self.lock();
         if let Some(slot) = slots.get(&key)
             && now.duration_since(slot.born) < self.ttl
         {
-            return Some(slot.clone());
+            return Lookup::Shared(slot.clone(), compute);
         }
         if slots.len() >= MAX_ENTRIES {
             slots.retain(|_, s| now.duration_since(s.born) < self.ttl);
             if slots.len() >= MAX_ENTRIES {
-                return None;
+                return Lookup::Uncached(compute);
             }
         }
+        // Spawned while the lock is held: the task cannot forget its slot
+        // before the slot is in the map.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot {
+            id,
             born: now,
-            answer: OnceCell::new(),
+            answer: self.spawn(key.clone(), id, compute()),
         });
         slots.insert(key, slot.clone());
-        Some(slot)
+        Lookup::Started(slot)
     }
 
-    /// The dashboard for `key`: kept, being computed by another call (then
-    /// waited for), or computed by `compute` and kept if whole.
-    pub async fn get<E, F, Fut>(&self, key: Key, compute: F) -> Result<pb::Dashboard, E>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<pb::Dashboard, E>>,
-    {
-        let Some(slot) = self.slot(key) else {
-            return compute().await;
-        };
-        // The call that computes gets its own answer back through `Err` when
-        // the answer is not to be kept; calls waiting then compute their own.
-        let kept = slot
-            .answer
-            .get_or_try_init(|| async {
-                match compute().await {
-                    Ok(d) if d.unreachable.is_empty() => Ok(Arc::new(d)),
-                    other => Err(other),
+    /// Runs `computation` as a task; if its answer is not to be kept, the
+    /// task forgets its slot (`id`) once done.
+    fn spawn(
+        self: &Arc<Self>,
+        key: Key,
+        id: u64,
+        computation: impl Future<Output = Result<pb::Dashboard, Status>> + Send + 'static,
+    ) -> Shared<BoxFuture<'static, Outcome>> {
+        let cache: Weak<Dashboards> = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let answer = computation.await.map(Arc::new);
+            let keep = matches!(&answer, Ok(d) if d.unreachable.is_empty());
+            if !keep && let Some(cache) = cache.upgrade() {
+                let mut slots = cache.lock();
+                if slots.get(&key).is_some_and(|s| s.id == id) {
+                    slots.remove(&key);
                 }
+            }
+            answer
+        });
+        async move {
+            task.await.unwrap_or_else(|_| {
+                Err(Status::internal(
+                    "the dashboard's computation stopped before it answered",
+                ))
             })
-            .await;
-        match kept {
-            Ok(d) => Ok(pb::Dashboard::clone(d)),
-            Err(own) => own,
         }
+        .boxed()
+        .shared()
     }
 
     /// Forgets every answer of `agency`: something in it changed.
@@ -148,7 +216,17 @@ impl Dashboards {
         self.lock().retain(|k, _| k.agency != agency);
     }
 
-    /// Answers kept, live or not yet swept (for tests).
+    /// Forgets every answer of `agency` when the guard is dropped: when the
+    /// change it stands for has ended, or its caller gave up (the change
+    /// may still have been applied).
+    pub fn forget_when_done(self: &Arc<Self>, agency: &str) -> ForgetWhenDone {
+        ForgetWhenDone {
+            cache: self.clone(),
+            agency: agency.to_string(),
+        }
+    }
+
+    /// Answers kept or being computed, live or not yet swept (for tests).
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -159,12 +237,26 @@ impl Dashboards {
     }
 }
 
+/// See [`Dashboards::forget_when_done`].
+#[derive(Debug)]
+#[must_use = "the agency is forgotten when this is dropped"]
+pub struct ForgetWhenDone {
+    cache: Arc<Dashboards>,
+    agency: String,
+}
+
+impl Drop for ForgetWhenDone {
+    fn drop(&mut self) {
+        self.cache.forget(&self.agency);
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     use touchstone_auth::{AgencyScope, Role};
 
     fn caller(subject: &str, roles: &[Role]) -> Caller {
@@ -184,41 +276,68 @@ mod tests {
         }
     }
 
-    /// A dashboard whose `min_count` says which computation made it.
-    async fn computed(
-        runs: &AtomicUsize,
-        unreachable: bool,
-    ) -> Result<pb::Dashboard, &'static str> {
-        let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        Ok(pb::Dashboard {
-            min_count: n as i64,
-            unreachable: if unreachable {
-                vec!["kpi".into()]
-            } else {
-                vec![]
-            },
-            ..Default::default()
-        })
+    /// What a computation gives: whole, partial, or an error.
+    #[derive(Clone, Copy)]
+    enum Gives {
+        Whole,
+        Partial,
+        Error,
+    }
+
+    /// A computation taking `took`, whose dashboard's `min_count` says which
+    /// computation it was.
+    fn computed(
+        runs: &Arc<AtomicUsize>,
+        gives: Gives,
+        took: Duration,
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<pb::Dashboard, Status>> + use<> {
+        let runs = runs.clone();
+        move || {
+            async move {
+                let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(took).await;
+                let unreachable = match gives {
+                    Gives::Whole => vec![],
+                    Gives::Partial => vec!["kpi".to_string()],
+                    Gives::Error => return Err(Status::unavailable(format!("run {n}"))),
+                };
+                Ok(pb::Dashboard {
+                    min_count: n as i64,
+                    unreachable,
+                    ..Default::default()
+                })
+            }
+            .boxed()
+        }
+    }
+
+    fn whole(
+        runs: &Arc<AtomicUsize>,
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<pb::Dashboard, Status>> + use<> {
+        computed(runs, Gives::Whole, Duration::from_millis(10))
+    }
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
     }
 
     #[tokio::test(start_paused = true)]
     async fn calls_at_once_share_one_computation_and_later_ones_recompute() {
         let cache = Dashboards::new(Duration::from_millis(1000));
-        let runs = AtomicUsize::new(0);
+        let runs = Arc::new(AtomicUsize::new(0));
         let officer = caller("u1", &[Role::Officer]);
         let answers = futures::future::join_all(
-            (0..20).map(|_| cache.get(key(officer.clone(), "a"), || computed(&runs, false))),
+            (0..20).map(|_| cache.get(key(officer.clone(), "a"), later(), whole(&runs))),
         )
         .await;
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert!(answers.iter().all(|a| a.as_ref().unwrap().min_count == 1));
         // Still kept just before it expires, recomputed at expiry.
         tokio::time::advance(Duration::from_millis(980)).await;
-        let d = cache.get(key(officer.clone(), "a"), || computed(&runs, false));
+        let d = cache.get(key(officer.clone(), "a"), later(), whole(&runs));
         assert_eq!(d.await.unwrap().min_count, 1);
         tokio::time::advance(Duration::from_millis(20)).await;
-        let d = cache.get(key(officer.clone(), "a"), || computed(&runs, false));
+        let d = cache.get(key(officer.clone(), "a"), later(), whole(&runs));
         assert_eq!(d.await.unwrap().min_count, 2);
         assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
@@ -226,114 +345,197 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_answer_crosses_callers_roles_agencies_or_periods() {
         let cache = Dashboards::new(Duration::from_secs(60));
-        let runs = AtomicUsize::new(0);
+        let runs = Arc::new(AtomicUsize::new(0));
         let officer = caller("u1", &[Role::Officer]);
         let both = caller("u1", &[Role::Officer, Role::Analyst]);
         let analyst = caller("u1", &[Role::Analyst]);
         let other = caller("u2", &[Role::Officer]);
-        let mut hub = caller("u1", &[Role::Officer]);
-        hub.agencies = AgencyScope::All;
+        let mut listed = caller("u1", &[Role::Officer]);
+        listed.agencies = AgencyScope::List(vec!["b".into()]);
+        let mut every = caller("u1", &[Role::Officer]);
+        every.agencies = AgencyScope::All;
+        let mut elsewhere = caller("u1", &[Role::Officer]);
+        elsewhere.agency = Some("b".into());
         let mut keys = vec![
             key(officer.clone(), "a"),
             key(both, "a"),
             key(analyst, "a"),
             key(other, "a"),
-            key(hub, "a"),
+            key(listed, "a"),
+            key(every, "a"),
+            key(elsewhere, "a"),
             key(officer.clone(), "b"),
         ];
-        let mut later = key(officer, "a");
-        later.period = "2026-Q3".into();
-        keys.push(later);
-        for (i, k) in keys.iter().enumerate() {
-            let d = cache.get(k.clone(), || computed(&runs, false)).await;
-            assert_eq!(d.unwrap().min_count, i as i64 + 1, "{k:?}");
-        }
-        // Each again: its own answer.
-        for (i, k) in keys.iter().enumerate() {
-            let d = cache.get(k.clone(), || computed(&runs, false)).await;
-            assert_eq!(d.unwrap().min_count, i as i64 + 1, "{k:?}");
+        let mut later_period = key(officer, "a");
+        later_period.period = "2026-Q3".into();
+        keys.push(later_period);
+        for round in 0..2 {
+            for (i, k) in keys.iter().enumerate() {
+                let d = cache.get(k.clone(), later(), whole(&runs)).await;
+                assert_eq!(d.unwrap().min_count, i as i64 + 1, "round {round}: {k:?}");
+            }
         }
         assert_eq!(runs.load(Ordering::SeqCst), keys.len());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn partial_answers_and_errors_are_not_kept() {
+    async fn partial_answers_and_errors_go_to_the_calls_sharing_them_and_are_not_kept() {
         let cache = Dashboards::new(Duration::from_secs(60));
-        let runs = AtomicUsize::new(0);
+        let runs = Arc::new(AtomicUsize::new(0));
         let k = key(caller("u1", &[Role::Officer]), "a");
-        let d = cache
-            .get(k.clone(), || computed(&runs, true))
-            .await
-            .unwrap();
-        assert_eq!((d.min_count, d.unreachable.len()), (1, 1));
-        let e = cache
-            .get(k.clone(), || async { Err::<pb::Dashboard, _>("down") })
+        let took = Duration::from_millis(100);
+        for gives in [Gives::Partial, Gives::Error] {
+            let before = runs.load(Ordering::SeqCst);
+            let answers = futures::future::join_all(
+                (0..10).map(|_| cache.get(k.clone(), later(), computed(&runs, gives, took))),
+            )
             .await;
-        assert_eq!(e.unwrap_err(), "down");
-        let d = cache.get(k.clone(), || computed(&runs, false)).await;
-        assert_eq!(d.unwrap().min_count, 2);
-        let d = cache.get(k, || computed(&runs, false)).await;
-        assert_eq!(d.unwrap().min_count, 2);
+            // One computation, its answer to all ten, none kept.
+            assert_eq!(runs.load(Ordering::SeqCst), before + 1);
+            for a in &answers {
+                match gives {
+                    Gives::Partial => assert_eq!(a.as_ref().unwrap().unreachable, ["kpi"]),
+                    _ => assert_eq!(a.as_ref().unwrap_err().code(), tonic::Code::Unavailable),
+                }
+            }
+            tokio::task::yield_now().await;
+            assert!(cache.is_empty(), "not kept");
+        }
+        let d = cache.get(k.clone(), later(), whole(&runs)).await.unwrap();
+        assert_eq!(d.min_count, 3);
+        let d = cache.get(k, later(), whole(&runs)).await.unwrap();
+        assert_eq!(d.min_count, 3);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_change_forgets_the_agency_and_only_it() {
         let cache = Dashboards::new(Duration::from_secs(60));
-        let runs = AtomicUsize::new(0);
+        let runs = Arc::new(AtomicUsize::new(0));
         let officer = caller("u1", &[Role::Officer]);
         for agency in ["a", "b"] {
             let _ = cache
-                .get(key(officer.clone(), agency), || computed(&runs, false))
+                .get(key(officer.clone(), agency), later(), whole(&runs))
                 .await;
         }
-        cache.forget("a");
+        drop(cache.forget_when_done("a"));
         let a = cache
-            .get(key(officer.clone(), "a"), || computed(&runs, false))
+            .get(key(officer.clone(), "a"), later(), whole(&runs))
             .await;
-        let b = cache
-            .get(key(officer, "b"), || computed(&runs, false))
-            .await;
+        let b = cache.get(key(officer, "b"), later(), whole(&runs)).await;
         assert_eq!((a.unwrap().min_count, b.unwrap().min_count), (3, 2));
     }
 
     #[tokio::test(start_paused = true)]
     async fn off_keeps_nothing_and_full_keeps_no_more() {
         let off = Dashboards::new(Duration::ZERO);
-        let runs = AtomicUsize::new(0);
+        let runs = Arc::new(AtomicUsize::new(0));
         let k = key(caller("u1", &[Role::Officer]), "a");
         for n in 1..=3 {
-            let d = off.get(k.clone(), || computed(&runs, false)).await;
+            let d = off.get(k.clone(), later(), whole(&runs)).await;
             assert_eq!(d.unwrap().min_count, n);
         }
         assert!(off.is_empty());
 
         let cache = Dashboards::new(Duration::from_secs(60));
-        let runs = AtomicUsize::new(0);
+        let runs = Arc::new(AtomicUsize::new(0));
         for i in 0..MAX_ENTRIES + 10 {
             let k = key(caller(&format!("u{i}"), &[Role::Officer]), "a");
-            let _ = cache.get(k, || computed(&runs, false)).await;
+            let _ = cache.get(k, later(), whole(&runs)).await;
         }
         assert_eq!(cache.len(), MAX_ENTRIES);
+        assert_eq!(runs.load(Ordering::SeqCst), MAX_ENTRIES + 10);
         // Once the first expire, new answers are kept again.
         tokio::time::advance(Duration::from_secs(61)).await;
         let k = key(caller("late", &[Role::Officer]), "a");
-        let _ = cache.get(k, || computed(&runs, false)).await;
+        let _ = cache.get(k, later(), whole(&runs)).await;
         assert_eq!(cache.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_computation_dropped_midway_leaves_the_next_call_to_compute() {
-        let cache = Arc::new(Dashboards::new(Duration::from_secs(60)));
+    async fn the_computation_outlives_the_call_that_started_it() {
+        let cache = Dashboards::new(Duration::from_secs(60));
         let runs = Arc::new(AtomicUsize::new(0));
         let k = key(caller("u1", &[Role::Officer]), "a");
+        let took = Duration::from_millis(100);
         let first = {
-            let (cache, runs, k) = (cache.clone(), runs.clone(), k.clone());
-            tokio::spawn(async move { cache.get(k, || computed(&runs, false)).await })
+            let (cache, k, compute) = (
+                cache.clone(),
+                k.clone(),
+                computed(&runs, Gives::Whole, took),
+            );
+            tokio::spawn(async move { cache.get(k, later(), compute).await })
         };
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // A call now shares the running computation; the first gives up.
+        let second = {
+            let (cache, k, compute) = (cache.clone(), k.clone(), whole(&runs));
+            tokio::spawn(async move { cache.get(k, later(), compute).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
         first.abort();
-        let _ = first.await;
-        let d = cache.get(k, || computed(&runs, false)).await.unwrap();
+        assert!(first.await.unwrap_err().is_cancelled());
+        let d = second.await.unwrap().unwrap();
+        assert_eq!(d.min_count, 1);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        // And it is kept.
+        let d = cache.get(k, later(), whole(&runs)).await.unwrap();
+        assert_eq!(d.min_count, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_computation_whose_caller_gave_up_still_ends_and_is_kept() {
+        let cache = Dashboards::new(Duration::from_secs(60));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(AtomicUsize::new(0));
+        let k = key(caller("u1", &[Role::Officer]), "a");
+        let first = {
+            let (cache, k, ended) = (cache.clone(), k.clone(), ended.clone());
+            let inner = computed(&runs, Gives::Whole, Duration::from_millis(100));
+            let compute = move || async move {
+                let d = inner().await;
+                ended.fetch_add(1, Ordering::SeqCst);
+                d
+            };
+            tokio::spawn(async move { cache.get(k, later(), compute).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        // Nobody waits on it, and it ends all the same (whatever it holds,
+        // such as a fan-out turn, is given back).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(ended.load(Ordering::SeqCst), 1);
+        let d = cache.get(k, later(), whole(&runs)).await.unwrap();
+        assert_eq!(d.min_count, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_sharing_a_slow_computation_answers_by_its_own_deadline() {
+        let cache = Dashboards::new(Duration::from_secs(60));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let k = key(caller("u1", &[Role::Officer]), "a");
+        let slow = {
+            let (cache, k, compute) = (
+                cache.clone(),
+                k.clone(),
+                computed(&runs, Gives::Whole, Duration::from_secs(5)),
+            );
+            tokio::spawn(async move { cache.get(k, later(), compute).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(200);
+        let d = cache
+            .get(
+                k.clone(),
+                deadline,
+                computed(&runs, Gives::Partial, Duration::from_millis(1)),
+            )
+            .await
+            .unwrap();
+        // Its own answer (run 2), once its wait reached its deadline.
         assert_eq!(d.min_count, 2);
+        assert_eq!(started.elapsed(), Duration::from_millis(201));
+        assert_eq!(slow.await.unwrap().unwrap().min_count, 1);
     }
 }

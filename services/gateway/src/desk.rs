@@ -482,8 +482,9 @@ async fn record_complaint(
             "a JSON object with the complaint's fields",
         ));
     };
+    let forget = desk.gateway.agency_changing(&agency);
     let r = record(&desk, &ctx, &agency, b).await;
-    desk.gateway.agency_changed(&agency);
+    drop(forget);
     reply(r, |c| json!({"complaint": complaint_json(c)}))
 }
 
@@ -547,8 +548,9 @@ async fn act_on_complaint(
         return error_response(&invalid("body", "a JSON object with etag and request_id"));
     };
     let name = complaint_name(&agency, &id);
+    let forget = desk.gateway.agency_changing(&agency);
     let r = act(&desk, &ctx, name, &action, b).await;
-    desk.gateway.agency_changed(&agency);
+    drop(forget);
     reply(r, |c| json!({"complaint": complaint_json(c)}))
 }
 
@@ -806,8 +808,9 @@ async fn update_follow_up(
         request_id: b.request_id,
     };
     let mut client = desk.gateway.backends().feedback();
+    let forget = desk.gateway.agency_changing(&agency);
     let r = ctx.run(client.update_follow_up(ctx.request(req))).await;
-    desk.gateway.agency_changed(&agency);
+    drop(forget);
     reply(r, |f| json!({"follow_up": follow_up_json(f)}))
 }
 

@@ -899,11 +899,29 @@ async fn kept_dashboards_are_the_callers_own_and_a_change_through_the_gateway_fo
     let d = dashboard(&h, "passports", &both, None).await.expect("both");
     assert_eq!(open(&d), Some(2));
     assert_eq!(kpi_calls(&h), 3 * one);
+    // The manager's roles and subject with a wider agency scope.
+    let scoped = h
+        .dev
+        .mint(&TokenRequest {
+            subject: "tester-passports".into(),
+            agency: Some("passports".into()),
+            agencies: Some(vec!["customs".into()]),
+            roles: MANAGER.to_vec(),
+            ttl: Duration::from_secs(600),
+            issuer: DevKey::ISSUER.into(),
+            audience: DevKey::AUDIENCE.into(),
+        })
+        .expect("mint");
+    let d = dashboard(&h, "passports", &scoped, None)
+        .await
+        .expect("scoped");
+    assert_eq!(open(&d), Some(2));
+    assert_eq!(kpi_calls(&h), 4 * one);
     let d = dashboard(&h, "passports", &analyst, None)
         .await
         .expect("analyst again");
     assert_eq!(d.complaints, None);
-    assert_eq!(kpi_calls(&h), 3 * one);
+    assert_eq!(kpi_calls(&h), 4 * one);
     // Another agency's manager is refused before any kept answer is looked
     // at.
     let e = dashboard(&h, "passports", &h.token("customs", MANAGER), None)
@@ -918,6 +936,24 @@ async fn kept_dashboards_are_the_callers_own_and_a_change_through_the_gateway_fo
     for _ in 0..2 {
         bad_period_is_refused(&h, &manager).await;
     }
+    // The same quarter spelled another way is the same dashboard.
+    let mut r = req(
+        pb::GetDashboardRequest {
+            agency: "agencies/passports".into(),
+            period: " 2026Q3 ".into(),
+        },
+        &manager,
+    );
+    r.set_timeout(Duration::from_secs(5));
+    let d = h
+        .gateway()
+        .await
+        .get_dashboard(r)
+        .await
+        .expect("2026Q3")
+        .into_inner();
+    assert_eq!((d.period.as_str(), open(&d)), ("2026-Q3", Some(2)));
+    assert_eq!(kpi_calls(&h), 4 * one);
     let computed = kpi_calls(&h);
 
     // A complaint made at the complaints service directly shows once the
