@@ -13,6 +13,9 @@
 //!   (`ExportClient`), complaints (`ListComplaints`) and feedback; sent with
 //!   a caller's `traceparent`, so it also shows that the caller's trace is
 //!   continued;
+//! - `GetDashboard` on the gateway, whose backend calls (KPI, complaints,
+//!   feedback) run in a task of their own when the dashboard is kept a
+//!   moment: sent with a caller's `traceparent`, they must stay in it;
 //! - `CreateComplaint` on complaints naming a register client, which calls
 //!   the register (`GetClient`); sent without one, so complaints starts the
 //!   trace.
@@ -51,10 +54,14 @@ const GATEWAY: &str = "touchstone.gateway.v1.GatewayService";
 const REGISTER: &str = "touchstone.register.v1.RegisterService";
 const COMPLAINTS: &str = "touchstone.complaints.v1.ComplaintsService";
 const FEEDBACK: &str = "touchstone.feedback.v1.FeedbackService";
+const KPI: &str = "touchstone.kpi.v1.KpiService";
 
 /// The caller's trace and span for the gateway call (W3C's example ids).
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
+/// The trace and span of the dashboard's caller.
+const DASHBOARD_TRACE: &str = "5c0ffee0d15ea5e0b0a7f00d12345678";
+const DASHBOARD_SPAN: &str = "2233445566778899";
 /// The trace and span of the caller of the desk's intake.
 const DESK_TRACE: &str = "7a3e0c1d2b4f45a6978d1e2f3a4b5c6d";
 const DESK_SPAN: &str = "1122334455667788";
@@ -408,6 +415,27 @@ async fn one_call_across_services_is_one_trace_without_personal_data() {
         assert!(export.unreachable.is_empty(), "{export:?}");
         assert_eq!(export.complaints.len(), 1, "{export:?}");
 
+        // gateway → KPI, complaints, feedback: a dashboard, in its caller's
+        // trace.
+        let dashboard = gateway
+            .get_dashboard(traced(
+                gpb::GetDashboardRequest {
+                    agency: client
+                        .name
+                        .split("/clients/")
+                        .next()
+                        .unwrap_or_default()
+                        .into(),
+                    period: String::new(),
+                },
+                &token,
+                Some(&format!("00-{DASHBOARD_TRACE}-{DASHBOARD_SPAN}-01")),
+            ))
+            .await
+            .expect("GetDashboard")
+            .into_inner();
+        assert!(dashboard.unreachable.is_empty(), "{dashboard:?}");
+
         // gateway → complaints → register: the desk's intake names the client.
         let bearer = format!("Bearer {token}");
         let traceparent = format!("00-{DESK_TRACE}-{DESK_SPAN}-01");
@@ -455,6 +483,16 @@ async fn one_call_across_services_is_one_trace_without_personal_data() {
             (FEEDBACK, "ListFollowUps"),
         ];
         let intake_hops = [(COMPLAINTS, "CreateComplaint"), (REGISTER, "GetClient")];
+        let dashboard_hops = [
+            (GATEWAY, "GetDashboard"),
+            (KPI, "BatchGetFigures"),
+            (COMPLAINTS, "SummarizeComplaints"),
+            (COMPLAINTS, "ListComplaints"),
+            (FEEDBACK, "SummarizeFollowUps"),
+            (FEEDBACK, "ListResponses"),
+        ];
+        let (dashboard_trace_id, dashboard_span_id) =
+            (bytes_of(DASHBOARD_TRACE), bytes_of(DASHBOARD_SPAN));
         let (desk_trace_id, desk_span_id) = (bytes_of(DESK_TRACE), bytes_of(DESK_SPAN));
         let deadline = Instant::now() + SPAN_DEADLINE;
         let (spans, export_trace, intake_trace, desk_trace) = loop {
@@ -469,6 +507,7 @@ async fn one_call_across_services_is_one_trace_without_personal_data() {
                 .map(|r| trace_of(&spans, &r.span.trace_id))
                 .unwrap_or_default();
             let desk_trace = trace_of(&spans, &desk_trace_id);
+            let dashboard_trace = trace_of(&spans, &dashboard_trace_id);
             let whole =
                 |trace: &BTreeMap<Vec<u8>, Received>, hops: &[(&str, &str)], root: &[u8]| {
                     let list: Vec<Received> = trace.values().cloned().collect();
@@ -483,13 +522,14 @@ async fn one_call_across_services_is_one_trace_without_personal_data() {
             };
             if whole(&export_trace, &export_hops, &caller_span)
                 && whole(&intake_trace, &intake_hops, &[])
+                && whole(&dashboard_trace, &dashboard_hops, &dashboard_span_id)
                 && desk_whole
             {
                 break (spans, export_trace, intake_trace, desk_trace);
             }
             assert!(
                 Instant::now() < deadline,
-                "the collector did not receive both traces whole within {SPAN_DEADLINE:?}; \
+                "the collector did not receive every trace whole within {SPAN_DEADLINE:?}; \
                  received:\n{}\n{}",
                 dump(&spans),
                 up.proc.output_report()

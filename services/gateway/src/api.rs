@@ -310,8 +310,13 @@ impl Gateway {
     }
 
     /// A turn to run a fan-out read (see `fan_outs`).
-    async fn fan_out_turn(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
-        match tokio::time::timeout(FAN_OUT_WAIT, self.fan_outs.clone().acquire_owned()).await {
+    async fn fan_out_turn(
+        &self,
+        ctx: &CallContext,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        // Never past the caller's own time.
+        let wait = FAN_OUT_WAIT.min(ctx.remaining());
+        match tokio::time::timeout(wait, self.fan_outs.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(Error::FanOutsExhausted),
         }
@@ -1579,7 +1584,7 @@ impl Gateway {
         let period = Period::parse(&period, today).map_err(|e| Error::invalid("period", e))?;
         // Checked and authorized first: a bad request is told so even
         // while every turn is taken.
-        let _turn = self.fan_out_turn().await?;
+        let _turn = self.fan_out_turn(ctx).await?;
         let (kpi, complaints, follow_ups, topics) = futures::join!(
             self.kpi_part(ctx, &agency, period),
             self.open_complaints(ctx, &agency),
@@ -1862,7 +1867,7 @@ impl Gateway {
                 "benchmarks are for analyst, agency_admin and hub_admin",
             ));
         }
-        let _turn = self.fan_out_turn().await?;
+        let _turn = self.fan_out_turn(ctx).await?;
         let group = self.visible_peer_group(caller, &group_id).await?;
         // The hub's view (every member named as consent allows) only for a hub_admin of
         // every member; otherwise the view of the caller's own member agency.

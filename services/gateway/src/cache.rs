@@ -17,12 +17,12 @@
 //! - only whole answers are kept: an answer with a part `unreachable`, and
 //!   an error, go to the calls that shared its computation and are then
 //!   forgotten;
-//! - a computation runs as a task of its own, within the deadline of the
-//!   call that started it: a call that gives up does not leave the others
-//!   waiting on a computation nobody drives. A call that shares a
-//!   computation waits no longer than its own deadline, then computes its
-//!   own answer with the time it has left (as the dashboard does when its
-//!   backends are slow: what did not answer is `unreachable`);
+//! - a computation runs as a task of its own (in the starting call's trace),
+//!   within the deadline of the call that started it: a call that gives up
+//!   does not leave the others waiting on a computation nobody drives. A
+//!   call shares a running computation only if that computation's deadline
+//!   is no later than its own; otherwise it computes its own answer at once,
+//!   with all its time, and that answer is not kept;
 //! - freshness: an answer is at most `ttl` old (counted from when its
 //!   computation started), and a change made through this gateway process to
 //!   an agency forgets every answer of that agency (see `Gateway::agency_changed`).
@@ -42,6 +42,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use touchstone_api::gateway::v1 as pb;
 use touchstone_auth::Caller;
+use tracing::Instrument;
 
 /// Most dashboards kept at once.
 pub const MAX_ENTRIES: usize = 1024;
@@ -68,17 +69,22 @@ struct Slot {
     /// Which slot this is (a later one may take its key).
     id: u64,
     born: Instant,
+    /// The deadline of the call whose computation this is.
+    deadline: Instant,
     answer: Shared<BoxFuture<'static, Outcome>>,
 }
 
+/// Slots made between two sweeps of the expired ones.
+const SWEEP_EVERY: u64 = 64;
+
 /// What a call found for its key.
 enum Lookup<F> {
-    /// The cache is off or full: the call computes on its own.
+    /// The cache is off or full, or another call computes with more time
+    /// than this one has: the call computes on its own, nothing kept.
     Uncached(F),
-    /// This call started the computation.
-    Started(Arc<Slot>),
-    /// Another call's answer, kept or being computed; `F` if it comes late.
-    Shared(Arc<Slot>, F),
+    /// An answer kept, or being computed by this call's deadline (perhaps
+    /// by this call).
+    Shared(Arc<Slot>),
 }
 
 /// Dashboards kept for a moment; see the module's documentation.
@@ -125,26 +131,17 @@ impl Dashboards {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<pb::Dashboard, Status>> + Send + 'static,
     {
-        let answer = match self.look_up(key, compute) {
+        let answer = match self.look_up(key, deadline, compute) {
             Lookup::Uncached(compute) => return compute().await,
-            // This call's own deadline bounds the computation it started.
-            Lookup::Started(slot) => slot.answer.clone().await,
-            Lookup::Shared(slot, compute) => {
-                match tokio::time::timeout_at(deadline, slot.answer.clone()).await {
-                    Ok(answer) => answer,
-                    // The computation this call shares outlasts this call's
-                    // time: it answers on its own instead, with the time it
-                    // has left (not kept), as it would have without the
-                    // cache.
-                    Err(_) => return compute().await,
-                }
-            }
+            // A computation whose deadline is no later than this call's.
+            Lookup::Shared(slot) => slot.answer.clone().await,
         };
         answer.map(|d| pb::Dashboard::clone(&d))
     }
 
-    /// The live slot of `key`, or a new one computing with `compute`.
-    fn look_up<F, Fut>(self: &Arc<Self>, key: Key, compute: F) -> Lookup<F>
+    /// The live slot of `key` whose answer this call may wait for, or a new
+    /// one computing with `compute` by `deadline`.
+    fn look_up<F, Fut>(self: &Arc<Self>, key: Key, deadline: Instant, compute: F) -> Lookup<F>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<pb::Dashboard, Status>> + Send + 'static,
@@ -157,9 +154,16 @@ impl Dashboards {
         if let Some(slot) = slots.get(&key)
             && now.duration_since(slot.born) < self.ttl
         {
-            return Lookup::Shared(slot.clone(), compute);
+            // Kept, or computing within this call's time: shared. Computing
+            // with longer than this call has: this call does not wait for it
+            // (the computation may be cut short for neither of them).
+            if slot.answer.peek().is_some() || slot.deadline <= deadline {
+                return Lookup::Shared(slot.clone());
+            }
+            return Lookup::Uncached(compute);
         }
-        if slots.len() >= MAX_ENTRIES {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if slots.len() >= MAX_ENTRIES || id.is_multiple_of(SWEEP_EVERY) {
             slots.retain(|_, s| now.duration_since(s.born) < self.ttl);
             if slots.len() >= MAX_ENTRIES {
                 return Lookup::Uncached(compute);
@@ -167,14 +171,14 @@ impl Dashboards {
         }
         // Spawned while the lock is held: the task cannot forget its slot
         // before the slot is in the map.
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot {
             id,
             born: now,
+            deadline,
             answer: self.spawn(key.clone(), id, compute()),
         });
         slots.insert(key, slot.clone());
-        Lookup::Started(slot)
+        Lookup::Shared(slot)
     }
 
     /// Runs `computation` as a task; if its answer is not to be kept, the
@@ -185,22 +189,31 @@ impl Dashboards {
         id: u64,
         computation: impl Future<Output = Result<pb::Dashboard, Status>> + Send + 'static,
     ) -> Shared<BoxFuture<'static, Outcome>> {
-        let cache: Weak<Dashboards> = Arc::downgrade(self);
-        let task = tokio::spawn(async move {
-            let answer = computation.await.map(Arc::new);
-            let keep = matches!(&answer, Ok(d) if d.unreachable.is_empty());
-            if !keep && let Some(cache) = cache.upgrade() {
-                let mut slots = cache.lock();
-                if slots.get(&key).is_some_and(|s| s.id == id) {
-                    slots.remove(&key);
+        let mut unless_kept = ForgetSlot {
+            cache: Arc::downgrade(self),
+            key: Some(key),
+            id,
+        };
+        // In the starting call's span, so that the backend calls carry its
+        // trace.
+        let task = tokio::spawn(
+            async move {
+                let answer = computation.await.map(Arc::new);
+                if matches!(&answer, Ok(d) if d.unreachable.is_empty()) {
+                    unless_kept.key = None;
                 }
+                // Dropped here (or by a panic above): a slot whose answer is
+                // not kept is forgotten.
+                drop(unless_kept);
+                answer
             }
-            answer
-        });
+            .instrument(tracing::Span::current()),
+        );
         async move {
-            task.await.unwrap_or_else(|_| {
-                Err(Status::internal(
-                    "the dashboard's computation stopped before it answered",
+            task.await.unwrap_or_else(|e| {
+                Err(touchstone_platform::error::internal(
+                    crate::error::DOMAIN,
+                    &format_args!("the dashboard's computation stopped: {e}"),
                 ))
             })
         }
@@ -234,6 +247,26 @@ impl Dashboards {
     /// Whether no answer is kept.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Forgets slot `id` of `key` when dropped, unless `key` was taken: a
+/// computation's answer that is not to be kept, or a computation that
+/// panicked.
+struct ForgetSlot {
+    cache: Weak<Dashboards>,
+    key: Option<Key>,
+    id: u64,
+}
+
+impl Drop for ForgetSlot {
+    fn drop(&mut self) {
+        if let (Some(key), Some(cache)) = (self.key.take(), self.cache.upgrade()) {
+            let mut slots = cache.lock();
+            if slots.get(&key).is_some_and(|s| s.id == self.id) {
+                slots.remove(&key);
+            }
+        }
     }
 }
 
@@ -398,7 +431,6 @@ mod tests {
                     _ => assert_eq!(a.as_ref().unwrap_err().code(), tonic::Code::Unavailable),
                 }
             }
-            tokio::task::yield_now().await;
             assert!(cache.is_empty(), "not kept");
         }
         let d = cache.get(k.clone(), later(), whole(&runs)).await.unwrap();
@@ -510,32 +542,63 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_call_sharing_a_slow_computation_answers_by_its_own_deadline() {
+    async fn a_call_does_not_wait_for_a_computation_with_more_time_than_it_has() {
         let cache = Dashboards::new(Duration::from_secs(60));
         let runs = Arc::new(AtomicUsize::new(0));
         let k = key(caller("u1", &[Role::Officer]), "a");
         let slow = {
-            let (cache, k, compute) = (
-                cache.clone(),
-                k.clone(),
-                computed(&runs, Gives::Whole, Duration::from_secs(5)),
-            );
+            let (cache, k) = (cache.clone(), k.clone());
+            let compute = computed(&runs, Gives::Whole, Duration::from_secs(5));
             tokio::spawn(async move { cache.get(k, later(), compute).await })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
+        // Less time than the running computation: its own answer, at once.
         let started = Instant::now();
-        let deadline = started + Duration::from_millis(200);
-        let d = cache
-            .get(
-                k.clone(),
-                deadline,
-                computed(&runs, Gives::Partial, Duration::from_millis(1)),
-            )
-            .await
-            .unwrap();
-        // Its own answer (run 2), once its wait reached its deadline.
+        let short = started + Duration::from_millis(200);
+        let own = computed(&runs, Gives::Partial, Duration::from_millis(1));
+        let d = cache.get(k.clone(), short, own).await.unwrap();
         assert_eq!(d.min_count, 2);
-        assert_eq!(started.elapsed(), Duration::from_millis(201));
+        assert_eq!(started.elapsed(), Duration::from_millis(1));
+        // More time than it: shares it.
+        let d = cache.get(k.clone(), later() + Duration::from_secs(1), whole(&runs));
+        assert_eq!(d.await.unwrap().min_count, 1);
         assert_eq!(slow.await.unwrap().unwrap().min_count, 1);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_partial_answer_does_not_forget_a_newer_whole_one() {
+        let cache = Dashboards::new(Duration::from_secs(1));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let k = key(caller("u1", &[Role::Officer]), "a");
+        let slow = {
+            let (cache, k) = (cache.clone(), k.clone());
+            let compute = computed(&runs, Gives::Partial, Duration::from_millis(1500));
+            tokio::spawn(async move { cache.get(k, later(), compute).await })
+        };
+        // The slow one's slot expires (at 1 s); a newer computation takes
+        // the key (at 1.2 s, kept until 2.2 s); the slow one ends (1.5 s).
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let d = cache.get(k.clone(), later(), whole(&runs)).await.unwrap();
+        assert_eq!(d.min_count, 2);
+        assert_eq!(slow.await.unwrap().unwrap().unreachable, ["kpi"]);
+        let d = cache.get(k, later(), whole(&runs)).await.unwrap();
+        assert_eq!(d.min_count, 2, "the newer answer is still kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_computation_that_panics_is_not_kept() {
+        let cache = Dashboards::new(Duration::from_secs(60));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let k = key(caller("u1", &[Role::Officer]), "a");
+        async fn panics() -> Result<pb::Dashboard, Status> {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            panic!("a bug")
+        }
+        let e = cache.get(k.clone(), later(), panics).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Internal);
+        assert!(!e.message().contains("a bug"), "{e:?}");
+        let d = cache.get(k, later(), whole(&runs)).await.unwrap();
+        assert_eq!(d.min_count, 1);
     }
 }

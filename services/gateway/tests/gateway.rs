@@ -933,9 +933,11 @@ async fn kept_dashboards_are_the_callers_own_and_a_change_through_the_gateway_fo
         "authorized before the cache"
     );
     // A bad period is refused every time, never kept.
+    let before = kpi_calls(&h);
     for _ in 0..2 {
         bad_period_is_refused(&h, &manager).await;
     }
+    assert_eq!(kpi_calls(&h), before, "refused before any computation");
     // The same quarter spelled another way is the same dashboard.
     let mut r = req(
         pb::GetDashboardRequest {
@@ -980,6 +982,14 @@ async fn kept_dashboards_are_the_callers_own_and_a_change_through_the_gateway_fo
         .expect("fresh");
     assert_eq!(open(&d), Some(4));
     assert_eq!(kpi_calls(&h), computed + 2 * one);
+    // So does the agency's entry in the directory (its time zone).
+    create_agency(&h, "passports", pb::BenchmarkConsent::Named, &h.hub())
+        .await
+        .expect("agency");
+    dashboard(&h, "passports", &manager, None)
+        .await
+        .expect("recomputed");
+    assert_eq!(kpi_calls(&h), computed + 3 * one);
 }
 
 #[tokio::test]
