@@ -118,9 +118,10 @@ impl Dashboards {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The dashboard for `key`: kept, being computed by another call (then
-    /// shared, waiting until `deadline` at most), or computed by `compute`
-    /// (in a task of its own) and kept if whole.
+    /// The dashboard for `key`: kept, being computed by another call by a
+    /// deadline no later than `deadline` (then shared), or computed by
+    /// `compute`: in a task of its own and kept if whole, or, when another
+    /// call computes with more time than this one has, here and not kept.
     pub async fn get<F, Fut>(
         self: &Arc<Self>,
         key: Key,
