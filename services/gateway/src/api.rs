@@ -1546,25 +1546,31 @@ impl Gateway {
         let agency = agency_of("agency", &req.agency)?.to_string();
         authorize(caller, DASHBOARD_ROLES, &agency, Target::Collection)?;
         // Checked, and in its one spelling, before anything is kept under it
-        // (empty: the current quarter in the agency's time zone).
+        // (none: the current quarter in the agency's time zone, which a
+        // non-empty period does not depend on).
         let period = if req.period.trim().is_empty() {
-            String::new()
+            None
         } else {
-            Period::parse(&req.period, domain::today_in("UTC"))
-                .map_err(|e| Error::invalid("period", e))?
-                .to_string()
+            Some(
+                Period::parse(&req.period, domain::today_in("UTC"))
+                    .map_err(|e| Error::invalid("period", e))?,
+            )
         };
         let key = cache::Key {
             caller: caller.clone(),
             agency: agency.clone(),
-            period: period.clone(),
+            period: period.map(|p| p.to_string()).unwrap_or_default(),
         };
-        let (gateway, own) = (self.clone(), ctx.clone());
-        let compute = move || async move {
-            gateway
-                .compute_dashboard(&own, agency, period)
-                .await
-                .map_err(Status::from)
+        // The service and context are cloned only when the dashboard is
+        // computed, not for an answer kept.
+        let compute = || {
+            let (gateway, own) = (self.clone(), ctx.clone());
+            async move {
+                gateway
+                    .compute_dashboard(&own, agency, period)
+                    .await
+                    .map_err(Status::from)
+            }
         };
         self.dashboards
             .get(key, ctx.deadline(), compute)
@@ -1572,16 +1578,17 @@ impl Gateway {
             .map_err(Error::Backend)
     }
 
-    /// An authorized caller's dashboard, computed.
+    /// An authorized caller's dashboard of `period` (none: the current
+    /// quarter), computed.
     async fn compute_dashboard(
         &self,
         ctx: &CallContext,
         agency: String,
-        period: String,
+        period: Option<Period>,
     ) -> Result<pb::Dashboard, Error> {
         let tz = self.time_zone(&agency).await?;
         let today = domain::today_in(&tz);
-        let period = Period::parse(&period, today).map_err(|e| Error::invalid("period", e))?;
+        let period = period.unwrap_or_else(|| Period::quarter_of(today));
         // Checked and authorized first: a bad request is told so even
         // while every turn is taken.
         let _turn = self.fan_out_turn(ctx).await?;

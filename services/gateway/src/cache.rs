@@ -105,11 +105,6 @@ impl Dashboards {
         })
     }
 
-    /// How long answers are kept.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Slot>>> {
         // No code under the lock can leave the map half changed, so a
         // poisoned lock is used as it is.

@@ -28,16 +28,21 @@ pub enum Period {
 }
 
 impl Period {
+    /// The quarter that contains `day`.
+    pub fn quarter_of(day: jiff::civil::Date) -> Period {
+        Period::Quarter {
+            year: day.year(),
+            quarter: (day.month() - 1) / 3 + 1,
+        }
+    }
+
     /// Parses "2026-11", "2026-Q3" (or "2026Q3") and "2026"; empty means
     /// the quarter that contains `today`.
     pub fn parse(text: &str, today: jiff::civil::Date) -> Result<Period, String> {
         const FORMS: &str = "must be a month (2026-11), a quarter (2026-Q3) or a year (2026)";
         let text = text.trim();
         if text.is_empty() {
-            return Ok(Period::Quarter {
-                year: today.year(),
-                quarter: (today.month() - 1) / 3 + 1,
-            });
+            return Ok(Period::quarter_of(today));
         }
         let year_of = |s: &str| -> Result<i16, String> {
             let y: i16 = s
